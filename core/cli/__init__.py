@@ -1,0 +1,83 @@
+"""The ``hiclaw`` command line: a thin click layer, one module per noun.
+
+Built-in nouns are imported only when used (``LAZY_COMMANDS``) so ``hiclaw --help`` stays fast;
+plugins add their own commands through the ``hiclaw_register_commands`` hook. User errors
+(:class:`hiclaw.errors.HiclawError`) print one line and exit 1; usage errors exit 2.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any
+
+import click
+
+from hiclaw import __version__
+from hiclaw.cli.app import App
+from hiclaw.errors import HiclawError
+
+#: noun -> "module:attribute" of its click command. Add a line here for a new built-in noun.
+LAZY_COMMANDS: dict[str, str] = {
+    "init": "hiclaw.cli.init:init_command",
+    "plugins": "hiclaw.cli.plugins:plugins_group",
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose built-in sub-commands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(LAZY_COMMANDS))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in LAZY_COMMANDS and cmd_name not in self.commands:
+            module_name, attr = LAZY_COMMANDS[cmd_name].split(":")
+            return getattr(importlib.import_module(module_name), attr)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "-V", "--version", prog_name="hiclaw")
+@click.pass_context
+def cli(ctx: click.Context) -> None:
+    """Run a team of AI agents — a Manager and Workers — from a Matrix room.
+
+    Start with `hiclaw demo`, then `hiclaw init` and `hiclaw up`.
+    """
+    ctx.ensure_object(App)
+
+
+_plugin_commands_added = False
+
+
+def _add_plugin_commands() -> None:
+    """Let plugins add commands; a broken plugin must not take the CLI down."""
+    global _plugin_commands_added
+    if _plugin_commands_added:
+        return
+    _plugin_commands_added = True
+    try:
+        host = App().host_for_cli()
+    except HiclawError:
+        return
+    host.register_commands(cli)
+
+
+def main(argv: list[str] | None = None) -> Any:
+    _add_plugin_commands()
+    try:
+        return cli.main(args=argv, prog_name="hiclaw", standalone_mode=False)
+    except HiclawError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)

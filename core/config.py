@@ -1,0 +1,365 @@
+"""Configuration: ``$HICLAW_HOME/config.toml`` + ``secrets.toml`` (mode 0600) + environment.
+
+Precedence, lowest first: defaults, ``config.toml``, ``HICLAW_<SECTION>__<KEY>`` environment
+variables (``__`` separates nesting: ``HICLAW_GATEWAY__SETTINGS__PORT=4001``), and the
+skills.sh variables ``SKILLS_API_URL`` / ``SKILLS_DOWNLOAD_URL``.
+
+Secrets are never part of :class:`HiclawConfig`. They are named (``openai_api_key``) and
+resolved by :class:`Secrets` from ``HICLAW_SECRET_<NAME>``, the conventional variable
+``<NAME>`` in upper case (``OPENAI_API_KEY``), then ``secrets.toml``. Only the control plane
+and the gateway resolve them; plugins receive the ones they declared (see ``hiclaw.host``).
+
+Every error names the file, the key (and line when known) and the fix, in one line.
+"""
+from __future__ import annotations
+
+import os
+import re
+import stat
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from hiclaw.errors import ConfigError
+
+CONFIG_FILE = "config.toml"
+SECRETS_FILE = "secrets.toml"
+ENV_PREFIX = "HICLAW_"
+SECRET_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+
+def hiclaw_home() -> Path:
+    """``$HICLAW_HOME`` or ``~/.hiclaw``."""
+    raw = os.environ.get("HICLAW_HOME")
+    return Path(raw).expanduser() if raw else Path.home() / ".hiclaw"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ComponentConfig(_Section):
+    """Which plugin provides a component, and that plugin's own settings."""
+
+    plugin: str
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+
+class ChannelConfig(ComponentConfig):
+    plugin: str = "matrix"
+
+
+class GatewayConfig(ComponentConfig):
+    plugin: str = "embedded"
+
+
+class StorageConfig(ComponentConfig):
+    plugin: str = "local"
+
+
+class SandboxConfig(ComponentConfig):
+    plugin: str = "bwrap"
+
+
+class ModelAlias(_Section):
+    """A model alias (``smart``, ``fast``, ``cheap``) the team uses, routed by the gateway."""
+
+    model: str  # a litellm model string, e.g. "openai/gpt-4o", "anthropic/claude-sonnet-4-5", "ollama/llama3.1"
+    api_key_secret: str | None = None  # name of the secret holding the provider key
+    api_base: str | None = None
+    fallback: str | None = None  # another alias tried on upstream 5xx / timeout
+    input_cost_per_mtok: float | None = Field(default=None, ge=0)  # overrides litellm's price map
+    output_cost_per_mtok: float | None = Field(default=None, ge=0)
+
+    @field_validator("api_key_secret")
+    @classmethod
+    def _secret_name(cls, value: str | None) -> str | None:
+        if value is not None and not SECRET_NAME.match(value):
+            raise ValueError("must be a secret *name* like 'openai_api_key' (the key itself goes in secrets.toml)")
+        return value
+
+
+class SkillsConfig(_Section):
+    api_url: str = "https://skills.sh"
+    download_url: str | None = None
+    registry: str = "skills-sh"
+    allowed_sources: list[str] = Field(default_factory=lambda: ["*"])
+    max_files: int = Field(default=1000, ge=1)
+    max_bytes: int = Field(default=25 * 1024 * 1024, ge=1)
+
+
+class TeamConfig(_Section):
+    manager_model: str = "smart"
+    worker_model: str = "smart"
+    yolo: bool = False  # skip the human's plan confirmation
+    heartbeat_seconds: float = Field(default=600, gt=0)
+    idle_sleep_seconds: float = Field(default=3600, gt=0)
+    worker_budget_usd: float | None = Field(default=None, ge=0)
+
+
+class PluginsConfig(_Section):
+    disabled: list[str] = Field(default_factory=list)
+
+
+class HiclawConfig(_Section):
+    channel: ChannelConfig = Field(default_factory=ChannelConfig)
+    gateway: GatewayConfig = Field(default_factory=GatewayConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
+    models: dict[str, ModelAlias] = Field(default_factory=dict)
+    skills: SkillsConfig = Field(default_factory=SkillsConfig)
+    team: TeamConfig = Field(default_factory=TeamConfig)
+    plugins: PluginsConfig = Field(default_factory=PluginsConfig)
+
+    @field_validator("models")
+    @classmethod
+    def _alias_names(cls, value: dict[str, ModelAlias]) -> dict[str, ModelAlias]:
+        for alias, spec in value.items():
+            if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", alias):
+                raise ValueError(f"alias {alias!r} must be letters, digits, '.', '_' or '-'")
+            if spec.fallback is not None and spec.fallback not in value:
+                raise ValueError(f"alias {alias!r} falls back to unknown alias {spec.fallback!r}")
+        return value
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _line_of(text: str, loc: tuple[Any, ...]) -> int | None:
+    """Best-effort line number of the key at ``loc`` in TOML ``text``."""
+    if not loc:
+        return None
+    key = str(loc[-1])
+    tables = [str(p) for p in loc[:-1] if not isinstance(p, int)]
+    current: list[str] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        header = re.match(r"^\[+\s*([^\]]+?)\s*\]+", stripped)
+        if header:
+            current = [part.strip().strip('"') for part in header.group(1).split(".")]
+            if current == [*tables, key]:
+                return number
+            continue
+        match = re.match(r'^"?([A-Za-z0-9_.-]+)"?\s*=', stripped)
+        if match:
+            full = current + [p.strip('"') for p in match.group(1).split(".")]
+            if full == [*tables, key] or full[-len([*tables, key]):] == [*tables, key]:
+                return number
+    return None
+
+
+def _format_validation(exc: ValidationError, *, source: str, text: str | None) -> ConfigError:
+    err = exc.errors()[0]
+    loc = tuple(err["loc"])
+    key = ".".join(str(p) for p in loc) or "(top level)"
+    line = _line_of(text, loc) if text is not None else None
+    where = f"{source}" + (f" line {line}" if line else "")
+    if err["type"] == "extra_forbidden":
+        return ConfigError(f"{where}: unknown key '{key}'", hint="remove it or check its spelling (see docs/configuration.md)")
+    expected = err["msg"]
+    got = err.get("input")
+    got_text = "" if isinstance(got, dict) else f" (got {got!r})"
+    return ConfigError(f"{where}: key '{key}': {expected}{got_text}", hint=f"set '{key}' to a valid value")
+
+
+def _read_toml(path: Path) -> tuple[dict[str, Any], str]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text", hint="save the file as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})", hint="check the path and its permissions") from None
+    try:
+        return tomllib.loads(text), text
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}", hint="fix the syntax at that line, or rewrite it with `hiclaw init --force`") from None
+
+
+def _parse_env_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _env_overrides(environ: dict[str, str]) -> list[tuple[str, list[str], Any]]:
+    overrides = []
+    for name, raw in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        path = [p.lower() for p in name[len(ENV_PREFIX):].split("__")]
+        if not all(path):
+            raise ConfigError(f"environment variable {name}: empty key part", hint="use HICLAW_SECTION__KEY=value")
+        overrides.append((name, path, _parse_env_value(raw)))
+    return overrides
+
+
+def _apply(data: dict[str, Any], path: list[str], value: Any) -> None:
+    node = data
+    for part in path[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[path[-1]] = value
+
+
+def load_config(home: Path | None = None, *, environ: dict[str, str] | None = None) -> HiclawConfig:
+    """Read, merge and validate the configuration. Missing file → defaults."""
+    home = home or hiclaw_home()
+    environ = dict(os.environ) if environ is None else environ
+    path = home / CONFIG_FILE
+    data: dict[str, Any] = {}
+    text: str | None = None
+    if path.exists():
+        data, text = _read_toml(path)
+    try:
+        HiclawConfig.model_validate(data)
+    except ValidationError as exc:
+        raise _format_validation(exc, source=str(path), text=text) from None
+    for name, key_path, value in _env_overrides(environ):
+        candidate = _deep_copy(data)
+        _apply(candidate, key_path, value)
+        try:
+            HiclawConfig.model_validate(candidate)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            raise ConfigError(
+                f"environment variable {name}: {err['msg']}", hint=f"unset {name} or give it a valid value"
+            ) from None
+        data = candidate
+    if environ.get("SKILLS_API_URL"):
+        _apply(data, ["skills", "api_url"], environ["SKILLS_API_URL"])
+    if environ.get("SKILLS_DOWNLOAD_URL"):
+        _apply(data, ["skills", "download_url"], environ["SKILLS_DOWNLOAD_URL"])
+    return HiclawConfig.model_validate(data)
+
+
+def _deep_copy(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _deep_copy(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_deep_copy(v) for v in data]
+    return data
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _atomic_write(path: Path, content: str, *, mode: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(content)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _prune(data: Any) -> Any:
+    if isinstance(data, dict):
+        pruned = {k: _prune(v) for k, v in data.items()}
+        return {k: v for k, v in pruned.items() if v != {}}
+    return data
+
+
+def config_to_dict(config: HiclawConfig) -> dict[str, Any]:
+    return _prune(config.model_dump(mode="json", exclude_none=True))
+
+
+def save_config(config: HiclawConfig, home: Path | None = None) -> Path:
+    home = home or hiclaw_home()
+    path = home / CONFIG_FILE
+    header = "# hiclaw configuration — see docs/configuration.md. Secrets belong in secrets.toml.\n"
+    _atomic_write(path, header + tomli_w.dumps(config_to_dict(config)), mode=0o644)
+    return path
+
+
+def update_config_file(home: Path | None, mutate: Any) -> Path:
+    """Apply ``mutate(raw_dict)`` to the TOML file as written (not to defaults), validate, save.
+
+    Keeps the user's choices intact: only what ``mutate`` changes is changed."""
+    home = home or hiclaw_home()
+    path = home / CONFIG_FILE
+    data: dict[str, Any] = {}
+    if path.exists():
+        data, _ = _read_toml(path)
+    mutate(data)
+    try:
+        HiclawConfig.model_validate(data)
+    except ValidationError as exc:
+        raise _format_validation(exc, source=str(path), text=None) from None
+    header = "# hiclaw configuration — see docs/configuration.md. Secrets belong in secrets.toml.\n"
+    _atomic_write(path, header + tomli_w.dumps(data), mode=0o644)
+    return path
+
+
+class Secrets:
+    """Named secrets from the environment and ``secrets.toml`` (never logged, never echoed)."""
+
+    def __init__(self, values: dict[str, SecretStr], path: Path, environ: dict[str, str] | None = None) -> None:
+        self._values = values
+        self.path = path
+        self._environ = dict(os.environ) if environ is None else environ
+
+    @classmethod
+    def load(cls, home: Path | None = None, *, environ: dict[str, str] | None = None) -> Secrets:
+        home = home or hiclaw_home()
+        path = home / SECRETS_FILE
+        values: dict[str, SecretStr] = {}
+        if path.exists():
+            mode = stat.S_IMODE(path.stat().st_mode)
+            if mode & 0o077:
+                raise ConfigError(
+                    f"{path}: readable by other users (mode {mode:04o})", hint=f"run `chmod 600 {path}`"
+                )
+            data, _ = _read_toml(path)
+            for name, value in data.items():
+                if not SECRET_NAME.match(name):
+                    raise ConfigError(f"{path}: secret name '{name}' is invalid", hint="use lower-case letters, digits and '_'")
+                if not isinstance(value, str):
+                    raise ConfigError(f"{path}: secret '{name}' must be a string", hint=f'write it as {name} = "…"')
+                values[name] = SecretStr(value)
+        return cls(values, path, environ)
+
+    def names(self) -> list[str]:
+        return sorted(self._values)
+
+    def get(self, name: str) -> SecretStr | None:
+        for var in (f"{ENV_PREFIX}SECRET_{name.upper()}", name.upper()):
+            if self._environ.get(var):
+                return SecretStr(self._environ[var])
+        return self._values.get(name)
+
+    def require(self, name: str, *, purpose: str) -> SecretStr:
+        value = self.get(name)
+        if value is None:
+            raise ConfigError(
+                f"secret '{name}' is not set (needed for {purpose})",
+                hint=f"add `{name} = \"…\"` to {self.path} or export {name.upper()}",
+            )
+        return value
+
+    def set(self, name: str, value: str) -> None:
+        if not SECRET_NAME.match(name):
+            raise ConfigError(f"secret name '{name}' is invalid", hint="use lower-case letters, digits and '_'")
+        self._values[name] = SecretStr(value)
+
+    def save(self) -> Path:
+        body = {name: secret.get_secret_value() for name, secret in sorted(self._values.items())}
+        header = "# hiclaw secrets — keep mode 0600; read only by the control plane and the gateway.\n"
+        _atomic_write(self.path, header + tomli_w.dumps(body), mode=0o600)
+        return self.path
+
+
+SandboxName = Literal["bwrap", "process", "docker", "kubernetes"]

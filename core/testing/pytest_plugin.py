@@ -1,0 +1,36 @@
+"""pytest fixtures shipped with hiclaw (registered through the ``pytest11`` entry point).
+
+Keep this module import-light: it is loaded by every pytest run in an environment where hiclaw
+is installed. Heavy imports happen inside fixtures.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from hiclaw.host import PluginHost
+
+
+@pytest.fixture
+def hiclaw_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A fresh, empty ``$HICLAW_HOME``; ``HICLAW_*`` and ``SKILLS_*`` variables are cleared."""
+    for name in list(os.environ):
+        if name.startswith(("HICLAW_", "SKILLS_")):
+            monkeypatch.delenv(name)
+    home = tmp_path / "hiclaw-home"
+    home.mkdir()
+    monkeypatch.setenv("HICLAW_HOME", str(home))
+    yield home
+
+
+@pytest.fixture
+def plugin_host() -> Callable[..., PluginHost]:
+    """Factory: ``plugin_host(("name", plugin), ..., defaults=False, **kwargs)``."""
+
+    def make(*plugins: tuple[str, object], defaults: bool = False, **kwargs: object) -> PluginHost:
+        return PluginHost(load_defaults=defaults, load_entry_points=False, plugins=plugins, **kwargs)  # type: ignore[arg-type]
+
+    return make

@@ -1,0 +1,1 @@
+"""Channel plugins (how agents and the human talk): ``matrix`` is the default."""

@@ -1,0 +1,1 @@
+"""Gateway plugins (hold provider keys, issue consumer tokens): ``embedded`` (default), ``higress``."""

@@ -1,0 +1,1 @@
+"""Storage plugins (shared files): ``local`` (default), ``minio`` (any S3-compatible server)."""

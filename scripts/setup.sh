@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Set up whatever is missing to run hiclaw from this checkout, on Debian/Ubuntu (or any Linux
+# with Python >= 3.11). Idempotent and quick when everything is already there.
+#
+#   - Debian packages: python3-venv, bubblewrap (worker sandboxes), git, nodejs + npm (interop
+#     tests with the official `skills` CLI) — installed with apt-get when run as root (or with
+#     password-less sudo); otherwise the missing ones are listed.
+#   - A virtual environment in .venv with hiclaw installed in editable mode (+ test extras).
+#
+# Usage: scripts/setup.sh [--test]     (--test also installs the test servers: Synapse, moto)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${HICLAW_VENV:-$ROOT/.venv}"
+WITH_TEST=0
+[[ "${1:-}" == "--test" ]] && WITH_TEST=1
+
+say() { printf '[setup] %s\n' "$*" >&2; }
+
+pick_python() {
+  for candidate in "${PYTHON:-}" python3.13 python3.12 python3.11 python3; do
+    [[ -n "$candidate" ]] || continue
+    if command -v "$candidate" >/dev/null 2>&1 &&
+       "$candidate" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' 2>/dev/null; then
+      command -v "$candidate"; return 0
+    fi
+  done
+  return 1
+}
+
+APT_UPDATED=0
+apt_install() {
+  local sudo=""
+  if [[ $(id -u) -ne 0 ]]; then
+    if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo="sudo -n"; else
+      say "missing Debian packages: $* — install them with: sudo apt-get install -y $*"; return 1
+    fi
+  fi
+  command -v apt-get >/dev/null 2>&1 || { say "no apt-get here; install: $*"; return 1; }
+  say "apt-get install $*"
+  if ! DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q "$@" >/dev/null 2>&1; then
+    if [[ $APT_UPDATED -eq 0 ]]; then
+      APT_UPDATED=1
+      DEBIAN_FRONTEND=noninteractive $sudo apt-get update -q >/dev/null 2>&1 || true
+    fi
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q "$@" >/dev/null
+  fi
+}
+
+# --- system packages --------------------------------------------------------------------------
+missing=()
+PY="$(pick_python || true)"
+if [[ -z "$PY" ]]; then missing+=(python3 python3-venv python3-dev); fi
+if [[ -n "$PY" ]] && ! "$PY" -c 'import ensurepip, venv' 2>/dev/null; then missing+=(python3-venv); fi
+command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
+command -v git >/dev/null 2>&1 || missing+=(git)
+if [[ $WITH_TEST -eq 1 ]]; then
+  command -v node >/dev/null 2>&1 || missing+=(nodejs)
+  command -v npm >/dev/null 2>&1 || missing+=(npm)
+  command -v gcc >/dev/null 2>&1 || missing+=(build-essential)
+fi
+if [[ ${#missing[@]} -gt 0 ]]; then
+  apt_install "${missing[@]}" || say "continuing without: ${missing[*]} (features that need them will say so)"
+fi
+PY="$(pick_python)" || { say "Python >= 3.11 is required"; exit 1; }
+
+# --- virtual environment -----------------------------------------------------------------------
+if [[ ! -x "$VENV/bin/python" ]]; then
+  say "creating $VENV"
+  "$PY" -m venv "$VENV"
+fi
+kind=base; target="$ROOT"
+if [[ $WITH_TEST -eq 1 ]]; then kind=test; target="$ROOT[test]"; fi
+stamp="$VENV/.hiclaw-setup-stamp"
+hash="$(cat "$ROOT/pyproject.toml" "$ROOT/setup.py" | sha256sum | cut -c1-16)"
+need=1
+if [[ -f "$stamp" ]] && "$VENV/bin/python" -c 'import hiclaw' 2>/dev/null; then
+  # A test install also satisfies a plain one.
+  if grep -qxF "$hash test" "$stamp" || { [[ $kind == base ]] && grep -qxF "$hash base" "$stamp"; }; then need=0; fi
+fi
+if [[ $need -eq 1 ]]; then
+  say "installing hiclaw ($kind) into $VENV — the first time takes a few minutes"
+  log="$VENV/pip-install.log"
+  if ! "$VENV/bin/python" -m pip install --disable-pip-version-check -e "$target" >"$log" 2>&1; then
+    grep -v "^WARNING: Location" "$log" | tail -20 >&2
+    say "pip install failed (full log: $log)"; exit 1
+  fi
+  echo "$hash $kind" > "$stamp"
+fi
+say "ready: $VENV"

@@ -1,0 +1,122 @@
+"""Configuration files, environment overrides, secrets and `hiclaw init`."""
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+
+import pytest
+from click.testing import CliRunner
+
+from hiclaw.cli import cli
+from hiclaw.config import Secrets, load_config
+from hiclaw.errors import ConfigError
+
+
+def write(home, text):
+    (home / "config.toml").write_text(text)
+
+
+def run_hiclaw(hiclaw_cli, *args, env_home):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HICLAW_")}
+    env["HICLAW_HOME"] = str(env_home)
+    return subprocess.run([str(hiclaw_cli), *args], capture_output=True, text=True, env=env)
+
+
+def test_defaults_without_a_file(hiclaw_home):
+    config = load_config()
+    assert config.channel.plugin == "matrix" and config.sandbox.plugin == "bwrap"
+    assert config.skills.api_url == "https://skills.sh"
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("[team]\nyolo = \n", r"config.toml: invalid TOML: Invalid value \(at line 2, column 8\) — fix the syntax"),
+        ("[team]\nyolo = true\ngatway = 1\n", r"config.toml line 3: unknown key 'team.gatway' — remove it"),
+        ("[team]\nheartbeat_seconds = \"often\"\n",
+         r"config.toml line 2: key 'team.heartbeat_seconds': Input should be a valid number.*\(got 'often'\)"),
+        ("[models.smart]\nmodel = \"x\"\nfallback = \"nope\"\n", r"alias 'smart' falls back to unknown alias 'nope'"),
+        ("[models.smart]\nmodel = \"x\"\napi_key_secret = \"sk-live-123\"\n", r"must be a secret \*name\*"),
+    ],
+)
+def test_bad_config_gives_one_clear_line(hiclaw_home, hiclaw_cli, text, expected):
+    write(hiclaw_home, text)
+    with pytest.raises(ConfigError, match=expected):
+        load_config()
+    # The same through the CLI: one line on stderr, exit 1, no traceback.
+    result = run_hiclaw(hiclaw_cli, "plugins", "list", env_home=hiclaw_home)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ")
+    assert "Traceback" not in result.stderr
+
+
+def test_env_overrides(hiclaw_home):
+    write(hiclaw_home, "[team]\nyolo = false\n")
+    env = {"HICLAW_TEAM__YOLO": "true", "HICLAW_GATEWAY__SETTINGS__PORT": "4001", "SKILLS_API_URL": "http://127.0.0.1:9"}
+    config = load_config(environ=env)
+    assert config.team.yolo is True
+    assert config.gateway.settings == {"port": 4001}
+    assert config.skills.api_url == "http://127.0.0.1:9"
+    with pytest.raises(ConfigError, match="environment variable HICLAW_TEAM__HEARTBEAT_SECONDS"):
+        load_config(environ={"HICLAW_TEAM__HEARTBEAT_SECONDS": "soon"})
+    with pytest.raises(ConfigError, match="environment variable HICLAW_TEAM__NOPE"):
+        load_config(environ={"HICLAW_TEAM__NOPE": "1"})
+
+
+def test_secrets_resolution_and_permissions(hiclaw_home):
+    path = hiclaw_home / "secrets.toml"
+    secrets = Secrets({}, path, environ={})
+    secrets.set("openai_api_key", "sk-file")
+    secrets.save()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    loaded = Secrets.load(hiclaw_home, environ={})
+    assert loaded.get("openai_api_key").get_secret_value() == "sk-file"
+    assert "sk-file" not in repr(loaded.get("openai_api_key"))
+    env = Secrets.load(hiclaw_home, environ={"OPENAI_API_KEY": "sk-env", "HICLAW_SECRET_OPENAI_API_KEY": "sk-hiclaw"})
+    assert env.get("openai_api_key").get_secret_value() == "sk-hiclaw"
+    with pytest.raises(ConfigError, match="secret 'anthropic_api_key' is not set.*add `anthropic_api_key"):
+        loaded.require("anthropic_api_key", purpose="the smart model")
+    os.chmod(path, 0o644)
+    with pytest.raises(ConfigError, match=r"readable by other users \(mode 0644\) — run `chmod 600"):
+        Secrets.load(hiclaw_home)
+
+
+def test_init_non_interactive(hiclaw_home):
+    runner = CliRunner()
+    args = ["init", "--non-interactive", "--provider", "anthropic", "--api-key", "sk-ant-canary",
+            "--sandbox", "process", "--yolo"]
+    result = runner.invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "sk-ant-canary" not in result.output
+    config = load_config()
+    assert config.models["smart"].model == "anthropic/claude-sonnet-4-5"
+    assert config.models["smart"].api_key_secret == "anthropic_api_key"
+    assert config.sandbox.plugin == "process" and config.team.yolo is True
+    assert "sk-ant-canary" not in (hiclaw_home / "config.toml").read_text()
+    assert Secrets.load().get("anthropic_api_key").get_secret_value() == "sk-ant-canary"
+    assert stat.S_IMODE((hiclaw_home / "secrets.toml").stat().st_mode) == 0o600
+    # A second run refuses to overwrite without --force.
+    again = runner.invoke(cli, ["init", "--non-interactive"])
+    assert again.exit_code == 1 and "already exists" in str(again.exception)
+
+
+def test_init_interactive(hiclaw_home):
+    answers = "\n".join([
+        "ollama",  # provider
+        "",  # base URL (default)
+        "", "", "",  # models
+        "https://matrix.example.org",  # homeserver
+        "reg-token-1",  # registration token
+        "local",  # storage
+        "bwrap",  # sandbox
+        "n",  # yolo
+    ]) + "\n"
+    result = CliRunner().invoke(cli, ["init"], input=answers, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    config = load_config()
+    assert config.models["fast"].model == "ollama/llama3.1"
+    assert config.models["fast"].api_base == "http://127.0.0.1:11434"
+    assert config.channel.settings == {"embedded": False, "homeserver_url": "https://matrix.example.org"}
+    assert Secrets.load().get("matrix_registration_token").get_secret_value() == "reg-token-1"
+    assert config.team.yolo is False
