@@ -83,7 +83,7 @@ class RegisterCallback(Protocol):
         factory: Callable[..., Any],
         *,
         settings_model: type[BaseModel] | None = None,
-        secrets: Sequence[str] = (),
+        secrets: Sequence[str] | Callable[[Any], Sequence[str]] = (),
         description: str = "",
     ) -> None: ...
 
@@ -97,8 +97,13 @@ class Registration:
     factory: Callable[..., Any]
     plugin: str
     settings_model: type[BaseModel] | None = None
-    secrets: tuple[str, ...] = ()
+    #: Secret names the factory needs, or a function of the config returning them (for plugins
+    #: whose needs depend on configuration, e.g. one provider key per configured model alias).
+    secrets: tuple[str, ...] | Callable[[Any], Sequence[str]] = ()
     description: str = ""
+
+    def secret_names(self, config: Any) -> tuple[str, ...]:
+        return tuple(self.secrets(config)) if callable(self.secrets) else self.secrets
 
 
 @dataclass
@@ -374,7 +379,7 @@ class PluginHost:
                     factory: Callable[..., Any],
                     *,
                     settings_model: type[BaseModel] | None = None,
-                    secrets: Sequence[str] = (),
+                    secrets: Sequence[str] | Callable[[Any], Sequence[str]] = (),
                     description: str = "",
                     _kind: str = kind,
                     _plugin: str = plugin,
@@ -384,7 +389,8 @@ class PluginHost:
                         raise PluginError(f"plugin {_plugin!r} registered a {_kind} without a name")
                     if not callable(factory):
                         raise PluginError(f"plugin {_plugin!r}: factory for {_kind} {name!r} is not callable")
-                    _found.append(Registration(_kind, name, factory, _plugin, settings_model, tuple(secrets), description))
+                    declared = secrets if callable(secrets) else tuple(secrets)
+                    _found.append(Registration(_kind, name, factory, _plugin, settings_model, declared, description))
 
                 started = time.perf_counter()
                 try:
@@ -450,7 +456,7 @@ class PluginHost:
         validated = self.validate_settings(kind, name, settings, section=section or f"{kind}.settings")
         secrets: dict[str, SecretStr] = {}
         if self._secret_source is not None:
-            for secret in reg.secrets:
+            for secret in reg.secret_names(ctx.config):
                 value = self._secret_source(secret)
                 if value is not None:
                     secrets[secret] = value

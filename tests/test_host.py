@@ -221,3 +221,24 @@ def test_unknown_capability_names_available_and_broken(plugin_host, tmp_path):
     host = plugin_host(("broken-one", Broken()))
     with pytest.raises(PluginError, match="no channel named 'matrix' \\(available: none; broken plugins: broken-one"):
         host.registration("channel", "matrix")
+
+
+def test_secrets_may_depend_on_config(plugin_host, tmp_path):
+    from hiclaw.config import HiclawConfig, ModelAlias
+
+    got = {}
+
+    class Plugin:
+        @hookimpl
+        def hiclaw_register_gateways(self, register):
+            def needed(config):
+                return [alias.api_key_secret for alias in config.models.values() if alias.api_key_secret]
+
+            register("gw", lambda s, ctx: got.update(dict(ctx.secrets)), secrets=needed)
+
+    vault = {"anthropic_api_key": SecretStr("a"), "openai_api_key": SecretStr("o")}
+    config = HiclawConfig(models={"smart": ModelAlias(model="anthropic/x", api_key_secret="anthropic_api_key")})
+    plugin_host(("p", Plugin()), secret_source=vault.get).create(
+        "gateway", "gw", {}, ComponentContext(home=tmp_path, config=config)
+    )
+    assert set(got) == {"anthropic_api_key"}
