@@ -1,0 +1,57 @@
+"""Lean prompts: identity + rules + a skills catalog + a bounded memory excerpt + this turn.
+
+Room history enters a prompt only as the bounded buffer of unmentioned messages; files are
+referenced by path; skills by name and description until the agent reads one (progressive
+disclosure). Each woken turn starts a fresh conversation, so a worker's prompt at its 50th task
+is about as long as at its first.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from hiclaw.models import ChatMessage
+
+#: How much of MEMORY.md (its most recent part) enters the prompt.
+MEMORY_EXCERPT_CHARS = 2000
+#: How much of one buffered message enters the prompt.
+CONTEXT_MESSAGE_CHARS = 500
+
+
+def bounded_tail(text: str, limit: int) -> str:
+    text = text.strip()
+    if len(text) <= limit:
+        return text
+    cut = text[-limit:]
+    newline = cut.find("\n")
+    return "…\n" + (cut[newline + 1:] if 0 <= newline < 200 else cut)
+
+
+def system_prompt(*, identity: str, rules: str = "", skills: Sequence[tuple[str, str]] = (), memory: str = "",
+                  facts: Sequence[str] = ()) -> str:
+    parts = [identity.strip()]
+    if rules.strip():
+        parts.append("## Rules\n" + rules.strip())
+    if skills:
+        catalog = "\n".join(f"- **{name}**: {description}" for name, description in skills)
+        parts.append("## Skills you have\nRead a skill's full instructions with `skills_read` before you use it.\n"
+                     + catalog)
+    if memory.strip():
+        parts.append("## Your memory (most recent part of MEMORY.md)\n" + bounded_tail(memory, MEMORY_EXCERPT_CHARS))
+    if facts:
+        parts.append("## Facts\n" + "\n".join(f"- {fact}" for fact in facts))
+    return "\n\n".join(parts)
+
+
+def user_turn(message: ChatMessage, *, display: Callable[[str], str] = lambda user_id: user_id) -> str:
+    """The woken turn's user message: buffered context first (oldest first), then the mention."""
+    lines: list[str] = []
+    if message.context:
+        lines.append("Messages in this room since you last spoke (you were not mentioned):")
+        for earlier in message.context:
+            body = earlier.body if len(earlier.body) <= CONTEXT_MESSAGE_CHARS else earlier.body[:CONTEXT_MESSAGE_CHARS] + "…"
+            lines.append(f"- {display(earlier.sender)}: {body}")
+        lines.append("")
+    room = f" in {message.room_name}" if message.room_name else ""
+    lines.append(f"{display(message.sender)} wrote to you{room}:")
+    lines.append(message.body)
+    return "\n".join(lines)

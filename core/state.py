@@ -1,0 +1,414 @@
+"""The control plane's state: SQLite under ``$HICLAW_HOME/state.db``.
+
+Desired state lives here (DESIGN principle 6): workers, projects, tasks and their dependencies,
+schedules, an event log, and an outbox of idempotency keys for messages already posted. Files in
+storage (plan.md, spec.md) are *views* rendered from it, never parsed back.
+
+One process writes (the control plane); every change is one transaction. Reads from the CLI
+(`hiclaw status`, `hiclaw task list`) open the same file read-only; WAL mode keeps them from
+blocking the writer.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from hiclaw.errors import InvalidInputError, NotFoundError
+from hiclaw.models import ResultStatus, TaskState
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS workers (
+    name TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    model TEXT NOT NULL,
+    skills TEXT NOT NULL DEFAULT '[]',
+    state TEXT NOT NULL DEFAULT 'active',      -- active | sleeping | removed
+    network INTEGER NOT NULL DEFAULT 0,
+    budget_usd REAL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS projects (
+    id TEXT PRIMARY KEY,
+    title TEXT NOT NULL,
+    goal TEXT NOT NULL DEFAULT '',
+    state TEXT NOT NULL DEFAULT 'planning',    -- planning | awaiting_confirmation | running | done | cancelled
+    room_id TEXT,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tasks (
+    id TEXT PRIMARY KEY,
+    project_id TEXT REFERENCES projects(id),
+    title TEXT NOT NULL,
+    assignee TEXT NOT NULL,
+    model TEXT,
+    spec TEXT NOT NULL DEFAULT '',
+    state TEXT NOT NULL DEFAULT 'pending',
+    revision_of TEXT REFERENCES tasks(id),
+    result_status TEXT,
+    result_summary TEXT,
+    dispatch_count INTEGER NOT NULL DEFAULT 0,
+    last_progress_at TEXT,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    position INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS task_deps (
+    task_id TEXT NOT NULL REFERENCES tasks(id),
+    depends_on TEXT NOT NULL REFERENCES tasks(id),
+    PRIMARY KEY (task_id, depends_on)
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    subject TEXT NOT NULL DEFAULT '',
+    data TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    key TEXT PRIMARY KEY,
+    room_id TEXT NOT NULL,
+    event_id TEXT,
+    ts TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS schedules (
+    name TEXT PRIMARY KEY,
+    cron TEXT NOT NULL,
+    timezone TEXT NOT NULL DEFAULT 'UTC',
+    message TEXT NOT NULL,
+    assignee TEXT NOT NULL,
+    last_run TEXT,
+    created_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tasks_by_project ON tasks(project_id);
+CREATE INDEX IF NOT EXISTS tasks_by_assignee ON tasks(assignee, state);
+"""
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+class Worker(BaseModel):
+    name: str
+    role: str
+    model: str
+    skills: list[str] = Field(default_factory=list)
+    state: str = "active"
+    network: bool = False
+    budget_usd: float | None = None
+    created_at: str = ""
+    updated_at: str = ""
+
+
+class Project(BaseModel):
+    id: str
+    title: str
+    goal: str = ""
+    state: str = "planning"
+    room_id: str | None = None
+    created_at: str = ""
+    updated_at: str = ""
+
+
+class Task(BaseModel):
+    id: str
+    project_id: str | None = None
+    title: str
+    assignee: str
+    model: str | None = None
+    spec: str = ""
+    state: TaskState = TaskState.PENDING
+    revision_of: str | None = None
+    result_status: ResultStatus | None = None
+    result_summary: str | None = None
+    dispatch_count: int = 0
+    last_progress_at: str | None = None
+    depends_on: list[str] = Field(default_factory=list)
+    created_at: str = ""
+    updated_at: str = ""
+    position: int = 0
+
+
+class Schedule(BaseModel):
+    name: str
+    cron: str
+    timezone: str = "UTC"
+    message: str
+    assignee: str
+    last_run: str | None = None
+    created_at: str = ""
+
+
+class StateDB:
+    """Typed access to ``state.db``. Thread-safe; every write is one transaction."""
+
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        self.path = path
+        self.readonly = readonly
+        self._lock = threading.RLock()
+        if readonly:
+            if not path.exists():
+                raise NotFoundError(f"no state at {path}", hint="start the team with `hiclaw up` first")
+            self._conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.execute("PRAGMA foreign_keys=ON")
+            self._conn.executescript(SCHEMA)
+            self._conn.execute(
+                "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
+        self._conn.row_factory = sqlite3.Row
+        self._conn.execute("PRAGMA busy_timeout=5000")
+
+    def close(self) -> None:
+        self._conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    # ------------------------------------------------------------------ events & outbox
+
+    def log_event(self, kind: str, subject: str = "", **data: Any) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO events(ts, kind, subject, data) VALUES (?, ?, ?, ?)",
+                (now_iso(), kind, subject, json.dumps(data, default=str)),
+            )
+
+    def events(self, *, kind: str | None = None, subject: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        sql = "SELECT id, ts, kind, subject, data FROM events WHERE 1=1"
+        params: list[Any] = []
+        if kind:
+            sql += " AND kind = ?"
+            params.append(kind)
+        if subject:
+            sql += " AND subject = ?"
+            params.append(subject)
+        sql += " ORDER BY id LIMIT ?"
+        params.append(limit)
+        return [dict(r) | {"data": json.loads(r["data"])} for r in self._query(sql, params)]
+
+    def outbox_get(self, key: str) -> str | None:
+        rows = self._query("SELECT event_id FROM outbox WHERE key = ?", (key,))
+        return rows[0]["event_id"] if rows else None
+
+    def outbox_put(self, key: str, room_id: str, event_id: str) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO outbox(key, room_id, event_id, ts) VALUES (?, ?, ?, ?)",
+                (key, room_id, event_id, now_iso()),
+            )
+
+    def get_meta(self, key: str) -> str | None:
+        rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
+        return rows[0]["value"] if rows else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.transaction() as conn:
+            conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
+    # ------------------------------------------------------------------ workers
+
+    def upsert_worker(self, worker: Worker) -> Worker:
+        stamp = now_iso()
+        with self.transaction() as conn:
+            existing = conn.execute("SELECT created_at FROM workers WHERE name = ?", (worker.name,)).fetchone()
+            created = existing["created_at"] if existing else stamp
+            conn.execute(
+                "INSERT OR REPLACE INTO workers(name, role, model, skills, state, network, budget_usd, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (worker.name, worker.role, worker.model, json.dumps(worker.skills), worker.state,
+                 int(worker.network), worker.budget_usd, created, stamp),
+            )
+        return self.worker(worker.name)
+
+    def worker(self, name: str) -> Worker:
+        rows = self._query("SELECT * FROM workers WHERE name = ?", (name,))
+        if not rows:
+            raise NotFoundError(f"no worker named {name!r}", hint="see `hiclaw worker list`")
+        return _worker(rows[0])
+
+    def find_worker(self, name: str) -> Worker | None:
+        rows = self._query("SELECT * FROM workers WHERE name = ?", (name,))
+        return _worker(rows[0]) if rows else None
+
+    def workers(self, *, include_removed: bool = False) -> list[Worker]:
+        sql = "SELECT * FROM workers" + ("" if include_removed else " WHERE state != 'removed'") + " ORDER BY created_at, name"
+        return [_worker(r) for r in self._query(sql)]
+
+    def set_worker_state(self, name: str, state: str) -> None:
+        with self.transaction() as conn:
+            conn.execute("UPDATE workers SET state = ?, updated_at = ? WHERE name = ?", (state, now_iso(), name))
+
+    def set_worker_model(self, name: str, model: str) -> None:
+        self.worker(name)
+        with self.transaction() as conn:
+            conn.execute("UPDATE workers SET model = ?, updated_at = ? WHERE name = ?", (model, now_iso(), name))
+
+    # ------------------------------------------------------------------ projects
+
+    def next_id(self, prefix: str, table: str) -> str:
+        rows = self._query(f"SELECT id FROM {table} WHERE id LIKE ?", (f"{prefix}-%",))  # noqa: S608 - fixed names
+        numbers = [int(r["id"].rsplit("-", 1)[1]) for r in rows if r["id"].rsplit("-", 1)[1].isdigit()]
+        return f"{prefix}-{(max(numbers) if numbers else 0) + 1:03d}"
+
+    def create_project(self, title: str, goal: str = "") -> Project:
+        stamp = now_iso()
+        with self.transaction() as conn:
+            project_id = self.next_id("proj", "projects")
+            conn.execute(
+                "INSERT INTO projects(id, title, goal, state, created_at, updated_at) VALUES (?, ?, ?, 'planning', ?, ?)",
+                (project_id, title, goal, stamp, stamp),
+            )
+        return self.project(project_id)
+
+    def project(self, project_id: str) -> Project:
+        rows = self._query("SELECT * FROM projects WHERE id = ?", (project_id,))
+        if not rows:
+            raise NotFoundError(f"no project {project_id!r}", hint="see `hiclaw project list`")
+        return Project(**dict(rows[0]))
+
+    def projects(self) -> list[Project]:
+        return [Project(**dict(r)) for r in self._query("SELECT * FROM projects ORDER BY created_at, id")]
+
+    def update_project(self, project_id: str, **fields: Any) -> Project:
+        allowed = {"title", "goal", "state", "room_id"}
+        if not set(fields) <= allowed:
+            raise ValueError(f"cannot update {set(fields) - allowed}")
+        assignments = ", ".join(f"{k} = ?" for k in fields)
+        with self.transaction() as conn:
+            conn.execute(
+                f"UPDATE projects SET {assignments}, updated_at = ? WHERE id = ?",  # noqa: S608 - keys checked
+                (*fields.values(), now_iso(), project_id),
+            )
+        return self.project(project_id)
+
+    # ------------------------------------------------------------------ tasks
+
+    def add_tasks(self, project_id: str | None, tasks: Sequence[Task]) -> list[Task]:
+        """Insert tasks and their dependencies in one transaction (all or nothing)."""
+        stamp = now_iso()
+        with self.transaction() as conn:
+            base = conn.execute("SELECT COALESCE(MAX(position), 0) FROM tasks").fetchone()[0]
+            for offset, task in enumerate(tasks, start=1):
+                if conn.execute("SELECT 1 FROM tasks WHERE id = ?", (task.id,)).fetchone():
+                    raise InvalidInputError(f"task {task.id} already exists", hint="use a new task id")
+                conn.execute(
+                    "INSERT INTO tasks(id, project_id, title, assignee, model, spec, state, revision_of, created_at,"
+                    " updated_at, position) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (task.id, project_id, task.title, task.assignee, task.model, task.spec, task.state.value,
+                     task.revision_of, stamp, stamp, base + offset),
+                )
+            for task in tasks:
+                for dep in task.depends_on:
+                    conn.execute("INSERT INTO task_deps(task_id, depends_on) VALUES (?, ?)", (task.id, dep))
+        return [self.task(t.id) for t in tasks]
+
+    def task(self, task_id: str) -> Task:
+        rows = self._query("SELECT * FROM tasks WHERE id = ?", (task_id,))
+        if not rows:
+            raise NotFoundError(f"no task {task_id!r}", hint="see `hiclaw task list`")
+        return self._task(rows[0])
+
+    def tasks(self, *, project_id: str | None = None, assignee: str | None = None,
+              states: Sequence[TaskState] | None = None) -> list[Task]:
+        sql = "SELECT * FROM tasks WHERE 1=1"
+        params: list[Any] = []
+        if project_id is not None:
+            sql += " AND project_id = ?"
+            params.append(project_id)
+        if assignee is not None:
+            sql += " AND assignee = ?"
+            params.append(assignee)
+        if states:
+            sql += f" AND state IN ({', '.join('?' for _ in states)})"
+            params.extend(s.value for s in states)
+        sql += " ORDER BY position, id"
+        return [self._task(r) for r in self._query(sql, params)]
+
+    def next_task_id(self) -> str:
+        return self.next_id("task", "tasks")
+
+    def update_task(self, task_id: str, **fields: Any) -> Task:
+        allowed = {"state", "result_status", "result_summary", "dispatch_count", "last_progress_at", "assignee", "model"}
+        if not set(fields) <= allowed:
+            raise ValueError(f"cannot update {set(fields) - allowed}")
+        values = [v.value if hasattr(v, "value") else v for v in fields.values()]
+        assignments = ", ".join(f"{k} = ?" for k in fields)
+        with self.transaction() as conn:
+            conn.execute(
+                f"UPDATE tasks SET {assignments}, updated_at = ? WHERE id = ?",  # noqa: S608 - keys checked
+                (*values, now_iso(), task_id),
+            )
+        return self.task(task_id)
+
+    def _task(self, row: sqlite3.Row) -> Task:
+        deps = [r["depends_on"] for r in self._query(
+            "SELECT depends_on FROM task_deps WHERE task_id = ? ORDER BY depends_on", (row["id"],))]
+        data = dict(row)
+        return Task(**data, depends_on=deps)
+
+    # ------------------------------------------------------------------ schedules
+
+    def upsert_schedule(self, schedule: Schedule) -> Schedule:
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO schedules(name, cron, timezone, message, assignee, last_run, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (schedule.name, schedule.cron, schedule.timezone, schedule.message, schedule.assignee,
+                 schedule.last_run, schedule.created_at or now_iso()),
+            )
+        return self.schedule(schedule.name)
+
+    def schedule(self, name: str) -> Schedule:
+        rows = self._query("SELECT * FROM schedules WHERE name = ?", (name,))
+        if not rows:
+            raise NotFoundError(f"no schedule named {name!r}", hint="see `hiclaw schedule list`")
+        return Schedule(**dict(rows[0]))
+
+    def schedules(self) -> list[Schedule]:
+        return [Schedule(**dict(r)) for r in self._query("SELECT * FROM schedules ORDER BY name")]
+
+    def delete_schedule(self, name: str) -> None:
+        self.schedule(name)
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM schedules WHERE name = ?", (name,))
+
+    def set_schedule_last_run(self, name: str, when: str) -> None:
+        with self.transaction() as conn:
+            conn.execute("UPDATE schedules SET last_run = ? WHERE name = ?", (when, name))
+
+
+def _worker(row: sqlite3.Row) -> Worker:
+    data = dict(row)
+    data["skills"] = json.loads(data["skills"])
+    data["network"] = bool(data["network"])
+    return Worker(**data)

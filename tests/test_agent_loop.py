@@ -1,0 +1,113 @@
+"""The agent loop's logic (tool dispatch, errors, limits, token accounting).
+
+The gateway is replaced here by an in-memory httpx transport because only the loop's own logic
+is under test; the loop against the real gateway and scripted model runs in the worker and team
+integration tests.
+"""
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from hiclaw.agent import AgentLoop, GatewayClient, GatewayError
+from hiclaw.agent.prompt import system_prompt, user_turn
+from hiclaw.errors import InvalidInputError
+from hiclaw.models import ChatMessage, ToolSpec
+
+
+def reply(content=None, tool_calls=None, prompt=10, completion=5):
+    message = {"role": "assistant", "content": content}
+    if tool_calls:
+        message["tool_calls"] = [
+            {"id": f"call_{i}", "type": "function", "function": {"name": n, "arguments": a}}
+            for i, (n, a) in enumerate(tool_calls)
+        ]
+    return {"choices": [{"message": message, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": prompt, "completion_tokens": completion}, "model": "m"}
+
+
+class Script:
+    def __init__(self, *replies):
+        self.replies = list(replies)
+        self.requests = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append((dict(request.headers), json.loads(request.content)))
+        item = self.replies.pop(0)
+        if isinstance(item, httpx.Response):
+            return item
+        return httpx.Response(200, json=item)
+
+
+def make(script, tools, **kwargs):
+    client = GatewayClient("http://gw/v1", "tok-secret", transport=httpx.MockTransport(script), retries=1)
+    return AgentLoop(client, tools, agent="alice", **kwargs)
+
+
+async def double(args):
+    return {"value": args["x"] * 2}
+
+
+async def refuse(args):
+    raise InvalidInputError("path escapes your home", hint="use a relative path")
+
+
+TOOLS = [
+    ToolSpec(name="double", description="d", handler=double),
+    ToolSpec(name="refuse", description="r", handler=refuse),
+]
+
+
+async def test_tool_calls_then_answer():
+    script = Script(reply(tool_calls=[("double", '{"x": 21}')]), reply("the answer is 42", prompt=30))
+    turn = await make(script, TOOLS).run([{"role": "user", "content": "go"}], model="smart", task_id="task-007",
+                                         project_id="proj-001")
+    assert turn.final_text == "the answer is 42"
+    assert (turn.steps, turn.prompt_tokens, turn.completion_tokens, turn.first_prompt_tokens) == (2, 40, 10, 10)
+    headers, body = script.requests[1]
+    assert headers["authorization"] == "Bearer tok-secret"
+    assert headers["x-hiclaw-task"] == "task-007" and headers["x-hiclaw-project"] == "proj-001"
+    assert body["messages"][-1] == {"role": "tool", "tool_call_id": "call_0", "name": "double", "content": '{"value": 42}'}
+    assert [t["function"]["name"] for t in body["tools"]] == ["double", "refuse"]
+
+
+async def test_tool_errors_are_shown_to_the_model_not_raised():
+    script = Script(
+        reply(tool_calls=[("refuse", "{}"), ("nope", "{}"), ("double", "{not json")]),
+        reply("done"),
+    )
+    turn = await make(script, TOOLS).run([{"role": "user", "content": "go"}], model="smart")
+    results = [r.result for r in turn.tool_calls]
+    assert results[0] == "error: path escapes your home — use a relative path"
+    assert results[1].startswith("error: no tool named 'nope' (available: double, refuse)")
+    assert results[2].startswith("error: invalid JSON arguments for double")
+    assert all(r.error for r in turn.tool_calls)
+
+
+async def test_step_limit():
+    script = Script(*[reply(tool_calls=[("double", '{"x": 1}')]) for _ in range(3)])
+    turn = await make(script, TOOLS, max_steps=3).run([{"role": "user", "content": "loop"}], model="smart")
+    assert turn.stopped and "(stopped after 3 steps)" in turn.final_text
+
+
+async def test_gateway_errors_are_clear_and_retried_on_5xx():
+    script = Script(httpx.Response(502, json={"error": {"message": "upstream down"}}), reply("ok"))
+    turn = await make(script, TOOLS).run([{"role": "user", "content": "x"}], model="smart")
+    assert turn.final_text == "ok" and len(script.requests) == 2
+    script = Script(httpx.Response(429, json={"error": {"message": "budget of alice exhausted", "code": "budget_exceeded"}}))
+    with pytest.raises(GatewayError, match="gateway answered 429: budget of alice exhausted") as info:
+        await make(script, TOOLS).run([{"role": "user", "content": "x"}], model="smart")
+    assert "tok-secret" not in str(info.value)
+
+
+def test_prompts_are_bounded():
+    memory = "\n".join(f"- note {i}: " + "x" * 50 for i in range(500))
+    prompt = system_prompt(identity="You are sam.", rules="Report with report_result.",
+                           skills=[("find-skills", "Find skills")], memory=memory)
+    assert len(prompt) < 2600 and "note 499" in prompt and "note 1:" not in prompt
+    context = tuple(ChatMessage(room_id="!r", event_id=f"$e{i}", sender="@bob:x", body="y" * 2000) for i in range(3))
+    text = user_turn(ChatMessage(room_id="!r", event_id="$m", sender="@admin:x", body="@sam go", context=context),
+                     display=lambda uid: uid.split(":")[0].lstrip("@"))
+    assert text.count("- bob: ") == 3 and len(text) < 2000 and text.endswith("admin wrote to you:\n@sam go")
