@@ -145,6 +145,9 @@ class ComponentContext:
     config: HiclawConfig | None = None
     secrets: Mapping[str, SecretStr] = field(default_factory=dict)
     host: PluginHost | None = None
+    #: For tool factories: the running agent's services (the control plane for the Manager,
+    #: the worker runtime for a Worker). ``None`` when components are being created.
+    runtime: Any = None
 
 
 @dataclass

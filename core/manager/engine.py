@@ -1,0 +1,376 @@
+"""Projects and tasks as code: every state change, file, mention and notification happens here.
+
+The Manager *agent* only decides (plan, assignee, accept or revise); its tools call these
+methods. Each method is one step of the flow of DESIGN section 6:
+
+propose → (admin confirms | YOLO) → project room → dispatch ready tasks (spec.md + mention) →
+worker reports (result.md) → Manager judges → accept (dispatch newly ready) | revision task |
+blocked (escalate) → all done → report.
+
+Restart safety: state lives in the DB; every message carries an idempotency key derived from
+what it announces (``assign:<task>:<n>``), so re-running a step after a crash never posts twice.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
+
+import yaml
+
+from hiclaw.errors import InvalidInputError
+from hiclaw.manager.plan import PlannedTask, parse_plan, render_plan, validate_plan
+from hiclaw.models import ResultStatus, TaskRecord, TaskResult, TaskState
+from hiclaw.state import Project, StateDB, Task
+from hiclaw.storage import layout
+
+log = logging.getLogger(__name__)
+
+#: Tasks in these states occupy their worker (one task at a time per worker).
+BUSY = (TaskState.IN_PROGRESS, TaskState.REVIEW)
+FINAL = (TaskState.DONE, TaskState.CANCELLED)
+
+
+class TeamChat(Protocol):
+    """What the engine needs from the channel (implemented by the control plane)."""
+
+    manager_room: str
+
+    async def post(self, room_id: str, text: str, *, mentions: Sequence[str] = (), key: str | None = None) -> str: ...
+
+    async def project_room(self, project: Project, members: Sequence[str]) -> str: ...
+
+    async def worker_room(self, worker: str) -> str: ...
+
+
+class WorkerAccess(Protocol):
+    """What the engine needs from the provisioner."""
+
+    async def refresh_access(self, worker: str) -> None:
+        """Grant the worker its tasks' folders (and restart its sandbox if mounts changed)."""
+
+
+WakeManager = Callable[[str, str], Awaitable[None]]  # (room_id, text)
+
+
+def parse_result(text: str) -> tuple[dict[str, Any], str]:
+    """Split result.md into its front matter and body."""
+    if text.startswith("---\n"):
+        end = text.find("\n---", 4)
+        if end != -1:
+            try:
+                meta = yaml.safe_load(text[4:end]) or {}
+            except yaml.YAMLError:
+                meta = {}
+            if isinstance(meta, dict):
+                return meta, text[end + 4:].lstrip("\n")
+    return {}, text
+
+
+def render_spec(task: Task, project: Project | None, inputs: Sequence[str]) -> str:
+    meta = {"task": task.id, "title": task.title, "assignee": task.assignee, "project": task.project_id,
+            "model": task.model, "depends_on": task.depends_on, "revision_of": task.revision_of}
+    lines = ["---", yaml.safe_dump({k: v for k, v in meta.items() if v}, sort_keys=False).strip(), "---", "",
+             f"# {task.id}: {task.title}", ""]
+    if project is not None:
+        lines += [f"Project: **{project.title}** ({project.id}) — plan: `{layout.project_plan(project.id)}`", ""]
+    lines += [task.spec.strip() or "(no further details)", ""]
+    if inputs:
+        lines += ["## Inputs", *[f"- `{path}`" for path in inputs], ""]
+    lines += ["## When you are done",
+              f"Write your deliverable into `{layout.task_workspace(task.id)}` (or reference files there), then call "
+              f"`report_result` with task_id `{task.id}`, a status (SUCCESS, SUCCESS_WITH_NOTES, REVISION_NEEDED, "
+              "BLOCKED), a one-line summary and the result in Markdown.", ""]
+    return "\n".join(lines)
+
+
+class TaskEngine:
+    def __init__(self, *, state: StateDB, storage: Any, chat: TeamChat, access: WorkerAccess,
+                 wake_manager: WakeManager, yolo: bool = False, admin: str = "admin",
+                 after_task: Callable[[TaskRecord, TaskResult], Awaitable[None]] | None = None) -> None:
+        self.state = state
+        self.storage = storage
+        self.chat = chat
+        self.access = access
+        self.wake_manager = wake_manager
+        self.yolo = yolo
+        self.admin = admin
+        self.after_task = after_task
+
+    # ------------------------------------------------------------------ plan files
+
+    async def render(self, project_id: str) -> str:
+        project = self.state.project(project_id)
+        text = render_plan(project, self.state.tasks(project_id=project_id))
+        await self.storage.put(layout.project_plan(project_id), text.encode())
+        return text
+
+    # ------------------------------------------------------------------ projects
+
+    async def create_project(self, title: str, goal: str = "") -> Project:
+        if not title.strip():
+            raise InvalidInputError("a project needs a title", hint="give it a short title")
+        project = self.state.create_project(title.strip(), goal.strip())
+        meta = project.model_dump_json(indent=2).encode()
+        await self.storage.put(layout.project_meta(project.id), meta)
+        await self.render(project.id)
+        self.state.log_event("project.created", project.id, title=project.title)
+        return project
+
+    async def propose_plan(self, project_id: str, tasks: Sequence[dict[str, Any] | PlannedTask]) -> list[Task]:
+        project = self.state.project(project_id)
+        if project.state not in ("planning", "awaiting_confirmation"):
+            raise InvalidInputError(f"{project_id} is {project.state}; its plan can no longer be replaced",
+                                    hint="add work with request_revision or a new project")
+        if self.state.tasks(project_id=project_id, states=[TaskState.IN_PROGRESS, TaskState.DONE]):
+            raise InvalidInputError(f"{project_id} already has started tasks")
+        planned = parse_plan([t.model_dump() if isinstance(t, PlannedTask) else t for t in tasks])
+        workers = [w.name for w in self.state.workers()]
+        existing = [t.id for t in self.state.tasks()]
+        number = int(self.state.next_task_id().rsplit("-", 1)[1])
+        validated = validate_plan(planned, workers=workers, next_id=number, existing=existing)
+        created = self.state.add_tasks(project_id, validated)
+        self.state.update_project(project_id, state="awaiting_confirmation")
+        plan_text = await self.render(project_id)
+        self.state.log_event("plan.proposed", project_id, tasks=[t.id for t in created])
+        if self.yolo:
+            await self.chat.post(self.chat.manager_room, f"Plan for **{project.title}** (YOLO mode, starting now):\n\n"
+                                 + _plan_lines(plan_text), key=f"plan:{project_id}:{len(existing)}")
+            await self.confirm_plan(project_id)
+        else:
+            await self.chat.post(
+                self.chat.manager_room,
+                f"@{self.admin} here is the plan for **{project.title}** ({project_id}). "
+                f"Reply to me with *confirm* to start it, or tell me what to change.\n\n" + _plan_lines(plan_text)
+                + f"\n\nFull plan: `{layout.project_plan(project_id)}`",
+                mentions=[self.admin], key=f"plan:{project_id}:{len(existing)}",
+            )
+        return created
+
+    async def confirm_plan(self, project_id: str) -> Project:
+        project = self.state.project(project_id)
+        if project.state == "running":
+            return project
+        if project.state != "awaiting_confirmation":
+            raise InvalidInputError(f"{project_id} has no plan waiting for confirmation (it is {project.state})",
+                                    hint="propose a plan first with propose_plan")
+        assignees = sorted({t.assignee for t in self.state.tasks(project_id=project_id)})
+        room_id = await self.chat.project_room(project, assignees)
+        project = self.state.update_project(project_id, state="running", room_id=room_id)
+        self.state.log_event("plan.confirmed", project_id)
+        for worker in assignees:
+            await self.access.refresh_access(worker)
+        await self.chat.post(room_id, f"Project **{project.title}** started. Plan: `{layout.project_plan(project_id)}`",
+                             key=f"project-start:{project_id}")
+        await self.dispatch_ready(project_id)
+        return project
+
+    # ------------------------------------------------------------------ dispatch
+
+    def ready_tasks(self, project_id: str) -> list[Task]:
+        tasks = self.state.tasks(project_id=project_id)
+        by_id = {t.id: t for t in tasks}
+        busy = {t.assignee for t in tasks if t.state in BUSY}
+        ready = []
+        for task in tasks:
+            if task.state is not TaskState.PENDING or task.assignee in busy:
+                continue
+            if all(by_id.get(dep) is None or by_id[dep].state is TaskState.DONE for dep in task.depends_on):
+                ready.append(task)
+                busy.add(task.assignee)
+        return ready
+
+    async def dispatch_ready(self, project_id: str) -> list[str]:
+        project = self.state.project(project_id)
+        if project.state != "running":
+            return []
+        dispatched = []
+        for task in self.ready_tasks(project_id):
+            await self.dispatch(task, project)
+            dispatched.append(task.id)
+        if dispatched:
+            await self.render(project_id)
+        return dispatched
+
+    def task_inputs(self, task: Task) -> list[str]:
+        inputs = [layout.task_result(dep) for dep in task.depends_on]
+        if task.revision_of:
+            inputs.append(layout.task_result(task.revision_of))
+        return inputs
+
+    async def assign_adhoc(self, assignee: str, title: str, spec: str = "", model: str | None = None) -> Task:
+        """A single task outside any project, posted in the worker's own room."""
+        self.state.worker(assignee)
+        if not title.strip():
+            raise InvalidInputError("a task needs a title")
+        (task,) = self.state.add_tasks(None, [Task(id=self.state.next_task_id(), title=title.strip(),
+                                                   assignee=assignee, spec=spec, model=model)])
+        await self.dispatch(task, None)
+        return self.state.task(task.id)
+
+    async def dispatch(self, task: Task, project: Project | None) -> None:
+        attempt = task.dispatch_count + 1
+        spec = render_spec(task, project, self.task_inputs(task))
+        await self.storage.put(layout.task_spec(task.id), spec.encode())
+        await self.access.refresh_access(task.assignee)
+        self.state.update_task(task.id, state=TaskState.IN_PROGRESS, dispatch_count=attempt,
+                               result_status=None, result_summary=None)
+        lines = [f"@{task.assignee} **{task.id}** is yours: {task.title}" + (" (re-check)" if attempt > 1 else ""),
+                 f"Spec: `{layout.task_spec(task.id)}`"]
+        inputs = self.task_inputs(task)
+        if inputs:
+            lines.append("Inputs: " + ", ".join(f"`{p}`" for p in inputs))
+        lines.append(f"Report with `report_result` when done (writes `{layout.task_result(task.id)}`).")
+        room = project.room_id if project and project.room_id else await self.chat.worker_room(task.assignee)
+        await self.chat.post(room, "\n".join(lines), mentions=[task.assignee], key=f"assign:{task.id}:{attempt}")
+        self.state.log_event("task.dispatched", task.id, assignee=task.assignee, attempt=attempt)
+
+    # ------------------------------------------------------------------ results
+
+    async def read_result(self, task_id: str) -> tuple[dict[str, Any], str] | None:
+        try:
+            raw = await self.storage.get(layout.task_result(task_id))
+        except Exception:  # noqa: BLE001 - absent or unreadable result: nothing reported yet
+            return None
+        return parse_result(raw.decode("utf-8", errors="replace"))
+
+    async def collect_result(self, task_id: str) -> bool:
+        """Pick up a reported result for an in-progress task; wake the Manager to judge it.
+
+        Called when a worker's report message arrives and, at boot, for every in-progress task
+        (a result written while the control plane was down is picked up then)."""
+        task = self.state.task(task_id)
+        if task.state is not TaskState.IN_PROGRESS:
+            return False
+        found = await self.read_result(task_id)
+        if found is None:
+            return False
+        meta, body = found
+        if int(meta.get("attempt", task.dispatch_count) or 0) < task.dispatch_count:
+            return False  # an older attempt's result; the current one has not reported yet
+        try:
+            status = ResultStatus(str(meta.get("status", "")).upper())
+        except ValueError:
+            status = ResultStatus.SUCCESS_WITH_NOTES
+        summary = str(meta.get("summary") or (body.strip().splitlines()[0] if body.strip() else ""))[:300]
+        project = self.state.project(task.project_id) if task.project_id else None
+        if status is ResultStatus.BLOCKED:
+            self.state.update_task(task_id, state=TaskState.BLOCKED, result_status=status, result_summary=summary)
+            await self._rerender(task)
+            await self.chat.post(self.chat.manager_room,
+                                 f"@{self.admin} **{task_id}** ({task.title}) is blocked — {task.assignee} says: "
+                                 f"{summary}\nResult: `{layout.task_result(task_id)}`",
+                                 mentions=[self.admin], key=f"blocked:{task_id}:{task.dispatch_count}")
+            self.state.log_event("task.blocked", task_id, summary=summary)
+            await self._after(task_id, status, summary)
+            return True
+        self.state.update_task(task_id, state=TaskState.REVIEW, result_status=status, result_summary=summary)
+        await self._rerender(task)
+        self.state.log_event("task.reported", task_id, status=status.value)
+        room = project.room_id if project and project.room_id else await self.chat.worker_room(task.assignee)
+        await self.wake_manager(room, (
+            f"{task.assignee} reported **{task_id}** ({task.title}): {status.value} — {summary}\n"
+            f"Result: `{layout.task_result(task_id)}`. Judge it: call `accept_task` if it is good enough, or "
+            f"`request_revision` with concrete feedback (and the worker who should revise)."
+        ))
+        return True
+
+    async def _rerender(self, task: Task) -> None:
+        if task.project_id:
+            await self.render(task.project_id)
+
+    async def _after(self, task_id: str, status: ResultStatus, summary: str) -> None:
+        if self.after_task is None:
+            return
+        task = self.state.task(task_id)
+        record = TaskRecord(id=task.id, project_id=task.project_id, title=task.title, assignee=task.assignee,
+                            depends_on=tuple(task.depends_on), model=task.model, state=task.state,
+                            revision_of=task.revision_of)
+        await self.after_task(record, TaskResult(task_id=task_id, status=status, summary=summary))
+
+    # ------------------------------------------------------------------ judgement outcomes
+
+    def _judgeable(self, task_id: str) -> Task:
+        task = self.state.task(task_id)
+        if task.state is TaskState.DONE:
+            raise InvalidInputError(f"{task_id} is already done")
+        if task.state is not TaskState.REVIEW:
+            raise InvalidInputError(f"{task_id} has no result to judge yet (it is {task.state.value})",
+                                    hint="wait for the worker's report")
+        return task
+
+    async def accept_task(self, task_id: str, note: str = "") -> Task:
+        task = self._judgeable(task_id)
+        task = self.state.update_task(task_id, state=TaskState.DONE)
+        self.state.log_event("task.accepted", task_id, note=note)
+        # A finished revision sends its original back for a re-check.
+        for original in [t for t in self.state.tasks() if t.id == task.revision_of and t.state is TaskState.REVISION]:
+            if not [t for t in self.state.tasks() if t.revision_of == original.id and t.state not in FINAL]:
+                self.state.update_task(original.id, state=TaskState.PENDING)
+        await self._after(task_id, task.result_status or ResultStatus.SUCCESS, task.result_summary or "")
+        if task.project_id:
+            await self.render(task.project_id)
+            await self.dispatch_ready(task.project_id)
+            await self._maybe_finish(task.project_id)
+        return self.state.task(task_id)
+
+    async def request_revision(self, task_id: str, feedback: str, assignee: str | None = None) -> Task:
+        original = self._judgeable(task_id)
+        if not feedback.strip():
+            raise InvalidInputError("a revision needs feedback", hint="say concretely what must change")
+        who = assignee or original.assignee
+        self.state.worker(who)
+        revision = Task(id=self.state.next_task_id(), title=f"Revise: {original.title}", assignee=who,
+                        spec=f"Revision requested for {original.id} ({original.title}).\n\nFeedback:\n{feedback.strip()}",
+                        revision_of=original.id, model=original.model)
+        self.state.add_tasks(original.project_id, [revision])
+        self.state.update_task(original.id, state=TaskState.REVISION)
+        self.state.log_event("task.revision", original.id, revision=revision.id, assignee=who)
+        if original.project_id:
+            await self.render(original.project_id)
+            await self.access.refresh_access(who)
+            await self.dispatch_ready(original.project_id)
+        return self.state.task(revision.id)
+
+    async def block_task(self, task_id: str, reason: str) -> Task:
+        task = self.state.task(task_id)
+        if task.state in FINAL:
+            raise InvalidInputError(f"{task_id} is already {task.state.value}")
+        self.state.update_task(task_id, state=TaskState.BLOCKED, result_summary=reason[:300])
+        await self._rerender(task)
+        await self.chat.post(self.chat.manager_room, f"@{self.admin} **{task_id}** ({task.title}) is blocked: {reason}",
+                             mentions=[self.admin], key=f"blocked-by-manager:{task_id}:{task.dispatch_count}")
+        self.state.log_event("task.blocked", task_id, reason=reason)
+        await self._after(task_id, ResultStatus.BLOCKED, reason)
+        return self.state.task(task_id)
+
+    async def cancel_task(self, task_id: str) -> Task:
+        task = self.state.task(task_id)
+        if task.state in FINAL:
+            raise InvalidInputError(f"{task_id} is already {task.state.value}")
+        self.state.update_task(task_id, state=TaskState.CANCELLED)
+        self.state.log_event("task.cancelled", task_id)
+        await self._rerender(task)
+        if task.project_id:
+            await self.dispatch_ready(task.project_id)
+            await self._maybe_finish(task.project_id)
+        return self.state.task(task_id)
+
+    async def _maybe_finish(self, project_id: str) -> None:
+        tasks = self.state.tasks(project_id=project_id)
+        project = self.state.project(project_id)
+        if project.state != "running" or not tasks or any(t.state not in FINAL for t in tasks):
+            return
+        self.state.update_project(project_id, state="done")
+        await self.render(project_id)
+        self.state.log_event("project.done", project_id)
+        rows = "\n".join(f"- [x] {t.id} {t.title} — @{t.assignee}: {t.result_status.value if t.result_status else '-'}"
+                         for t in tasks if t.state is TaskState.DONE)
+        await self.wake_manager(self.chat.manager_room, (
+            f"Project **{project.title}** ({project_id}) is complete: every task is accepted.\n{rows}\n"
+            f"Plan: `{layout.project_plan(project_id)}`. Write the final report to {self.admin} now."
+        ))
+
+
+def _plan_lines(plan_text: str) -> str:
+    return "\n".join(line for line in plan_text.splitlines() if line.startswith(("- ", "  - ")))

@@ -1,0 +1,177 @@
+"""The Manager agent's tools: management operations only (no files, no shell, no environment).
+
+Registered as the default plugin ``manager-tools``. Every tool is a thin call into code (the
+provisioner, the task engine, the state DB); the model decides *what* to call, code does it.
+The tools reach the control plane through ``ctx.runtime`` (a :class:`hiclaw.control.plane.ControlPlane`).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from hiclaw import hookimpl
+from hiclaw.models import ToolSpec
+
+STRING = {"type": "string"}
+
+
+def _obj(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    return {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
+
+
+def _worker_dict(worker: Any) -> dict[str, Any]:
+    return {"name": worker.name, "role": worker.role, "model": worker.model, "skills": worker.skills,
+            "state": worker.state}
+
+
+def _task_dict(task: Any) -> dict[str, Any]:
+    return {"id": task.id, "title": task.title, "assignee": task.assignee, "state": task.state.value,
+            "depends_on": task.depends_on, "model": task.model, "revision_of": task.revision_of,
+            "result_status": task.result_status.value if task.result_status else None,
+            "result_summary": task.result_summary}
+
+
+def manager_tools(plane: Any) -> list[ToolSpec]:
+    engine, state, provisioner = plane.engine, plane.state, plane.provisioner
+
+    async def create_worker(args: dict[str, Any]) -> Any:
+        worker = await provisioner.create_worker(
+            args["name"], role=args["role"], model=args.get("model") or plane.config.team.worker_model,
+            skills=args.get("skills") or [],
+        )
+        return {"created": _worker_dict(worker), "room": f"Worker: {worker.name}"}
+
+    async def list_workers(args: dict[str, Any]) -> Any:
+        return [_worker_dict(w) | {"running": await provisioner.is_running(w.name)} for w in state.workers()]
+
+    async def remove_worker(args: dict[str, Any]) -> Any:
+        await provisioner.remove_worker(args["name"])
+        return {"removed": args["name"]}
+
+    async def set_worker_model(args: dict[str, Any]) -> Any:
+        worker = await provisioner.set_model(args["name"], args["model"])
+        return {"worker": worker.name, "model": worker.model}
+
+    async def create_project(args: dict[str, Any]) -> Any:
+        project = await engine.create_project(args["title"], args.get("goal", ""))
+        return {"project_id": project.id, "title": project.title,
+                "next": "call propose_plan with the tasks (assignee, depends_on, model tier)"}
+
+    async def propose_plan(args: dict[str, Any]) -> Any:
+        tasks = await engine.propose_plan(args["project_id"], args["tasks"])
+        waiting = "started (YOLO mode)" if engine.yolo else "posted to the admin; wait for their confirmation"
+        return {"tasks": [_task_dict(t) for t in tasks], "status": waiting}
+
+    async def confirm_plan(args: dict[str, Any]) -> Any:
+        project = await engine.confirm_plan(args["project_id"])
+        return {"project_id": project.id, "state": project.state,
+                "tasks": [_task_dict(t) for t in state.tasks(project_id=project.id)]}
+
+    async def assign_task(args: dict[str, Any]) -> Any:
+        task = await engine.assign_adhoc(args["assignee"], args["title"], args.get("spec", ""), args.get("model"))
+        return _task_dict(task)
+
+    async def read_result(args: dict[str, Any]) -> Any:
+        task = state.task(args["task_id"])
+        found = await engine.read_result(task.id)
+        if found is None:
+            return {"task": _task_dict(task), "result": None}
+        meta, body = found
+        return {"task": _task_dict(task), "status": meta.get("status"), "summary": meta.get("summary"),
+                "result_markdown": body}
+
+    async def accept_task(args: dict[str, Any]) -> Any:
+        return _task_dict(await engine.accept_task(args["task_id"], args.get("note", "")))
+
+    async def request_revision(args: dict[str, Any]) -> Any:
+        revision = await engine.request_revision(args["task_id"], args["feedback"], args.get("assignee"))
+        return {"revision_task": _task_dict(revision)}
+
+    async def block_task(args: dict[str, Any]) -> Any:
+        return _task_dict(await engine.block_task(args["task_id"], args["reason"]))
+
+    async def cancel_task(args: dict[str, Any]) -> Any:
+        return _task_dict(await engine.cancel_task(args["task_id"]))
+
+    async def list_tasks(args: dict[str, Any]) -> Any:
+        return [_task_dict(t) for t in state.tasks(project_id=args.get("project_id"))]
+
+    async def send_message(args: dict[str, Any]) -> Any:
+        event_id = await plane.send_to_room(args["room"], args["text"], mentions=args.get("mentions") or [])
+        return {"sent": event_id}
+
+    async def usage_report(args: dict[str, Any]) -> Any:
+        return await plane.usage(by=args.get("by") or "consumer")
+
+    tools = [
+        ToolSpec(name="create_worker", handler=create_worker,
+                 description="Create a worker agent (Matrix account, room, model token, home, sandboxed process). "
+                             "Idempotent.",
+                 parameters=_obj({"name": {"type": "string", "pattern": "^[a-z][a-z0-9-]{0,30}$"},
+                                  "role": {"type": "string", "description": "role and responsibilities, becomes SOUL.md"},
+                                  "model": {"type": "string", "description": "model alias, e.g. smart, fast, cheap"},
+                                  "skills": {"type": "array", "items": STRING}}, ["name", "role"])),
+        ToolSpec(name="list_workers", handler=list_workers, description="List workers with role, model and state.",
+                 parameters=_obj({}, [])),
+        ToolSpec(name="remove_worker", handler=remove_worker,
+                 description="Remove a worker: stop it, revoke its token and storage access.",
+                 parameters=_obj({"name": STRING}, ["name"])),
+        ToolSpec(name="set_worker_model", handler=set_worker_model, description="Change a worker's default model alias.",
+                 parameters=_obj({"name": STRING, "model": STRING}, ["name", "model"])),
+        ToolSpec(name="create_project", handler=create_project,
+                 description="Start a project (mode 2: complex work for several workers). Then propose_plan.",
+                 parameters=_obj({"title": STRING, "goal": STRING}, ["title"])),
+        ToolSpec(name="propose_plan", handler=propose_plan,
+                 description="Propose the project's tasks as a DAG. Code validates it (known workers, no cycles), "
+                             "writes plan.md and asks the admin to confirm (unless YOLO mode).",
+                 parameters=_obj({"project_id": STRING, "tasks": {"type": "array", "items": _obj({
+                     "id": {"type": "string", "pattern": "^task-[0-9]{3,}$"}, "title": STRING, "assignee": STRING,
+                     "depends_on": {"type": "array", "items": STRING},
+                     "model": {"type": "string", "description": "model alias for this task (e.g. cheap for collection)"},
+                     "spec": {"type": "string", "description": "what to do and what done looks like"},
+                 }, ["title", "assignee"])}}, ["project_id", "tasks"])),
+        ToolSpec(name="confirm_plan", handler=confirm_plan,
+                 description="Start a proposed project after the admin confirmed it: creates the project room and "
+                             "dispatches every task whose dependencies are done.",
+                 parameters=_obj({"project_id": STRING}, ["project_id"])),
+        ToolSpec(name="assign_task", handler=assign_task,
+                 description="Give one worker a single task outside any project (it is posted in the worker's room).",
+                 parameters=_obj({"assignee": STRING, "title": STRING, "spec": STRING, "model": STRING},
+                                 ["assignee", "title"])),
+        ToolSpec(name="read_result", handler=read_result, description="Read a task's reported result.md.",
+                 parameters=_obj({"task_id": STRING}, ["task_id"])),
+        ToolSpec(name="accept_task", handler=accept_task,
+                 description="Accept a reported task: it is done; dependent tasks are dispatched.",
+                 parameters=_obj({"task_id": STRING, "note": STRING}, ["task_id"])),
+        ToolSpec(name="request_revision", handler=request_revision,
+                 description="Ask for a revision of a reported task: creates a linked revision task (for the "
+                             "given worker, default the same); the original is re-checked after it.",
+                 parameters=_obj({"task_id": STRING, "feedback": STRING, "assignee": STRING}, ["task_id", "feedback"])),
+        ToolSpec(name="block_task", handler=block_task, description="Mark a task blocked and alert the admin.",
+                 parameters=_obj({"task_id": STRING, "reason": STRING}, ["task_id", "reason"])),
+        ToolSpec(name="cancel_task", handler=cancel_task, description="Cancel a task that is not done.",
+                 parameters=_obj({"task_id": STRING}, ["task_id"])),
+        ToolSpec(name="list_tasks", handler=list_tasks, description="List tasks (optionally of one project).",
+                 parameters=_obj({"project_id": STRING}, [])),
+        ToolSpec(name="send_message", handler=send_message,
+                 description="Post a message in a room ('Manager', 'Worker: <name>' or a project id), mentioning "
+                             "agents by name.",
+                 parameters=_obj({"room": STRING, "text": STRING, "mentions": {"type": "array", "items": STRING}},
+                                 ["room", "text"])),
+        ToolSpec(name="usage_report", handler=usage_report,
+                 description="Model usage and cost from the gateway ledger.",
+                 parameters=_obj({"by": {"type": "string", "enum": ["consumer", "task", "project", "model"]}}, [])),
+    ]
+    tools.extend(plane.extra_manager_tools())
+    return tools
+
+
+def _factory(ctx: Any) -> list[ToolSpec]:
+    plane = getattr(ctx, "runtime", None)
+    if ctx.side != "control" or plane is None:
+        return []
+    return manager_tools(plane)
+
+
+@hookimpl
+def hiclaw_register_tools(register: Any) -> None:
+    register("manager", _factory, description="the Manager's management tools")
