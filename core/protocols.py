@@ -11,9 +11,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from hiclaw.models import ChatMessage
+
+if TYPE_CHECKING:  # pragma: no cover
+    from hiclaw.storage.models import SyncResult, WorkerStorageAccess
 
 
 @runtime_checkable
@@ -93,6 +96,50 @@ class Storage(Protocol):
 
     async def delete(self, key: str) -> None:
         """Delete one object (absent is fine)."""
+
+    async def copy(self, src: str, dst: str) -> None:
+        """Copy object ``src`` to ``dst`` atomically (server-side where the backend can)."""
+
+    async def put_file(self, key: str, path: PathLike, *, content_type: str | None = None) -> None:
+        """Upload a local file atomically, streaming (never a partial object)."""
+
+    async def get_file(self, key: str, path: PathLike) -> None:
+        """Download to a local file atomically (temporary file beside it, then rename)."""
+
+    async def checksum(self, key: str) -> str:
+        """Content digest as ``"sha256:<hex>"`` (or ``"md5:<hex>"`` where only that is known)."""
+
+    async def sync(
+        self,
+        local_dir: PathLike,
+        prefix: str,
+        *,
+        direction: Literal["up", "down"] = "up",
+        include: Sequence[str] = (),
+        exclude: Sequence[str] = (),
+        delete: bool = False,
+        checksum: bool = False,
+        dry_run: bool = False,
+    ) -> SyncResult:
+        """Synchronise a local folder with a storage folder (see :mod:`hiclaw.storage.sync`)."""
+
+
+@runtime_checkable
+class ControlStorage(Storage, Protocol):
+    """The control plane's view of storage: it also hands out and takes back per-worker access."""
+
+    async def grant(
+        self, worker: str, *, rw: Sequence[str] = (), ro: Sequence[str] = ()
+    ) -> WorkerStorageAccess:
+        """Give ``worker`` read-write access to its home and ``rw``, read-only to ``ro`` (folders
+        end with ``/``). Returns worker-side settings (scoped, never root keys) and, for local
+        storage, the bind mounts. Issuing again replaces the worker's earlier credentials."""
+
+    async def revoke(self, worker: str) -> None:
+        """Take every access of ``worker`` away (idempotent)."""
+
+    async def presign(self, key: str, expires_seconds: int = 3600) -> str:
+        """A URL that lets a human fetch ``key`` without credentials, valid for that long."""
 
 
 @runtime_checkable
