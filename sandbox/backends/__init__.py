@@ -1,0 +1,1 @@
+"""Backend implementations (imported only when a backend is created; the entry modules stay light)."""

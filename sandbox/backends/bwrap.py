@@ -1,0 +1,236 @@
+"""The bubblewrap backend: one set of fresh namespaces per worker.
+
+Filesystem view inside (everything else of the host is absent, not just unreadable):
+
+* read-only: ``/usr`` (and the ``/bin``, ``/lib*``, ``/sbin`` links), a few files of ``/etc``
+  (TLS roots, loader cache, time zone), the Python installation and the virtual environment the
+  control plane runs from, the source folders of editable installs (hiclaw itself, plugins),
+  ``extra_ro_paths``, and the bridges' socket folder at ``/run/hiclaw``;
+* read-write: the worker's home and its read-write mounts, a private ``/tmp``;
+* generated: ``/etc/passwd``, ``/etc/group``, ``/etc/hosts`` naming only the worker.
+
+Namespaces: user (no capabilities, no nested user namespaces), pid (the launcher is PID 1),
+ipc, uts (hostname = worker name), cgroup, mount and net. Without ``spec.network`` the sandbox
+has only its own loopback, where the launcher's forwarders serve the bridges.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from hiclaw.sandbox.base import (
+    LaunchPlan,
+    LocalSandboxBackend,
+    SandboxError,
+    exposes_control_plane,
+)
+from hiclaw.sandbox.bridge import format_target
+from hiclaw.sandbox.settings import BwrapSettings
+from hiclaw.sandbox.spec import WorkerSpec
+
+#: Where the bridge sockets appear inside the sandbox.
+SANDBOX_RUN_DIR = "/run/hiclaw"
+_SYSTEM_LINKS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+#: /etc entries programs need to work (TLS, dynamic loader, time, services) — none hold secrets.
+_ETC = ("/etc/ssl", "/etc/ca-certificates", "/etc/pki", "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d",
+        "/etc/localtime", "/etc/timezone", "/etc/alternatives", "/etc/protocols", "/etc/services", "/etc/mime.types",
+        "/etc/nsswitch.conf", "/etc/os-release")
+_ETC_NETWORK = ("/etc/resolv.conf", "/etc/hosts", "/etc/gai.conf")
+
+_PATHS_SCRIPT = r"""
+import json, sys
+paths = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix] + [p for p in sys.path if p]
+for module in list(sys.modules.values()):  # setuptools editable installs map packages to source folders
+    mapping = getattr(module, "MAPPING", None)
+    if getattr(module, "__name__", "").startswith("__editable__") and isinstance(mapping, dict):
+        paths.extend(mapping.values())
+print(json.dumps(paths))
+"""
+_python_paths_cache: dict[str, list[Path]] = {}
+
+
+def python_paths(python: str) -> list[Path]:
+    """Folders ``python`` imports from (prefixes, ``sys.path``, editable source folders), minimal."""
+    if python not in _python_paths_cache:
+        result = subprocess.run([python, "-c", _PATHS_SCRIPT], capture_output=True, text=True, cwd="/",
+                                env={"PATH": "/usr/bin:/bin"}, timeout=60)
+        if result.returncode != 0:
+            raise SandboxError(f"cannot inspect the Python at {python}: {result.stderr.strip()[-300:]}")
+        found: set[Path] = set()
+        for raw in json.loads(result.stdout):
+            path = Path(raw)
+            if path.exists():
+                found.add(path)
+                found.add(path.resolve())
+        _python_paths_cache[python] = minimal_roots(found)
+    return _python_paths_cache[python]
+
+
+def minimal_roots(paths: set[Path] | list[Path]) -> list[Path]:
+    """Drop every path that lies inside another one of ``paths``."""
+    ordered = sorted(set(paths), key=lambda p: (len(p.parts), str(p)))
+    roots: list[Path] = []
+    for path in ordered:
+        if not any(root == path or root in path.parents for root in roots):
+            roots.append(path)
+    return roots
+
+
+def _read_status(fd: int) -> asyncio.Future[dict[str, Any] | None]:
+    """Future of the first JSON document bwrap writes to ``--json-status-fd`` (None on EOF)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[dict[str, Any] | None] = loop.create_future()
+    buffer = bytearray()
+    os.set_blocking(fd, False)
+
+    def on_readable() -> None:
+        try:
+            data = os.read(fd, 4096)
+        except BlockingIOError:
+            return
+        if future.done():
+            return
+        if not data:
+            future.set_result(None)
+            return
+        buffer.extend(data)
+        try:
+            doc, _ = json.JSONDecoder().raw_decode(buffer.decode().lstrip())
+        except ValueError:
+            return  # incomplete yet
+        future.set_result(doc)
+
+    loop.add_reader(fd, on_readable)
+    future.add_done_callback(lambda _: loop.remove_reader(fd))
+    return future
+
+
+class BwrapBackend(LocalSandboxBackend):
+    """Workers in bubblewrap sandboxes (the default on Linux)."""
+
+    name = "bwrap"
+    settings_model = BwrapSettings
+    settings: BwrapSettings
+
+    def __init__(self, settings: BwrapSettings | None = None, ctx: Any = None) -> None:
+        super().__init__(settings, ctx)
+        self._bwrap: str | None = None
+
+    @property
+    def bwrap(self) -> str:
+        if self._bwrap is None:
+            found = shutil.which(self.settings.bwrap)
+            if found is None:
+                raise SandboxError(
+                    f"bubblewrap ({self.settings.bwrap!r}) is not installed",
+                    hint='install it (`apt-get install bubblewrap`, or run scripts/setup.sh), or set [sandbox] plugin = "process"',
+                )
+            self._bwrap = found
+        return self._bwrap
+
+    def _prepare(self, spec: WorkerSpec) -> None:
+        super()._prepare(spec)
+        self.bwrap  # noqa: B018 - fail early with the install hint
+        for path in self.settings.extra_ro_paths:
+            if exposes_control_plane(path, self.control_home):
+                raise SandboxError(f"[sandbox.settings] extra_ro_paths: {path} would expose the control plane's files",
+                                   hint="list only tool folders, never $HICLAW_HOME or a parent of it")
+
+    def readonly_paths(self) -> list[Path]:
+        """Python, virtual environment and source folders bound read-only (identical paths)."""
+        paths = [p for p in python_paths(self.python) if not str(p).startswith(("/usr/", "/etc/")) and p != Path("/usr")]
+        paths += [p for p in self.settings.extra_ro_paths if p.exists()]
+        for path in paths:
+            if exposes_control_plane(path, self.control_home):
+                raise SandboxError(
+                    f"the Python environment folder {path} contains the control plane's home {self.control_home}",
+                    hint="put $HICLAW_HOME outside the virtual environment and the source checkout",
+                )
+        return minimal_roots(paths)
+
+    def _write_identity_files(self, spec: WorkerSpec, run_dir: Path) -> dict[str, Path]:
+        etc = run_dir / "etc"
+        etc.mkdir(exist_ok=True)
+        uid, gid, home = os.getuid(), os.getgid(), spec.home or "/tmp"
+        files = {
+            "/etc/passwd": f"{spec.name}:x:{uid}:{gid}:hiclaw worker:{home}:/bin/sh\n",
+            "/etc/group": f"{spec.name}:x:{gid}:\n",
+        }
+        if not spec.network:
+            files["/etc/hosts"] = f"127.0.0.1\tlocalhost {spec.name}\n::1\tlocalhost ip6-localhost\n"
+        written = {}
+        for target, content in files.items():
+            path = etc / Path(target).name
+            path.write_text(content)
+            written[target] = path
+        return written
+
+    def command(self, spec: WorkerSpec, run_dir: Path, sockets: dict[str, Path], status_fd: int) -> list[str]:
+        """The full bwrap command line for ``spec`` (public so tests and docs can show it)."""
+        args = [self.bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--cap-drop", "ALL",
+                "--die-with-parent", "--new-session", "--as-pid-1", "--json-status-fd", str(status_fd),
+                "--hostname", spec.name]
+        if spec.network:
+            args.append("--share-net")
+        args += ["--ro-bind", "/usr", "/usr"]
+        for link in _SYSTEM_LINKS:
+            if os.path.islink(link):
+                args += ["--symlink", os.readlink(link), link]
+            elif os.path.isdir(link):
+                args += ["--ro-bind", link, link]
+        for path in _ETC + (_ETC_NETWORK if spec.network else ()):
+            args += ["--ro-bind-try", path, path]
+        for target, source in self._write_identity_files(spec, run_dir).items():
+            args += ["--ro-bind", str(source), target]
+        args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]  # /tmp before any bind under it
+        binds: list[tuple[Path, Path, bool]] = [(p, p, True) for p in self.readonly_paths()]
+        if sockets:
+            binds.append((run_dir, Path(SANDBOX_RUN_DIR), True))
+        if spec.home is not None:
+            binds.append((spec.home, spec.home, False))
+        binds += [(m.host_path, m.target, m.read_only) for m in spec.mounts]
+        for source, target, read_only in sorted(binds, key=lambda b: len(b[1].parts)):  # parents first
+            args += ["--ro-bind" if read_only else "--bind", str(source), str(target)]
+        if spec.working_dir is not None:
+            args += ["--chdir", str(spec.working_dir)]
+        by_name = {b.name: b for b in spec.bridges}
+        forwards = [format_target(by_name[name].port, unix=f"{SANDBOX_RUN_DIR}/{sock.name}") for name, sock in sockets.items()]
+        return args + ["--", *self._launcher_args(forwards), "--", *spec.argv]
+
+    def _plan(self, spec: WorkerSpec, run_dir: Path, sockets: dict[str, Path]) -> LaunchPlan:
+        read_fd, write_fd = os.pipe()
+        try:
+            argv = self.command(spec, run_dir, sockets, write_fd)
+        except BaseException:
+            os.close(read_fd)
+            os.close(write_fd)
+            raise
+        return LaunchPlan(argv=argv, pass_fds=(write_fd,), keep_fds=(read_fd,))
+
+    async def _signal_pid(self, process: asyncio.subprocess.Process, plan: LaunchPlan, log_path: Path) -> int:
+        status = _read_status(plan.keep_fds[0])
+        try:
+            doc = await asyncio.wait_for(status, 30)
+        except asyncio.TimeoutError:
+            doc = None
+        if doc and "child-pid" in doc:
+            return int(doc["child-pid"])
+        await process.wait()
+        raise SandboxError(
+            f"bubblewrap could not start the sandbox: {_last_error(log_path)}",
+            hint="if user namespaces are disabled, enable them (sysctl kernel.unprivileged_userns_clone=1, or an "
+                 'AppArmor profile for bwrap on Ubuntu 24.04+), or set [sandbox] plugin = "process"',
+        )
+
+
+def _last_error(log_path: Path) -> str:
+    try:
+        lines = [ln for ln in log_path.read_text(errors="replace").splitlines() if ln and not ln.startswith("--- hiclaw:")]
+    except OSError:
+        return "no output"
+    return lines[-1][:300] if lines else "no output"

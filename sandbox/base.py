@@ -1,0 +1,380 @@
+"""Shared backend code: settings, handles, status, logs, and the local-process backend base.
+
+:class:`LocalSandboxBackend` runs each worker as a child process of the control plane
+(bwrap and process backends). A subclass only says how to wrap the launcher command line
+(:meth:`LocalSandboxBackend._plan`). Everything else — bridges, logs, status, graceful
+stop, exit codes — is here.
+
+Backend API (every backend, also docker and kubernetes)::
+
+    handle = await backend.start(spec)          # SandboxHandle
+    await backend.stop(name, timeout=10.0)      # SIGTERM, then SIGKILL after timeout; absent is fine
+    await backend.status(name)                  # {name, backend, state, pid, exit_code, started_at, restarts}
+    await backend.wait(name)                    # exit code of the current run (None if absent)
+    async for line in backend.logs(name, follow=False): ...
+    await backend.close()                       # stop every worker this backend started
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel
+
+from hiclaw.errors import HiclawError, NotFoundError
+from hiclaw.sandbox.bridge import MAX_SOCKET_PATH, HostBridges
+from hiclaw.sandbox.settings import BackendSettings
+from hiclaw.sandbox.spec import WorkerSpec
+
+#: Environment every sandboxed program gets unless the spec overrides it.
+BASE_ENV = {
+    "LANG": "C.UTF-8",
+    "PYTHONUNBUFFERED": "1",  # logs appear as they are written
+    "PYTHONDONTWRITEBYTECODE": "1",  # the Python files are read-only inside
+    "TMPDIR": "/tmp",
+}
+#: Files and folders of $HICLAW_HOME a sandbox must never see (relative to the home).
+CONTROL_PLANE_ONLY = ("secrets.toml", "config.toml", "state.db", "run", "logs", "homeserver", "gateway", "channel")
+LOG_ROTATE_BYTES = 10 * 1024 * 1024
+
+
+class SandboxError(HiclawError):
+    """A sandbox could not be started or controlled."""
+
+
+class SandboxHandle(BaseModel):
+    name: str
+    backend: str
+    pid: int | None = None
+    started_at: datetime
+    log_path: Path
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def worker_log_path(home: Path, name: str) -> Path:
+    """``$HICLAW_HOME/logs/workers/<name>.log`` — where a worker's output goes by default."""
+    return home / "logs" / "workers" / f"{name}.log"
+
+
+def status_dict(name: str, backend: str, state: str, **extra: Any) -> dict[str, Any]:
+    base = {"name": name, "backend": backend, "state": state, "pid": None, "exit_code": None,
+            "started_at": None, "restarts": 0}
+    base.update(extra)
+    return base
+
+
+def launcher_argv(python: str, forwards: list[str], settings: BackendSettings, extra: tuple[str, ...] = ()) -> list[str]:
+    """``python -m hiclaw.sandbox.launch`` with ``--bridge`` forwards and resource limits (no ``--``)."""
+    args = [python, "-m", "hiclaw.sandbox.launch", *extra]
+    for forward in forwards:
+        args += ["--bridge", forward]
+    if settings.memory_mb:
+        args += ["--rlimit-as", str(settings.memory_mb * 1024 * 1024)]
+    if settings.max_open_files:
+        args += ["--rlimit-nofile", str(settings.max_open_files)]
+    return args
+
+
+def exposes_control_plane(path: Path, control_home: Path) -> bool:
+    """True if binding ``path`` would show the control plane's home, secrets, state or sockets."""
+    home = control_home.resolve()
+    real = path.resolve()
+    if real == home or real in home.parents:
+        return True
+    return any(real == f or f in real.parents for f in (home / rel for rel in CONTROL_PLANE_ONLY))
+
+
+def check_mounts_safe(spec: WorkerSpec, control_home: Path) -> None:
+    """Refuse a mount (or home) that would expose the control plane's files."""
+    sources = [(m.host_path, "mount") for m in spec.mounts] + ([(spec.home, "home")] if spec.home else [])
+    for path, what in sources:
+        if exposes_control_plane(path, control_home):
+            raise SandboxError(
+                f"worker {spec.name!r}: {what} {path} would expose the control plane's files ({control_home})",
+                hint="mount only the worker's own folders (e.g. its agent home under the storage root)",
+            )
+
+
+def run_dir_for(base: Path, name: str) -> Path:
+    """Per-worker socket folder; falls back to a short path when unix-socket paths would be too long."""
+    path = base / name
+    if len(os.fsencode(str(path))) + 34 > MAX_SOCKET_PATH:  # room for "/<31-char bridge name>.sock"
+        import hashlib
+        import tempfile
+
+        digest = hashlib.sha256(str(base).encode()).hexdigest()[:10]
+        path = Path(tempfile.gettempdir()) / f"hiclaw-{os.getuid()}-{digest}" / name
+    path.mkdir(parents=True, exist_ok=True)
+    for folder in (path.parent, path):
+        os.chmod(folder, 0o700)
+    return path
+
+
+def open_log(path: Path, header: str) -> int:
+    """Open (rotating once past 10 MB) a worker log for appending; returns the fd."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        if path.stat().st_size > LOG_ROTATE_BYTES:
+            os.replace(path, path.with_name(path.name + ".1"))
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.write(fd, f"--- hiclaw: {header} at {utcnow().isoformat(timespec='seconds')} ---\n".encode())
+    return fd
+
+
+def append_log(path: Path, line: str) -> None:
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(f"--- hiclaw: {line} at {utcnow().isoformat(timespec='seconds')} ---\n")
+
+
+def read_log_lines(path: Path, *, follow: bool = False, tail: int | None = None,
+                   interval: float = 0.2, stop: Any = None) -> Iterator[str]:
+    """Lines of a log file (the last ``tail`` if given); with ``follow``, keep yielding new lines,
+    surviving truncation and rotation, until ``stop()`` is true. Yields ``""`` while idle."""
+    with open(path, "rb") as fh:
+        lines = fh.read().decode("utf-8", "replace").splitlines()
+        yield from (lines[-tail:] if tail else lines)
+        if not follow:
+            return
+        inode = os.fstat(fh.fileno()).st_ino
+        buffer = b""
+        while stop is None or not stop():
+            chunk = fh.read()
+            if chunk:
+                buffer += chunk
+                *complete, buffer = buffer.split(b"\n")
+                yield from (c.decode("utf-8", "replace") for c in complete)
+                continue
+            try:
+                current = os.stat(path)
+            except FileNotFoundError:
+                current = None
+            if current is not None and (current.st_ino != inode or current.st_size < fh.tell()):
+                fh.close()  # rotated or truncated: start over on the new file
+                fh = open(path, "rb")  # noqa: SIM115 - reassigned on purpose
+                inode = os.fstat(fh.fileno()).st_ino
+                continue
+            yield ""
+            time.sleep(interval)
+
+
+async def async_log_lines(path: Path, *, follow: bool = False, tail: int | None = None) -> AsyncIterator[str]:
+    if not path.exists():
+        raise NotFoundError(f"no log at {path}", hint="the worker has not been started yet")
+    lines = read_log_lines(path, follow=follow, tail=tail, interval=0)
+    while True:
+        line = await asyncio.to_thread(next, lines, None)
+        if line is None:
+            return
+        if line == "":
+            await asyncio.sleep(0.2)  # idle poll of a followed file
+            continue
+        yield line
+
+
+@dataclass
+class LaunchPlan:
+    """A command line for the sandbox, with the fds it inherits and the ones the host keeps."""
+
+    argv: list[str]
+    cwd: str = "/"
+    pass_fds: tuple[int, ...] = ()  # the child's ends: closed in the parent once spawned
+    keep_fds: tuple[int, ...] = ()  # the host's ends (e.g. bwrap's status pipe)
+
+    def close_child_ends(self) -> None:
+        for fd in self.pass_fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.pass_fds = ()
+
+    def close(self) -> None:
+        self.close_child_ends()
+        for fd in self.keep_fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.keep_fds = ()
+
+
+@dataclass
+class _Run:
+    """One run of one worker (a local child process)."""
+
+    spec: WorkerSpec
+    process: asyncio.subprocess.Process
+    signal_pid: int  # where SIGTERM goes (the launcher)
+    started_at: datetime
+    log_path: Path
+    bridges: HostBridges | None
+    starts: int
+    plan: LaunchPlan  # its host-side fds stay open until the process exits (bwrap writes its exit status)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    exit_code: int | None = None
+    watcher: asyncio.Task[None] | None = None
+
+
+class LocalSandboxBackend:
+    """Base of the backends that run workers as local child processes."""
+
+    name: ClassVar[str] = "local"
+    settings_model: ClassVar[type[BackendSettings]] = BackendSettings
+    #: Appended to the "starting worker" line of the worker's log.
+    log_note: ClassVar[str] = ""
+
+    def __init__(self, settings: BackendSettings | None = None, ctx: Any = None) -> None:
+        self.settings = settings or self.settings_model()
+        self.control_home = Path(getattr(ctx, "home", None) or _default_home())
+        self.python = sys.executable
+        self._runs: dict[str, _Run] = {}
+        self._starts: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ subclass hooks
+
+    def _launcher_args(self, forwards: list[str]) -> list[str]:
+        return launcher_argv(self.python, forwards, self.settings)
+
+    def _environment(self, spec: WorkerSpec) -> dict[str, str]:
+        env = dict(BASE_ENV)
+        env["PATH"] = os.pathsep.join([str(Path(self.python).parent), "/usr/local/bin", "/usr/bin", "/bin"])
+        env["HOME"] = str(spec.home) if spec.home else "/tmp"
+        env["USER"] = env["LOGNAME"] = spec.name
+        env.update(spec.env)
+        return env
+
+    def _plan(self, spec: WorkerSpec, run_dir: Path, bridges: dict[str, Path]) -> LaunchPlan:
+        """How to run the launcher for ``spec``. Subclasses implement."""
+        raise NotImplementedError
+
+    async def _signal_pid(self, process: asyncio.subprocess.Process, plan: LaunchPlan, log_path: Path) -> int:
+        """The host pid that should get SIGTERM (default: the spawned process itself)."""
+        return process.pid
+
+    def _prepare(self, spec: WorkerSpec) -> None:
+        """Validate before anything is started (raise :class:`SandboxError`)."""
+        check_mounts_safe(spec, self.control_home)
+
+    # ------------------------------------------------------------------ API
+
+    def log_path(self, name: str, spec: WorkerSpec | None = None) -> Path:
+        if spec is not None and spec.log_path is not None:
+            return spec.log_path
+        run = self._runs.get(name)
+        return run.log_path if run else worker_log_path(self.control_home, name)
+
+    async def start(self, spec: WorkerSpec) -> SandboxHandle:
+        current = self._runs.get(spec.name)
+        if current is not None and not current.done.is_set():
+            raise SandboxError(f"worker {spec.name!r} is already running (pid {current.signal_pid})",
+                               hint="stop it first, or use the supervisor's restart")
+        self._prepare(spec)
+        for path in [spec.home, *(m.host_path for m in spec.mounts)]:
+            if path is not None and not path.exists():
+                raise SandboxError(f"worker {spec.name!r}: {path} does not exist", hint="create it before starting the worker")
+        log_path = self.log_path(spec.name, spec)
+        run_dir = run_dir_for(self.settings.run_dir or self.control_home / "run" / "sandbox", spec.name)
+        host_bridges = HostBridges(run_dir, spec.bridges) if spec.bridges and self._uses_bridges(spec) else None
+        sockets = await host_bridges.start() if host_bridges else {}
+        log_fd = open_log(log_path, f"starting worker {spec.name} ({self.name} sandbox){self.log_note}")
+        plan: LaunchPlan | None = None
+        try:
+            plan = self._plan(spec, run_dir, sockets)
+            process = await asyncio.create_subprocess_exec(
+                *plan.argv, stdin=asyncio.subprocess.DEVNULL, stdout=log_fd, stderr=log_fd,
+                env=self._environment(spec), cwd=plan.cwd, start_new_session=True, pass_fds=plan.pass_fds,
+            )
+        except BaseException:
+            if plan is not None:
+                plan.close()
+            if host_bridges:
+                await host_bridges.close()
+            raise
+        finally:
+            os.close(log_fd)
+            if plan is not None:
+                plan.close_child_ends()
+        self._starts[spec.name] = self._starts.get(spec.name, 0) + 1
+        try:
+            signal_pid = await self._signal_pid(process, plan, log_path)
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            await process.wait()
+            plan.close()
+            if host_bridges:
+                await host_bridges.close()
+            raise
+        run = _Run(spec, process, signal_pid, utcnow(), log_path, host_bridges, self._starts[spec.name], plan)
+        run.watcher = asyncio.create_task(self._watch(run), name=f"sandbox-{spec.name}")
+        self._runs[spec.name] = run
+        return SandboxHandle(name=spec.name, backend=self.name, pid=process.pid, started_at=run.started_at, log_path=log_path)
+
+    def _uses_bridges(self, spec: WorkerSpec) -> bool:
+        return True
+
+    async def _watch(self, run: _Run) -> None:
+        code = await run.process.wait()
+        run.plan.close()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(run.process.pid, signal.SIGKILL)  # leftovers of the worker's session
+        if run.bridges:
+            await run.bridges.close()
+        run.exit_code = code
+        with contextlib.suppress(OSError):
+            append_log(run.log_path, f"worker {run.spec.name} exited with code {code}")
+        run.done.set()
+
+    async def stop(self, name: str, timeout: float = 10.0) -> None:
+        run = self._runs.get(name)
+        if run is None or run.done.is_set():
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(run.signal_pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(run.done.wait(), timeout)
+        except asyncio.TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(run.process.pid, signal.SIGKILL)
+            await run.done.wait()
+
+    async def wait(self, name: str) -> int | None:
+        run = self._runs.get(name)
+        if run is None:
+            return None
+        await run.done.wait()
+        return run.exit_code
+
+    async def status(self, name: str) -> dict[str, Any]:
+        run = self._runs.get(name)
+        if run is None:
+            return status_dict(name, self.name, "absent")
+        return status_dict(
+            name, self.name, "exited" if run.done.is_set() else "running",
+            pid=run.process.pid, launcher_pid=run.signal_pid, exit_code=run.exit_code,
+            started_at=run.started_at.isoformat(), restarts=run.starts - 1, log_path=str(run.log_path),
+        )
+
+    async def logs(self, name: str, *, follow: bool = False, tail: int | None = None) -> AsyncIterator[str]:
+        async for line in async_log_lines(self.log_path(name), follow=follow, tail=tail):
+            yield line
+
+    def names(self) -> list[str]:
+        return sorted(self._runs)
+
+    async def close(self, timeout: float = 10.0) -> None:
+        await asyncio.gather(*(self.stop(name, timeout) for name in list(self._runs)))
+
+
+def _default_home() -> Path:
+    from hiclaw.config import hiclaw_home
+
+    return hiclaw_home()

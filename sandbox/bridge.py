@@ -1,0 +1,222 @@
+"""Unix-socket bridges: the only way a network-less sandbox reaches host services.
+
+Two halves:
+
+* **Host side** — :class:`HostBridges` (asyncio, runs in the control plane): for each
+  :class:`~hiclaw.sandbox.spec.Bridge` it listens on ``<run dir>/<bridge name>.sock`` and
+  relays every connection to the bridge's host target (TCP or a unix socket). The run dir is
+  bound read-only into the sandbox, so the worker can connect to the sockets but not replace them.
+* **Sandbox side** — :class:`SandboxForwarder` (threads, stdlib only, used by
+  :mod:`hiclaw.sandbox.launch`): listens on the sandbox's own ``127.0.0.1:<port>`` and relays
+  to the socket (or, where no shared filesystem exists — Kubernetes — to a TCP target). Since
+  the port is the host service's port, a URL means the same inside and outside.
+
+This module must stay import-light (the launcher imports it inside every sandbox): no asyncio,
+no pydantic at import time.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    import asyncio
+    from collections.abc import Sequence
+
+    from hiclaw.sandbox.spec import Bridge
+
+#: Longest unix socket path the kernel accepts (``sun_path`` is 108 bytes incl. the NUL).
+MAX_SOCKET_PATH = 107
+_CHUNK = 65536
+
+
+def socket_name(bridge_name: str) -> str:
+    return f"{bridge_name}.sock"
+
+
+# --------------------------------------------------------------------------- argument format
+
+
+def format_target(port: int, *, unix: str | os.PathLike[str] | None = None, tcp: tuple[str, int] | None = None) -> str:
+    """Encode one forward for the launcher's ``--bridge`` option.
+
+    ``PORT=unix:/path/to.sock`` or ``PORT=tcp:HOST:PORT``."""
+    if (unix is None) == (tcp is None):
+        raise ValueError("give exactly one of unix= or tcp=")
+    return f"{port}=unix:{unix}" if unix is not None else f"{port}=tcp:{tcp[0]}:{tcp[1]}"  # type: ignore[index]
+
+
+def parse_target(text: str) -> tuple[int, tuple[str, Any]]:
+    """Inverse of :func:`format_target`: ``(port, ("unix", path) | ("tcp", (host, port)))``."""
+    port_text, sep, target = text.partition("=")
+    if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"bad bridge {text!r}: expected PORT=unix:PATH or PORT=tcp:HOST:PORT")
+    kind, _, rest = target.partition(":")
+    if kind == "unix" and rest.startswith("/"):
+        return int(port_text), ("unix", rest)
+    if kind == "tcp":
+        host, _, tport = rest.rpartition(":")
+        if host and tport.isdigit() and 0 < int(tport) < 65536:
+            return int(port_text), ("tcp", (host.strip("[]"), int(tport)))
+    raise ValueError(f"bad bridge target {target!r}: expected unix:/ABSOLUTE/PATH or tcp:HOST:PORT")
+
+
+# --------------------------------------------------------------------------- sandbox side
+
+
+def _pump(src: socket.socket, dst: socket.socket) -> None:
+    try:
+        while data := src.recv(_CHUNK):
+            dst.sendall(data)
+    except OSError:
+        pass
+    finally:
+        try:  # half-close so the other direction can finish (HTTP/1.0 style peers need it)
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+
+def _relay(client: socket.socket, target: tuple[str, Any]) -> None:
+    kind, address = target
+    try:
+        if kind == "unix":
+            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            upstream.connect(address)
+        else:
+            upstream = socket.create_connection(address)
+            upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError as exc:
+        print(f"hiclaw bridge: cannot reach {kind}:{address}: {exc}", file=sys.stderr, flush=True)
+        client.close()
+        return
+    back = threading.Thread(target=_pump, args=(upstream, client), daemon=True)
+    back.start()
+    _pump(client, upstream)
+    back.join()
+    client.close()
+    upstream.close()
+
+
+class SandboxForwarder:
+    """Listens on ``127.0.0.1:port`` and relays each connection to ``target`` (threads)."""
+
+    def __init__(self, port: int, target: tuple[str, Any], *, host: str = "127.0.0.1") -> None:
+        self.port = port
+        self.target = target
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind((host, port))  # raises OSError (e.g. port in use) for the caller to report
+        self.listener.listen(128)
+        self.thread = threading.Thread(target=self._serve, name=f"bridge-{port}", daemon=True)
+
+    def start(self) -> SandboxForwarder:
+        self.thread.start()
+        return self
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return  # listener closed
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            threading.Thread(target=_relay, args=(client, self.target), daemon=True).start()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+# --------------------------------------------------------------------------- host side
+
+
+def check_socket_path(path: Path) -> None:
+    if len(os.fsencode(str(path))) > MAX_SOCKET_PATH:
+        raise ValueError(f"unix socket path too long ({len(str(path))} > {MAX_SOCKET_PATH} bytes): {path}")
+
+
+class HostBridges:
+    """Host half of one worker's bridges: ``<run_dir>/<name>.sock`` → the bridge's target."""
+
+    def __init__(self, run_dir: Path, bridges: Sequence[Bridge]) -> None:
+        self.run_dir = run_dir
+        self.bridges = list(bridges)
+        self._servers: list[asyncio.base_events.Server] = []
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    def socket_path(self, bridge: Bridge) -> Path:
+        return self.run_dir / socket_name(bridge.name)
+
+    async def start(self) -> dict[str, Path]:
+        """Listen on every bridge's socket; returns bridge name → socket path."""
+        import asyncio
+
+        paths: dict[str, Path] = {}
+        try:
+            for bridge in self.bridges:
+                path = self.socket_path(bridge)
+                check_socket_path(path)
+                path.unlink(missing_ok=True)  # a stale socket from a killed control plane
+                server = await asyncio.start_unix_server(
+                    lambda r, w, b=bridge: self._handle(r, w, b), path=str(path)
+                )
+                os.chmod(path, 0o600)
+                self._servers.append(server)
+                paths[bridge.name] = path
+        except BaseException:
+            await self.close()
+            raise
+        return paths
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, bridge: Bridge) -> None:
+        import asyncio
+
+        self._writers.add(writer)
+        try:
+            tcp = bridge.tcp_target
+            if tcp is not None:
+                up_reader, up_writer = await asyncio.open_connection(*tcp)
+                up_writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            else:
+                up_reader, up_writer = await asyncio.open_unix_connection(str(bridge.target_unix))
+        except OSError:
+            writer.close()
+            self._writers.discard(writer)
+            return
+        self._writers.add(up_writer)
+        try:
+            await asyncio.gather(_copy(reader, up_writer), _copy(up_reader, writer))
+        finally:
+            for w in (writer, up_writer):
+                w.close()
+                self._writers.discard(w)
+
+    async def close(self) -> None:
+        for server in self._servers:
+            server.close()
+        for writer in list(self._writers):
+            writer.close()
+        self._writers.clear()
+        for server in self._servers:
+            try:
+                await server.wait_closed()
+            except Exception:  # noqa: BLE001 - closing is best effort
+                pass
+        self._servers.clear()
+        for bridge in self.bridges:
+            self.socket_path(bridge).unlink(missing_ok=True)
+
+
+async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(_CHUNK):
+            writer.write(data)
+            await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
+    except (OSError, RuntimeError):
+        pass  # peer went away; the other direction ends on its own

@@ -1,0 +1,135 @@
+"""In-sandbox launcher: start the bridges' forwarders, run the worker, pass signals and exit code.
+
+Usage (the backends build this line; it is not meant for people)::
+
+    python -m hiclaw.sandbox.launch [--bridge PORT=unix:PATH | PORT=tcp:HOST:PORT]...
+        [--rlimit-as BYTES] [--rlimit-nofile N] [--parent-pid PID] -- PROGRAM [ARGS...]
+
+1. Applies resource limits (inherited by the worker).
+2. Listens on ``127.0.0.1:PORT`` for every ``--bridge`` (see :mod:`hiclaw.sandbox.bridge`), so
+   the listeners are up before the worker starts — no readiness race.
+3. Spawns PROGRAM as its child, forwards SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2
+   to it, and exits with its exit code (``128 + N`` if killed by signal N).
+4. When it is PID 1 of a sandbox (bwrap ``--as-pid-1``, containers) it also reaps orphans.
+
+Exit codes of its own: 125 bad usage or a bridge port that cannot be bound, 126 PROGRAM not
+executable, 127 PROGRAM not found. Stdlib only, threads only: it starts in a few milliseconds.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+from hiclaw.sandbox.bridge import SandboxForwarder, parse_target
+
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+EXIT_USAGE, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND = 125, 126, 127
+_PR_SET_PDEATHSIG = 1
+
+
+def _fail(code: int, message: str) -> int:
+    print(f"hiclaw launch: {message}", file=sys.stderr, flush=True)
+    return code
+
+
+def _parse(argv: list[str]) -> tuple[dict[str, list[str]], list[str]]:
+    if "--" not in argv:
+        raise ValueError("missing '--' before the program to run")
+    split = argv.index("--")
+    options: dict[str, list[str]] = {"--bridge": [], "--rlimit-as": [], "--rlimit-nofile": [], "--parent-pid": []}
+    head = argv[:split]
+    i = 0
+    while i < len(head):
+        name = head[i]
+        if name not in options or i + 1 >= len(head):
+            raise ValueError(f"unknown or incomplete option {name!r}")
+        options[name].append(head[i + 1])
+        i += 2
+    program = argv[split + 1:]
+    if not program:
+        raise ValueError("no program given after '--'")
+    return options, program
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Get SIGTERM when the process that started us dies (the process backend has no bwrap)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent_pid:  # it died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _limits(options: dict[str, list[str]]) -> None:
+    import resource
+
+    for option, which in (("--rlimit-as", resource.RLIMIT_AS), ("--rlimit-nofile", resource.RLIMIT_NOFILE)):
+        for value in options[option]:
+            limit = int(value)
+            _, hard = resource.getrlimit(which)
+            if hard != resource.RLIM_INFINITY:
+                limit = min(limit, hard)
+            resource.setrlimit(which, (limit, limit))
+
+
+def _exit_code(status: int) -> int:
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.waitstatus_to_exitcode(status)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        options, program = _parse(list(sys.argv[1:] if argv is None else argv))
+        targets = [parse_target(text) for text in options["--bridge"]]
+        _limits(options)
+    except ValueError as exc:
+        return _fail(EXIT_USAGE, str(exc))
+    if options["--parent-pid"]:
+        _die_with_parent(int(options["--parent-pid"][0]))
+
+    child_pid = 0
+    pending: list[int] = []
+
+    def forward(signum: int, _frame: object) -> None:
+        if child_pid:
+            try:
+                os.kill(child_pid, signum)
+            except ProcessLookupError:
+                pass
+        else:
+            pending.append(signum)
+
+    for signum in FORWARDED_SIGNALS:
+        signal.signal(signum, forward)
+
+    forwarders = []
+    for port, target in targets:
+        try:
+            forwarders.append(SandboxForwarder(port, target).start())
+        except OSError as exc:
+            return _fail(EXIT_USAGE, f"cannot listen on 127.0.0.1:{port} for a bridge: {exc.strerror}")
+
+    try:
+        child_pid = os.posix_spawnp(program[0], program, os.environ, setsigdef=FORWARDED_SIGNALS)
+    except FileNotFoundError:
+        return _fail(EXIT_NOT_FOUND, f"program not found: {program[0]}")
+    except PermissionError:
+        return _fail(EXIT_NOT_EXECUTABLE, f"program not executable: {program[0]}")
+    for signum in pending:
+        forward(signum, None)
+
+    reap_all = os.getpid() == 1  # PID 1 inherits every orphan of the sandbox
+    while True:
+        try:
+            pid, status = os.waitpid(-1 if reap_all else child_pid, 0)
+        except ChildProcessError:
+            return _fail(1, "lost track of the worker process")
+        if pid == child_pid:
+            return _exit_code(status)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

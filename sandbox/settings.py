@@ -1,0 +1,83 @@
+"""``[sandbox.settings]`` models of the four backends (pydantic only: imported by the CLI)."""
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class BackendSettings(BaseModel):
+    """Keys every backend understands."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: Memory limit per worker in MiB (bwrap/process: address-space rlimit; docker: mem_limit;
+    #: kubernetes: resources.limits.memory). ``None``: no limit.
+    memory_mb: int | None = Field(default=None, ge=16)
+    #: Open-file limit per worker (RLIMIT_NOFILE). ``None``: inherited.
+    max_open_files: int | None = Field(default=None, ge=16)
+    #: Where the bridges' unix sockets live (default ``$HICLAW_HOME/run/sandbox``).
+    run_dir: Path | None = None
+
+
+class BwrapSettings(BackendSettings):
+    #: The bubblewrap executable.
+    bwrap: str = "bwrap"
+    #: More host paths made visible read-only at the same path (e.g. a tool chain in /opt).
+    extra_ro_paths: list[Path] = Field(default_factory=list)
+
+
+class ProcessSettings(BackendSettings):
+    pass
+
+
+class DockerSettings(BackendSettings):
+    #: Image with hiclaw installed (build it from ``sandbox/Dockerfile``).
+    image: str = "hiclaw-worker:latest"
+    #: Docker network for workers whose spec asks for network; others get ``none``.
+    network: str = "bridge"
+    #: Docker engine URL; ``None``: ``$DOCKER_HOST`` or the local socket.
+    base_url: str | None = None
+    #: Processes per container.
+    pids_limit: int | None = Field(default=256, ge=8)
+    #: CPUs per container (e.g. 1.5). ``None``: no limit.
+    cpus: float | None = Field(default=None, gt=0)
+    #: The Python interpreter inside the image.
+    python: str = "python"
+    #: ``uid:gid`` inside the container; ``None``: the control plane's own (so bridge sockets work).
+    user: str | None = None
+
+
+class KubernetesSettings(BackendSettings):
+    namespace: str = "hiclaw"
+    image: str = "hiclaw-worker:latest"
+    image_pull_policy: str = "IfNotPresent"
+    #: Address at which pods reach the control plane's services (homeserver, gateway, control
+    #: API). Bridges forward ``127.0.0.1:PORT`` in the pod to ``service_host:PORT``.
+    service_host: str | None = None
+    kubeconfig: Path | None = None
+    context: str | None = None
+    #: Use the pod's service account (the control plane itself runs in the cluster).
+    in_cluster: bool = False
+    #: CPU limit, Kubernetes quantity (``"500m"``, ``"1"``).
+    cpu: str | None = None
+    python: str = "python"
+    #: Allow hostPath volumes for the spec's home and mounts (single-node clusters only).
+    allow_host_paths: bool = False
+    service_account: str | None = None
+    #: Seconds to wait for a pod to be scheduled and running.
+    start_timeout: float = Field(default=120, gt=0)
+
+
+def lazy_backend(module: str, attribute: str) -> Callable[[Any, Any], Any]:
+    """A factory that imports the backend class only when a backend is created, so the
+    plugin's entry module (loaded by every ``hiclaw`` command) stays light."""
+
+    def make_backend(settings: Any, ctx: Any) -> Any:
+        return getattr(importlib.import_module(module), attribute)(settings, ctx)
+
+    make_backend.__qualname__ = f"make_backend[{module}.{attribute}]"
+    return make_backend
