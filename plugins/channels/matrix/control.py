@@ -1,0 +1,254 @@
+"""The control plane's side of the Matrix channel: logged in as ``manager``, and the admin tool.
+
+Besides being the Manager's session it provisions the team: agent accounts
+(:meth:`ensure_account`), rooms by alias (:meth:`ensure_room`), memberships, and the settings a
+worker process needs (:meth:`worker_settings`). Everything is idempotent and repeated on boot
+(:meth:`reconcile`): a restart re-derives accounts, rooms and memberships from the store.
+
+Credentials of the accounts it created live in ``$HICLAW_HOME/channel/channel.sqlite3`` (0600);
+with them it makes members join right away, so rooms are complete before workers start.
+"""
+from __future__ import annotations
+
+import logging
+import secrets as random_secrets
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from nio import ErrorResponse, JoinedMembersResponse, RoomCreateResponse, RoomGetStateEventResponse, RoomPreset
+from nio import RoomResolveAliasResponse
+from pydantic import SecretStr
+
+from hiclaw.errors import NotFoundError
+from hiclaw.plugins.channels.matrix.accounts import AccountRegistrar, quote
+from hiclaw.plugins.channels.matrix.channel import MatrixChannel
+from hiclaw.plugins.channels.matrix.errors import MatrixError
+from hiclaw.plugins.channels.matrix.homeserver import EmbeddedHomeserver
+from hiclaw.plugins.channels.matrix.settings import MatrixSettings
+from hiclaw.plugins.channels.matrix.store import ChannelStore
+
+log = logging.getLogger(__name__)
+MANAGER = "manager"
+ADMIN = "admin"
+
+
+class ControlMatrixChannel(MatrixChannel):
+    """The Manager's session plus team provisioning (see the module docstring)."""
+
+    def __init__(self, settings: MatrixSettings, *, home: Path, secrets: Mapping[str, SecretStr] | None = None) -> None:
+        super().__init__(settings, agent=MANAGER, store_dir=home / "channel" / MANAGER)
+        self.home = home
+        self.secrets = dict(secrets or {})
+        self.accounts = ChannelStore(home / "channel")
+        self._registrar: AccountRegistrar | None = None
+
+    # ------------------------------------------------------------------ accounts
+
+    def registrar(self) -> AccountRegistrar:
+        if self._registrar is None:
+            shared = EmbeddedHomeserver(self.home, self.settings).shared_secret if self.settings.embedded else None
+            self._registrar = AccountRegistrar(self.settings, self.secrets, shared_secret=shared)
+        return self._registrar
+
+    async def _credentials(self) -> tuple[str, str, str | None]:
+        creds = await self.ensure_account(MANAGER, display_name="Manager")
+        return creds["user_id"], creds["access_token"], creds["device_id"]
+
+    async def start(self, *, timeout: float = 30.0) -> None:
+        await super().start(timeout=timeout)
+        await self.reconcile()
+
+    async def stop(self) -> None:
+        await super().stop()
+        if self._registrar is not None:
+            await self._registrar.aclose()
+            self._registrar = None
+
+    async def ensure_account(
+        self, name: str, *, display_name: str | None = None, password: str | None = None, admin: bool = False
+    ) -> dict[str, Any]:
+        """Create (or find) agent ``name``'s account; returns ``{user_id, access_token, device_id,
+        homeserver_url}``. A changed ``password`` is applied. Idempotent."""
+        registrar = self.registrar()
+        user_id = self.user_id(name)
+        record = self.accounts.account(name)
+        if record is not None and (password is None or password == record["password"]):
+            if await registrar.token_valid(record["access_token"]):
+                await self._set_display_name(record, display_name)
+                return self._public(record)
+        password = password or (record or {}).get("password") or random_secrets.token_urlsafe(24)
+        device_id = (record or {}).get("device_id")
+        creds = await registrar.register(user_id, password, admin=admin)
+        if creds is None:  # the account exists: log in, or repair its password with an admin token
+            creds = await registrar.login(user_id, password, device_id)
+            if creds is None and (admin_token := self._admin_token(exclude=name)):
+                if await registrar.reset_password(user_id, password, admin_token):
+                    creds = await registrar.login(user_id, password, device_id)
+            if creds is None:
+                raise MatrixError(
+                    f"the account {user_id} exists on {self.settings.url} but hiclaw does not know its password",
+                    hint="set the secret matrix_admin_token (a server admin's token) so hiclaw can reset it, "
+                         "or pick another user_prefix",
+                )
+        if creds["user_id"] != user_id:
+            raise MatrixError(f"the homeserver named the account {creds['user_id']}, expected {user_id}",
+                              hint=f"set [channel.settings] server_name to the homeserver's name "
+                                   f"({creds['user_id'].split(':', 1)[1]})")
+        record = {**creds, "password": password, "admin": admin, "display_name": None}
+        self.accounts.save_account(name, record)
+        await self._set_display_name(record, display_name)
+        return self._public(record)
+
+    def _public(self, record: dict[str, Any]) -> dict[str, Any]:
+        return {"user_id": record["user_id"], "access_token": record["access_token"],
+                "device_id": record.get("device_id"), "homeserver_url": self.settings.url}
+
+    def _admin_token(self, *, exclude: str | None = None) -> str | None:
+        if self.secrets.get("matrix_admin_token"):
+            return self.secrets["matrix_admin_token"].get_secret_value()
+        admin = self.accounts.account(ADMIN) if exclude != ADMIN else None
+        return admin["access_token"] if admin and admin.get("admin") else None
+
+    async def _set_display_name(self, record: dict[str, Any], display_name: str | None) -> None:
+        if not display_name or record.get("display_name") == display_name:
+            return
+        resp = await self.registrar().as_user(record["access_token"], "PUT",
+                                              f"/profile/{quote(record['user_id'])}/displayname",
+                                              {"displayname": display_name})
+        if resp.status_code == 200:
+            name = self.settings.name_of(record["user_id"]) or record["user_id"]
+            self.accounts.save_account(name, {**record, "display_name": display_name})
+
+    def worker_settings(self, name: str, *, store_dir: Path | str | None = None) -> dict[str, Any]:
+        """The ``[channel.settings]`` a worker process runs with (its own account only)."""
+        record = self.accounts.account(name)
+        if record is None:
+            raise NotFoundError(f"no Matrix account for worker {name!r}", hint="call ensure_account(name) first")
+        return {
+            "embedded": False,
+            "homeserver_url": self.settings.url,
+            "server_name": self.settings.server_name,
+            "user_prefix": self.settings.user_prefix,
+            "user_id": record["user_id"],
+            "access_token": record["access_token"],
+            "device_id": record.get("device_id"),
+            "store_dir": str(store_dir) if store_dir is not None else None,
+            "trusted_inviters": [self.user_id(MANAGER), self.user_id(ADMIN)],
+            "allowed_senders": list(self.settings.allowed_senders),
+            "max_message_chars": self.settings.max_message_chars,
+            "sync_timeout_ms": self.settings.sync_timeout_ms,
+        }
+
+    # ------------------------------------------------------------------ rooms
+
+    async def ensure_room(
+        self, key: str, *, name: str, members: Sequence[str], admins: Sequence[str] = (), topic: str = ""
+    ) -> str:
+        """Create (or find, by alias ``#hiclaw-<key>``) a room; members joined; returns its id."""
+        client = self._require_client()
+        alias_local = self.settings.room_alias(key)
+        alias = f"#{alias_local}:{self.settings.server_name}"
+        admin_ids = sorted({self.user_id(a) for a in admins} - {self.me})
+        member_ids = sorted({self.user_id(m) for m in members} | set(admin_ids) | {self.me})
+        room_id = await self._resolve(alias)
+        if room_id is None:
+            resp = await client.room_create(
+                alias=alias_local, name=name, topic=topic or None, preset=RoomPreset.private_chat,
+                invite=[m for m in member_ids if m != self.me],
+                # The creator (us) is not listed: room version 12 gives creators their own, top rank.
+                power_level_override={"users": {a: 100 for a in admin_ids}} if admin_ids else None,
+            )
+            if isinstance(resp, RoomCreateResponse):
+                room_id = resp.room_id
+            elif resp.status_code == "M_ROOM_IN_USE":  # created concurrently: use that one
+                room_id = await self._resolve(alias)
+            if room_id is None:
+                raise MatrixError(f"cannot create room {alias}: {resp}", hint="check the homeserver's log")
+        else:
+            await self._ensure_joined_self(room_id)
+            await self._ensure_admins(room_id, admin_ids)
+        await self._ensure_members(room_id, member_ids)
+        self.accounts.save_room(key, room_id, {"name": name, "topic": topic, "members": member_ids, "admins": admin_ids})
+        self.store.set_allowed_senders(room_id, set(member_ids))
+        return room_id
+
+    async def _resolve(self, alias: str) -> str | None:
+        resp = await self._require_client().room_resolve_alias(alias)
+        return resp.room_id if isinstance(resp, RoomResolveAliasResponse) else None
+
+    async def joined_members(self, room_id: str) -> set[str] | None:
+        """Joined members as the server sees them; ``None`` if we are not in the room."""
+        resp = await self._require_client().joined_members(room_id)
+        return {m.user_id for m in resp.members} if isinstance(resp, JoinedMembersResponse) else None
+
+    async def _ensure_joined_self(self, room_id: str) -> None:
+        client = self._require_client()
+        if await self.joined_members(room_id) is not None:
+            return
+        if isinstance(await client.join(room_id), ErrorResponse):
+            # Someone removed the Manager: the admin account (which hiclaw made) invites it back.
+            admin = self.accounts.account(ADMIN)
+            if admin is not None:
+                await self.registrar().as_user(admin["access_token"], "POST", f"/rooms/{quote(room_id)}/invite",
+                                               {"user_id": self.me})
+            resp = await client.join(room_id)
+            if isinstance(resp, ErrorResponse):
+                raise MatrixError(f"the Manager cannot rejoin {room_id}: {resp}",
+                                  hint="invite the manager account back from Element, then restart")
+
+    async def _ensure_admins(self, room_id: str, admin_ids: Sequence[str]) -> None:
+        client = self._require_client()
+        resp = await client.room_get_state_event(room_id, "m.room.power_levels")
+        if not isinstance(resp, RoomGetStateEventResponse):
+            return
+        users = dict(resp.content.get("users", {}))
+        if all(users.get(a, 0) >= 100 for a in admin_ids):
+            return
+        users.update({a: 100 for a in admin_ids})
+        update = await client.room_put_state(room_id, "m.room.power_levels", {**resp.content, "users": users})
+        if isinstance(update, ErrorResponse):
+            log.warning("could not raise admins in %s: %s", room_id, update)
+
+    async def _ensure_members(self, room_id: str, member_ids: Sequence[str]) -> None:
+        """Invite whoever is missing; make members whose credentials we hold join now."""
+        client = self._require_client()
+        joined = await self.joined_members(room_id) or set()
+        for user_id in member_ids:
+            if user_id in joined:
+                continue
+            resp = await client.room_invite(room_id, user_id)
+            if isinstance(resp, ErrorResponse) and "already" not in (resp.message or ""):
+                log.warning("inviting %s to %s: %s", user_id, room_id, resp)
+            name = self.settings.name_of(user_id)
+            record = self.accounts.account(name) if name else None
+            if record is not None:
+                join = await self.registrar().as_user(record["access_token"], "POST", f"/join/{quote(room_id)}", {})
+                if join.status_code != 200:
+                    log.warning("%s could not join %s: %s", user_id, room_id, join.text[:200])
+
+    async def remove_member(self, room_id: str, member: str) -> None:
+        """Remove ``member`` (name or user id) from the room, and from its desired members."""
+        user_id = self.user_id(member)
+        resp = await self._require_client().room_kick(room_id, user_id, reason="removed by hiclaw")
+        if isinstance(resp, ErrorResponse) and resp.status_code not in ("M_NOT_FOUND",) and "not in" not in resp.message:
+            raise MatrixError(f"cannot remove {user_id} from {room_id}: {resp}", hint="check the Manager's power level")
+        for key, room in self.accounts.rooms().items():
+            if room["room_id"] == room_id and user_id in room["members"]:
+                members = [m for m in room["members"] if m != user_id]
+                data = {k: v for k, v in room.items() if k != "room_id"}
+                self.accounts.save_room(key, room_id, {**data, "members": members,
+                                                       "admins": [a for a in room["admins"] if a != user_id]})
+                self.store.set_allowed_senders(room_id, set(members))
+
+    async def reconcile(self) -> dict[str, int]:
+        """Re-derive memberships of every room hiclaw manages (run on every start)."""
+        rooms = self.accounts.rooms()
+        for room in rooms.values():
+            try:
+                await self._ensure_joined_self(room["room_id"])
+                await self._ensure_members(room["room_id"], room["members"])
+                self.store.set_allowed_senders(room["room_id"], set(room["members"]))
+            except MatrixError as exc:
+                log.error("reconciling %s: %s", room["room_id"], exc)
+        return {"rooms": len(rooms)}
