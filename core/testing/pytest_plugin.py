@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from hiclaw.host import PluginHost
+from hiclaw.testing.matrix import matrix_control, synapse  # noqa: F401
 
 
 @pytest.fixture
