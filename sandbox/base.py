@@ -21,10 +21,9 @@ import contextlib
 import os
 import signal
 import sys
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -32,6 +31,7 @@ from pydantic import BaseModel
 
 from hiclaw.errors import HiclawError, NotFoundError
 from hiclaw.sandbox.bridge import MAX_SOCKET_PATH, HostBridges
+from hiclaw.sandbox.logs import append_log, open_log, read_log_lines, utcnow, worker_log_path
 from hiclaw.sandbox.settings import BackendSettings
 from hiclaw.sandbox.spec import WorkerSpec
 
@@ -44,7 +44,6 @@ BASE_ENV = {
 }
 #: Files and folders of $HICLAW_HOME a sandbox must never see (relative to the home).
 CONTROL_PLANE_ONLY = ("secrets.toml", "config.toml", "state.db", "run", "logs", "homeserver", "gateway", "channel")
-LOG_ROTATE_BYTES = 10 * 1024 * 1024
 
 
 class SandboxError(HiclawError):
@@ -57,15 +56,6 @@ class SandboxHandle(BaseModel):
     pid: int | None = None
     started_at: datetime
     log_path: Path
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def worker_log_path(home: Path, name: str) -> Path:
-    """``$HICLAW_HOME/logs/workers/<name>.log`` — where a worker's output goes by default."""
-    return home / "logs" / "workers" / f"{name}.log"
 
 
 def status_dict(name: str, backend: str, state: str, **extra: Any) -> dict[str, Any]:
@@ -122,65 +112,19 @@ def run_dir_for(base: Path, name: str) -> Path:
     return path
 
 
-def open_log(path: Path, header: str) -> int:
-    """Open (rotating once past 10 MB) a worker log for appending; returns the fd."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        if path.stat().st_size > LOG_ROTATE_BYTES:
-            os.replace(path, path.with_name(path.name + ".1"))
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    os.write(fd, f"--- hiclaw: {header} at {utcnow().isoformat(timespec='seconds')} ---\n".encode())
-    return fd
-
-
-def append_log(path: Path, line: str) -> None:
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(f"--- hiclaw: {line} at {utcnow().isoformat(timespec='seconds')} ---\n")
-
-
-def read_log_lines(path: Path, *, follow: bool = False, tail: int | None = None,
-                   interval: float = 0.2, stop: Any = None) -> Iterator[str]:
-    """Lines of a log file (the last ``tail`` if given); with ``follow``, keep yielding new lines,
-    surviving truncation and rotation, until ``stop()`` is true. Yields ``""`` while idle."""
-    with open(path, "rb") as fh:
-        lines = fh.read().decode("utf-8", "replace").splitlines()
-        yield from (lines[-tail:] if tail else lines)
-        if not follow:
-            return
-        inode = os.fstat(fh.fileno()).st_ino
-        buffer = b""
-        while stop is None or not stop():
-            chunk = fh.read()
-            if chunk:
-                buffer += chunk
-                *complete, buffer = buffer.split(b"\n")
-                yield from (c.decode("utf-8", "replace") for c in complete)
-                continue
-            try:
-                current = os.stat(path)
-            except FileNotFoundError:
-                current = None
-            if current is not None and (current.st_ino != inode or current.st_size < fh.tell()):
-                fh.close()  # rotated or truncated: start over on the new file
-                fh = open(path, "rb")  # noqa: SIM115 - reassigned on purpose
-                inode = os.fstat(fh.fileno()).st_ino
-                continue
-            yield ""
-            time.sleep(interval)
-
-
 async def async_log_lines(path: Path, *, follow: bool = False, tail: int | None = None) -> AsyncIterator[str]:
     if not path.exists():
         raise NotFoundError(f"no log at {path}", hint="the worker has not been started yet")
     lines = read_log_lines(path, follow=follow, tail=tail, interval=0)
+    end = object()
     while True:
-        line = await asyncio.to_thread(next, lines, None)
-        if line is None:
+        line = await asyncio.to_thread(next, lines, end)
+        if line is end:
             return
-        if line == "":
+        if line is None:
             await asyncio.sleep(0.2)  # idle poll of a followed file
             continue
-        yield line
+        yield line  # type: ignore[misc]
 
 
 @dataclass
@@ -230,6 +174,8 @@ class LocalSandboxBackend:
     settings_model: ClassVar[type[BackendSettings]] = BackendSettings
     #: Appended to the "starting worker" line of the worker's log.
     log_note: ClassVar[str] = ""
+    #: False for backends that do not isolate at all (``hiclaw sandbox check`` says so loudly).
+    isolates: ClassVar[bool] = True
 
     def __init__(self, settings: BackendSettings | None = None, ctx: Any = None) -> None:
         self.settings = settings or self.settings_model()

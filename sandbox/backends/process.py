@@ -27,6 +27,8 @@ class ProcessBackend(LocalSandboxBackend):
     name = "process"
     settings_model = ProcessSettings
     log_note = f" — WARNING: {WARNING}"
+    isolates = False
+    warning = WARNING
 
     def _uses_bridges(self, spec: WorkerSpec) -> bool:
         return False  # the worker shares the host's network: services are reachable directly
