@@ -20,6 +20,12 @@ from hiclaw.errors import HiclawError
 LAZY_COMMANDS: dict[str, str] = {
     "init": "hiclaw.cli.init:init_command",
     "plugins": "hiclaw.cli.plugins:plugins_group",
+    "homeserver": "hiclaw.cli.homeserver:homeserver_group",
+    "chat": "hiclaw.cli.chat:chat_command",
+    "skills": "hiclaw.cli.skills:skills_group",
+    "registry": "hiclaw.cli.registry:registry_group",
+    "sandbox": "hiclaw.cli.sandbox:sandbox_group",
+    "worker": "hiclaw.cli.worker:worker_group",
 }
 
 
