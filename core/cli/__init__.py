@@ -24,6 +24,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "chat": "hiclaw.cli.chat:chat_command",
     "skills": "hiclaw.cli.skills:skills_group",
     "registry": "hiclaw.cli.registry:registry_group",
+    "fs": "hiclaw.cli.fs:fs_group",
     "sandbox": "hiclaw.cli.sandbox:sandbox_group",
     "worker": "hiclaw.cli.worker:worker_group",
 }

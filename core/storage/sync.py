@@ -3,8 +3,9 @@
 ``direction="up"`` copies ``local_dir`` to ``prefix``; ``"down"`` copies ``prefix`` to
 ``local_dir``. A file is transferred when the target lacks it, its size differs, or:
 
-* default: the source is newer than the target (mtime; after a download the local file gets
-  the object's mtime, so an unchanged object is never fetched twice);
+* default: the source is newer than the target (mtime, to the second when either side keeps
+  whole seconds as S3 does; after a download the local file gets the object's mtime, so an
+  unchanged object is never fetched twice);
 * ``checksum=True``: the content digests differ (sha256 the S3 backend stores at upload time,
   else the S3 ETag when it is a plain MD5, else a full read).
 
@@ -119,6 +120,10 @@ def _needs_transfer(src: _Entry, dst: _Entry | None, checksum: bool) -> bool | N
         return True
     if checksum:
         return None
+    if src.mtime.is_integer() or dst.mtime.is_integer():
+        # S3 keeps whole seconds: an upload finished in the same second as the local edit must
+        # not look older than the file it came from.
+        return int(src.mtime) > int(dst.mtime)
     return src.mtime > dst.mtime
 
 

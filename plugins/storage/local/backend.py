@@ -5,7 +5,6 @@ import asyncio
 import errno
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -14,11 +13,10 @@ from hiclaw.config import hiclaw_home
 from hiclaw.errors import ConfigError, InvalidInputError, NotFoundError, PluginError
 from hiclaw.storage import grants, layout
 from hiclaw.storage.errors import AccessDeniedError, StorageError
+from hiclaw.storage.files import prepare_local_target, write_atomically
 from hiclaw.storage.models import Mount, ObjectInfo, SyncDirection, SyncResult, WorkerStorageAccess
 from hiclaw.storage.sync import file_digest, sync_tree
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 _CHUNK = 1024 * 1024
 
 
@@ -102,31 +100,12 @@ class LocalStorage:
         except (FileExistsError, NotADirectoryError):
             raise InvalidInputError(f"cannot write {key!r}: a file stands where a folder of its path should be",
                                     hint="pick another name") from None
-        except PermissionError:
-            raise AccessDeniedError(f"access denied: cannot create the folder for {key!r}") from None
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=layout.TEMP_PREFIX, dir=path.parent)
         except OSError as exc:
             raise self._os_error(key, exc) from None
         try:
-            with os.fdopen(fd, "wb") as fh:
-                fill(fh)
-                fh.flush()
-                if self.fsync:
-                    os.fsync(fh.fileno())
-            os.chmod(tmp, 0o666 & ~_UMASK)
-            os.replace(tmp, path)
-        except BaseException as exc:
-            Path(tmp).unlink(missing_ok=True)
-            if isinstance(exc, OSError):
-                raise self._os_error(key, exc) from None
-            raise
-        if self.fsync:
-            dir_fd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            write_atomically(path, fill, fsync=self.fsync)
+        except OSError as exc:
+            raise self._os_error(key, exc) from None
 
     @staticmethod
     def _os_error(key: str, exc: OSError) -> StorageError:
@@ -162,7 +141,7 @@ class LocalStorage:
 
     async def get_file(self, key: str, path: str | os.PathLike[str]) -> None:
         source = self._readable(key)
-        await asyncio.to_thread(_copy_to_local_file, source, Path(path))
+        await asyncio.to_thread(_copy_to_local_file, source, path)
 
     async def stat(self, key: str) -> ObjectInfo | None:
         path = self._check(key, write=False)
@@ -303,18 +282,12 @@ def _has_files(folder: Path) -> bool:
     return False
 
 
-def _copy_to_local_file(source: Path, dest: Path) -> None:
+def _copy_to_local_file(source: Path, dest: str | os.PathLike[str]) -> None:
     """Copy to ``dest`` atomically: a temporary file beside it, then rename."""
-    dest = dest.expanduser().absolute()
-    if dest.is_dir():
-        raise InvalidInputError(f"cannot write {str(dest)!r}: it is a folder", hint="give a file path")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=layout.TEMP_PREFIX, dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
-            shutil.copyfileobj(src, out, _CHUNK)
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    target = prepare_local_target(dest)
+
+    def fill(fh: IO[bytes]) -> None:
+        with open(source, "rb") as src:
+            shutil.copyfileobj(src, fh, _CHUNK)
+
+    write_atomically(target, fill)
