@@ -58,6 +58,23 @@ class SandboxHandle(BaseModel):
     log_path: Path
 
 
+def worker_environment(spec: WorkerSpec, defaults: dict[str, str] | None = None) -> dict[str, str]:
+    """The whole environment of a sandboxed worker: a few defaults plus the spec's own variables."""
+    env = {**BASE_ENV, **(defaults or {})}
+    env["HOME"] = str(spec.home) if spec.home else "/tmp"
+    env["USER"] = env["LOGNAME"] = spec.name
+    env.update(spec.env)
+    return env
+
+
+def image_argv(argv: list[str], python: str) -> list[str]:
+    """The worker's argv for a container image: the host's interpreter becomes the image's."""
+    first = argv[0]
+    if first == sys.executable or Path(first).name.startswith("python"):
+        return [python, *argv[1:]]
+    return list(argv)
+
+
 def status_dict(name: str, backend: str, state: str, **extra: Any) -> dict[str, Any]:
     base = {"name": name, "backend": backend, "state": state, "pid": None, "exit_code": None,
             "started_at": None, "restarts": 0}
@@ -167,21 +184,70 @@ class _Run:
     watcher: asyncio.Task[None] | None = None
 
 
-class LocalSandboxBackend:
-    """Base of the backends that run workers as local child processes."""
+class BackendBase:
+    """What every backend shares: settings, the control home, runs by name, logs, wait, close.
 
-    name: ClassVar[str] = "local"
+    A run is any object with ``done`` (asyncio.Event), ``exit_code`` and ``log_path``."""
+
+    name: ClassVar[str] = "base"
     settings_model: ClassVar[type[BackendSettings]] = BackendSettings
-    #: Appended to the "starting worker" line of the worker's log.
-    log_note: ClassVar[str] = ""
     #: False for backends that do not isolate at all (``hiclaw sandbox check`` says so loudly).
     isolates: ClassVar[bool] = True
 
     def __init__(self, settings: BackendSettings | None = None, ctx: Any = None) -> None:
         self.settings = settings or self.settings_model()
         self.control_home = Path(getattr(ctx, "home", None) or _default_home())
+        self._runs: dict[str, Any] = {}
+
+    def _refuse_running(self, name: str) -> None:
+        current = self._runs.get(name)
+        if current is not None and not current.done.is_set():
+            raise SandboxError(f"worker {name!r} is already running",
+                               hint="stop it first, or use the supervisor's restart")
+
+    def _socket_dir(self, name: str) -> Path:
+        return run_dir_for(self.settings.run_dir or self.control_home / "run" / "sandbox", name)
+
+    def log_path(self, name: str, spec: WorkerSpec | None = None) -> Path:
+        if spec is not None and spec.log_path is not None:
+            return spec.log_path
+        run = self._runs.get(name)
+        return run.log_path if run else worker_log_path(self.control_home, name)
+
+    async def wait(self, name: str) -> int | None:
+        """Exit code of the current (or last) run; ``None`` if the worker never ran here."""
+        run = self._runs.get(name)
+        if run is None:
+            return None
+        await run.done.wait()
+        return run.exit_code
+
+
+    async def logs(self, name: str, *, follow: bool = False, tail: int | None = None) -> AsyncIterator[str]:
+        async for line in async_log_lines(self.log_path(name), follow=follow, tail=tail):
+            yield line
+
+    def names(self) -> list[str]:
+        return sorted(self._runs)
+
+    async def stop(self, name: str, timeout: float = 10.0) -> None:
+        raise NotImplementedError
+
+    async def close(self, timeout: float = 10.0) -> None:
+        """Stop every worker this backend started, in parallel."""
+        await asyncio.gather(*(self.stop(name, timeout) for name in list(self._runs)))
+
+
+class LocalSandboxBackend(BackendBase):
+    """Base of the backends that run workers as local child processes."""
+
+    name: ClassVar[str] = "local"
+    #: Appended to the "starting worker" line of the worker's log.
+    log_note: ClassVar[str] = ""
+
+    def __init__(self, settings: BackendSettings | None = None, ctx: Any = None) -> None:
+        super().__init__(settings, ctx)
         self.python = sys.executable
-        self._runs: dict[str, _Run] = {}
         self._starts: dict[str, int] = {}
 
     # ------------------------------------------------------------------ subclass hooks
@@ -190,12 +256,8 @@ class LocalSandboxBackend:
         return launcher_argv(self.python, forwards, self.settings)
 
     def _environment(self, spec: WorkerSpec) -> dict[str, str]:
-        env = dict(BASE_ENV)
-        env["PATH"] = os.pathsep.join([str(Path(self.python).parent), "/usr/local/bin", "/usr/bin", "/bin"])
-        env["HOME"] = str(spec.home) if spec.home else "/tmp"
-        env["USER"] = env["LOGNAME"] = spec.name
-        env.update(spec.env)
-        return env
+        path = os.pathsep.join([str(Path(self.python).parent), "/usr/local/bin", "/usr/bin", "/bin"])
+        return worker_environment(spec, {"PATH": path})
 
     def _plan(self, spec: WorkerSpec, run_dir: Path, bridges: dict[str, Path]) -> LaunchPlan:
         """How to run the launcher for ``spec``. Subclasses implement."""
@@ -209,25 +271,19 @@ class LocalSandboxBackend:
         """Validate before anything is started (raise :class:`SandboxError`)."""
         check_mounts_safe(spec, self.control_home)
 
+    def _uses_bridges(self, spec: WorkerSpec) -> bool:
+        return True
+
     # ------------------------------------------------------------------ API
 
-    def log_path(self, name: str, spec: WorkerSpec | None = None) -> Path:
-        if spec is not None and spec.log_path is not None:
-            return spec.log_path
-        run = self._runs.get(name)
-        return run.log_path if run else worker_log_path(self.control_home, name)
-
     async def start(self, spec: WorkerSpec) -> SandboxHandle:
-        current = self._runs.get(spec.name)
-        if current is not None and not current.done.is_set():
-            raise SandboxError(f"worker {spec.name!r} is already running (pid {current.signal_pid})",
-                               hint="stop it first, or use the supervisor's restart")
+        self._refuse_running(spec.name)
         self._prepare(spec)
         for path in [spec.home, *(m.host_path for m in spec.mounts)]:
             if path is not None and not path.exists():
                 raise SandboxError(f"worker {spec.name!r}: {path} does not exist", hint="create it before starting the worker")
         log_path = self.log_path(spec.name, spec)
-        run_dir = run_dir_for(self.settings.run_dir or self.control_home / "run" / "sandbox", spec.name)
+        run_dir = self._socket_dir(spec.name)
         host_bridges = HostBridges(run_dir, spec.bridges) if spec.bridges and self._uses_bridges(spec) else None
         sockets = await host_bridges.start() if host_bridges else {}
         log_fd = open_log(log_path, f"starting worker {spec.name} ({self.name} sandbox){self.log_note}")
@@ -264,9 +320,6 @@ class LocalSandboxBackend:
         self._runs[spec.name] = run
         return SandboxHandle(name=spec.name, backend=self.name, pid=process.pid, started_at=run.started_at, log_path=log_path)
 
-    def _uses_bridges(self, spec: WorkerSpec) -> bool:
-        return True
-
     async def _watch(self, run: _Run) -> None:
         code = await run.process.wait()
         run.plan.close()
@@ -280,6 +333,7 @@ class LocalSandboxBackend:
         run.done.set()
 
     async def stop(self, name: str, timeout: float = 10.0) -> None:
+        """SIGTERM to the launcher (it passes it on to the worker); SIGKILL after ``timeout``."""
         run = self._runs.get(name)
         if run is None or run.done.is_set():
             return
@@ -292,13 +346,6 @@ class LocalSandboxBackend:
                 os.killpg(run.process.pid, signal.SIGKILL)
             await run.done.wait()
 
-    async def wait(self, name: str) -> int | None:
-        run = self._runs.get(name)
-        if run is None:
-            return None
-        await run.done.wait()
-        return run.exit_code
-
     async def status(self, name: str) -> dict[str, Any]:
         run = self._runs.get(name)
         if run is None:
@@ -308,16 +355,6 @@ class LocalSandboxBackend:
             pid=run.process.pid, launcher_pid=run.signal_pid, exit_code=run.exit_code,
             started_at=run.started_at.isoformat(), restarts=run.starts - 1, log_path=str(run.log_path),
         )
-
-    async def logs(self, name: str, *, follow: bool = False, tail: int | None = None) -> AsyncIterator[str]:
-        async for line in async_log_lines(self.log_path(name), follow=follow, tail=tail):
-            yield line
-
-    def names(self) -> list[str]:
-        return sorted(self._runs)
-
-    async def close(self, timeout: float = 10.0) -> None:
-        await asyncio.gather(*(self.stop(name, timeout) for name in list(self._runs)))
 
 
 def _default_home() -> Path:
