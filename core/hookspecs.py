@@ -151,6 +151,21 @@ def hiclaw_after_task(task: TaskRecord, result: TaskResult, ctx: RuntimeContext)
 
 
 @hookspec
+def hiclaw_budget_warning(scope: str, name: str, spent_usd: float, budget_usd: float, ctx: RuntimeContext) -> Any:
+    """A gateway budget is nearly spent: a call took spending past 80 % of it (once per crossing).
+
+    :param scope: ``"consumer"`` (an agent's consumer token) or ``"project"`` (calls tagged
+        ``X-Hiclaw-Project``).
+    :param name: the consumer name or the project id.
+    :param spent_usd: what has been spent so far, in USD, including the call that crossed.
+    :param budget_usd: the budget, in USD. At 100 % the gateway refuses calls with 429.
+    :param ctx: the gateway's :class:`hiclaw.host.RuntimeContext` (``side == "control"``;
+        ``ctx.components["gateway"]`` is the gateway).
+    :returns: ``None`` or an awaitable. Return values are ignored; this hook observes.
+    """
+
+
+@hookspec
 def hiclaw_shutdown(ctx: RuntimeContext) -> Any:
     """The control plane or a worker is stopping (after serving ends, before exit).
 

@@ -501,5 +501,10 @@ class PluginHost:
     async def after_task(self, task: TaskRecord, result: TaskResult, ctx: RuntimeContext) -> None:
         await self._call_async("hiclaw_after_task", task=task, result=result, ctx=ctx)
 
+    async def budget_warning(self, *, scope: str, name: str, spent_usd: float, budget_usd: float,
+                             ctx: RuntimeContext) -> None:
+        await self._call_async("hiclaw_budget_warning", scope=scope, name=name, spent_usd=spent_usd,
+                               budget_usd=budget_usd, ctx=ctx)
+
     async def shutdown(self, ctx: RuntimeContext) -> None:
         await self._call_async("hiclaw_shutdown", ctx=ctx)

@@ -1,0 +1,190 @@
+"""The scripted model server: an OpenAI-compatible HTTP server that replays a scenario.
+
+Routes:
+
+``POST /v1/chat/completions``
+    Non-streaming and SSE streaming replies with text and/or tool calls and ``usage``
+    (streams end with a usage chunk when ``stream_options.include_usage`` is set).
+``GET /v1/models``
+    The scenario's ``models``.
+``GET /_scripted/stats`` / ``GET /_scripted/requests`` / ``POST /_scripted/reset``
+    Test hooks: hit counts and progress per agent, the recent requests (never headers or
+    keys), and a reset of every agent's progress.
+``GET /healthz``
+    ``{"ok": true}``.
+
+It never imports litellm: it is a stand-in for a model *provider*, not for the gateway.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import deque
+from typing import Any
+
+from aiohttp import web
+
+from hiclaw.scripted.engine import ScenarioError, ScriptedReply, ScriptEngine, latest_input
+from hiclaw.scripted.scenario import Scenario
+
+CONSUMER_HEADER = "X-Hiclaw-Consumer"
+_PIECE = 16  # characters per streamed content/argument piece
+
+
+def _error(status: int, message: str, *, code: str, kind: str = "invalid_request_error") -> web.Response:
+    return web.json_response({"error": {"message": message, "type": kind, "param": None, "code": code}}, status=status)
+
+
+def _pieces(text: str) -> list[str]:
+    return [text[i:i + _PIECE] for i in range(0, len(text), _PIECE)] or [""]
+
+
+def _usage(reply: ScriptedReply) -> dict[str, int]:
+    return {"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens,
+            "total_tokens": reply.prompt_tokens + reply.completion_tokens}
+
+
+def completion_body(reply: ScriptedReply, model: str) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": reply.text}
+    if reply.tool_calls:
+        message["tool_calls"] = reply.tool_calls
+    return {
+        "id": f"chatcmpl-scripted-{reply.agent}-{reply.call}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "message": message, "finish_reason": reply.finish_reason, "logprobs": None}],
+        "usage": _usage(reply),
+    }
+
+
+def stream_chunks(reply: ScriptedReply, model: str, *, include_usage: bool) -> list[dict[str, Any]]:
+    """The chunk objects of a streamed reply, in order (without the final ``[DONE]``)."""
+    base = {"id": f"chatcmpl-scripted-{reply.agent}-{reply.call}", "object": "chat.completion.chunk",
+            "created": int(time.time()), "model": model}
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        return {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
+
+    chunks = [chunk({"role": "assistant", "content": ""})]
+    if reply.text:
+        chunks.extend(chunk({"content": piece}) for piece in _pieces(reply.text))
+    for index, call in enumerate(reply.tool_calls):
+        head = {"index": index, "id": call["id"], "type": "function",
+                "function": {"name": call["function"]["name"], "arguments": ""}}
+        chunks.append(chunk({"tool_calls": [head]}))
+        chunks.extend(chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
+                      for piece in _pieces(call["function"]["arguments"]))
+    chunks.append(chunk({}, reply.finish_reason))
+    if include_usage:
+        chunks.append({**base, "choices": [], "usage": _usage(reply)})
+    return chunks
+
+
+class ScriptedModelServer:
+    """Serve ``scenario`` on ``host:port`` (port 0 picks a free one; see :attr:`url`)."""
+
+    def __init__(self, scenario: Scenario, *, host: str = "127.0.0.1", port: int = 0,
+                 api_key: str | None = None, keep_requests: int = 500) -> None:
+        self.engine = ScriptEngine(scenario)
+        self.host = host
+        self.port = port
+        self._api_key = api_key
+        self.recent: deque[dict[str, Any]] = deque(maxlen=keep_requests)
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        """What to put in a model alias's ``api_base``."""
+        return f"{self.url}/v1"
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/_scripted/stats", self._stats)
+        app.router.add_get("/_scripted/requests", self._requests)
+        app.router.add_post("/_scripted/reset", self._reset)
+        app.router.add_get("/healthz", self._health)
+        return app
+
+    async def start(self) -> None:
+        if self._runner is not None:
+            return
+        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self.port, backlog=1024)
+        await site.start()
+        self.port = runner.addresses[0][1]
+        self._runner = runner
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+
+    # ------------------------------------------------------------------ routes
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        if self._api_key is not None and request.headers.get("Authorization") != f"Bearer {self._api_key}":
+            return _error(401, "Incorrect API key provided to the scripted model server.", code="invalid_api_key",
+                          kind="authentication_error")
+        try:
+            body = json.loads(await request.read())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return _error(400, "request body is not valid JSON", code="invalid_json")
+        if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+            return _error(400, "`messages` must be a list", code="missing_field")
+        agent = body.get("user") or request.headers.get(CONSUMER_HEADER) or None
+        model = str(body.get("model", "scripted"))
+        try:
+            reply = self.engine.reply(body, agent=agent)
+        except ScenarioError as exc:
+            status = 400 if exc.code == "unknown_agent" else 500
+            return _error(status, str(exc), code=exc.code, kind="scenario_error")
+        latest = latest_input(body["messages"])
+        self.recent.append({
+            "agent": reply.agent, "call": reply.call, "source": reply.source, "model": model,
+            "stream": bool(body.get("stream")), "latest_input": latest.text[:500], "latest_role": latest.role,
+            "tools": [t.get("function", {}).get("name") for t in body.get("tools") or [] if isinstance(t, dict)],
+            "error": reply.error.status if reply.error else None,
+        })
+        if reply.delay_ms:
+            await asyncio.sleep(reply.delay_ms / 1000)  # simulated model latency, part of the script
+        if reply.error is not None:
+            return _error(reply.error.status, reply.error.message, code="scripted_error", kind="server_error")
+        if not body.get("stream"):
+            return web.json_response(completion_body(reply, model))
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        for chunk in stream_chunks(reply, model, include_usage=include_usage):
+            await response.write(b"data: " + json.dumps(chunk, ensure_ascii=False).encode() + b"\n\n")
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+    async def _models(self, request: web.Request) -> web.Response:
+        data = [{"id": m, "object": "model", "created": 0, "owned_by": "scripted"} for m in self.engine.scenario.models]
+        return web.json_response({"object": "list", "data": data})
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        return web.json_response(self.engine.stats())
+
+    async def _requests(self, request: web.Request) -> web.Response:
+        agent = request.query.get("agent")
+        items = [r for r in self.recent if agent is None or r["agent"] == agent]
+        return web.json_response({"requests": items})
+
+    async def _reset(self, request: web.Request) -> web.Response:
+        self.engine.reset()
+        self.recent.clear()
+        return web.json_response({"ok": True})
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})

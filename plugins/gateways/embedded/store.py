@@ -1,0 +1,295 @@
+"""The gateway's SQLite database (WAL): consumers and their hashed tokens, project budgets, ledger.
+
+The CLI and the running server open the same file. The server keeps consumers and projects in
+memory and reloads them whenever another connection has committed (``PRAGMA data_version``
+changes), so ``hiclaw gateway token revoke`` takes effect on the very next request without a
+round-trip per request. Only one gateway process should serve a database at a time.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import sqlite3
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from hiclaw.errors import InvalidInputError, NotFoundError
+
+TOKEN_PREFIX = "hc-"
+TOKEN_BYTES = 32
+CONSUMER_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS consumers (
+    name TEXT PRIMARY KEY,
+    token_hash TEXT NOT NULL UNIQUE,
+    models TEXT,                      -- JSON list of aliases, NULL = every alias
+    budget_usd REAL,                  -- NULL = no budget
+    spent_usd REAL NOT NULL DEFAULT 0,
+    created_at TEXT NOT NULL,
+    revoked_at TEXT
+);
+CREATE TABLE IF NOT EXISTS projects (
+    name TEXT PRIMARY KEY,
+    budget_usd REAL,
+    spent_usd REAL NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS ledger (
+    id INTEGER PRIMARY KEY,
+    ts REAL NOT NULL,
+    consumer TEXT NOT NULL,
+    task TEXT,
+    project TEXT,
+    model TEXT,                       -- the alias that answered (after any fallback)
+    upstream_model TEXT,              -- the provider model string
+    prompt_tokens INTEGER NOT NULL DEFAULT 0,
+    completion_tokens INTEGER NOT NULL DEFAULT 0,
+    cost_usd REAL NOT NULL DEFAULT 0,
+    latency_ms REAL NOT NULL DEFAULT 0,
+    status INTEGER NOT NULL,          -- HTTP status returned to the caller
+    error TEXT,                       -- error code when status != 200
+    stream INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS ledger_ts ON ledger(ts);
+CREATE INDEX IF NOT EXISTS ledger_consumer ON ledger(consumer);
+"""
+
+USAGE_DIMENSIONS = ("consumer", "task", "project", "model", "upstream_model", "status")
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+
+
+def check_consumer_name(name: str) -> str:
+    if not isinstance(name, str) or not CONSUMER_NAME.match(name):
+        raise InvalidInputError(f"consumer name {name!r} is invalid",
+                                hint="use 1-64 lower-case letters, digits, '.', '_' or '-', starting with a letter or digit")
+    return name
+
+
+@dataclass
+class Consumer:
+    name: str
+    token_hash: str
+    models: tuple[str, ...] | None
+    budget_usd: float | None
+    spent_usd: float
+    created_at: str
+    revoked_at: str | None
+
+    def allows(self, alias: str) -> bool:
+        return self.models is None or alias in self.models
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "models": list(self.models) if self.models is not None else None,
+                "budget_usd": self.budget_usd, "spent_usd": round(self.spent_usd, 9), "created": self.created_at,
+                "revoked": self.revoked_at is not None, "revoked_at": self.revoked_at}
+
+
+@dataclass
+class Project:
+    name: str
+    budget_usd: float | None
+    spent_usd: float
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    consumer: str
+    task: str | None
+    project: str | None
+    model: str | None
+    upstream_model: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    latency_ms: float
+    status: int
+    error: str | None = None
+    stream: bool = False
+
+
+@dataclass(frozen=True)
+class BudgetCrossing:
+    """Spending crossed the warning ratio of a budget with this call."""
+
+    scope: str  # "consumer" | "project"
+    name: str
+    spent_usd: float
+    budget_usd: float
+
+
+class GatewayStore:
+    """All persistent gateway state. Methods are synchronous and fast (one event-loop thread)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes; fsync at checkpoints
+        self._db.executescript(SCHEMA)
+        self._by_hash: dict[str, Consumer] = {}
+        self._by_name: dict[str, Consumer] = {}
+        self._projects: dict[str, Project] = {}
+        self._version: int | None = None
+
+    def close(self) -> None:
+        self._db.close()
+
+    # ------------------------------------------------------------------ cache
+
+    def _refresh(self) -> None:
+        version = self._db.execute("PRAGMA data_version").fetchone()[0]
+        if version == self._version:
+            return
+        consumers = [Consumer(r[0], r[1], tuple(json.loads(r[2])) if r[2] is not None else None, r[3], r[4], r[5], r[6])
+                     for r in self._db.execute("SELECT name, token_hash, models, budget_usd, spent_usd, created_at, "
+                                               "revoked_at FROM consumers")]
+        self._by_hash = {c.token_hash: c for c in consumers}
+        self._by_name = {c.name: c for c in consumers}
+        self._projects = {r[0]: Project(r[0], r[1], r[2]) for r in self._db.execute("SELECT name, budget_usd, spent_usd FROM projects")}
+        self._version = version
+
+    def _changed(self) -> None:
+        # data_version only moves for other connections' commits; force a reload after our own.
+        self._version = None
+
+    # ------------------------------------------------------------------ consumers
+
+    def authenticate(self, token: str) -> Consumer | None:
+        """The consumer owning ``token`` (revoked ones included: the caller tells them apart)."""
+        self._refresh()
+        digest = hash_token(token)
+        consumer = self._by_hash.get(digest)
+        # The dictionary lookup finds the candidate; the final comparison is constant-time.
+        if consumer is None or not hmac.compare_digest(consumer.token_hash, digest):
+            return None
+        return consumer
+
+    def mint(self, name: str, *, models: list[str] | None, budget_usd: float | None) -> str:
+        check_consumer_name(name)
+        if budget_usd is not None and budget_usd < 0:
+            raise InvalidInputError(f"budget for {name!r} is negative", hint="give a budget >= 0 USD")
+        token = TOKEN_PREFIX + secrets.token_urlsafe(TOKEN_BYTES)
+        models_json = json.dumps(sorted(set(models))) if models is not None else None
+        # Spent is kept across re-mints: a new token for the same agent does not reset its spending.
+        self._db.execute(
+            "INSERT INTO consumers(name, token_hash, models, budget_usd, created_at) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET token_hash=excluded.token_hash, models=excluded.models, "
+            "budget_usd=excluded.budget_usd, created_at=excluded.created_at, revoked_at=NULL",
+            (name, hash_token(token), models_json, budget_usd, _now_iso()),
+        )
+        self._changed()
+        return token
+
+    def revoke(self, name: str) -> None:
+        cursor = self._db.execute("UPDATE consumers SET revoked_at=? WHERE name=? AND revoked_at IS NULL", (_now_iso(), name))
+        self._changed()
+        if cursor.rowcount == 0 and self.consumer(name) is None:
+            raise NotFoundError(f"no consumer named {name!r}", hint="see `hiclaw gateway token list`")
+
+    def consumer(self, name: str) -> Consumer | None:
+        self._refresh()
+        return self._by_name.get(name)
+
+    def consumers(self) -> list[Consumer]:
+        self._refresh()
+        return sorted(self._by_name.values(), key=lambda c: c.name)
+
+    # ------------------------------------------------------------------ budgets
+
+    def project(self, name: str) -> Project | None:
+        self._refresh()
+        return self._projects.get(name)
+
+    def set_budget(self, *, consumer: str | None = None, project: str | None = None, usd: float | None) -> None:
+        if (consumer is None) == (project is None):
+            raise InvalidInputError("set a budget for exactly one consumer or one project")
+        if usd is not None and usd < 0:
+            raise InvalidInputError("a budget cannot be negative", hint="give USD >= 0")
+        if consumer is not None:
+            cursor = self._db.execute("UPDATE consumers SET budget_usd=? WHERE name=?", (usd, consumer))
+            if cursor.rowcount == 0:
+                raise NotFoundError(f"no consumer named {consumer!r}", hint="mint its token first")
+        else:
+            self._db.execute("INSERT INTO projects(name, budget_usd) VALUES (?, ?) "
+                             "ON CONFLICT(name) DO UPDATE SET budget_usd=excluded.budget_usd", (project, usd))
+        self._changed()
+
+    def budgets(self) -> list[dict[str, Any]]:
+        self._refresh()
+        rows = [{"scope": "consumer", "name": c.name, "budget_usd": c.budget_usd, "spent_usd": round(c.spent_usd, 9)}
+                for c in self._by_name.values() if c.budget_usd is not None]
+        rows += [{"scope": "project", "name": p.name, "budget_usd": p.budget_usd, "spent_usd": round(p.spent_usd, 9)}
+                 for p in self._projects.values() if p.budget_usd is not None]
+        return sorted(rows, key=lambda r: (r["scope"], r["name"]))
+
+    # ------------------------------------------------------------------ ledger
+
+    def record(self, entry: LedgerEntry, *, warn_ratio: float) -> list[BudgetCrossing]:
+        """Append ``entry`` and add its cost to the consumer's and project's spending, atomically."""
+        self._refresh()
+        crossings: list[BudgetCrossing] = []
+        with self._db:  # one transaction
+            self._db.execute("BEGIN")
+            self._db.execute(
+                "INSERT INTO ledger(ts, consumer, task, project, model, upstream_model, prompt_tokens, completion_tokens,"
+                " cost_usd, latency_ms, status, error, stream) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (time.time(), entry.consumer, entry.task, entry.project, entry.model, entry.upstream_model,
+                 entry.prompt_tokens, entry.completion_tokens, entry.cost_usd, round(entry.latency_ms, 3),
+                 entry.status, entry.error, int(entry.stream)))
+            if entry.cost_usd:
+                self._db.execute("UPDATE consumers SET spent_usd = spent_usd + ? WHERE name=?", (entry.cost_usd, entry.consumer))
+                consumer = self._by_name.get(entry.consumer)
+                if consumer is not None:
+                    crossings += _crossed("consumer", consumer.name, consumer, entry.cost_usd, warn_ratio)
+                if entry.project is not None:
+                    self._db.execute("INSERT INTO projects(name, spent_usd) VALUES (?, ?) ON CONFLICT(name) "
+                                     "DO UPDATE SET spent_usd = spent_usd + excluded.spent_usd", (entry.project, entry.cost_usd))
+                    project = self._projects.setdefault(entry.project, Project(entry.project, None, 0.0))
+                    crossings += _crossed("project", project.name, project, entry.cost_usd, warn_ratio)
+        return crossings
+
+    def usage(self, by: list[str], since: float | None = None) -> list[dict[str, Any]]:
+        """Totals grouped by ``by`` (any of :data:`USAGE_DIMENSIONS`), most expensive first."""
+        for dim in by:
+            if dim not in USAGE_DIMENSIONS:
+                raise InvalidInputError(f"cannot group usage by {dim!r}", hint=f"use one of: {', '.join(USAGE_DIMENSIONS)}")
+        columns = ", ".join(by)
+        where, params = ("WHERE ts >= ?", (since,)) if since is not None else ("", ())
+        sql = (f"SELECT {columns}, COUNT(*), SUM(status != 200), SUM(prompt_tokens), SUM(completion_tokens), "
+               f"SUM(cost_usd), AVG(latency_ms) FROM ledger {where} GROUP BY {columns} ORDER BY SUM(cost_usd) DESC, {columns}")
+        rows = []
+        for row in self._db.execute(sql, params):
+            keys = dict(zip(by, row[: len(by)], strict=True))
+            calls, errors, prompt, completion, cost, latency = row[len(by):]
+            rows.append({**keys, "calls": calls, "errors": errors, "prompt_tokens": prompt, "completion_tokens": completion,
+                         "total_tokens": prompt + completion, "cost_usd": round(cost, 9), "avg_latency_ms": round(latency, 1)})
+        return rows
+
+    def ledger(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The latest ledger rows, newest first."""
+        cursor = self._db.execute("SELECT * FROM ledger ORDER BY id DESC LIMIT ?", (limit,))
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor]
+
+
+def _crossed(scope: str, name: str, holder: Consumer | Project, cost: float, ratio: float) -> list[BudgetCrossing]:
+    before = holder.spent_usd
+    holder.spent_usd = before + cost
+    budget = holder.budget_usd
+    if budget and before < ratio * budget <= holder.spent_usd:
+        return [BudgetCrossing(scope, name, holder.spent_usd, budget)]
+    return []

@@ -1,0 +1,269 @@
+"""Calling providers: directly for OpenAI-compatible ones, through litellm for every other.
+
+Both upstreams take the caller's OpenAI request (already validated), set ``model`` to the
+provider's model and ``user`` to the consumer name, and return either a :class:`Completion`
+or a stream of chunk JSON documents that remembers the usage it saw. Errors become
+:class:`UpstreamError` with any secret redacted from their text.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from hiclaw.plugins.gateways.embedded.errors import UpstreamError
+from hiclaw.plugins.gateways.embedded.routing import Route
+
+Redact = Callable[[str], str]
+# Fields the gateway decides itself; everything else in the caller's request is passed on.
+OWN_FIELDS = ("model", "messages", "stream", "stream_options", "user")
+
+
+@dataclass
+class Completion:
+    body: bytes  # the OpenAI JSON response to forward
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class ChunkStream:
+    """Chunks of a streamed reply (JSON bytes each); ``prompt_tokens``/``completion_tokens`` fill in
+    from the usage chunk."""
+
+    prompt_tokens = 0
+    completion_tokens = 0
+
+    def _take_usage(self, usage: Any) -> None:
+        if usage:
+            self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            self.completion_tokens = int(usage.get("completion_tokens") or 0)
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        """Release the upstream connection."""
+
+
+def _usage_of(data: Any) -> tuple[int, int]:
+    usage = data.get("usage") if isinstance(data, dict) else None
+    if not isinstance(usage, dict):
+        return 0, 0
+    return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+
+
+def status_error(route: Route, status: int, message: str) -> UpstreamError:
+    """Map a provider's HTTP status to what the caller gets (and whether to retry/fall back)."""
+    where = f"model alias {route.alias!r} ({route.model})"
+    if status >= 500 or status == 408:
+        return UpstreamError(502, f"the provider failed for {where}: HTTP {status}: {message}", code="upstream_error",
+                             retryable=True)
+    if status in (401, 403):
+        secret = f"secret {route.key_secret!r}" if route.key_secret else "no key (set api_key_secret)"
+        return UpstreamError(502, f"the provider rejected the gateway's credentials for {where} — check {secret}",
+                             code="upstream_auth_failed", retryable=False)
+    if status == 429:
+        return UpstreamError(429, f"the provider is rate-limiting {where}: {message}", code="upstream_rate_limited",
+                             kind="rate_limit_error", retryable=False)
+    return UpstreamError(status, f"the provider refused the request for {where}: {message}", code="upstream_rejected",
+                         kind="invalid_request_error", retryable=False)
+
+
+def timeout_error(route: Route, seconds: float) -> UpstreamError:
+    return UpstreamError(504, f"the provider did not answer within {seconds:g}s for model alias {route.alias!r}",
+                         code="upstream_timeout", retryable=True)
+
+
+def connection_error(route: Route, detail: str) -> UpstreamError:
+    return UpstreamError(502, f"cannot reach the provider for model alias {route.alias!r}: {detail}",
+                         code="upstream_unreachable", retryable=True)
+
+
+def _error_message(raw: bytes, redact: Redact) -> str:
+    try:
+        data = json.loads(raw)
+        message = data["error"]["message"] if isinstance(data.get("error"), dict) else str(data.get("error") or data)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        message = raw.decode("utf-8", "replace")
+    return redact(" ".join(str(message).split())[:500])
+
+
+# --------------------------------------------------------------------------- direct (OpenAI-compatible)
+
+
+class DirectStream(ChunkStream):
+    def __init__(self, response: aiohttp.ClientResponse, route: Route, timeout: float) -> None:
+        self._response = response
+        self._route = route
+        self._timeout = timeout
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:  # type: ignore[override]
+        buffer = b""
+        try:
+            async for piece in self._response.content.iter_any():
+                buffer += piece
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    if not line.startswith(b"data:"):
+                        continue  # comments, event names, blank separators
+                    data = line[5:].strip()
+                    if data == b"[DONE]":
+                        return
+                    if b'"usage"' in data:
+                        self._take_usage(json.loads(data).get("usage"))
+                    yield data
+        except asyncio.TimeoutError:
+            raise timeout_error(self._route, self._timeout) from None
+        except aiohttp.ClientError as exc:
+            raise connection_error(self._route, type(exc).__name__) from None
+
+    async def aclose(self) -> None:
+        self._response.release()
+
+
+class DirectUpstream:
+    """Plain HTTP to an OpenAI-compatible ``/chat/completions`` over pooled keep-alive connections."""
+
+    def __init__(self, *, timeout: float, connect_timeout: float, redact: Redact) -> None:
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.redact = redact
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout, sock_read=self.timeout),
+            )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+    def _post(self, route: Route, payload: dict[str, Any], consumer: str, stream: bool) -> Any:
+        body = dict(payload)
+        body["model"] = route.provider_model
+        body["user"] = consumer
+        if stream:
+            body["stream_options"] = {**(payload.get("stream_options") or {}), "include_usage": True}
+        headers = {"Content-Type": "application/json"}
+        if route.api_key is not None:
+            headers["Authorization"] = f"Bearer {route.api_key.get_secret_value()}"
+        assert self._session is not None, "DirectUpstream.start() was not called"
+        return self._session.post(route.chat_url, data=json.dumps(body).encode(), headers=headers)
+
+    async def complete(self, route: Route, payload: dict[str, Any], consumer: str) -> Completion:
+        try:
+            async with self._post(route, payload, consumer, False) as response:
+                raw = await response.read()
+                status = response.status
+        except asyncio.TimeoutError:
+            raise timeout_error(route, self.timeout) from None
+        except aiohttp.ClientError as exc:
+            raise connection_error(route, type(exc).__name__) from None
+        if status != 200:
+            raise status_error(route, status, _error_message(raw, self.redact))
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            raise status_error(route, 502, "the response is not JSON") from None
+        prompt, completion = _usage_of(data)
+        return Completion(raw, prompt, completion)
+
+    async def stream(self, route: Route, payload: dict[str, Any], consumer: str) -> ChunkStream:
+        try:
+            response = await self._post(route, payload, consumer, True)
+        except asyncio.TimeoutError:
+            raise timeout_error(route, self.timeout) from None
+        except aiohttp.ClientError as exc:
+            raise connection_error(route, type(exc).__name__) from None
+        if response.status != 200:
+            try:
+                raw = await response.read()
+            finally:
+                response.release()
+            raise status_error(route, response.status, _error_message(raw, self.redact))
+        return DirectStream(response, route, self.timeout)
+
+
+# --------------------------------------------------------------------------- litellm (every other provider)
+
+
+class LitellmStream(ChunkStream):
+    def __init__(self, wrapper: Any, upstream: LitellmUpstream, route: Route) -> None:
+        self._wrapper = wrapper
+        self._upstream = upstream
+        self._route = route
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:  # type: ignore[override]
+        try:
+            async for chunk in self._wrapper:
+                data = chunk.model_dump(exclude_none=True)
+                self._take_usage(data.get("usage"))
+                yield json.dumps(data, default=str).encode()
+        except Exception as exc:  # noqa: BLE001 - litellm raises its own hierarchy; map all of it
+            raise self._upstream.map_error(self._route, exc) from None
+
+
+class LitellmUpstream:
+    """``litellm.acompletion`` with the route's key and base; imported when the gateway starts."""
+
+    def __init__(self, *, timeout: float, redact: Redact) -> None:
+        self.timeout = timeout
+        self.redact = redact
+        self._litellm: Any = None
+
+    async def start(self) -> None:
+        if self._litellm is None:
+            from hiclaw.plugins.gateways.embedded.pricing import import_litellm
+
+            self._litellm = await asyncio.to_thread(import_litellm)  # ~3 s: keep the event loop free
+
+    async def close(self) -> None:
+        """Nothing to release: litellm keeps its own client cache."""
+
+    def _kwargs(self, route: Route, payload: dict[str, Any], consumer: str, stream: bool) -> dict[str, Any]:
+        kwargs = {k: v for k, v in payload.items() if k not in OWN_FIELDS}
+        kwargs.update(model=route.model, messages=payload["messages"], user=consumer, timeout=self.timeout,
+                      num_retries=0, drop_params=True, stream=stream)
+        if stream:
+            kwargs["stream_options"] = {"include_usage": True}
+        if route.api_base:
+            kwargs["api_base"] = route.api_base
+        if route.api_key is not None:
+            kwargs["api_key"] = route.api_key.get_secret_value()
+        return kwargs
+
+    def map_error(self, route: Route, exc: Exception) -> UpstreamError:
+        litellm = self._litellm
+        message = self.redact(" ".join(str(exc).split())[:500])
+        if isinstance(exc, UpstreamError):
+            return exc
+        if isinstance(exc, litellm.Timeout | asyncio.TimeoutError):
+            return timeout_error(route, self.timeout)
+        if isinstance(exc, litellm.APIConnectionError):
+            return connection_error(route, message)
+        status = getattr(exc, "status_code", None)
+        return status_error(route, status if isinstance(status, int) and status >= 400 else 502, message)
+
+    async def complete(self, route: Route, payload: dict[str, Any], consumer: str) -> Completion:
+        try:
+            response = await self._litellm.acompletion(**self._kwargs(route, payload, consumer, False))
+        except Exception as exc:  # noqa: BLE001
+            raise self.map_error(route, exc) from None
+        data = response.model_dump()
+        prompt, completion = _usage_of(data)
+        return Completion(json.dumps(data, default=str).encode(), prompt, completion)
+
+    async def stream(self, route: Route, payload: dict[str, Any], consumer: str) -> ChunkStream:
+        try:
+            wrapper = await self._litellm.acompletion(**self._kwargs(route, payload, consumer, True))
+        except Exception as exc:  # noqa: BLE001
+            raise self.map_error(route, exc) from None
+        return LitellmStream(wrapper, self, route)
