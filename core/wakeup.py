@@ -74,6 +74,7 @@ class MentionGate:
         if self.typing is None:
             await self.handler(turn)
             return
+        await self._typing(message.room_id, True)
         refresher = asyncio.create_task(self._keep_typing(message.room_id))
         try:
             await self.handler(turn)
@@ -94,8 +95,8 @@ class MentionGate:
 
     async def _keep_typing(self, room_id: str) -> None:
         while True:
-            await self._typing(room_id, True)
             await asyncio.sleep(TYPING_REFRESH_SECONDS)
+            await self._typing(room_id, True)
 
     async def _typing(self, room_id: str, on: bool) -> None:
         assert self.typing is not None

@@ -8,6 +8,9 @@
     ``await matrix_control(prefix=None, home=None, **settings)`` → a started
     ``ControlMatrixChannel`` (logged in as ``<prefix>manager``) on that server; stopped afterwards.
 
+``start_worker_channel(control, name, home)``
+    Provisions an agent and starts its worker-side channel exactly as a worker process would.
+
 Raw client-server helpers (``register``, ``create_room``, ``send``, ``sync``, ``messages``) use
 httpx, not matrix-nio, so they are an independent second client for checking what the channel did.
 """
@@ -166,6 +169,19 @@ class SynapseServer:
 
     def secrets(self) -> dict[str, SecretStr]:
         return {"matrix_registration_shared_secret": SecretStr(self.shared_secret)}
+
+
+async def start_worker_channel(control: Any, name: str, home: Path, **overrides: Any) -> Any:
+    """Provision agent ``name`` through ``control`` and start its worker-side channel, built the
+    way a worker process builds it (plugin host, worker-side settings from ``worker_settings``)."""
+    from hiclaw.host import ComponentContext, PluginHost
+
+    await control.ensure_account(name, display_name=name.capitalize())
+    host = PluginHost(default_plugins=[("matrix", "hiclaw.plugins.channels.matrix")], load_entry_points=False)
+    settings = {**control.worker_settings(name), **overrides}
+    channel = host.create("channel", "matrix", settings, ComponentContext(home=home, side="worker", agent=name))
+    await channel.start()
+    return channel
 
 
 def start_synapse(home: Path, *, server_name: str = "hiclaw.test", extra: dict[str, Any] | None = None) -> Any:

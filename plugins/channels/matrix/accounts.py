@@ -56,6 +56,24 @@ def _error(resp: httpx.Response) -> tuple[str, str]:
     return str(body.get("errcode", "")), str(body.get("error", ""))
 
 
+async def password_login(
+    http: httpx.AsyncClient, user_id: str, password: str, device_id: str | None = None
+) -> dict[str, Any] | None:
+    """``m.login.password`` (reusing ``device_id``); returns credentials, ``None`` if refused."""
+    body: dict[str, Any] = {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": user_id},
+                            "password": password, "initial_device_display_name": "hiclaw"}
+    if device_id:
+        body["device_id"] = device_id
+    resp = await http.post(f"{CLIENT}/login", json=body)
+    if resp.status_code == 200:
+        data = resp.json()
+        return {"user_id": data["user_id"], "access_token": data["access_token"], "device_id": data.get("device_id")}
+    if resp.status_code == 403:
+        return None
+    code, message = _error(resp)
+    raise MatrixError(f"login of {user_id} failed: {code or resp.status_code} {message}", hint="check the homeserver")
+
+
 class AccountRegistrar:
     """Registers, logs in and repairs accounts over the client-server and admin APIs."""
 
@@ -166,18 +184,11 @@ class AccountRegistrar:
 
     async def login(self, user_id: str, password: str, device_id: str | None = None) -> dict[str, Any] | None:
         """Password login (reusing ``device_id`` when given); ``None`` for a wrong password."""
-        body: dict[str, Any] = {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": user_id},
-                                "password": password, "initial_device_display_name": "hiclaw"}
-        if device_id:
-            body["device_id"] = device_id
-        resp = await self._request("POST", f"{CLIENT}/login", json=body)
-        if resp.status_code == 200:
-            data = resp.json()
-            return {"user_id": data["user_id"], "access_token": data["access_token"], "device_id": data.get("device_id")}
-        if resp.status_code == 403:
-            return None
-        code, message = _error(resp)
-        raise MatrixError(f"login of {user_id} failed: {code or resp.status_code} {message}", hint="check the homeserver")
+        try:
+            return await password_login(self.http, user_id, password, device_id)
+        except httpx.HTTPError as exc:
+            raise MatrixError(f"cannot reach the homeserver at {self.settings.url}: {exc}",
+                              hint="start it with `hiclaw homeserver start` (or `hiclaw up`)") from None
 
     async def reset_password(self, user_id: str, password: str, admin_token: str) -> bool:
         resp = await self._request("POST", f"/_synapse/admin/v1/reset_password/{quote(user_id)}",

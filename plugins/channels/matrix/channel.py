@@ -73,6 +73,7 @@ class MatrixChannel:
         access_token: str | None = None,
         device_id: str | None = None,
         deliver_backlog: bool = True,
+        filter_senders: bool = True,
     ) -> None:
         self.settings = settings
         self.agent = agent
@@ -80,7 +81,8 @@ class MatrixChannel:
         self._user_id = user_id
         self._access_token = access_token
         self._device_id = device_id
-        self.deliver_backlog = deliver_backlog
+        self.deliver_backlog = deliver_backlog  # False: the first sync only marks where "new" starts
+        self.filter_senders = filter_senders  # False for a human's client (hiclaw chat): show everyone
         self.client: AsyncClient | None = None
         self._handlers: list[Handler] = []
         self._sync_task: asyncio.Task[None] | None = None
@@ -88,7 +90,8 @@ class MatrixChannel:
         self._fatal: BaseException | None = None
         self._joined: set[str] = set(self.store.get("joined_rooms", []))
         self._since: str | None = self.store.get("next_batch")
-        self.counters = {"delivered": 0, "duplicates": 0, "dropped_sender": 0, "backfilled": 0, "reconnects": 0}
+        self.counters = {"delivered": 0, "duplicates": 0, "dropped_sender": 0, "backfilled": 0, "reconnects": 0,
+                         "rate_limited": 0}
 
     # ------------------------------------------------------------------ identity
 
@@ -258,12 +261,14 @@ class MatrixChannel:
     # ------------------------------------------------------------------ incoming
 
     def _allowed(self, room_id: str, sender: str) -> bool:
-        if sender in self.settings.allowed_senders:
+        if not self.filter_senders or sender in self.settings.allowed_senders:
             return True
         explicit = self.store.allowed_senders(room_id)
         if explicit is not None:
             return sender in explicit
-        return sender.endswith(f":{self.settings.server_name}")
+        # No list for this room (e.g. on a worker): trust hiclaw's own accounts — the agents and
+        # the admin, recognised by server name and user_prefix — and nobody else.
+        return self.settings.name_of(sender) is not None
 
     def allow_senders(self, room_id: str, senders: Sequence[str]) -> None:
         """Accept messages in ``room_id`` only from ``senders`` (names or user ids)."""
@@ -365,6 +370,7 @@ class MatrixChannel:
             if isinstance(resp, RoomSendResponse):
                 return resp.event_id
             if resp.status_code == "M_LIMIT_EXCEEDED":
+                self.counters["rate_limited"] += 1
                 await asyncio.sleep(retry_after_seconds(resp))
                 continue
             raise MatrixError(f"sending to {room_id} as {self.me} failed: {resp.status_code} {resp.message}",

@@ -10,6 +10,7 @@ with them it makes members join right away, so rooms are complete before workers
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets as random_secrets
 from collections.abc import Mapping, Sequence
@@ -17,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from nio import ErrorResponse, JoinedMembersResponse, RoomCreateResponse, RoomGetStateEventResponse, RoomPreset
-from nio import RoomResolveAliasResponse
 from pydantic import SecretStr
 
 from hiclaw.errors import NotFoundError
@@ -42,6 +42,7 @@ class ControlMatrixChannel(MatrixChannel):
         self.secrets = dict(secrets or {})
         self.accounts = ChannelStore(home / "channel")
         self._registrar: AccountRegistrar | None = None
+        self._room_locks: dict[str, asyncio.Lock] = {}
 
     # ------------------------------------------------------------------ accounts
 
@@ -151,31 +152,40 @@ class ControlMatrixChannel(MatrixChannel):
         alias = f"#{alias_local}:{self.settings.server_name}"
         admin_ids = sorted({self.user_id(a) for a in admins} - {self.me})
         member_ids = sorted({self.user_id(m) for m in members} | set(admin_ids) | {self.me})
-        room_id = await self._resolve(alias)
-        if room_id is None:
-            resp = await client.room_create(
-                alias=alias_local, name=name, topic=topic or None, preset=RoomPreset.private_chat,
-                invite=[m for m in member_ids if m != self.me],
-                # The creator (us) is not listed: room version 12 gives creators their own, top rank.
-                power_level_override={"users": {a: 100 for a in admin_ids}} if admin_ids else None,
-            )
-            if isinstance(resp, RoomCreateResponse):
-                room_id = resp.room_id
-            elif resp.status_code == "M_ROOM_IN_USE":  # created concurrently: use that one
-                room_id = await self._resolve(alias)
+        async with self._room_locks.setdefault(key, asyncio.Lock()):  # one creation per key at a time
+            room_id = await self._resolve(alias)
             if room_id is None:
-                raise MatrixError(f"cannot create room {alias}: {resp}", hint="check the homeserver's log")
-        else:
-            await self._ensure_joined_self(room_id)
-            await self._ensure_admins(room_id, admin_ids)
-        await self._ensure_members(room_id, member_ids)
+                # No invites at creation: should another process win the alias race, the room we
+                # made stays empty instead of pulling agents into a duplicate.
+                resp = await client.room_create(
+                    alias=alias_local, name=name, topic=topic or None, preset=RoomPreset.private_chat,
+                    # The creator (us) is not listed: room version 12 gives creators their own, top rank.
+                    power_level_override={"users": {a: 100 for a in admin_ids}} if admin_ids else None,
+                )
+                if isinstance(resp, RoomCreateResponse):
+                    room_id = resp.room_id
+                else:  # the alias was taken meanwhile: use the room it points to
+                    room_id = await self._resolve(alias)
+                if room_id is None:
+                    raise MatrixError(f"cannot create room {alias}: {resp}", hint="check the homeserver's log")
+            else:
+                await self._ensure_joined_self(room_id)
+                await self._ensure_admins(room_id, admin_ids)
+            await self._ensure_members(room_id, member_ids)
         self.accounts.save_room(key, room_id, {"name": name, "topic": topic, "members": member_ids, "admins": admin_ids})
         self.store.set_allowed_senders(room_id, set(member_ids))
         return room_id
 
     async def _resolve(self, alias: str) -> str | None:
-        resp = await self._require_client().room_resolve_alias(alias)
-        return resp.room_id if isinstance(resp, RoomResolveAliasResponse) else None
+        # Raw call: "no such alias" is the normal first answer, not worth nio's schema warning.
+        client = self._require_client()
+        resp = await self.registrar().as_user(client.access_token, "GET", f"/directory/room/{quote(alias)}")
+        if resp.status_code == 404:
+            return None
+        if resp.status_code != 200:
+            raise MatrixError(f"cannot look up {alias}: HTTP {resp.status_code} {resp.text[:200]}",
+                              hint="check the homeserver")
+        return str(resp.json()["room_id"])
 
     async def joined_members(self, room_id: str) -> set[str] | None:
         """Joined members as the server sees them; ``None`` if we are not in the room."""
