@@ -21,17 +21,17 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel
 
 from hiclaw.errors import HiclawError, NotFoundError
 from hiclaw.sandbox.bridge import MAX_SOCKET_PATH, HostBridges
-from hiclaw.sandbox.logs import append_log, open_log, read_log_lines, utcnow, worker_log_path
+from hiclaw.sandbox.logs import MARKER, append_log, open_log, read_log_lines, utcnow, worker_log_path
 from hiclaw.sandbox.settings import BackendSettings
 from hiclaw.sandbox.spec import WorkerSpec
 
@@ -42,6 +42,9 @@ BASE_ENV = {
     "PYTHONDONTWRITEBYTECODE": "1",  # the Python files are read-only inside
     "TMPDIR": "/tmp",
 }
+#: Seconds a sandbox may take from spawn to "the worker program runs".
+READY_TIMEOUT = 60.0
+T = TypeVar("T")
 #: Files and folders of $HICLAW_HOME a sandbox must never see (relative to the home).
 CONTROL_PLANE_ONLY = ("secrets.toml", "config.toml", "state.db", "run", "logs", "homeserver", "gateway", "channel")
 
@@ -73,6 +76,50 @@ def image_argv(argv: list[str], python: str) -> list[str]:
     if first == sys.executable or Path(first).name.startswith("python"):
         return [python, *argv[1:]]
     return list(argv)
+
+
+def read_fd_async(fd: int, parse: Callable[[bytes], T | None], *, timeout: float) -> Awaitable[T | None]:
+    """Read ``fd`` (a pipe) without blocking the loop until ``parse(data so far)`` returns a
+    value; ``None`` on EOF or timeout."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T | None] = loop.create_future()
+    buffer = bytearray()
+    os.set_blocking(fd, False)
+
+    def on_readable() -> None:
+        try:
+            data = os.read(fd, 4096)
+        except BlockingIOError:
+            return
+        if future.done():
+            return
+        if not data:
+            future.set_result(None)
+            return
+        buffer.extend(data)
+        value = parse(bytes(buffer))
+        if value is not None:
+            future.set_result(value)
+
+    loop.add_reader(fd, on_readable)
+    future.add_done_callback(lambda _: loop.remove_reader(fd))
+
+    async def result() -> T | None:
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except asyncio.TimeoutError:
+            return None
+
+    return result()
+
+
+def last_error(log_path: Path) -> str:
+    """The last line the sandbox itself printed (not our markers), for error messages."""
+    try:
+        lines = [ln for ln in log_path.read_text(errors="replace").splitlines() if ln and not ln.startswith(MARKER)]
+    except OSError:
+        return "no output"
+    return lines[-1][:300] if lines else "no output"
 
 
 def status_dict(name: str, backend: str, state: str, **extra: Any) -> dict[str, Any]:
@@ -252,20 +299,24 @@ class LocalSandboxBackend(BackendBase):
 
     # ------------------------------------------------------------------ subclass hooks
 
-    def _launcher_args(self, forwards: list[str]) -> list[str]:
-        return launcher_argv(self.python, forwards, self.settings)
+    def _launcher_args(self, forwards: list[str], ready_fd: int | None = None) -> list[str]:
+        extra = ("--ready-fd", str(ready_fd)) if ready_fd is not None else ()
+        return launcher_argv(self.python, forwards, self.settings, extra)
 
     def _environment(self, spec: WorkerSpec) -> dict[str, str]:
         path = os.pathsep.join([str(Path(self.python).parent), "/usr/local/bin", "/usr/bin", "/bin"])
         return worker_environment(spec, {"PATH": path})
 
-    def _plan(self, spec: WorkerSpec, run_dir: Path, bridges: dict[str, Path]) -> LaunchPlan:
-        """How to run the launcher for ``spec``. Subclasses implement."""
+    def _plan(self, spec: WorkerSpec, run_dir: Path, bridges: dict[str, Path], ready_fd: int) -> LaunchPlan:
+        """How to run the launcher for ``spec`` (it reports on ``ready_fd``). Subclasses implement."""
         raise NotImplementedError
 
     async def _signal_pid(self, process: asyncio.subprocess.Process, plan: LaunchPlan, log_path: Path) -> int:
         """The host pid that should get SIGTERM (default: the spawned process itself)."""
         return process.pid
+
+    def _start_failed_hint(self) -> str:
+        return "see the worker's log"
 
     def _prepare(self, spec: WorkerSpec) -> None:
         """Validate before anything is started (raise :class:`SandboxError`)."""
@@ -288,8 +339,11 @@ class LocalSandboxBackend(BackendBase):
         sockets = await host_bridges.start() if host_bridges else {}
         log_fd = open_log(log_path, f"starting worker {spec.name} ({self.name} sandbox){self.log_note}")
         plan: LaunchPlan | None = None
+        ready_read, ready_write = os.pipe()  # the launcher writes one byte once the worker runs
         try:
-            plan = self._plan(spec, run_dir, sockets)
+            plan = self._plan(spec, run_dir, sockets, ready_write)
+            plan.pass_fds += (ready_write,)
+            plan.keep_fds += (ready_read,)
             process = await asyncio.create_subprocess_exec(
                 *plan.argv, stdin=asyncio.subprocess.DEVNULL, stdout=log_fd, stderr=log_fd,
                 env=self._environment(spec), cwd=plan.cwd, start_new_session=True, pass_fds=plan.pass_fds,
@@ -297,6 +351,9 @@ class LocalSandboxBackend(BackendBase):
         except BaseException:
             if plan is not None:
                 plan.close()
+            else:
+                os.close(ready_read)
+                os.close(ready_write)
             if host_bridges:
                 await host_bridges.close()
             raise
@@ -307,6 +364,10 @@ class LocalSandboxBackend(BackendBase):
         self._starts[spec.name] = self._starts.get(spec.name, 0) + 1
         try:
             signal_pid = await self._signal_pid(process, plan, log_path)
+            if not await read_fd_async(ready_read, bytes, timeout=READY_TIMEOUT):
+                code = await asyncio.wait_for(process.wait(), READY_TIMEOUT)
+                raise SandboxError(f"worker {spec.name!r} did not start (exit code {code}): {last_error(log_path)}",
+                                   hint=self._start_failed_hint())
         except BaseException:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)

@@ -3,12 +3,13 @@
 Usage (the backends build this line; it is not meant for people)::
 
     python -m hiclaw.sandbox.launch [--bridge PORT=unix:PATH | PORT=tcp:HOST:PORT]...
-        [--rlimit-as BYTES] [--rlimit-nofile N] [--parent-pid PID] -- PROGRAM [ARGS...]
+        [--rlimit-as BYTES] [--rlimit-nofile N] [--parent-pid PID] [--ready-fd FD] -- PROGRAM [ARGS...]
 
 1. Applies resource limits (inherited by the worker).
 2. Listens on ``127.0.0.1:PORT`` for every ``--bridge`` (see :mod:`hiclaw.sandbox.bridge`), so
    the listeners are up before the worker starts — no readiness race.
-3. Spawns PROGRAM as its child, forwards SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2
+3. Spawns PROGRAM as its child (then writes one byte to ``--ready-fd`` and closes it, so the
+   host knows the sandbox is set up and the worker runs), forwards SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2
    to it, and exits with its exit code (``128 + N`` if killed by signal N).
 4. When it is PID 1 of a sandbox (bwrap ``--as-pid-1``, containers) it also reaps orphans.
 
@@ -37,7 +38,8 @@ def _parse(argv: list[str]) -> tuple[dict[str, list[str]], list[str]]:
     if "--" not in argv:
         raise ValueError("missing '--' before the program to run")
     split = argv.index("--")
-    options: dict[str, list[str]] = {"--bridge": [], "--rlimit-as": [], "--rlimit-nofile": [], "--parent-pid": []}
+    options: dict[str, list[str]] = {"--bridge": [], "--rlimit-as": [], "--rlimit-nofile": [], "--parent-pid": [],
+                                     "--ready-fd": []}
     head = argv[:split]
     i = 0
     while i < len(head):
@@ -84,8 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         options, program = _parse(list(sys.argv[1:] if argv is None else argv))
         targets = [parse_target(text) for text in options["--bridge"]]
+        ready_fds = [int(fd) for fd in options["--ready-fd"]]
+        for fd in ready_fds:
+            os.set_inheritable(fd, False)  # the worker must not hold it
         _limits(options)
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:
         return _fail(EXIT_USAGE, str(exc))
     if options["--parent-pid"]:
         _die_with_parent(int(options["--parent-pid"][0]))
@@ -116,8 +121,14 @@ def main(argv: list[str] | None = None) -> int:
         child_pid = os.posix_spawnp(program[0], program, os.environ, setsigdef=FORWARDED_SIGNALS)
     except FileNotFoundError:
         return _fail(EXIT_NOT_FOUND, f"program not found: {program[0]}")
-    except PermissionError:
-        return _fail(EXIT_NOT_EXECUTABLE, f"program not executable: {program[0]}")
+    except OSError as exc:
+        return _fail(EXIT_NOT_EXECUTABLE, f"cannot run {program[0]}: {exc.strerror}")
+    for fd in ready_fds:
+        try:
+            os.write(fd, b"1")
+            os.close(fd)
+        except OSError:
+            pass  # the host went away; the worker runs anyway
     for signum in pending:
         forward(signum, None)
 

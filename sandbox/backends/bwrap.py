@@ -28,6 +28,8 @@ from hiclaw.sandbox.base import (
     LocalSandboxBackend,
     SandboxError,
     exposes_control_plane,
+    last_error,
+    read_fd_async,
 )
 from hiclaw.sandbox.bridge import format_target
 from hiclaw.sandbox.settings import BwrapSettings
@@ -79,35 +81,6 @@ def minimal_roots(paths: set[Path] | list[Path]) -> list[Path]:
         if not any(root == path or root in path.parents for root in roots):
             roots.append(path)
     return roots
-
-
-def _read_status(fd: int) -> asyncio.Future[dict[str, Any] | None]:
-    """Future of the first JSON document bwrap writes to ``--json-status-fd`` (None on EOF)."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[dict[str, Any] | None] = loop.create_future()
-    buffer = bytearray()
-    os.set_blocking(fd, False)
-
-    def on_readable() -> None:
-        try:
-            data = os.read(fd, 4096)
-        except BlockingIOError:
-            return
-        if future.done():
-            return
-        if not data:
-            future.set_result(None)
-            return
-        buffer.extend(data)
-        try:
-            doc, _ = json.JSONDecoder().raw_decode(buffer.decode().lstrip())
-        except ValueError:
-            return  # incomplete yet
-        future.set_result(doc)
-
-    loop.add_reader(fd, on_readable)
-    future.add_done_callback(lambda _: loop.remove_reader(fd))
-    return future
 
 
 class BwrapBackend(LocalSandboxBackend):
@@ -170,7 +143,8 @@ class BwrapBackend(LocalSandboxBackend):
             written[target] = path
         return written
 
-    def command(self, spec: WorkerSpec, run_dir: Path, sockets: dict[str, Path], status_fd: int) -> list[str]:
+    def command(self, spec: WorkerSpec, run_dir: Path, sockets: dict[str, Path], status_fd: int,
+                ready_fd: int | None = None) -> list[str]:
         """The full bwrap command line for ``spec`` (public so tests and docs can show it)."""
         args = [self.bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--cap-drop", "ALL",
                 "--die-with-parent", "--new-session", "--as-pid-1", "--json-status-fd", str(status_fd),
@@ -200,37 +174,36 @@ class BwrapBackend(LocalSandboxBackend):
             args += ["--chdir", str(spec.working_dir)]
         by_name = {b.name: b for b in spec.bridges}
         forwards = [format_target(by_name[name].port, unix=f"{SANDBOX_RUN_DIR}/{sock.name}") for name, sock in sockets.items()]
-        return args + ["--", *self._launcher_args(forwards), "--", *spec.argv]
+        return args + ["--", *self._launcher_args(forwards, ready_fd), "--", *spec.argv]
 
-    def _plan(self, spec: WorkerSpec, run_dir: Path, sockets: dict[str, Path]) -> LaunchPlan:
+    def _plan(self, spec: WorkerSpec, run_dir: Path, sockets: dict[str, Path], ready_fd: int) -> LaunchPlan:
         read_fd, write_fd = os.pipe()
+        plan = LaunchPlan(argv=[], pass_fds=(write_fd,), keep_fds=(read_fd,))
         try:
-            argv = self.command(spec, run_dir, sockets, write_fd)
+            plan.argv = self.command(spec, run_dir, sockets, write_fd, ready_fd=ready_fd)
         except BaseException:
-            os.close(read_fd)
-            os.close(write_fd)
+            plan.close()
             raise
-        return LaunchPlan(argv=argv, pass_fds=(write_fd,), keep_fds=(read_fd,))
+        return plan
 
     async def _signal_pid(self, process: asyncio.subprocess.Process, plan: LaunchPlan, log_path: Path) -> int:
-        status = _read_status(plan.keep_fds[0])
-        try:
-            doc = await asyncio.wait_for(status, 30)
-        except asyncio.TimeoutError:
-            doc = None
+        doc = await read_fd_async(plan.keep_fds[0], _first_json, timeout=30)
         if doc and "child-pid" in doc:
             return int(doc["child-pid"])
         await process.wait()
         raise SandboxError(
-            f"bubblewrap could not start the sandbox: {_last_error(log_path)}",
+            f"bubblewrap could not start the sandbox: {last_error(log_path)}",
             hint="if user namespaces are disabled, enable them (sysctl kernel.unprivileged_userns_clone=1, or an "
                  'AppArmor profile for bwrap on Ubuntu 24.04+), or set [sandbox] plugin = "process"',
         )
 
+    def _start_failed_hint(self) -> str:
+        return "the sandbox could not be set up: check the spec's mounts and working directory"
 
-def _last_error(log_path: Path) -> str:
+
+def _first_json(buffer: bytes) -> dict[str, Any] | None:
     try:
-        lines = [ln for ln in log_path.read_text(errors="replace").splitlines() if ln and not ln.startswith("--- hiclaw:")]
-    except OSError:
-        return "no output"
-    return lines[-1][:300] if lines else "no output"
+        doc, _ = json.JSONDecoder().raw_decode(buffer.decode().lstrip())
+    except ValueError:
+        return None  # incomplete yet
+    return doc

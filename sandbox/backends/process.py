@@ -46,8 +46,8 @@ class ProcessBackend(LocalSandboxBackend):
                 forwards.append(format_target(bridge.port, tcp=tcp))
         return forwards
 
-    def _plan(self, spec: WorkerSpec, run_dir: Path, sockets: dict[str, Path]) -> LaunchPlan:
+    def _plan(self, spec: WorkerSpec, run_dir: Path, sockets: dict[str, Path], ready_fd: int) -> LaunchPlan:
         log.warning("worker %s: %s", spec.name, WARNING)
-        launcher = self._launcher_args(self.direct_forwards(spec))
+        launcher = self._launcher_args(self.direct_forwards(spec), ready_fd)
         argv = [*launcher, "--parent-pid", str(os.getpid()), "--", *spec.argv]
         return LaunchPlan(argv=argv, cwd=str(spec.working_dir or "/"))
