@@ -21,6 +21,7 @@ from hiclaw.plugins.gateways.embedded.routing import Route
 Redact = Callable[[str], str]
 # Fields the gateway decides itself; everything else in the caller's request is passed on.
 OWN_FIELDS = ("model", "messages", "stream", "stream_options", "user")
+CONSUMER_HEADER = "X-Hiclaw-Consumer"
 
 
 @dataclass
@@ -230,8 +231,11 @@ class LitellmUpstream:
 
     def _kwargs(self, route: Route, payload: dict[str, Any], consumer: str, stream: bool) -> dict[str, Any]:
         kwargs = {k: v for k, v in payload.items() if k not in OWN_FIELDS}
+        # litellm forwards `user` only where it knows the provider takes it; the header always
+        # reaches the provider (the scripted server reads either).
+        headers = {**(kwargs.pop("extra_headers", None) or {}), CONSUMER_HEADER: consumer}
         kwargs.update(model=route.model, messages=payload["messages"], user=consumer, timeout=self.timeout,
-                      num_retries=0, drop_params=True, stream=stream)
+                      num_retries=0, drop_params=True, stream=stream, extra_headers=headers)
         if stream:
             kwargs["stream_options"] = {"include_usage": True}
         if route.api_base:
