@@ -196,6 +196,13 @@ class AccountRegistrar:
                                     json={"new_password": password, "logout_devices": False})
         return resp.status_code == 200
 
+    async def change_password(self, user_id: str, token: str, old: str, new: str) -> bool:
+        """The standard client-server password change (works on any homeserver)."""
+        auth = {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": user_id}, "password": old}
+        resp = await self._request("POST", f"{CLIENT}/account/password", headers={"Authorization": f"Bearer {token}"},
+                                   json={"new_password": new, "logout_devices": False, "auth": auth})
+        return resp.status_code == 200
+
     async def token_valid(self, token: str) -> bool:
         resp = await self._request("GET", f"{CLIENT}/account/whoami", headers={"Authorization": f"Bearer {token}"})
         return resp.status_code == 200

@@ -78,6 +78,11 @@ class ControlMatrixChannel(MatrixChannel):
             if await registrar.token_valid(record["access_token"]):
                 await self._set_display_name(record, display_name)
                 return self._public(record)
+        if record is not None and password is not None and password != record["password"]:
+            if await registrar.change_password(user_id, record["access_token"], record["password"], password):
+                record = {**record, "password": password}
+                self.accounts.save_account(name, record)
+                return await self.ensure_account(name, display_name=display_name, password=password, admin=admin)
         password = password or (record or {}).get("password") or random_secrets.token_urlsafe(24)
         device_id = (record or {}).get("device_id")
         creds = await registrar.register(user_id, password, admin=admin)
@@ -96,7 +101,7 @@ class ControlMatrixChannel(MatrixChannel):
             raise MatrixError(f"the homeserver named the account {creds['user_id']}, expected {user_id}",
                               hint=f"set [channel.settings] server_name to the homeserver's name "
                                    f"({creds['user_id'].split(':', 1)[1]})")
-        record = {**creds, "password": password, "admin": admin, "display_name": None}
+        record = {**creds, "password": password, "admin": admin or bool((record or {}).get("admin")), "display_name": None}
         self.accounts.save_account(name, record)
         await self._set_display_name(record, display_name)
         return self._public(record)
