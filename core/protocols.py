@@ -38,10 +38,12 @@ class Channel(Lifecycle, Protocol):
     Details of the Matrix implementation are in ``hiclaw.plugins.channels.matrix``.
     """
 
-    async def ensure_account(self, name: str, *, display_name: str | None = None) -> dict[str, Any]:
+    async def ensure_account(
+        self, name: str, *, display_name: str | None = None, password: str | None = None, admin: bool = False
+    ) -> dict[str, Any]:
         """Create (or find) the account for agent ``name``; returns its credentials
-        (``user_id``, ``access_token``, ``homeserver_url``, ``device_id``). Idempotent.
-        Control-plane side only."""
+        (``user_id``, ``access_token``, ``homeserver_url``, ``device_id``). Idempotent; a changed
+        ``password`` is applied. Control-plane side only."""
 
     async def ensure_room(
         self, key: str, *, name: str, members: Sequence[str], admins: Sequence[str] = (), topic: str = ""
@@ -55,7 +57,27 @@ class Channel(Lifecycle, Protocol):
         event id. The same ``idempotency_key`` never posts twice."""
 
     def on_message(self, handler: MessageHandler) -> None:
-        """Call ``handler`` for each incoming message addressed to this session's agent."""
+        """Call ``handler`` for each message from others in the rooms this session is in (with
+        ``mentions`` and ``is_direct`` filled). Gate it with :class:`hiclaw.wakeup.MentionGate`
+        so the agent wakes only when mentioned."""
+
+
+@runtime_checkable
+class TeamChannel(Channel, Protocol):
+    """What the default (Matrix) channel offers beyond :class:`Channel`; the control plane uses
+    these when a channel has them."""
+
+    def user_id(self, name: str) -> str:
+        """The chat identity of agent ``name`` (``@alice:hiclaw.local``); ids pass through."""
+
+    async def remove_member(self, room_id: str, member: str) -> None:
+        """Remove ``member`` (agent name or user id) from the room."""
+
+    async def set_typing(self, room_id: str, typing: bool) -> None:
+        """Show or clear "… is typing" for this session's agent."""
+
+    def worker_settings(self, name: str) -> dict[str, Any]:
+        """The channel settings a worker process needs to run as ``name`` (no admin secrets)."""
 
 
 @runtime_checkable
