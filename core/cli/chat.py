@@ -145,7 +145,7 @@ async def _login(app: App, settings: Any, user: str, password: str | None) -> di
             raise HiclawError(f"cannot reach the homeserver at {settings.url} ({exc})",
                               hint="start it with `hiclaw up` or `hiclaw homeserver start`") from None
     if creds is None:
-        raise InvalidInputError(f"login as {user_id} refused: wrong password", hint="check --password or matrix_admin_password")
+        raise InvalidInputError(f"login as {user_id} refused: wrong password", hint="check --password or matrix_admin_password (`hiclaw up` creates the admin account)")
     session_file.parent.mkdir(parents=True, exist_ok=True)
     os.chmod(session_file.parent, 0o700)
     fd = os.open(session_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -177,6 +177,7 @@ class MatrixChannel:
                 if resp.status_code in ("M_UNKNOWN_TOKEN", "M_FORBIDDEN"):
                     self._fatal = MatrixError(f"the homeserver rejected the access token of {self.me} ({resp.message})",
                                               hint="re-provision the account (restart the control plane)")
+                    log.error("%s: %s; the channel stopped syncing", self.agent, self._fatal)
                     return
                 log.warning("%s: sync error %s; retrying in %.1fs", self.agent, resp, delay)
             if not isinstance(resp, SyncResponse):
