@@ -28,7 +28,9 @@ GLOBAL_LOCK_VERSION = 3
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{datetime.now(timezone.utc).microsecond // 1000:03d}Z"
+    """ISO time as JavaScript's ``Date.toISOString()`` writes it (milliseconds, ``Z``)."""
+    now = datetime.now(timezone.utc)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
 
 
 class LockFile:

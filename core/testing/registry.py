@@ -30,42 +30,42 @@ def skill_md(name: str, description: str, body: str = "", **extra: str) -> str:
     return f"---\n{front}---\n{body or f'# {name}' + chr(10)}"
 
 
-class RunningRegistry:
-    """A private registry serving ``root`` at ``url`` until :meth:`stop`."""
+class BackgroundServer:
+    """Any aiohttp application served on 127.0.0.1:<free port> by a background thread."""
 
-    def __init__(self, root: Path, *, host: str = "127.0.0.1") -> None:
-        from hiclaw.registry.server import RegistryApp
-
-        self.root = root
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.app = RegistryApp(root)
+    def __init__(self, app: Any, *, host: str = "127.0.0.1") -> None:
+        self.app = app
         self.url = ""
         self._host = host
         self._loop = asyncio.new_event_loop()
-        self._runner: Any = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="hiclaw-test-registry", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="hiclaw-test-server", daemon=True)
 
     def _run(self) -> None:
-        from hiclaw.registry.server import start_server
+        from aiohttp import web
 
         asyncio.set_event_loop(self._loop)
+        runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         try:
-            self._runner, self.url = self._loop.run_until_complete(start_server(self.app, self._host, 0))
+            self._loop.run_until_complete(runner.setup())
+            site = web.TCPSite(runner, self._host, 0)
+            self._loop.run_until_complete(site.start())
+            port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            self.url = f"http://{self._host}:{port}"
         except BaseException as exc:  # noqa: BLE001 - reported to the starting thread
             self._error = exc
             self._ready.set()
             return
         self._ready.set()
         self._loop.run_forever()
-        self._loop.run_until_complete(self._runner.cleanup())
+        self._loop.run_until_complete(runner.cleanup())
         self._loop.close()
 
-    def start(self, timeout: float = 10.0) -> RunningRegistry:
+    def start(self, timeout: float = 10.0) -> BackgroundServer:
         self._thread.start()
         if not self._ready.wait(timeout):
-            raise TimeoutError(f"registry did not start within {timeout}s")
+            raise TimeoutError(f"server did not start within {timeout}s")
         if self._error is not None:
             raise self._error
         return self
@@ -75,12 +75,28 @@ class RunningRegistry:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)
 
+
+class RunningRegistry(BackgroundServer):
+    """A private registry serving ``root`` at ``url`` until :meth:`stop`."""
+
+    def __init__(self, root: Path, *, host: str = "127.0.0.1") -> None:
+        from hiclaw.registry.server import RegistryApp
+
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.registry = RegistryApp(root)
+        super().__init__(self.registry.app, host=host)
+
+    def start(self, timeout: float = 10.0) -> RunningRegistry:
+        super().start(timeout)
+        return self
+
     def reload(self) -> None:
-        self.app.reload()
+        self.registry.reload()
 
     @property
     def problems(self) -> list[str]:
-        return self.app.index.problems
+        return self.registry.index.problems
 
     def publish(
         self,
