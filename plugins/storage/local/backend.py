@@ -126,7 +126,7 @@ class LocalStorage:
     async def put_file(self, key: str, path: str | os.PathLike[str], *, content_type: str | None = None) -> None:
         target = self._check(key, write=True)
         source = Path(path)
-        if not source.is_file():
+        if not source.exists() or source.is_dir():  # pipes and devices stream fine
             raise InvalidInputError(f"cannot upload {str(source)!r}: not a file", hint="give an existing file")
 
         def fill(fh: IO[bytes]) -> None:
@@ -208,6 +208,7 @@ class LocalStorage:
             raise self._os_error(key, exc) from None
 
     async def copy(self, src: str, dst: str) -> None:
+        self._check(dst, write=True)
         await self.put_file(dst, self._readable(src))
 
     async def checksum(self, key: str) -> str:
