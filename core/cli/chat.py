@@ -67,7 +67,8 @@ class ChatSession:
 
     def show(self, message: Any) -> None:
         stamp = message.timestamp.astimezone().strftime("%H:%M")
-        click.echo(f"[{stamp}] {self.who(message.sender)}: {message.body}")
+        body = message.body.replace("\n", "\n        ")  # continuation lines under the text, not the stamp
+        click.echo(f"[{stamp}] {self.who(message.sender)}: {body}")
 
     async def on_message(self, message: Any) -> None:
         if self.current and message.room_id == self.current["room_id"]:
