@@ -277,6 +277,13 @@ class BackendBase:
     def names(self) -> list[str]:
         return sorted(self._runs)
 
+    @staticmethod
+    def _finished(run: Any) -> None:
+        """Record the end of a run in its log and wake everyone waiting for it."""
+        with contextlib.suppress(OSError):
+            append_log(run.log_path, f"worker {run.spec.name} exited with code {run.exit_code}")
+        run.done.set()
+
     async def stop(self, name: str, timeout: float = 10.0) -> None:
         raise NotImplementedError
 
@@ -389,9 +396,7 @@ class LocalSandboxBackend(BackendBase):
         if run.bridges:
             await run.bridges.close()
         run.exit_code = code
-        with contextlib.suppress(OSError):
-            append_log(run.log_path, f"worker {run.spec.name} exited with code {code}")
-        run.done.set()
+        self._finished(run)
 
     async def stop(self, name: str, timeout: float = 10.0) -> None:
         """SIGTERM to the launcher (it passes it on to the worker); SIGKILL after ``timeout``."""

@@ -17,9 +17,11 @@ no pydantic at import time.
 from __future__ import annotations
 
 import os
+import select
 import socket
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -81,7 +83,14 @@ def _pump(src: socket.socket, dst: socket.socket) -> None:
             pass
 
 
-def _relay(client: socket.socket, target: tuple[str, Any]) -> None:
+def _relay(client: socket.socket, target: tuple[str, Any], active: _Active) -> None:
+    try:
+        _relay_once(client, target)
+    finally:
+        active.done()
+
+
+def _relay_once(client: socket.socket, target: tuple[str, Any]) -> None:
     kind, address = target
     try:
         if kind == "unix":
@@ -102,6 +111,34 @@ def _relay(client: socket.socket, target: tuple[str, Any]) -> None:
     upstream.close()
 
 
+class _Active:
+    """Count of relays in flight, so the launcher can let them finish before it exits."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.cond = threading.Condition()
+
+    def start(self) -> None:
+        with self.cond:
+            self.count += 1
+
+    def done(self) -> None:
+        with self.cond:
+            self.count -= 1
+            self.cond.notify_all()
+
+    def wait_idle(self, timeout: float, pending: Any = lambda: False) -> bool:
+        """Wait until no relay runs and ``pending()`` (connections not yet accepted) is false."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while self.count or pending():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.cond.wait(min(left, 0.01))  # short: a pending connection does not notify
+        return True
+
+
 class SandboxForwarder:
     """Listens on ``127.0.0.1:port`` and relays each connection to ``target`` (threads)."""
 
@@ -113,6 +150,7 @@ class SandboxForwarder:
         self.listener.bind((host, port))  # raises OSError (e.g. port in use) for the caller to report
         self.listener.listen(128)
         self.thread = threading.Thread(target=self._serve, name=f"bridge-{port}", daemon=True)
+        self.active = _Active()
 
     def start(self) -> SandboxForwarder:
         self.thread.start()
@@ -125,7 +163,19 @@ class SandboxForwarder:
             except OSError:
                 return  # listener closed
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            threading.Thread(target=_relay, args=(client, self.target), daemon=True).start()
+            self.active.start()
+            threading.Thread(target=_relay, args=(client, self.target, self.active), daemon=True).start()
+
+    def drain(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for connections in flight, accepted or still queued (a worker's
+        last words must reach the host even though the worker has already exited)."""
+        def pending() -> bool:
+            try:
+                return bool(select.select([self.listener], [], [], 0)[0])
+            except (OSError, ValueError):
+                return False
+
+        return self.active.wait_idle(timeout, pending)
 
     def close(self) -> None:
         self.listener.close()
@@ -147,6 +197,7 @@ class HostBridges:
         self.bridges = list(bridges)
         self._servers: list[asyncio.base_events.Server] = []
         self._writers: set[asyncio.StreamWriter] = set()
+        self._handlers: set[asyncio.Task[Any]] = set()
 
     def socket_path(self, bridge: Bridge) -> Path:
         return self.run_dir / socket_name(bridge.name)
@@ -175,6 +226,10 @@ class HostBridges:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, bridge: Bridge) -> None:
         import asyncio
 
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
         self._writers.add(writer)
         try:
             tcp = bridge.tcp_target
@@ -195,9 +250,14 @@ class HostBridges:
                 w.close()
                 self._writers.discard(w)
 
-    async def close(self) -> None:
+    async def close(self, grace: float = 2.0) -> None:
+        """Stop listening; give connections in flight ``grace`` seconds to finish, then cut them."""
+        import asyncio
+
         for server in self._servers:
             server.close()
+        if self._handlers and grace > 0:
+            await asyncio.wait(list(self._handlers), timeout=grace)
         for writer in list(self._writers):
             writer.close()
         self._writers.clear()

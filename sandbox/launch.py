@@ -26,6 +26,8 @@ from hiclaw.sandbox.bridge import SandboxForwarder, parse_target
 
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 EXIT_USAGE, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND = 125, 126, 127
+#: After the worker exits, how long relays still in flight may take to finish.
+DRAIN_SECONDS = 3.0
 _PR_SET_PDEATHSIG = 1
 
 
@@ -139,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         except ChildProcessError:
             return _fail(1, "lost track of the worker process")
         if pid == child_pid:
+            for forwarder in forwarders:  # let the worker's last messages reach the host
+                forwarder.drain(DRAIN_SECONDS)
             return _exit_code(status)
 
 

@@ -282,3 +282,26 @@ asyncio.run(main())
     await wait_for_async(gone, timeout=20, what="the sandbox to die with its parent")
     pid_file.write_text(str(launcher_pid))
     assert not os.path.exists(f"/proc/{launcher_pid}/cmdline") or gone()
+
+
+async def test_last_words_reach_the_host_after_the_worker_exits(sandbox_backend, worker_spec):
+    """A worker that sends and exits at once: the launcher and the host bridge drain the relays."""
+    received: list[int] = []
+    done = asyncio.Event()
+
+    async def handle(reader, writer):
+        received.append(len(await reader.read()))
+        writer.close()
+        done.set()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    backend = sandbox_backend("bwrap")
+    program = f"import socket; socket.create_connection(('127.0.0.1', {port})).sendall(b'x' * 4_000_000)"
+    await backend.start(worker_spec([PY, "-c", program], bridges=[Bridge(name="svc", port=port)]))
+    try:
+        assert await backend.wait("w1") == 0
+        await asyncio.wait_for(done.wait(), 30)
+    finally:
+        server.close()
+    assert received == [4_000_000]

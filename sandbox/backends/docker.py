@@ -38,7 +38,7 @@ from hiclaw.sandbox.base import (
     worker_environment,
 )
 from hiclaw.sandbox.bridge import HostBridges, format_target
-from hiclaw.sandbox.logs import append_log, open_log, utcnow
+from hiclaw.sandbox.logs import open_log, utcnow
 from hiclaw.sandbox.settings import DockerSettings
 from hiclaw.sandbox.spec import WorkerSpec
 
@@ -198,9 +198,7 @@ class DockerBackend(BackendBase):
             run.exit_code = run.exit_code if run.exit_code is not None else -1
         if run.bridges:
             await run.bridges.close()
-        with contextlib.suppress(OSError):
-            append_log(run.log_path, f"worker {run.spec.name} exited with code {run.exit_code}")
-        run.done.set()
+        self._finished(run)
 
     async def stop(self, name: str, timeout: float = 10.0) -> None:
         run = self._runs.get(name)

@@ -38,7 +38,7 @@ from hiclaw.sandbox.base import (
     worker_environment,
 )
 from hiclaw.sandbox.bridge import format_target
-from hiclaw.sandbox.logs import append_log, open_log, utcnow
+from hiclaw.sandbox.logs import open_log, utcnow
 from hiclaw.sandbox.settings import KubernetesSettings
 from hiclaw.sandbox.spec import WorkerSpec
 
@@ -276,9 +276,7 @@ class KubernetesBackend(BackendBase):
                 run.exit_code = code
                 break
             await asyncio.sleep(1.0)  # the pod's phase is polled; a watch would need a long-lived stream
-        with contextlib.suppress(OSError):
-            append_log(run.log_path, f"worker {run.spec.name} exited with code {run.exit_code}")
-        run.done.set()
+        self._finished(run)
 
     async def stop(self, name: str, timeout: float = 10.0) -> None:
         run = self._runs.get(name)
