@@ -67,20 +67,9 @@ class S3Server:
                     "admin_api": "iam" if self.enforce_auth else "none"}
         return {**settings, **overrides}
 
-    def secrets(self) -> dict[str, Any]:
-        from pydantic import SecretStr
-
-        return {"s3_access_key": SecretStr(self.access_key), "s3_secret_key": SecretStr(self.secret_key)}
-
     def make_storage(self, bucket: str | None = None, *, home: Path | None = None, **overrides: Any) -> Any:
         """A control-side ``minio`` storage on this server, built by the plugin's own factory."""
-        from hiclaw.host import ComponentContext
-        from hiclaw.plugins.storage.minio import make_s3_storage
-        from hiclaw.plugins.storage.minio.settings import S3StorageSettings
-
-        settings = S3StorageSettings.model_validate(self.settings(bucket, **overrides))
-        ctx = ComponentContext(home=home or Path(tempfile.gettempdir()), side="control", secrets=self.secrets())
-        return make_s3_storage(settings, ctx)
+        return build_s3_storage(self.settings(bucket, **overrides), self.access_key, self.secret_key, home=home)
 
     def worker_storage(self, settings: dict[str, Any]) -> Any:
         """A worker-side storage from the settings ``grant`` returned."""
@@ -99,6 +88,19 @@ class S3Server:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+def build_s3_storage(settings: dict[str, Any], access_key: str, secret_key: str, *, home: Path | None = None) -> Any:
+    """A control-side ``minio`` storage from ``settings`` and root keys, via the plugin's factory."""
+    from pydantic import SecretStr
+
+    from hiclaw.host import ComponentContext
+    from hiclaw.plugins.storage.minio import make_s3_storage
+    from hiclaw.plugins.storage.minio.settings import S3StorageSettings
+
+    secrets = {"s3_access_key": SecretStr(access_key), "s3_secret_key": SecretStr(secret_key)}
+    ctx = ComponentContext(home=home or Path(tempfile.gettempdir()), side="control", secrets=secrets)
+    return make_s3_storage(S3StorageSettings.model_validate(settings), ctx)
 
 
 def _wait_for_port(process: subprocess.Popen[bytes], log_path: Path, timeout: float) -> int:
