@@ -372,7 +372,9 @@ class MatrixChannel:
                 return resp.event_id
             if resp.status_code == "M_LIMIT_EXCEEDED":
                 self.counters["rate_limited"] += 1
-                await asyncio.sleep(retry_after_seconds(resp))
+                wait = retry_after_seconds(resp)
+                log.info("%s: rate limited by the homeserver; retrying in %.2fs", self.agent, wait)
+                await asyncio.sleep(wait)
                 continue
             raise MatrixError(f"sending to {room_id} as {self.me} failed: {resp.status_code} {resp.message}",
                               hint="check that the agent is a member of the room")
