@@ -9,7 +9,10 @@
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
+import io
+import tarfile
 import unicodedata
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -113,3 +116,16 @@ def hashes_match(expected: str, files: Mapping[str, bytes]) -> bool:
 
 def sorted_paths(paths: Iterable[str]) -> list[str]:
     return sorted(paths, key=collation_key)
+
+
+def deterministic_tar_gz(files: dict[str, bytes]) -> bytes:
+    """A reproducible ``.tar.gz`` (ustar, fixed times/owners) with the files at its root."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as archive:
+        for path in sorted(files):
+            info = tarfile.TarInfo(path)
+            info.size = len(files[path])
+            info.mode = 0o644
+            info.mtime = 0
+            archive.addfile(info, io.BytesIO(files[path]))
+    return gzip.compress(raw.getvalue(), mtime=0)

@@ -6,10 +6,7 @@ skipped. The catalogue holds the bytes it indexed, so what is served is what was
 """
 from __future__ import annotations
 
-import gzip
-import io
 import re
-import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,25 +14,12 @@ from hiclaw.errors import HiclawError
 from hiclaw.registry import safety
 from hiclaw.registry.disk import list_tree, read_folder
 from hiclaw.registry.frontmatter import SKILL_FILE
-from hiclaw.registry.hashing import files_hash, sha256_digest
+from hiclaw.registry.hashing import deterministic_tar_gz, files_hash, sha256_digest
 from hiclaw.registry.models import Limits, Provenance
 
 SEGMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _TERM_RE = re.compile(r"[a-z0-9]+")
 MAX_QUERY = 256
-
-
-def deterministic_tar_gz(files: dict[str, bytes]) -> bytes:
-    """A reproducible ``.tar.gz`` (ustar, fixed times/owners) with the files at its root."""
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as archive:
-        for path in sorted(files):
-            info = tarfile.TarInfo(path)
-            info.size = len(files[path])
-            info.mode = 0o644
-            info.mtime = 0
-            archive.addfile(info, io.BytesIO(files[path]))
-    return gzip.compress(raw.getvalue(), mtime=0)
 
 
 @dataclass

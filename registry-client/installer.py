@@ -17,7 +17,7 @@ from typing import Any
 from hiclaw.registry import safety
 from hiclaw.registry.errors import SkillNotFoundError, UnsafeSkillError
 from hiclaw.registry.frontmatter import NAME_RE, SKILL_FILE, parse_skill_md, strip_controls
-from hiclaw.registry.hashing import file_digests, files_hash, read_skill_folder, sha256_digest
+from hiclaw.registry.hashing import deterministic_tar_gz, file_digests, files_hash, read_skill_folder, sha256_digest
 from hiclaw.registry.models import FetchedSkill, InstalledSkill, Limits
 from hiclaw.registry.scopes import Scope
 
@@ -176,10 +176,13 @@ def _compare(name: str, folder: Path, entry: dict[str, Any]) -> CheckResult:
         if files_hash(files) != expected:
             result.status = "modified"
     elif entry.get("wellKnownDigest") and set(files) == {SKILL_FILE}:
+        # A one-file well-known skill: its digest is the SKILL.md's own hash.
         if sha256_digest(files[SKILL_FILE]) != entry["wellKnownDigest"]:
             result.status, result.changed = "modified", [SKILL_FILE]
+    elif entry.get("wellKnownDigest") and sha256_digest(deterministic_tar_gz(files)) == entry["wellKnownDigest"]:
+        pass  # an archive from a hiclaw registry: rebuilt byte for byte, so the files are intact
     elif not isinstance(per_file, dict):
-        result.status, result.detail = "unverified", "the lock entry has no content hash"
+        result.status, result.detail = "unverified", "its lock entry has no content hash (installed by another tool)"
         return result
     if result.changed or result.added or result.removed:
         result.status = "modified"
