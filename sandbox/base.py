@@ -113,6 +113,16 @@ def read_fd_async(fd: int, parse: Callable[[bytes], T | None], *, timeout: float
     return result()
 
 
+def child_pids(pid: int) -> list[int]:
+    """Host pids of ``pid``'s children (Linux ``/proc``; empty if unknown)."""
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError):
+                found += [int(c) for c in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
+    return found
+
+
 def last_error(log_path: Path) -> str:
     """The last line the sandbox itself printed (not our markers), for error messages."""
     try:
@@ -332,11 +342,15 @@ class LocalSandboxBackend(BackendBase):
     def _uses_bridges(self, spec: WorkerSpec) -> bool:
         return True
 
+    async def _before_start(self, spec: WorkerSpec) -> None:
+        """Slow preparation, off the event loop's thread (subclasses)."""
+
     # ------------------------------------------------------------------ API
 
     async def start(self, spec: WorkerSpec) -> SandboxHandle:
         self._refuse_running(spec.name)
         self._prepare(spec)
+        await self._before_start(spec)
         for path in [spec.home, *(m.host_path for m in spec.mounts)]:
             if path is not None and not path.exists():
                 raise SandboxError(f"worker {spec.name!r}: {path} does not exist", hint="create it before starting the worker")
@@ -413,13 +427,18 @@ class LocalSandboxBackend(BackendBase):
             await run.done.wait()
 
     async def status(self, name: str) -> dict[str, Any]:
+        """``pid``: the sandbox's outermost host process (killing it kills the sandbox);
+        ``launcher_pid``: the launcher; ``worker_pid``: the worker program, as host pids."""
         run = self._runs.get(name)
         if run is None:
             return status_dict(name, self.name, "absent")
+        running = not run.done.is_set()
+        workers = child_pids(run.signal_pid) if running else []
         return status_dict(
-            name, self.name, "exited" if run.done.is_set() else "running",
-            pid=run.process.pid, launcher_pid=run.signal_pid, exit_code=run.exit_code,
-            started_at=run.started_at.isoformat(), restarts=run.starts - 1, log_path=str(run.log_path),
+            name, self.name, "running" if running else "exited",
+            pid=run.process.pid, launcher_pid=run.signal_pid, worker_pid=workers[0] if workers else None,
+            exit_code=run.exit_code, started_at=run.started_at.isoformat(), restarts=run.starts - 1,
+            log_path=str(run.log_path),
         )
 
 

@@ -6,6 +6,7 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -127,11 +128,15 @@ async def test_a_killed_bwrap_worker_is_restarted(sandbox_backend, worker_spec):
     backend = sandbox_backend("bwrap")
     sup = Supervisor(backend, backoff_base=0.05, on_exit=events.on_exit)
     await sup.start(worker_spec(SLEEP))
-    launcher = (await backend.status("w1"))["launcher_pid"]
-    os.kill(launcher, signal.SIGKILL)  # PID 1 of the sandbox: everything inside dies
+    status = await backend.status("w1")
+    launcher = status["launcher_pid"]
+    assert status["worker_pid"] not in (None, launcher, status["pid"])
+    cmdline = Path(f"/proc/{status['worker_pid']}/cmdline")
+    await wait_for_async(lambda: b"time.sleep(600)" in cmdline.read_bytes(), timeout=30, what="the worker's exec")
+    os.kill(status["worker_pid"], signal.SIGKILL)  # the worker program itself dies
     await wait_for_async(lambda: sup.status("w1")["restarts"] == 1 and sup.status("w1")["state"] == "running",
                          timeout=30, what="the restart")
-    assert events.exits[0][1] != 0 and events.exits[0][2] is True
+    assert events.exits[0][1] == 128 + signal.SIGKILL and events.exits[0][2] is True
     assert (await backend.status("w1"))["launcher_pid"] != launcher
     await asyncio.wait_for(sup.close(), 30)
 

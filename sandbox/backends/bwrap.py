@@ -114,6 +114,9 @@ class BwrapBackend(LocalSandboxBackend):
                 raise SandboxError(f"[sandbox.settings] extra_ro_paths: {path} would expose the control plane's files",
                                    hint="list only tool folders, never $HICLAW_HOME or a parent of it")
 
+    async def _before_start(self, spec: WorkerSpec) -> None:
+        await asyncio.to_thread(python_paths, self.python)  # runs the interpreter once; cached
+
     def readonly_paths(self) -> list[Path]:
         """Python, virtual environment and source folders bound read-only (identical paths)."""
         paths = [p for p in python_paths(self.python) if not str(p).startswith(("/usr/", "/etc/")) and p != Path("/usr")]
