@@ -201,3 +201,25 @@ async def sync_tree(
     result.transferred.sort()
     result.deleted.sort()
     return result
+
+
+class SyncMixin:
+    """Gives a backend :meth:`sync` through :func:`sync_tree` (``sync_concurrency`` transfers at once)."""
+
+    sync_concurrency: int = DEFAULT_CONCURRENCY
+
+    async def sync(
+        self,
+        local_dir: str | os.PathLike[str],
+        prefix: str,
+        *,
+        direction: SyncDirection = "up",
+        include: Sequence[str] = (),
+        exclude: Sequence[str] = (),
+        delete: bool = False,
+        checksum: bool = False,
+        dry_run: bool = False,
+    ) -> SyncResult:
+        """Synchronise ``local_dir`` with the storage folder ``prefix`` (see :mod:`hiclaw.storage.sync`)."""
+        return await sync_tree(self, local_dir, prefix, direction=direction, include=include, exclude=exclude,
+                               delete=delete, checksum=checksum, dry_run=dry_run, concurrency=self.sync_concurrency)

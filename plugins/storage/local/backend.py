@@ -14,8 +14,8 @@ from hiclaw.errors import ConfigError, InvalidInputError, NotFoundError, PluginE
 from hiclaw.storage import grants, layout
 from hiclaw.storage.errors import AccessDeniedError, StorageError
 from hiclaw.storage.files import prepare_local_target, write_atomically
-from hiclaw.storage.models import Mount, ObjectInfo, SyncDirection, SyncResult, WorkerStorageAccess
-from hiclaw.storage.sync import file_digest, sync_tree
+from hiclaw.storage.models import Mount, ObjectInfo, WorkerStorageAccess
+from hiclaw.storage.sync import SyncMixin, file_digest
 
 _CHUNK = 1024 * 1024
 
@@ -32,7 +32,7 @@ def _valid_name(name: str) -> bool:
     return True
 
 
-class LocalStorage:
+class LocalStorage(SyncMixin):
     """Objects are files under ``root``; keys map 1:1 to relative paths."""
 
     plugin = "local"
@@ -213,21 +213,6 @@ class LocalStorage:
 
     async def checksum(self, key: str) -> str:
         return await asyncio.to_thread(file_digest, self._readable(key))
-
-    async def sync(
-        self,
-        local_dir: str | os.PathLike[str],
-        prefix: str,
-        *,
-        direction: SyncDirection = "up",
-        include: Sequence[str] = (),
-        exclude: Sequence[str] = (),
-        delete: bool = False,
-        checksum: bool = False,
-        dry_run: bool = False,
-    ) -> SyncResult:
-        return await sync_tree(self, local_dir, prefix, direction=direction, include=include, exclude=exclude,
-                               delete=delete, checksum=checksum, dry_run=dry_run)
 
     # ------------------------------------------------------------------ control side
 

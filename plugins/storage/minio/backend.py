@@ -23,8 +23,8 @@ from hiclaw.plugins.storage.minio.settings import S3StorageSettings
 from hiclaw.storage import grants, layout
 from hiclaw.storage.errors import AccessDeniedError, StorageError
 from hiclaw.storage.files import prepare_local_target, write_atomically
-from hiclaw.storage.models import ObjectInfo, SyncDirection, SyncResult, WorkerStorageAccess
-from hiclaw.storage.sync import sync_tree
+from hiclaw.storage.models import ObjectInfo, WorkerStorageAccess
+from hiclaw.storage.sync import SyncMixin
 
 T = TypeVar("T")
 SHA256_META = "sha256"
@@ -49,7 +49,7 @@ def _pool(settings: S3StorageSettings) -> Any:
     )
 
 
-class S3Storage:
+class S3Storage(SyncMixin):
     plugin = "minio"
 
     def __init__(self, settings: S3StorageSettings, *, access_key: str, secret_key: str, side: str = "control") -> None:
@@ -57,6 +57,7 @@ class S3Storage:
 
         self.settings = settings
         self.bucket = settings.bucket
+        self.sync_concurrency = settings.concurrency
         self.side = side
         self._root = (access_key, secret_key) if side == "control" else None
         self.identity = settings.worker or ("the control plane" if side == "control" else access_key)
@@ -246,21 +247,6 @@ class S3Storage:
             return f"sha256:{digest.hexdigest()}"
 
         return await self._call("read", key, run)
-
-    async def sync(
-        self,
-        local_dir: str | os.PathLike[str],
-        prefix: str,
-        *,
-        direction: SyncDirection = "up",
-        include: Sequence[str] = (),
-        exclude: Sequence[str] = (),
-        delete: bool = False,
-        checksum: bool = False,
-        dry_run: bool = False,
-    ) -> SyncResult:
-        return await sync_tree(self, local_dir, prefix, direction=direction, include=include, exclude=exclude, delete=delete,
-                               checksum=checksum, dry_run=dry_run, concurrency=self.settings.concurrency)
 
     async def presign(self, key: str, expires_seconds: int = 3600) -> str:
         """A GET URL for a human (checks the object exists; at most 7 days, the SigV4 limit)."""
