@@ -97,7 +97,7 @@ output_cost_per_mtok = 1.5
 """)
         (home / "secrets.toml").write_text(f'provider_key = "{CANARY}"\n')
         (home / "secrets.toml").chmod(0o600)
-        gateway, base_url = _start([str(hiclaw_cli), "gateway", "serve", "--port", "0"], env, tmp_path / "gateway.log")
+        gateway, base_url = _start([str(hiclaw_cli), "gateway", "serve", "--port", "0", "--log-level", "debug"], env, tmp_path / "gateway.log")
         try:
             token = hiclaw("gateway", "token", "mint", "alice", "--models", "smart", "--budget", "1").stdout.strip()
             assert token.startswith("hc-") and len(token) >= 43

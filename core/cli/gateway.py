@@ -19,10 +19,11 @@ from hiclaw.cli.app import App, emit_json, pass_app, table
 from hiclaw.errors import InvalidInputError
 
 
-def serve_until_signal(component: Any, banner: Callable[[], str]) -> None:
+def serve_until_signal(component: Any, banner: Callable[[], str], *, log_level: str = "info") -> None:
     """Start ``component``, print ``banner()`` (it may name the bound port), stop on SIGINT/SIGTERM."""
     if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     async def main() -> None:
         stopping = asyncio.Event()
@@ -70,8 +71,10 @@ def gateway_group() -> None:
 @gateway_group.command("serve")
 @click.option("--host", help="Address to listen on (default: [gateway.settings] host, 127.0.0.1).")
 @click.option("--port", type=click.IntRange(0, 65535), help="Port (default: [gateway.settings] port; 0 picks a free one).")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True,
+              help="`debug` logs every call (the ledger records them all anyway); `info` logs refusals and errors.")
 @pass_app
-def serve(app: App, host: str | None, port: int | None) -> None:
+def serve(app: App, host: str | None, port: int | None, log_level: str) -> None:
     """Serve the OpenAI-compatible gateway until interrupted."""
     settings = dict(app.config.gateway.settings)
     if host is not None:
@@ -80,7 +83,7 @@ def serve(app: App, host: str | None, port: int | None) -> None:
         settings["port"] = port
     app.config.gateway.settings = settings
     gateway = gateway_component(app)
-    serve_until_signal(gateway, lambda: f"gateway listening on {gateway.base_url}")
+    serve_until_signal(gateway, lambda: f"gateway listening on {gateway.base_url}", log_level=log_level)
 
 
 @gateway_group.group("token")

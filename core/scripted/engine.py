@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -123,6 +124,14 @@ def _match(when: Match, latest: LatestInput, model: str) -> dict[str, str] | Non
 def estimate_tokens(text: str) -> int:
     """About four characters per token, at least one — deterministic, provider-agnostic."""
     return max(1, math.ceil(len(text) / 4))
+
+
+def _delay(turn: Turn, agent: str, call: int) -> int:
+    """``delay_ms`` spread by up to ``delay_jitter_ms`` either way — the same for the same call."""
+    if not turn.delay_jitter_ms:
+        return turn.delay_ms
+    spread = zlib.crc32(f"{agent}:{call}".encode()) % (2 * turn.delay_jitter_ms + 1) - turn.delay_jitter_ms
+    return max(0, turn.delay_ms + spread)
 
 
 def _render(value: Any, variables: dict[str, str]) -> Any:
@@ -239,6 +248,6 @@ class ScriptEngine:
             completion_tokens=(usage.completion_tokens if usage.completion_tokens is not None
                                else estimate_tokens(completion_text)),
             finish_reason=turn.finish_reason or ("tool_calls" if tool_calls else "stop"),
-            delay_ms=turn.delay_ms,
+            delay_ms=_delay(turn, agent, call),
             error=error,
         )

@@ -101,6 +101,7 @@ class Turn(_Strict):
     usage: Usage = Field(default_factory=Usage)
     finish_reason: str | None = None  # default: "tool_calls" when there are tool calls, else "stop"
     delay_ms: int = Field(default=0, ge=0, le=600_000)  # wait before answering (model latency)
+    delay_jitter_ms: int = Field(default=0, ge=0, le=600_000)  # ± spread of the delay, fixed per (agent, call)
     error: ErrorReply | None = None
     times: int | None = Field(default=None, ge=1)  # rules only: how often it may fire (default: always)
 

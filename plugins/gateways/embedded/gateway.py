@@ -101,6 +101,7 @@ class EmbeddedGateway:
                                     hint="set another [gateway.settings] port (0 picks a free one) or stop what uses it") from None
         self.port = runner.addresses[0][1]
         self._runner = runner
+        self.store.start_background_checkpoints()
         log.info("gateway serving %s (aliases: %s)", self.base_url, ", ".join(router.aliases()) or "none")
 
     async def stop(self) -> None:
@@ -110,6 +111,7 @@ class EmbeddedGateway:
         for upstream in self._upstreams:
             await upstream.close()
         self._upstreams = []
+        self.store.stop_background_checkpoints()
         if self._hook_tasks:
             await asyncio.gather(*self._hook_tasks, return_exceptions=True)
 

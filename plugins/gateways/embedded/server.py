@@ -139,8 +139,9 @@ class GatewayServer:
         entry = LedgerEntry(call.consumer, call.task, call.project, route.alias if route else None,
                             route.model if route else None, prompt, completion, cost, latency, status, error, call.stream)
         crossings = self.store.record(entry, warn_ratio=self.settings.budget_warning_ratio)
-        if log.isEnabledFor(logging.INFO):
-            log.info("%s %s %s %d tokens=%d+%d cost=$%.6f %.1fms task=%s project=%s%s", call.consumer,
+        level = logging.DEBUG if status == 200 else logging.INFO  # the ledger has every call; errors stand out
+        if log.isEnabledFor(level):
+            log.log(level, "%s %s %s %d tokens=%d+%d cost=$%.6f %.1fms task=%s project=%s%s", call.consumer,
                      route.alias if route else "-", route.model if route else "-", status, prompt, completion, cost,
                      latency, call.task or "-", call.project or "-", f" error={error}" if error else "")
         if crossings:

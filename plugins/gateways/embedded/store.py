@@ -13,6 +13,7 @@ import json
 import re
 import secrets
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -58,6 +59,12 @@ CREATE TABLE IF NOT EXISTS ledger (
 );
 CREATE INDEX IF NOT EXISTS ledger_ts ON ledger(ts);
 CREATE INDEX IF NOT EXISTS ledger_consumer ON ledger(consumer);
+-- Spending follows from the ledger inside the same statement: one INSERT per call is atomic.
+CREATE TRIGGER IF NOT EXISTS ledger_spends AFTER INSERT ON ledger WHEN NEW.cost_usd > 0 BEGIN
+    UPDATE consumers SET spent_usd = spent_usd + NEW.cost_usd WHERE name = NEW.consumer;
+    INSERT INTO projects(name, spent_usd) SELECT NEW.project, NEW.cost_usd WHERE NEW.project IS NOT NULL
+        ON CONFLICT(name) DO UPDATE SET spent_usd = spent_usd + excluded.spent_usd;
+END;
 """
 
 USAGE_DIMENSIONS = ("consumer", "task", "project", "model", "upstream_model", "status")
@@ -146,7 +153,24 @@ class GatewayStore:
         self._version: int | None = None
 
     def close(self) -> None:
+        self.stop_background_checkpoints()
         self._db.close()
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def start_background_checkpoints(self, interval: float = 1.0) -> None:
+        """For the serving process: commits stay on the event loop (no fsync with synchronous=NORMAL),
+        while WAL checkpoints — the only fsyncs — run in a thread instead of stalling a request."""
+        if getattr(self, "_checkpointer", None) is not None:
+            return
+        self._db.execute("PRAGMA wal_autocheckpoint=0")
+        self._checkpointer = _Checkpointer(self.path, interval)
+
+    def stop_background_checkpoints(self) -> None:
+        checkpointer, self._checkpointer = getattr(self, "_checkpointer", None), None
+        if checkpointer is not None:
+            checkpointer.stop()
+            self._db.execute("PRAGMA wal_autocheckpoint=1000")
 
     # ------------------------------------------------------------------ cache
 
@@ -239,27 +263,22 @@ class GatewayStore:
     # ------------------------------------------------------------------ ledger
 
     def record(self, entry: LedgerEntry, *, warn_ratio: float) -> list[BudgetCrossing]:
-        """Append ``entry`` and add its cost to the consumer's and project's spending, atomically."""
-        self._refresh()
+        """Append ``entry``; the ``ledger_spends`` trigger adds its cost to the consumer's and the
+        project's spending in the same statement. Returns the budgets this call took past ``warn_ratio``."""
+        self._db.execute(
+            "INSERT INTO ledger(ts, consumer, task, project, model, upstream_model, prompt_tokens, completion_tokens,"
+            " cost_usd, latency_ms, status, error, stream) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (time.time(), entry.consumer, entry.task, entry.project, entry.model, entry.upstream_model,
+             entry.prompt_tokens, entry.completion_tokens, entry.cost_usd, round(entry.latency_ms, 3),
+             entry.status, entry.error, int(entry.stream)))
         crossings: list[BudgetCrossing] = []
-        with self._db:  # one transaction
-            self._db.execute("BEGIN")
-            self._db.execute(
-                "INSERT INTO ledger(ts, consumer, task, project, model, upstream_model, prompt_tokens, completion_tokens,"
-                " cost_usd, latency_ms, status, error, stream) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (time.time(), entry.consumer, entry.task, entry.project, entry.model, entry.upstream_model,
-                 entry.prompt_tokens, entry.completion_tokens, entry.cost_usd, round(entry.latency_ms, 3),
-                 entry.status, entry.error, int(entry.stream)))
-            if entry.cost_usd:
-                self._db.execute("UPDATE consumers SET spent_usd = spent_usd + ? WHERE name=?", (entry.cost_usd, entry.consumer))
-                consumer = self._by_name.get(entry.consumer)
-                if consumer is not None:
-                    crossings += _crossed("consumer", consumer.name, consumer, entry.cost_usd, warn_ratio)
-                if entry.project is not None:
-                    self._db.execute("INSERT INTO projects(name, spent_usd) VALUES (?, ?) ON CONFLICT(name) "
-                                     "DO UPDATE SET spent_usd = spent_usd + excluded.spent_usd", (entry.project, entry.cost_usd))
-                    project = self._projects.setdefault(entry.project, Project(entry.project, None, 0.0))
-                    crossings += _crossed("project", project.name, project, entry.cost_usd, warn_ratio)
+        if entry.cost_usd:  # mirror the trigger in the cache
+            consumer = self._by_name.get(entry.consumer)
+            if consumer is not None:
+                crossings += _crossed("consumer", consumer.name, consumer, entry.cost_usd, warn_ratio)
+            if entry.project is not None:
+                project = self._projects.setdefault(entry.project, Project(entry.project, None, 0.0))
+                crossings += _crossed("project", project.name, project, entry.cost_usd, warn_ratio)
         return crossings
 
     def usage(self, by: list[str], since: float | None = None) -> list[dict[str, Any]]:
@@ -293,3 +312,25 @@ def _crossed(scope: str, name: str, holder: Consumer | Project, cost: float, rat
     if budget and before < ratio * budget <= holder.spent_usd:
         return [BudgetCrossing(scope, name, holder.spent_usd, budget)]
     return []
+
+
+class _Checkpointer:
+    def __init__(self, path: Path, interval: float) -> None:
+        self._path = path
+        self._interval = interval
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="gateway-checkpoints", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        db = sqlite3.connect(self._path, timeout=10)
+        try:
+            while not self._stopping.wait(self._interval):
+                db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            db.close()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(10)

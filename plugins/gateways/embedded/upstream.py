@@ -13,9 +13,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
-
 from hiclaw.plugins.gateways.embedded.errors import UpstreamError
+from hiclaw.plugins.gateways.embedded.http1 import Http1Pool, UpstreamHTTPError, UpstreamResponse
 from hiclaw.plugins.gateways.embedded.routing import Route
 
 Redact = Callable[[str], str]
@@ -97,7 +96,7 @@ def _error_message(raw: bytes, redact: Redact) -> str:
 
 
 class DirectStream(ChunkStream):
-    def __init__(self, response: aiohttp.ClientResponse, route: Route, timeout: float) -> None:
+    def __init__(self, response: UpstreamResponse, route: Route, timeout: float) -> None:
         self._response = response
         self._route = route
         self._timeout = timeout
@@ -105,7 +104,7 @@ class DirectStream(ChunkStream):
     async def __aiter__(self) -> AsyncIterator[bytes]:  # type: ignore[override]
         buffer = b""
         try:
-            async for piece in self._response.content.iter_any():
+            async for piece in self._response.iter_body():
                 buffer += piece
                 *lines, buffer = buffer.split(b"\n")
                 for line in lines:
@@ -117,13 +116,15 @@ class DirectStream(ChunkStream):
                     if b'"usage"' in data:
                         self._take_usage(json.loads(data).get("usage"))
                     yield data
-        except asyncio.TimeoutError:
-            raise timeout_error(self._route, self._timeout) from None
-        except aiohttp.ClientError as exc:
-            raise connection_error(self._route, type(exc).__name__) from None
+        except UpstreamHTTPError as exc:
+            raise _transport_error(self._route, exc, self._timeout) from None
 
     async def aclose(self) -> None:
         self._response.release()
+
+
+def _transport_error(route: Route, exc: UpstreamHTTPError, timeout: float) -> UpstreamError:
+    return timeout_error(route, timeout) if exc.timeout else connection_error(route, str(exc))
 
 
 class DirectUpstream:
@@ -131,23 +132,16 @@ class DirectUpstream:
 
     def __init__(self, *, timeout: float, connect_timeout: float, redact: Redact) -> None:
         self.timeout = timeout
-        self.connect_timeout = connect_timeout
         self.redact = redact
-        self._session: aiohttp.ClientSession | None = None
+        self._pool = Http1Pool(connect_timeout=connect_timeout, read_timeout=timeout)
 
     async def start(self) -> None:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout, sock_read=self.timeout),
-            )
+        """Connections open on first use."""
 
     async def close(self) -> None:
-        if self._session is not None:
-            session, self._session = self._session, None
-            await session.close()
+        await self._pool.close()
 
-    def _post(self, route: Route, payload: dict[str, Any], consumer: str, stream: bool) -> Any:
+    async def _post(self, route: Route, payload: dict[str, Any], consumer: str, stream: bool) -> UpstreamResponse:
         body = dict(payload)
         body["model"] = route.provider_model
         body["user"] = consumer
@@ -156,20 +150,21 @@ class DirectUpstream:
         headers = {"Content-Type": "application/json"}
         if route.api_key is not None:
             headers["Authorization"] = f"Bearer {route.api_key.get_secret_value()}"
-        assert self._session is not None, "DirectUpstream.start() was not called"
-        return self._session.post(route.chat_url, data=json.dumps(body).encode(), headers=headers)
+        try:
+            return await self._pool.request("POST", route.chat_url, headers, json.dumps(body).encode())
+        except UpstreamHTTPError as exc:
+            raise _transport_error(route, exc, self.timeout) from None
 
     async def complete(self, route: Route, payload: dict[str, Any], consumer: str) -> Completion:
+        response = await self._post(route, payload, consumer, False)
         try:
-            async with self._post(route, payload, consumer, False) as response:
-                raw = await response.read()
-                status = response.status
-        except asyncio.TimeoutError:
-            raise timeout_error(route, self.timeout) from None
-        except aiohttp.ClientError as exc:
-            raise connection_error(route, type(exc).__name__) from None
-        if status != 200:
-            raise status_error(route, status, _error_message(raw, self.redact))
+            raw = await response.read()
+        except UpstreamHTTPError as exc:
+            raise _transport_error(route, exc, self.timeout) from None
+        finally:
+            response.release()
+        if response.status != 200:
+            raise status_error(route, response.status, _error_message(raw, self.redact))
         try:
             data = json.loads(raw)
         except ValueError:
@@ -178,15 +173,12 @@ class DirectUpstream:
         return Completion(raw, prompt, completion)
 
     async def stream(self, route: Route, payload: dict[str, Any], consumer: str) -> ChunkStream:
-        try:
-            response = await self._post(route, payload, consumer, True)
-        except asyncio.TimeoutError:
-            raise timeout_error(route, self.timeout) from None
-        except aiohttp.ClientError as exc:
-            raise connection_error(route, type(exc).__name__) from None
+        response = await self._post(route, payload, consumer, True)
         if response.status != 200:
             try:
                 raw = await response.read()
+            except UpstreamHTTPError as exc:
+                raise _transport_error(route, exc, self.timeout) from None
             finally:
                 response.release()
             raise status_error(route, response.status, _error_message(raw, self.redact))
