@@ -6,9 +6,11 @@ Policy, from ``[skills]``:
 ``allowed_sources``
     Glob patterns (case-insensitive) a source must match — ``owner/repo``, ``owner/repo/skill``,
     a URL or its host, e.g. ``["acme/*", "https://skills.internal.example/*"]``. ``["*"]``
-    (default) allows any remote source. Local paths and non-HTTPS git transports (``file://``,
+    (default) allows any public source. Local paths and non-HTTPS git transports (``file://``,
     ``ssh://``, ``git@``) are never allowed for workers: they would read the control plane's
-    files or use its keys.
+    files or use its keys. URLs on internal addresses (loopback, private, link-local) are allowed
+    only for the configured registry or when a pattern other than ``*`` names them, so a worker
+    cannot make the control plane probe internal services.
 ``max_files`` / ``max_bytes``
     Limits of one skill, unpacked.
 
@@ -19,11 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import ipaddress
 import logging
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from hiclaw.config import SkillsConfig
 from hiclaw.errors import InvalidInputError
@@ -43,6 +47,18 @@ WORKER_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 MAX_QUERY = 200
 MAX_RESULTS = 20
 MAX_LISTED_FILES = 200
+
+
+def _internal(url: str) -> bool:
+    """Loopback, private, link-local or unspecified literal addresses (and ``localhost``)."""
+    host = (urlparse(url).hostname or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_private or address.is_link_local or address.is_unspecified or address.is_reserved
 
 
 def _worker(worker: str) -> str:
@@ -80,6 +96,14 @@ class SkillService:
         patterns = [p.lower() for p in self.config.allowed_sources]
         return any(fnmatch.fnmatchcase(name.lower(), pattern) for name in spec.identifiers() for pattern in patterns)
 
+    def _internal_allowed(self, spec: SourceSpec) -> bool:
+        """Internal URLs: only the configured registry, or an explicit (non-``*``) pattern."""
+        netloc = urlparse(spec.url or "").netloc
+        if netloc in {urlparse(self.config.api_url).netloc, urlparse(self.config.download_url or "").netloc}:
+            return True
+        patterns = [p.lower() for p in self.config.allowed_sources if p.strip() != "*"]
+        return any(fnmatch.fnmatchcase(name.lower(), p) for name in spec.identifiers() for p in patterns)
+
     def check_source(self, source: str, skill: str | None = None) -> SourceSpec:
         """Parse ``source`` and apply the policy; raises :class:`SkillPolicyError` when refused."""
         spec = parse_source(source, skill)
@@ -87,6 +111,11 @@ class SkillService:
             raise SkillPolicyError("workers may not install skills from local paths", hint="name a registry skill (owner/repo@skill) or an https URL")
         if spec.kind == "git" and not (spec.url or "").startswith("https://"):
             raise SkillPolicyError(f"workers may install git sources over https only (got {source!r})")
+        if spec.url and _internal(spec.url) and not self._internal_allowed(spec):
+            raise SkillPolicyError(
+                f"workers may not point the control plane at internal address {urlparse(spec.url).netloc!r}",
+                hint="list it explicitly in [skills] allowed_sources (\"*\" does not cover internal addresses)",
+            )
         if not self.allowed(spec):
             raise SkillPolicyError(
                 f"source {spec.display!r} is not allowed by [skills] allowed_sources",

@@ -145,3 +145,13 @@ async def test_install_bundled_is_idempotent(tmp_path):
     assert (tmp_path / "skills-lock.json").read_text() == lock_before  # nothing rewritten
     assert all(r.status == "ok" for r in check(dir_scope(tmp_path)))
     assert json.loads(lock_before)["skills"]["find-skills"]["sourceType"] == "local"
+
+
+async def test_internal_addresses_need_an_explicit_pattern(registry, tmp_path):
+    svc = service("https://skills.example", allowed_sources=["*"])
+    for url in (registry.url, "http://localhost:8080", "http://169.254.169.254/latest", "http://10.0.0.5", "http://[::1]:9"):
+        with pytest.raises(SkillPolicyError, match="internal address"):
+            await svc.add("alice", url, "pdf-forms", tmp_path / "s")
+    # the configured registry itself is fine, by URL or by owner/repo
+    own = service(registry.url)
+    assert (await own.add("alice", registry.url, "pdf-forms", tmp_path / "s"))["name"] == "pdf-forms"
