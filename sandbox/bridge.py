@@ -84,13 +84,8 @@ def _pump(src: socket.socket, dst: socket.socket) -> None:
 
 
 def _relay(client: socket.socket, target: tuple[str, Any], active: _Active) -> None:
-    try:
-        _relay_once(client, target)
-    finally:
-        active.done()
-
-
-def _relay_once(client: socket.socket, target: tuple[str, Any]) -> None:
+    """Relay one connection. ``active`` counts it until everything the worker sent is passed on
+    (the answer may still be coming: nobody waits for that once the worker is gone)."""
     kind, address = target
     try:
         if kind == "unix":
@@ -100,19 +95,23 @@ def _relay_once(client: socket.socket, target: tuple[str, Any]) -> None:
             upstream = socket.create_connection(address)
             upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except OSError as exc:
+        active.done()
         print(f"hiclaw bridge: cannot reach {kind}:{address}: {exc}", file=sys.stderr, flush=True)
         client.close()
         return
     back = threading.Thread(target=_pump, args=(upstream, client), daemon=True)
     back.start()
-    _pump(client, upstream)
+    try:
+        _pump(client, upstream)
+    finally:
+        active.done()
     back.join()
     client.close()
     upstream.close()
 
 
 class _Active:
-    """Count of relays in flight, so the launcher can let them finish before it exits."""
+    """Relays whose worker-to-host direction is still open, so the launcher can let them finish."""
 
     def __init__(self) -> None:
         self.count = 0
@@ -167,8 +166,9 @@ class SandboxForwarder:
             threading.Thread(target=_relay, args=(client, self.target, self.active), daemon=True).start()
 
     def drain(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` s for connections in flight, accepted or still queued (a worker's
-        last words must reach the host even though the worker has already exited)."""
+        """Wait up to ``timeout`` s until what the worker sent — on accepted or still queued
+        connections — has been passed on (its last words must reach the host although it has
+        exited). Answers still owed to it are not waited for."""
         def pending() -> bool:
             try:
                 return bool(select.select([self.listener], [], [], 0)[0])
@@ -197,7 +197,7 @@ class HostBridges:
         self.bridges = list(bridges)
         self._servers: list[asyncio.base_events.Server] = []
         self._writers: set[asyncio.StreamWriter] = set()
-        self._handlers: set[asyncio.Task[Any]] = set()
+        self._inbound: set[asyncio.Event] = set()
 
     def socket_path(self, bridge: Bridge) -> Path:
         return self.run_dir / socket_name(bridge.name)
@@ -226,10 +226,8 @@ class HostBridges:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, bridge: Bridge) -> None:
         import asyncio
 
-        task = asyncio.current_task()
-        if task is not None:
-            self._handlers.add(task)
-            task.add_done_callback(self._handlers.discard)
+        sent = asyncio.Event()  # set once everything from the sandbox is passed on
+        self._inbound.add(sent)
         self._writers.add(writer)
         try:
             tcp = bridge.tcp_target
@@ -241,23 +239,36 @@ class HostBridges:
         except OSError:
             writer.close()
             self._writers.discard(writer)
+            self._inbound.discard(sent)
             return
         self._writers.add(up_writer)
+
+        async def inbound() -> None:
+            try:
+                await _copy(reader, up_writer)
+            finally:
+                sent.set()
+                self._inbound.discard(sent)
+
         try:
-            await asyncio.gather(_copy(reader, up_writer), _copy(up_reader, writer))
+            await asyncio.gather(inbound(), _copy(up_reader, writer))
         finally:
             for w in (writer, up_writer):
                 w.close()
                 self._writers.discard(w)
 
     async def close(self, grace: float = 2.0) -> None:
-        """Stop listening; give connections in flight ``grace`` seconds to finish, then cut them."""
+        """Stop listening; give data the sandbox already sent ``grace`` seconds to reach its
+        service, then cut every connection."""
         import asyncio
 
         for server in self._servers:
             server.close()
-        if self._handlers and grace > 0:
-            await asyncio.wait(list(self._handlers), timeout=grace)
+        if self._inbound and grace > 0:  # what the sandbox sent still goes out; answers are dropped
+            waits = [asyncio.ensure_future(event.wait()) for event in self._inbound]
+            await asyncio.wait(waits, timeout=grace)
+            for waiter in waits:
+                waiter.cancel()
         for writer in list(self._writers):
             writer.close()
         self._writers.clear()

@@ -120,7 +120,10 @@ def main(argv: list[str] | None = None) -> int:
             return _fail(EXIT_USAGE, f"cannot listen on 127.0.0.1:{port} for a bridge: {exc.strerror}")
 
     try:
-        child_pid = os.posix_spawnp(program[0], program, os.environ, setsigdef=FORWARDED_SIGNALS)
+        # Python ignores SIGPIPE and SIGXFSZ; like subprocess's restore_signals, give the worker
+        # the defaults back (else `yes | head` in its shell commands would never end).
+        child_pid = os.posix_spawnp(program[0], program, os.environ,
+                                    setsigdef=(*FORWARDED_SIGNALS, signal.SIGPIPE, signal.SIGXFSZ))
     except FileNotFoundError:
         return _fail(EXIT_NOT_FOUND, f"program not found: {program[0]}")
     except OSError as exc:

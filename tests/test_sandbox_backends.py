@@ -305,3 +305,29 @@ async def test_last_words_reach_the_host_after_the_worker_exits(sandbox_backend,
     finally:
         server.close()
     assert received == [4_000_000]
+
+
+async def test_exit_is_not_held_up_by_an_answer_the_worker_no_longer_waits_for(sandbox_backend, worker_spec):
+    """A long-poll in flight (the service never answers) must not delay the sandbox's end."""
+    connected = asyncio.Event()
+    release = asyncio.Event()
+
+    async def never_answers(reader, writer):
+        connected.set()
+        await release.wait()
+        writer.close()
+
+    server = await asyncio.start_server(never_answers, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    backend = sandbox_backend("bwrap")
+    program = (f"import socket, threading; s = socket.create_connection(('127.0.0.1', {port})); s.sendall(b'GET');"
+               "threading.Thread(target=s.recv, args=(1,), daemon=True).start()")  # exits while waiting
+    await backend.start(worker_spec([PY, "-c", program], bridges=[Bridge(name="svc", port=port)]))
+    try:
+        await asyncio.wait_for(connected.wait(), 30)
+        started = asyncio.get_running_loop().time()
+        assert await asyncio.wait_for(backend.wait("w1"), 30) == 0
+        assert asyncio.get_running_loop().time() - started < 2.5  # neither drain (3 s, 2 s) waited for it
+    finally:
+        release.set()
+        server.close()

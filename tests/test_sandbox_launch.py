@@ -80,6 +80,15 @@ async def test_a_port_that_cannot_be_bound_is_reported():
     assert proc.returncode == 125 and f"cannot listen on 127.0.0.1:{port}".encode() in err
 
 
+async def test_the_program_gets_default_signal_dispositions():
+    """SIGPIPE is not left ignored (Python ignores it): a broken pipe ends a shell pipeline."""
+    proc = await launch("--", "/bin/sh", "-c", "yes | head -n 1; grep SigIgn /proc/self/status")
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0 and out.startswith(b"y\n")
+    ignored = int(out.split()[-1], 16)
+    assert not ignored & (1 << (signal.SIGPIPE - 1))
+
+
 async def test_rlimits_are_applied_to_the_program():
     proc = await launch("--rlimit-nofile", "77", "--", sys.executable, "-c",
                         "import resource; print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])")
