@@ -7,6 +7,7 @@ is written to disk here; :mod:`hiclaw.registry.installer` does that, atomically.
 from __future__ import annotations
 
 import asyncio
+import shutil
 from typing import Any
 from urllib.parse import quote, urlparse
 
@@ -52,6 +53,9 @@ def _search_result(raw: object) -> SearchResult | None:
 
 class RegistryClient:
     """Search a registry and fetch skills from any source. Implements ``SkillRegistry``."""
+
+    #: Where a GitHub repository's tarball comes from when git is not installed.
+    github_archive = "https://codeload.github.com/{owner}/{repo}/tar.gz/{ref}"
 
     def __init__(
         self,
@@ -111,8 +115,30 @@ class RegistryClient:
         if spec.kind == "download":
             return await self._fetch_archive(spec)
         if spec.kind == "git":
-            return await asyncio.to_thread(self._fetch_git, spec)
+            return await self._fetch_repo(spec)
         return await asyncio.to_thread(self._fetch_local, spec)
+
+    async def _fetch_repo(self, spec: SourceSpec) -> list[FetchedSkill]:
+        """A git repository: ``git clone``; a GitHub repo without git installed: its tarball."""
+        if spec.owner_repo and shutil.which("git") is None:
+            return await self._fetch_github_tarball(spec)
+        return await asyncio.to_thread(self._fetch_git, spec)
+
+    async def _fetch_github_tarball(self, spec: SourceSpec) -> list[FetchedSkill]:
+        assert spec.owner and spec.repo
+        url = self.github_archive.format(owner=quote(spec.owner), repo=quote(spec.repo), ref=quote(spec.ref or "HEAD"))
+        _, body, _ = await self.http.get(url, max_bytes=self.limits.max_download_bytes * 4)
+        repo_limits = Limits(max_files=self.limits.max_files * 20, max_bytes=self.limits.max_bytes * 8)
+        tree = safety.strip_single_top_folder(safety.unpack_archive(body, repo_limits, where=url))
+        if spec.subpath:
+            tree = safety.subtree(tree, spec.subpath)
+        provenance = Provenance(source=spec.owner_repo or "", source_type="github", ref=spec.ref,
+                                source_url=f"https://github.com/{spec.owner}/{spec.repo}.git")
+        skills = self._pick_from_tree(tree, spec, provenance, where=url)
+        if spec.subpath:  # record paths relative to the repository, as a clone would
+            for skill in skills:
+                skill.provenance.skill_path = f"{spec.subpath}/{skill.provenance.skill_path}"
+        return skills
 
     async def _fetch_registry(self, spec: SourceSpec) -> list[FetchedSkill]:
         assert spec.owner and spec.repo
@@ -121,14 +147,14 @@ class RegistryClient:
             try:
                 return await fetch_well_known(self.http, scoped, None, self.limits, source=spec.owner_repo)
             except SkillNotFoundError:
-                return await asyncio.to_thread(self._fetch_git, _as_github(spec))
+                return await self._fetch_repo(_as_github(spec))
         slug = spec.skill
         url = f"{self.download_url}/api/download/{quote(spec.owner)}/{quote(spec.repo)}/{quote(slug)}"
         limits = self.limits
         data = await self.http.get_json(url, max_bytes=limits.max_download_bytes, not_found_ok=True)
         if data is None:
             if urlparse(self.download_url).hostname in ("skills.sh", "www.skills.sh"):
-                return await asyncio.to_thread(self._fetch_git, _as_github(spec))
+                return await self._fetch_repo(_as_github(spec))
             raise SkillNotFoundError(
                 f"registry {self.download_url} has no skill {spec.owner_repo}@{slug}",
                 hint="search with `hiclaw skills find`, or check SKILLS_API_URL / SKILLS_DOWNLOAD_URL",

@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import urljoin, urlparse
 
 from hiclaw.registry import safety
-from hiclaw.registry.errors import SkillNotFoundError, UnsafeSkillError
+from hiclaw.registry.errors import RegistryError, SkillNotFoundError, UnsafeSkillError
 from hiclaw.registry.frontmatter import NAME_RE, SKILL_FILE, strip_controls
 from hiclaw.registry.hashing import sha256_digest
 from hiclaw.registry.http import HttpFetcher, parse_json
@@ -31,13 +31,15 @@ _SKILL_IN_URL = re.compile(r"/\.well-known/(?:agent-skills|skills)/([^/]+)/?(?:S
 
 
 def split_url(url: str) -> tuple[str, str | None]:
-    """``https://h/p/.well-known/agent-skills/x`` → (``https://h/p``, ``"x"``)."""
+    """``https://h/p/.well-known/agent-skills/x`` → (``https://h/p``, ``"x"``); any URL inside
+    ``/.well-known/`` is cut back to the base it belongs to."""
     parsed = urlparse(url)
+    cut = parsed.path.find("/.well-known/")
+    if cut < 0:
+        return url.rstrip("/"), None
     match = _SKILL_IN_URL.search(parsed.path)
-    if match and match.group(1) != INDEX_FILE:
-        base_path = parsed.path[: match.start()]
-        return f"{parsed.scheme}://{parsed.netloc}{base_path}".rstrip("/"), match.group(1)
-    return url.rstrip("/"), None
+    skill = match.group(1) if match and match.group(1) != INDEX_FILE else None
+    return f"{parsed.scheme}://{parsed.netloc}{parsed.path[:cut]}".rstrip("/"), skill
 
 
 def source_identifier(url: str) -> str:
@@ -85,7 +87,10 @@ async def _index(http: HttpFetcher, base: str) -> tuple[str, str, list[dict[str,
         status, body, _ = await http.get(index_url, max_bytes=INDEX_LIMIT, not_found_ok=True)
         if status == 404:
             continue
-        data = parse_json(body, index_url)
+        try:
+            data = parse_json(body, index_url)
+        except RegistryError:
+            continue  # a site without an index may answer HTML: that is "no index here"
         if not isinstance(data, dict) or not isinstance(data.get("skills"), list):
             continue
         schema = data.get("$schema")

@@ -260,3 +260,24 @@ def test_hostile_registry_is_refused_with_one_line_and_nothing_written(hostile, 
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
     assert not (tmp_path / "target").exists() and list(work.iterdir()) == [] and not (tmp_path / "home").exists()
+
+
+async def test_a_site_without_an_index_is_not_a_registry(hostile):
+    hostile.set("/.well-known/agent-skills/index.json", (200, b"<html>a web page</html>"))
+    async with client(hostile.url) as c:
+        with pytest.raises(SkillNotFoundError, match=rf"no skills index at {hostile.url}/.well-known/agent-skills/index.json"):
+            await c.fetch(f"{hostile.url}/.well-known/agent-skills/index.json")
+
+
+async def test_github_repo_without_git_comes_as_a_tarball(hostile, monkeypatch):
+    import hiclaw.registry.client as client_module
+
+    monkeypatch.setattr(client_module.shutil, "which", lambda name: None)
+    hostile.set("/acme/tools/tar.gz/main", (200, targz({"tools-main/skills/pdf-tools/SKILL.md": SKILL,
+                                                        "tools-main/skills/pdf-tools/run.sh": b"echo\n"})))
+    async with client("http://unused.invalid") as c:
+        c.github_archive = hostile.url + "/{owner}/{repo}/tar.gz/{ref}"
+        (skill,) = await c.fetch("https://github.com/acme/tools/tree/main/skills")
+    assert sorted(skill.files) == ["SKILL.md", "run.sh"]
+    p = skill.provenance
+    assert (p.source, p.source_type, p.ref, p.skill_path) == ("acme/tools", "github", "main", "skills/pdf-tools/SKILL.md")
