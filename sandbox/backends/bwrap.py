@@ -23,14 +23,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from hiclaw.sandbox.base import (
-    LaunchPlan,
-    LocalSandboxBackend,
-    SandboxError,
-    exposes_control_plane,
-    last_error,
-    read_fd_async,
-)
+from hiclaw.sandbox.backends.local import LaunchPlan, LocalSandboxBackend, read_fd_async
+from hiclaw.sandbox.base import SandboxError, exposes_control_plane, last_error
 from hiclaw.sandbox.bridge import format_target
 from hiclaw.sandbox.settings import BwrapSettings
 from hiclaw.sandbox.spec import WorkerSpec

@@ -11,7 +11,7 @@ import logging
 import os
 from pathlib import Path
 
-from hiclaw.sandbox.base import LaunchPlan, LocalSandboxBackend
+from hiclaw.sandbox.backends.local import LaunchPlan, LocalSandboxBackend
 from hiclaw.sandbox.bridge import format_target
 from hiclaw.sandbox.settings import ProcessSettings
 from hiclaw.sandbox.spec import WorkerSpec
