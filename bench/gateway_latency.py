@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import json
 import os
-import selectors
 import subprocess
 import sys
 import tempfile
@@ -31,25 +30,10 @@ from pathlib import Path
 
 import aiohttp
 
+from hiclaw.testing.gateway import start_listening_process as start
+
 PROVIDER_KEY = "sk-bench-provider-key-0123456789"
 HICLAW = [sys.executable, "-m", "hiclaw"]
-
-
-def start(argv: list[str], env: dict[str, str], log: Path) -> tuple[subprocess.Popen[str], str]:
-    with log.open("w") as err:
-        proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
-    selector = selectors.DefaultSelector()
-    selector.register(proc.stdout, selectors.EVENT_READ)  # type: ignore[arg-type]
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if selector.select(timeout=0.2):
-            line = proc.stdout.readline()  # type: ignore[union-attr]
-            if "listening on " in line:
-                return proc, line.rsplit("listening on ", 1)[1].strip()
-            if not line and proc.poll() is not None:
-                break
-    proc.kill()
-    raise SystemExit(f"{' '.join(argv[3:5])} did not start: {log.read_text()[-2000:]}")
 
 
 def percentile(values: list[float], q: float) -> float:

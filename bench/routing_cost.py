@@ -20,8 +20,9 @@ from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gateway_latency import HICLAW, start  # noqa: E402
+from hiclaw.testing.gateway import start_listening_process as start
+
+HICLAW = [sys.executable, "-m", "hiclaw"]
 
 PROVIDER_KEY = "sk-bench-routing-0123456789"
 CODE_TASKS, CODE_TOKENS = 3, (40_000, 10_000)  # prompt + completion = 50k tokens a task

@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import json
 import os
-import selectors
 import sqlite3
 import subprocess
-import time
-from pathlib import Path
 
 import httpx
 import openai
 import pytest
+
+from hiclaw.testing.gateway import start_listening_process as _start
 
 CANARY = "sk-canary-cli-3f9a2c7e1b4d6f8a0c2e4a6b"
 SCENARIO = """\
@@ -32,24 +31,6 @@ agents:
   "*":
     default: {text: "hello {{agent}}"}
 """
-
-
-def _start(argv: list[str], env: dict[str, str], stderr: Path) -> tuple[subprocess.Popen[str], str]:
-    """Start a server command and return it with the URL from its `listening on URL` line."""
-    with stderr.open("w") as err:
-        proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
-    selector = selectors.DefaultSelector()
-    selector.register(proc.stdout, selectors.EVENT_READ)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if selector.select(timeout=0.2):
-            line = proc.stdout.readline()
-            if "listening on " in line:
-                return proc, line.rsplit("listening on ", 1)[1].strip()
-            if not line and proc.poll() is not None:
-                break
-    proc.kill()
-    raise AssertionError(f"{argv[1:4]} did not start: {stderr.read_text()}")
 
 
 def _stop(proc: subprocess.Popen[str]) -> int:

@@ -196,3 +196,48 @@ def test_cli_check_scenario(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 1 and result.stderr.startswith("error: ") and "a turn needs" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def _doc_example():
+    import re
+
+    import yaml
+
+    from conftest import ROOT
+
+    text = (ROOT / "docs" / "scripted-model.md").read_text()
+    block = re.search(r"## Example: a Manager and a Worker.*?```yaml\n(.*?)```", text, flags=re.S).group(1)
+    return parse_scenario(yaml.safe_load(block), source="docs/scripted-model.md")
+
+
+def test_documented_example_runs_the_manager_and_worker_flow():
+    engine = ScriptEngine(_doc_example())
+
+    def step(agent, messages):
+        reply = engine.reply({"messages": messages}, agent=agent)
+        assert reply.source != "unmatched", reply.text
+        return reply
+
+    def result(reply, content):
+        return _tool_result(reply, content)
+
+    chat = [_user("@manager build a word counter")]
+    names = []
+    for content in ("worker alice created", '{"project_id": "proj-42"}', "plan stored"):
+        reply = step("manager", chat)
+        names.append(reply.tool_calls[0]["function"]["name"])
+        chat += result(reply, content)
+    assert names == ["create_worker", "create_project", "propose_plan"]
+    assert step("manager", chat).text == "Plan for proj-42 is ready — please confirm it."
+    confirm = step("manager", [_user("@manager confirm")])
+    assert json.loads(confirm.tool_calls[0]["function"]["arguments"]) == {"project_id": "proj-42"}
+    work = [_user("@alice please do task-001: write wc.py")]
+    for expected in ("write_file", "report_result"):
+        reply = step("alice", work)
+        assert reply.tool_calls[0]["function"]["name"] == expected
+        work += result(reply, "ok")
+    assert json.loads(reply.tool_calls[0]["function"]["arguments"])["task_id"] == "task-001"
+    first = step("manager", [_user("@manager alice reported task-001: SUCCESS")])
+    second = step("manager", [_user("@manager alice reported task-001: SUCCESS")])
+    assert [first.tool_calls[0]["function"]["name"], second.tool_calls[0]["function"]["name"]] == [
+        "request_revision", "accept_task"]

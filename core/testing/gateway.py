@@ -13,14 +13,18 @@ session-scoped fixtures) can use them over HTTP like any client would.
     A freshly minted consumer of ``gateway``: ``.name``, ``.token``, ``.base_url``.
 
 For your own scenario or settings use the context managers :func:`running_scripted_model` and
-:func:`running_gateway` directly.
+:func:`running_gateway` directly; :func:`start_listening_process` runs ``hiclaw gateway serve`` or
+``hiclaw model serve-scripted`` as a real process and returns the URL it printed.
 """
 from __future__ import annotations
 
 import asyncio
 import itertools
 import secrets
+import selectors
+import subprocess
 import threading
+import time
 from collections.abc import Awaitable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -57,6 +61,28 @@ class LoopThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
         self.loop.close()
+
+
+def start_listening_process(argv: Sequence[str], env: Mapping[str, str], log_path: Path, *,
+                            timeout: float = 30) -> tuple[subprocess.Popen[str], str]:
+    """Start a server command; return it and the URL from its ``… listening on URL`` line.
+
+    Its stderr (the log) goes to ``log_path``. Raises with the log's tail if it does not start."""
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(list(argv), env=dict(env), stdout=subprocess.PIPE, stderr=log, text=True)
+    assert proc.stdout is not None
+    selector = selectors.DefaultSelector()
+    selector.register(proc.stdout, selectors.EVENT_READ)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if selector.select(timeout=0.2):
+            line = proc.stdout.readline()
+            if "listening on " in line:
+                return proc, line.rsplit("listening on ", 1)[1].strip()
+            if not line and proc.poll() is not None:
+                break
+    proc.kill()
+    raise RuntimeError(f"{' '.join(argv[1:4])} did not start: {log_path.read_text()[-2000:]}")
 
 
 @dataclass
