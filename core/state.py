@@ -92,6 +92,15 @@ CREATE TABLE IF NOT EXISTS schedules (
     last_run TEXT,
     created_at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS inbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL UNIQUE,            -- event id of a message, or a wake-up key
+    kind TEXT NOT NULL,                  -- message | wake
+    payload TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending',   -- pending | done
+    created_at TEXT NOT NULL,
+    done_at TEXT
+);
 CREATE INDEX IF NOT EXISTS tasks_by_project ON tasks(project_id);
 CREATE INDEX IF NOT EXISTS tasks_by_assignee ON tasks(assignee, state);
 """
@@ -226,6 +235,25 @@ class StateDB:
                 "INSERT OR REPLACE INTO outbox(key, room_id, event_id, ts) VALUES (?, ?, ?, ?)",
                 (key, room_id, event_id, now_iso()),
             )
+
+    # ------------------------------------------------------------------ the Manager's inbox
+
+    def inbox_add(self, key: str, kind: str, payload: dict[str, Any]) -> bool:
+        """Queue a turn for the Manager; False if ``key`` was queued before (at-most-once)."""
+        with self.transaction() as conn:
+            cursor = conn.execute(
+                "INSERT OR IGNORE INTO inbox(key, kind, payload, created_at) VALUES (?, ?, ?, ?)",
+                (key, kind, json.dumps(payload, default=str), now_iso()),
+            )
+            return cursor.rowcount == 1
+
+    def inbox_pending(self) -> list[dict[str, Any]]:
+        rows = self._query("SELECT id, key, kind, payload FROM inbox WHERE status = 'pending' ORDER BY id")
+        return [dict(r) | {"payload": json.loads(r["payload"])} for r in rows]
+
+    def inbox_done(self, item_id: int) -> None:
+        with self.transaction() as conn:
+            conn.execute("UPDATE inbox SET status = 'done', done_at = ? WHERE id = ?", (now_iso(), item_id))
 
     def get_meta(self, key: str) -> str | None:
         rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))

@@ -29,7 +29,10 @@ LAZY_COMMANDS: dict[str, str] = {
     "usage": "hiclaw.cli.usage:usage_command",
     "fs": "hiclaw.cli.fs:fs_group",
     "sandbox": "hiclaw.cli.sandbox:sandbox_group",
-    "worker": "hiclaw.cli.worker:worker_group",
+    "worker": "hiclaw.cli.workers:worker_group",
+    "up": "hiclaw.cli.up:up_command",
+    "demo": "hiclaw.cli.demo:demo_command",
+    "status": "hiclaw.cli.up:status_command",
 }
 
 

@@ -12,6 +12,7 @@ what it announces (``assign:<task>:<n>``), so re-running a step after a crash ne
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
@@ -67,9 +68,9 @@ def parse_result(text: str) -> tuple[dict[str, Any], str]:
     return {}, text
 
 
-def render_spec(task: Task, project: Project | None, inputs: Sequence[str]) -> str:
+def render_spec(task: Task, project: Project | None, inputs: Sequence[str], *, attempt: int = 1) -> str:
     meta = {"task": task.id, "title": task.title, "assignee": task.assignee, "project": task.project_id,
-            "model": task.model, "depends_on": task.depends_on, "revision_of": task.revision_of}
+            "model": task.model, "depends_on": task.depends_on, "revision_of": task.revision_of, "attempt": attempt}
     lines = ["---", yaml.safe_dump({k: v for k, v in meta.items() if v}, sort_keys=False).strip(), "---", "",
              f"# {task.id}: {task.title}", ""]
     if project is not None:
@@ -158,8 +159,7 @@ class TaskEngine:
         room_id = await self.chat.project_room(project, assignees)
         project = self.state.update_project(project_id, state="running", room_id=room_id)
         self.state.log_event("plan.confirmed", project_id)
-        for worker in assignees:
-            await self.access.refresh_access(worker)
+        await asyncio.gather(*(self.access.refresh_access(worker) for worker in assignees))
         await self.chat.post(room_id, f"Project **{project.title}** started. Plan: `{layout.project_plan(project_id)}`",
                              key=f"project-start:{project_id}")
         await self.dispatch_ready(project_id)
@@ -210,7 +210,7 @@ class TaskEngine:
 
     async def dispatch(self, task: Task, project: Project | None) -> None:
         attempt = task.dispatch_count + 1
-        spec = render_spec(task, project, self.task_inputs(task))
+        spec = render_spec(task, project, self.task_inputs(task), attempt=attempt)
         await self.storage.put(layout.task_spec(task.id), spec.encode())
         await self.access.refresh_access(task.assignee)
         self.state.update_task(task.id, state=TaskState.IN_PROGRESS, dispatch_count=attempt,

@@ -60,6 +60,28 @@ class ControlMatrixChannel(MatrixChannel):
         await super().start(timeout=timeout)
         await self.reconcile()
 
+    # ------------------------------------------------------------------ services (for `hiclaw up`)
+
+    async def start_services(self) -> list[str]:
+        """Start the embedded homeserver (as a child of this process) when configured; returns
+        progress lines. An external homeserver needs nothing started."""
+        if not self.settings.embedded:
+            return [f"homeserver: external, {self.settings.url}"]
+        server = EmbeddedHomeserver(self.home, self.settings)
+        status = await asyncio.to_thread(server.start)
+        self._homeserver = server
+        return [f"homeserver: Synapse on {status['url']} (server name {status['server_name']})"]
+
+    async def stop_services(self) -> None:
+        server = getattr(self, "_homeserver", None)
+        if server is not None:
+            await asyncio.to_thread(server.stop)
+            self._homeserver = None
+
+    def service_urls(self) -> dict[str, str]:
+        """Services a worker's sandbox must reach (bridged to the same URL inside)."""
+        return {"homeserver": self.settings.url}
+
     async def stop(self) -> None:
         await super().stop()
         if self._registrar is not None:

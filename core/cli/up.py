@@ -1,0 +1,141 @@
+"""``hiclaw up`` (run the team) and ``hiclaw status``."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+from typing import Any
+
+import click
+import httpx
+
+from hiclaw.cli.app import App, emit_json, pass_app, table
+from hiclaw.errors import HiclawError
+
+
+def running_control(app: App) -> dict[str, Any] | None:
+    """The running control plane's URL and admin token, if one is up for this home."""
+    from hiclaw.control.api import control_file
+
+    path = control_file(app.home)
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        os.kill(int(data["pid"]), 0)
+    except (ValueError, KeyError, ProcessLookupError, PermissionError, OSError):
+        return None
+    return data
+
+
+def control_request(app: App, method: str, path: str, body: dict[str, Any] | None = None, timeout: float = 300) -> Any:
+    info = running_control(app)
+    if info is None:
+        raise HiclawError("the team is not running", hint="start it with `hiclaw up` (in another terminal)")
+    response = httpx.request(method, info["url"] + path, json=body, timeout=timeout,
+                             headers={"Authorization": f"Bearer {info['token']}"})
+    data = response.json()
+    if response.status_code != 200:
+        raise HiclawError(str(data.get("error") or f"control plane answered {response.status_code}"))
+    return data
+
+
+@click.command("up")
+@click.option("--lan", is_flag=True, help="Listen beyond loopback so phones on your network can connect.")
+@click.option("--yolo", is_flag=True, help="Start projects without asking you to confirm plans.")
+@pass_app
+def up_command(app: App, lan: bool, yolo: bool) -> None:
+    """Start the team: homeserver, gateway, storage, Manager and workers. Ctrl-C stops it all."""
+    from hiclaw.control.plane import ControlPlane
+
+    if running_control(app) is not None:
+        raise HiclawError(f"a control plane is already running for {app.home}", hint="use `hiclaw status`, or stop it first")
+    config = app.config
+    if yolo:
+        config.team.yolo = True
+    if lan:
+        config.channel.settings = {**config.channel.settings, "host": "0.0.0.0"}
+        click.echo("warning: --lan: the homeserver listens on all interfaces; anyone on your network can reach it",
+                   err=True)
+    plane = ControlPlane(app.home, config=config, secrets=app.secrets, host=app.host,
+                         progress=lambda line: click.echo(f"  · {line}"))
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, plane.request_stop)
+        click.echo("starting hiclaw …")
+        try:
+            await plane.start()
+            print_login(plane)
+            await plane.run_forever()
+        finally:
+            click.echo("stopping …")
+            await plane.stop()
+            click.echo("stopped")
+
+    asyncio.run(main())
+
+
+def print_login(plane: Any) -> None:
+    urls = plane.bridge_urls()
+    homeserver = urls.get("homeserver", "(see your channel plugin)")
+    user = plane.channel.user_id("admin")
+    click.echo("")
+    click.echo("hiclaw is up. Talk to your Manager:")
+    click.echo(f"  Element / FluffyChat: homeserver {homeserver}, user {user}")
+    if plane.admin_password_created:
+        password = plane.secrets.get("matrix_admin_password")
+        click.echo(f"  password (shown once; kept in secrets.toml): {password.get_secret_value() if password else '?'}")
+    else:
+        click.echo("  password: `matrix_admin_password` in secrets.toml")
+    click.echo("  terminal: hiclaw chat")
+    click.echo("Ctrl-C stops the team (workers included).")
+
+
+@click.command("status")
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def status_command(app: App, as_json: bool) -> None:
+    """Components, workers (state, model, tokens, cost), projects and tasks."""
+    if running_control(app) is not None:
+        data = control_request(app, "GET", "/v1/status")
+        data["running"] = True
+    else:
+        data = offline_status(app)
+    if as_json:
+        emit_json(data)
+        return
+    click.echo("team: " + ("running" if data["running"] else "stopped"))
+    for name, value in data.get("components", {}).items():
+        click.echo(f"  {name}: {value}")
+    click.echo("")
+    table([[w["name"], w["model"], w["state"], w.get("process", "-"), w.get("tokens", "-"), w.get("cost_usd", "-")]
+           for w in data["workers"]], ["worker", "model", "state", "process", "tokens", "cost_usd"])
+    click.echo("")
+    table([[p["id"], p["title"], p["state"]] for p in data["projects"]], ["project", "title", "state"])
+    click.echo("")
+    table([[t["id"], t["project"] or "-", t["assignee"], t["state"], t["result"] or "-", t["title"]]
+           for t in data["tasks"]], ["task", "project", "assignee", "state", "result", "title"])
+
+
+def offline_status(app: App) -> dict[str, Any]:
+    from hiclaw.state import StateDB
+
+    path = app.home / "state.db"
+    if not path.exists():
+        return {"running": False, "components": {}, "workers": [], "projects": [], "tasks": []}
+    state = StateDB(path, readonly=True)
+    try:
+        return {
+            "running": False,
+            "components": {},
+            "workers": [{"name": w.name, "role": w.role, "model": w.model, "state": w.state} for w in state.workers()],
+            "projects": [p.model_dump() for p in state.projects()],
+            "tasks": [{"id": t.id, "project": t.project_id, "title": t.title, "assignee": t.assignee,
+                       "state": t.state.value, "result": t.result_status.value if t.result_status else None}
+                      for t in state.tasks()],
+        }
+    finally:
+        state.close()

@@ -1,0 +1,1 @@
+"""The control plane (`hiclaw up`): provisioner, task engine, Manager agent, control API."""

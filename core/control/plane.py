@@ -1,0 +1,381 @@
+"""The control plane: one asyncio process that runs the team (`hiclaw up`).
+
+Start order: state DB → channel services (embedded homeserver) → gateway → storage → sandbox
+supervisor → control API → Manager account, token and room → channel sync → reconcile workers
+→ pick up results reported while it was down. Ctrl-C (or SIGTERM) stops everything it started,
+workers included. Restart = reconcile: nothing is recreated that exists, nothing posted twice.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets as pysecrets
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from hiclaw.agent import GatewayClient
+from hiclaw.config import HiclawConfig, Secrets
+from hiclaw.control.api import ControlAPI
+from hiclaw.control.chat import ControlChat
+from hiclaw.control.provisioner import Provisioner
+from hiclaw.control.skills import TeamSkills
+from hiclaw.errors import HiclawError, InvalidInputError
+from hiclaw.host import ComponentContext, PluginHost, RuntimeContext
+from hiclaw.manager.agent import ManagerAgent
+from hiclaw.manager.engine import TaskEngine
+from hiclaw.models import ChatMessage, ModelRequest, TaskRecord, TaskResult, TaskState, ToolSpec
+from hiclaw.state import StateDB
+from hiclaw.storage import layout
+
+log = logging.getLogger(__name__)
+
+ADMIN = "admin"
+MANAGER = "manager"
+
+
+class ControlPlane:
+    def __init__(self, home: Path, *, config: HiclawConfig, secrets: Secrets, host: PluginHost | None = None,
+                 progress: Callable[[str], None] | None = None, worker_ready_timeout: float = 60.0,
+                 control_port: int = 0) -> None:
+        self.home = home
+        self.config = config
+        self.secrets = secrets
+        self.host = host or PluginHost(disabled=config.plugins.disabled, secret_source=secrets.get)
+        self.progress = progress or (lambda text: None)
+        self.worker_ready_timeout = worker_ready_timeout
+        self.admin = ADMIN
+        self.control_port = control_port
+        self.components: dict[str, Any] = {}
+        self._stopping = asyncio.Event()
+        self._inbox_wakeup = asyncio.Event()
+        self._inbox_task: asyncio.Task[None] | None = None
+        self._extra_manager_tools: list[Callable[[], list[ToolSpec]]] = []
+        self._extra_bridges: dict[str, str] = {}
+        self.started_at = 0.0
+        self.admin_password_created = False
+
+    # ------------------------------------------------------------------ component access
+
+    def _ctx(self, **extra: Any) -> ComponentContext:
+        return ComponentContext(home=self.home, side="control", config=self.config, host=self.host, **extra)
+
+    def runtime_context(self) -> RuntimeContext:
+        return RuntimeContext(side="control", home=self.home, config=self.config, components=dict(self.components))
+
+    def bridge_urls(self) -> dict[str, str]:
+        """Every service a worker must reach from its sandbox, by name."""
+        urls = {"gateway": self.gateway.base_url, "control": self.api.url}
+        service_urls = getattr(self.channel, "service_urls", None)
+        if service_urls is not None:
+            urls.update(service_urls())
+        urls.update(self._extra_bridges)
+        return urls
+
+    def extra_manager_tools(self) -> list[ToolSpec]:
+        return [tool for factory in self._extra_manager_tools for tool in factory()]
+
+    def add_manager_tools(self, factory: Callable[[], list[ToolSpec]]) -> None:
+        self._extra_manager_tools.append(factory)
+
+    # ------------------------------------------------------------------ start / stop
+
+    async def start(self) -> None:
+        started = time.perf_counter()
+        self.started_at = time.time()
+        self.progress("state: opening the state database")
+        self.state = StateDB(self.home / "state.db")
+
+        self.progress(f"channel: {self.config.channel.plugin}")
+        self.channel = self.host.create("channel", self.config.channel.plugin, self.config.channel.settings,
+                                        self._ctx(agent=MANAGER), section="channel.settings")
+        start_services = getattr(self.channel, "start_services", None)
+        if start_services is not None:
+            for line in await start_services():
+                self.progress(line)
+        self.components["channel"] = self.channel
+
+        self.progress(f"gateway: {self.config.gateway.plugin}")
+        self.gateway = self.host.create("gateway", self.config.gateway.plugin, self.config.gateway.settings,
+                                        self._ctx(), section="gateway.settings")
+        await self.gateway.start()
+        self.components["gateway"] = self.gateway
+        self.progress(f"gateway: {self.gateway.base_url}")
+
+        self.storage = self.host.create("storage", self.config.storage.plugin, self.config.storage.settings,
+                                        self._ctx(), section="storage.settings")
+        if hasattr(self.storage, "start"):
+            await self.storage.start()
+        endpoint = getattr(self.storage, "endpoint_url", None)
+        if endpoint:
+            self._extra_bridges["storage"] = endpoint
+        self.components["storage"] = self.storage
+        self.progress(f"storage: {self.config.storage.plugin}")
+
+        from hiclaw.sandbox.supervisor import Supervisor
+
+        backend = self.host.create("sandbox", self.config.sandbox.plugin, self.config.sandbox.settings,
+                                   self._ctx(), section="sandbox.settings")
+        self.supervisor = Supervisor(backend, on_crash_loop=self._on_crash_loop)
+        self.components["sandbox"] = backend
+        self.progress(f"sandbox: {self.config.sandbox.plugin}")
+
+        self.api = ControlAPI(self, port=self.control_port)
+        await self.api.start()
+        self.progress(f"control API: {self.api.url}")
+
+        self.skills = TeamSkills(self)
+        self.chat = ControlChat(self)
+        self.provisioner = Provisioner(self)
+        self.engine = TaskEngine(state=self.state, storage=self.storage, chat=self.chat, access=self.provisioner,
+                                 wake_manager=self._wake_manager, yolo=self.config.team.yolo, admin=ADMIN,
+                                 after_task=self._after_task)
+
+        await self._ensure_admin()
+        manager_token = await self.gateway.mint_token(MANAGER, models=sorted(self.config.models) or None)
+        self.manager_client = GatewayClient(self.gateway.base_url, manager_token)
+        self.manager = ManagerAgent(
+            client=self.manager_client, tools=self._manager_tools, send=self._manager_send,
+            model=self.config.team.manager_model, read_text=self._manager_file, facts=self._manager_facts,
+            skills=self._manager_skills, display=self.display, admin=ADMIN, before_call=self._before_call)
+        await self._seed_manager_home()
+
+        from hiclaw.wakeup import MentionGate
+
+        self.gate = MentionGate(self.channel.user_id(MANAGER), self._on_mention,
+                                state_path=self.home / "channel" / "manager-gate.json")
+        self.channel.on_message(self._on_message)
+        self.progress("channel: connecting as the Manager")
+        await self.channel.start()
+        await self.chat.ensure_manager_room()
+        self._inbox_task = asyncio.create_task(self._inbox_loop(), name="manager-inbox")
+
+        workers = [w for w in self.state.workers() if w.state == "active"]
+        if workers:
+            self.progress(f"workers: reconciling {len(workers)}")
+        failed = await self.provisioner.reconcile()
+        for name in failed:
+            self.progress(f"workers: {name} failed to start (see `hiclaw worker logs {name}`)")
+        await self.collect_pending_results()
+        await self.host.startup(self.runtime_context())
+        self.progress(f"ready in {time.perf_counter() - started:.1f}s")
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        steps: list[tuple[str, Any]] = []
+        if self._inbox_task is not None:
+            self._inbox_task.cancel()
+            steps.append(("inbox", self._inbox_task))
+        for name, closer in (("hooks", lambda: self.host.shutdown(self.runtime_context())),
+                             ("workers", lambda: self.supervisor.close()),
+                             ("channel", lambda: self.channel.stop()),
+                             ("api", lambda: self.api.stop()),
+                             ("skills", lambda: self.skills.aclose()),
+                             ("manager client", lambda: self.manager_client.aclose()),
+                             ("gateway", lambda: self.gateway.stop())):
+            if not hasattr(self, name.split()[0]) and name not in ("hooks", "workers", "manager client"):
+                continue
+            try:
+                await closer()
+            except Exception as exc:  # noqa: BLE001 - stop everything else even if one part fails
+                log.warning("stopping %s: %s", name, exc)
+        stop_services = getattr(getattr(self, "channel", None), "stop_services", None)
+        if stop_services is not None:
+            await stop_services()
+        if hasattr(self, "state"):
+            self.state.close()
+
+    async def run_forever(self) -> None:
+        await self._stopping.wait()
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    # ------------------------------------------------------------------ accounts and files
+
+    async def _ensure_admin(self) -> None:
+        password = self.secrets.get("matrix_admin_password")
+        if password is None:
+            new = pysecrets.token_urlsafe(18)
+            self.secrets.set("matrix_admin_password", new)
+            self.secrets.save()
+            self.admin_password_created = True
+            password_text = new
+        else:
+            password_text = password.get_secret_value()
+        await self.channel.ensure_account(ADMIN, display_name="Admin", password=password_text, admin=True)
+
+    async def _seed_manager_home(self) -> None:
+        rules = ("Keep the admin informed in short messages. Never do a worker's job yourself. "
+                 "Use `cheap` for collection and formatting tasks, `smart` for design, code and judgement.")
+        if await self.storage.stat(layout.agent_rules(MANAGER)) is None:
+            await self.storage.put(layout.agent_rules(MANAGER), rules.encode())
+        if await self.storage.stat(layout.agent_memory(MANAGER)) is None:
+            await self.storage.put(layout.agent_memory(MANAGER), b"# Memory of the Manager\n")
+
+    async def _manager_file(self, name: str) -> str:
+        try:
+            return (await self.storage.get(layout.agent_file(MANAGER, name))).decode("utf-8", errors="replace")
+        except Exception:  # noqa: BLE001 - optional file
+            return ""
+
+    async def _manager_skills(self) -> list[tuple[str, str]]:
+        from hiclaw.skills import bundled_skill
+
+        skills = []
+        for name in ("team-management", "project-management"):
+            try:
+                skill = bundled_skill(name)
+                skills.append((name, skill.description))
+            except Exception:  # noqa: BLE001
+                continue
+        return skills
+
+    async def _manager_facts(self) -> list[str]:
+        workers = self.state.workers()
+        facts = ["Workers: " + (", ".join(f"{w.name} ({w.role}; model {w.model})" for w in workers) or "none yet")]
+        facts.append("Model aliases: " + (", ".join(sorted(self.config.models)) or "default"))
+        for project in self.state.projects():
+            if project.state in ("done", "cancelled"):
+                continue
+            tasks = self.state.tasks(project_id=project.id)
+            summary = ", ".join(f"{t.id} {t.state.value}" for t in tasks)
+            facts.append(f"Project {project.id} '{project.title}' is {project.state.replace('_', ' ')}: {summary}")
+        if self.config.team.yolo:
+            facts.append("YOLO mode: plans start without the admin's confirmation.")
+        return facts
+
+    def display(self, user_id: str) -> str:
+        local = user_id.split(":", 1)[0].lstrip("@")
+        return local or user_id
+
+    def _manager_tools(self) -> list[ToolSpec]:
+        return self.host.tools(self._ctx(agent=MANAGER, runtime=self))
+
+    async def _before_call(self, request: ModelRequest) -> None:
+        await self.host.before_model_call(request, self.runtime_context())
+
+    async def _manager_send(self, room_id: str, text: str, mentions: Sequence[str], key: str) -> Any:
+        return await self.chat.post(room_id, text, mentions=[self.display(m) if m.startswith("@") else m for m in mentions],
+                                    key=key)
+
+    async def _after_task(self, task: TaskRecord, result: TaskResult) -> None:
+        await self.host.after_task(task, result, self.runtime_context())
+
+    # ------------------------------------------------------------------ incoming messages
+
+    def _is_worker(self, user_id: str) -> str | None:
+        name = self.display(user_id)
+        worker = self.state.find_worker(name)
+        return name if worker is not None and worker.state != "removed" else None
+
+    async def _on_message(self, message: ChatMessage) -> None:
+        await self.host.on_message(message, self.runtime_context())
+        await self.gate(message)
+
+    async def _on_mention(self, message: ChatMessage) -> None:
+        worker = self._is_worker(message.sender)
+        if worker is not None:
+            # A worker @mentions the Manager to report: code checks its tasks' result files.
+            await self.collect_results_of(worker)
+            return
+        self.state.inbox_add(f"message:{message.event_id}", "message", message.model_dump(mode="json"))
+        self._inbox_wakeup.set()
+
+    async def _wake_manager(self, room_id: str, text: str) -> None:
+        key = f"wake:{len(self.state.events(kind='manager.wake'))}:{hash(text) & 0xFFFFFFFF:x}"
+        self.state.log_event("manager.wake", room_id, text=text[:200])
+        self.state.inbox_add(key, "wake", {"room_id": room_id, "text": text, "key": key})
+        self._inbox_wakeup.set()
+
+    async def _inbox_loop(self) -> None:
+        """The Manager's turns, one at a time, from a durable queue (nothing lost on a crash)."""
+        while True:
+            for item in self.state.inbox_pending():
+                payload = item["payload"]
+                try:
+                    if item["kind"] == "message":
+                        await self.manager.handle(ChatMessage.model_validate(payload))
+                    else:
+                        await self.manager.wake(payload["room_id"], payload["text"], key=f"manager-{payload['key']}")
+                except Exception:  # noqa: BLE001 - the turn failed; it already told the admin
+                    log.exception("manager turn for %s failed", item["key"])
+                self.state.inbox_done(item["id"])
+            self._inbox_wakeup.clear()
+            if not self.state.inbox_pending():
+                await self._inbox_wakeup.wait()
+
+    async def idle(self) -> bool:
+        """True when the Manager has nothing queued (for tests and the demo)."""
+        return not self.state.inbox_pending()
+
+    # ------------------------------------------------------------------ results
+
+    async def collect_results_of(self, worker: str) -> None:
+        for task in self.state.tasks(assignee=worker, states=[TaskState.IN_PROGRESS]):
+            await self.engine.collect_result(task.id)
+
+    async def collect_pending_results(self) -> None:
+        for task in self.state.tasks(states=[TaskState.IN_PROGRESS]):
+            await self.engine.collect_result(task.id)
+
+    async def _on_crash_loop(self, name: str, *args: Any) -> None:
+        self.state.log_event("worker.crash_loop", name)
+        await self.chat.post(self.chat.manager_room,
+                             f"@{ADMIN} worker **{name}** keeps crashing and was stopped. "
+                             f"See `hiclaw worker logs {name}`.", mentions=[ADMIN],
+                             key=f"crash-loop:{name}:{int(time.time() // 3600)}")
+
+    # ------------------------------------------------------------------ services for tools and the CLI
+
+    async def send_to_room(self, room: str, text: str, *, mentions: Sequence[str] = ()) -> str:
+        if room.lower() == "manager":
+            room_id = self.chat.manager_room
+        elif room.lower().startswith("worker:"):
+            room_id = await self.chat.worker_room(room.split(":", 1)[1].strip())
+        elif room.startswith("proj-"):
+            project = self.state.project(room)
+            if not project.room_id:
+                raise InvalidInputError(f"{room} has no room yet", hint="it is created when the plan is confirmed")
+            room_id = project.room_id
+        elif room.startswith("!"):
+            room_id = room
+        else:
+            raise InvalidInputError(f"unknown room {room!r}", hint="use 'Manager', 'Worker: <name>' or a project id")
+        return await self.chat.post(room_id, text, mentions=list(mentions))
+
+    async def usage(self, by: str = "consumer") -> Any:
+        return await self.gateway.usage(by=by)
+
+    async def status(self) -> dict[str, Any]:
+        usage = {row.get("consumer"): row for row in await self.gateway.usage(by="consumer")}
+        workers = []
+        for worker in self.state.workers():
+            running = self.supervisor.status(worker.name)
+            row = usage.get(worker.name, {})
+            workers.append({"name": worker.name, "role": worker.role, "model": worker.model, "state": worker.state,
+                            "process": running.get("state", "absent"),
+                            "tokens": int(row.get("prompt_tokens", 0) or 0) + int(row.get("completion_tokens", 0) or 0),
+                            "cost_usd": round(float(row.get("cost_usd", 0) or 0), 6)})
+        return {
+            "components": {"channel": self.config.channel.plugin, "services": self.bridge_urls(),
+                           "gateway": self.gateway.base_url, "storage": self.config.storage.plugin,
+                           "sandbox": self.config.sandbox.plugin, "control_api": self.api.url},
+            "workers": workers,
+            "projects": [p.model_dump() for p in self.state.projects()],
+            "tasks": [{"id": t.id, "project": t.project_id, "title": t.title, "assignee": t.assignee,
+                       "state": t.state.value, "result": t.result_status.value if t.result_status else None}
+                      for t in self.state.tasks()],
+        }
+
+    async def admin_action(self, action: str, body: dict[str, Any]) -> Any:
+        if action == "create-worker":
+            worker = await self.provisioner.create_worker(
+                body["name"], role=body["role"], model=body.get("model"), skills=body.get("skills") or [],
+                budget_usd=body.get("budget_usd"), network=bool(body.get("network")))
+            return worker.model_dump()
+        if action == "remove-worker":
+            await self.provisioner.remove_worker(body["name"])
+            return {"removed": body["name"]}
+        raise HiclawError(f"unknown admin action {action!r}")

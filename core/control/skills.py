@@ -1,0 +1,67 @@
+"""The team's skills: workers' `skills_find`/`skills_add` run here, in the control plane.
+
+Workers never fetch skills themselves (DESIGN section 5). The control plane fetches, verifies and
+installs into the worker's ``agents/<name>/skills/`` — directly on disk for local storage, or
+through a staging folder uploaded to the bucket for S3 storage.
+"""
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hiclaw.host import ComponentContext
+from hiclaw.storage import layout
+
+#: Bundled skills every worker starts with.
+WORKER_BASE_SKILLS = ("find-skills", "task-reporting", "project-work")
+
+
+class TeamSkills:
+    def __init__(self, plane: Any) -> None:
+        from hiclaw.registry.service import SkillService
+
+        self.plane = plane
+        config = plane.config.skills
+        registry = None
+        try:
+            registry = plane.host.create("skill_registry", config.registry, config.model_dump(), ComponentContext(
+                home=plane.home, side="control", config=plane.config, host=plane.host), section="skills")
+        except Exception:  # noqa: BLE001 - fall back to the service's own skills.sh client
+            registry = None
+        self.service = SkillService(config, registry=registry)
+
+    async def aclose(self) -> None:
+        await self.service.aclose()
+
+    def _local_dir(self, worker: str) -> Path | None:
+        local_path = getattr(self.plane.storage, "local_path", None)
+        if local_path is None:
+            return None
+        path = Path(local_path(layout.agent_skills_dir(worker) + "x")).parent
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    async def _in_worker_dir(self, worker: str, action: Any) -> Any:
+        local = self._local_dir(worker)
+        if local is not None:
+            return await action(local)
+        with tempfile.TemporaryDirectory(prefix="hiclaw-skills-") as tmp:
+            staging = Path(tmp)
+            await self.plane.storage.sync(staging, layout.agent_skills_dir(worker), "down")
+            result = await action(staging)
+            await self.plane.storage.sync(staging, layout.agent_skills_dir(worker), "up")
+            return result
+
+    async def find(self, worker: str, query: str, limit: int = 10) -> list[dict[str, Any]]:
+        return await self.service.find(worker, query, limit)
+
+    async def add(self, worker: str, source: str, skill: str | None) -> dict[str, Any]:
+        result = await self._in_worker_dir(worker, lambda target: self.service.add(worker, source, skill, target))
+        self.plane.state.log_event("skill.installed", worker, source=source, skill=skill)
+        return result
+
+    async def seed(self, worker: str, names: Sequence[str]) -> list[str]:
+        bundled = list(dict.fromkeys([*WORKER_BASE_SKILLS, *names]))
+        return await self._in_worker_dir(worker, lambda target: self.service.seed(worker, bundled, target))

@@ -1,0 +1,1 @@
+"""`hiclaw demo`: the whole team on real components, driven by the scripted model."""

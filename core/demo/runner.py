@@ -1,0 +1,274 @@
+"""`hiclaw demo`: the full scenario through real Matrix messages, on real components.
+
+Embedded Synapse, the embedded gateway with the scripted model as its provider, local storage,
+bubblewrap workers and a private skill registry (`hiclaw registry serve`) — in a temporary home.
+An independent Matrix client plays the admin; every message is printed as it arrives. The run
+ends with checks of the final state and a table of tasks; exit 0 only if every check passes.
+"""
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import click
+
+from hiclaw.config import (ChannelConfig, GatewayConfig, HiclawConfig, ModelAlias, SandboxConfig, Secrets,
+                           SkillsConfig, TeamConfig, save_config)
+from hiclaw.demo.admin import AdminClient, SeenMessage
+from hiclaw.demo.scenario import PLAN, PROJECT, SKILL, WORKERS, demo_scenario
+from hiclaw.models import TaskState
+from hiclaw.storage import layout
+
+PRICES = {"smart": (3.0, 15.0), "fast": (0.5, 1.5), "cheap": (0.25, 1.25)}  # USD per million tokens
+SERVER_NAME = "hiclaw.demo"
+ASK_WORKERS = ("@manager please create four workers: alex (product manager), sam (full-stack developer), "
+               "taylor (content operations) and jordan (data analyst).")
+ASK_PROJECT = (f'@manager start the project "{PROJECT}": a writing assistant that drafts and rewrites text and '
+               "explains which model it used. Plan it with the team.")
+CONFIRM = "@manager confirm"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def default_sandbox() -> str:
+    return "bwrap" if shutil.which("bwrap") else "process"
+
+
+async def wait_until(predicate: Callable[[], Any | Awaitable[Any]], *, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"demo: timed out after {timeout:.0f}s waiting for {what}")
+        await asyncio.sleep(0.1)  # polling with a deadline
+
+
+@dataclass
+class Check:
+    what: str
+    ok: bool
+    detail: str = ""
+
+
+class Demo:
+    def __init__(self, *, home: Path | None, keep: bool, sandbox: str | None, timeout: float,
+                 echo: Callable[[str], None] = click.echo) -> None:
+        self.home = home or Path(tempfile.mkdtemp(prefix="hiclaw-demo-"))
+        self.keep = keep
+        self.sandbox = sandbox or default_sandbox()
+        self.timeout = timeout
+        self.echo = echo
+        self.checks: list[Check] = []
+        self.started = time.monotonic()
+
+    # ------------------------------------------------------------------ set-up
+
+    async def start_services(self) -> None:
+        from aiohttp import web
+
+        from hiclaw.registry.server import RegistryApp
+        from hiclaw.scripted import parse_scenario
+        from hiclaw.scripted.server import ScriptedModelServer
+
+        self.model = ScriptedModelServer(parse_scenario(demo_scenario()))
+        await self.model.start()
+        root = Path(str(resources.files("hiclaw.demo") / "registry"))
+        self.registry_runner = web.AppRunner(RegistryApp(root).app, access_log=None)
+        await self.registry_runner.setup()
+        site = web.TCPSite(self.registry_runner, "127.0.0.1", 0)
+        await site.start()
+        self.registry_url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+
+    def config(self) -> HiclawConfig:
+        models = {alias: ModelAlias(model=f"openai/scripted-{alias}", api_base=self.model.base_url,
+                                    input_cost_per_mtok=price[0], output_cost_per_mtok=price[1],
+                                    fallback="fast" if alias == "smart" else None)
+                  for alias, price in PRICES.items()}
+        return HiclawConfig(
+            channel=ChannelConfig(settings={"embedded": True, "server_name": SERVER_NAME, "port": free_port()}),
+            gateway=GatewayConfig(settings={"port": 0}),
+            sandbox=SandboxConfig(plugin=self.sandbox),
+            models=models,
+            skills=SkillsConfig(api_url=self.registry_url),
+            team=TeamConfig(manager_model="smart", worker_model="smart", heartbeat_seconds=600),
+        )
+
+    # ------------------------------------------------------------------ transcript
+
+    def show(self, message: SeenMessage) -> None:
+        who = message.sender.split(":", 1)[0].lstrip("@")
+        body = " ".join(message.body.split())
+        if len(body) > 240:
+            body = body[:237] + "..."
+        elapsed = time.monotonic() - self.started
+        self.echo(f"{elapsed:6.1f}s [{message.room_name}] {who}: {body}")
+
+    def said(self, sender: str, needle: str) -> SeenMessage | None:
+        for message in self.admin.messages:
+            if message.sender == sender and needle in message.body:
+                return message
+        return None
+
+    # ------------------------------------------------------------------ the scenario
+
+    async def run(self) -> int:
+        from hiclaw.control.plane import ControlPlane
+
+        self.echo(f"hiclaw demo — home {self.home}, sandbox {self.sandbox}")
+        await self.start_services()
+        config = self.config()
+        save_config(config, self.home)
+        secrets = Secrets({}, self.home / "secrets.toml")
+        self.plane = ControlPlane(self.home, config=config, secrets=secrets,
+                                  progress=lambda line: self.echo(f"  · {line}"))
+        try:
+            await self.plane.start()
+            password = secrets.get("matrix_admin_password")
+            homeserver = self.plane.bridge_urls()["homeserver"]
+            self.admin = AdminClient(homeserver, "admin", password.get_secret_value() if password else "", self.show)
+            await self.admin.login()
+            await self.admin.start()
+            try:
+                await self.play()
+            except TimeoutError as exc:
+                self.check("the scenario ran to the end", False, str(exc))
+            self.verify()
+            await self.report()
+            if self.keep:
+                self.echo(f"\n--keep: the team stays up. Element/FluffyChat: homeserver {homeserver}, "
+                          f"user @admin:{SERVER_NAME}, password in {self.home / 'secrets.toml'}. Ctrl-C to stop.")
+                await self.plane.run_forever()
+        finally:
+            await self.stop()
+        failed = [c for c in self.checks if not c.ok]
+        return 1 if failed or not self.checks else 0
+
+    async def play(self) -> None:
+        plane, manager = self.plane, self.plane.channel.user_id("manager")
+        manager_room = plane.chat.manager_room
+        state = plane.state
+
+        await self.admin.send(manager_room, ASK_WORKERS, mention=manager)
+        await wait_until(lambda: self.said(manager, "Your team is ready"), timeout=self.timeout,
+                         what="the Manager to create the workers")
+
+        await self.admin.send(manager_room, ASK_PROJECT, mention=manager)
+        await wait_until(lambda: self.said(manager, "Reply *confirm*") and any(
+            p.state == "awaiting_confirmation" for p in state.projects()), timeout=self.timeout,
+            what="the Manager's plan")
+
+        await self.admin.send(manager_room, CONFIRM, mention=manager)
+        await wait_until(lambda: any(p.state == "done" for p in state.projects()) and self.said(manager, "is complete"),
+                         timeout=self.timeout, what="the project to complete")
+        await wait_until(plane.idle, timeout=self.timeout, what="the Manager to finish its last turn")
+
+    # ------------------------------------------------------------------ checks
+
+    def check(self, what: str, ok: bool, detail: str = "") -> None:
+        self.checks.append(Check(what, bool(ok), detail))
+
+    def verify(self) -> None:
+        state = self.plane.state
+        workers = {w.name: w for w in state.workers()}
+        self.check("four workers exist", set(workers) == set(WORKERS), ", ".join(sorted(workers)))
+        tasks = {t.id: t for t in state.tasks()}
+        expected = [p["id"] for p in PLAN] + ["task-006"]
+        self.check("six tasks (five planned + one revision)", sorted(tasks) == expected, ", ".join(sorted(tasks)))
+        self.check("every task is done", all(t.state is TaskState.DONE for t in tasks.values()),
+                   ", ".join(f"{t.id}={t.state.value}" for t in tasks.values()))
+        revision = tasks.get("task-006")
+        self.check("task-006 revises task-004 and went to sam",
+                   revision is not None and revision.revision_of == "task-004" and revision.assignee == "sam")
+        self.check("task-004 was re-checked after the revision",
+                   "task-004" in tasks and tasks["task-004"].dispatch_count == 2)
+        self.check("task-005 runs on the cheap model", "task-005" in tasks and tasks["task-005"].model == "cheap")
+        projects = state.projects()
+        self.check("the project is done", len(projects) == 1 and projects[0].state == "done")
+
+    async def verify_storage_and_rooms(self) -> None:
+        storage, state = self.plane.storage, self.plane.state
+        project = state.projects()[0] if state.projects() else None
+        missing = []
+        for task in state.tasks():
+            for key in (layout.task_spec(task.id), layout.task_result(task.id)):
+                if await storage.stat(key) is None:
+                    missing.append(key)
+        self.check("spec.md and result.md for every task", not missing, ", ".join(missing))
+        if project is not None:
+            plan = (await storage.get(layout.project_plan(project.id))).decode()
+            lines = [line for line in plan.splitlines() if line.startswith("- [")]
+            self.check("plan.md shows every task [x]", len(lines) == 6 and all(line.startswith("- [x]") for line in lines))
+        self.check(f"sam installed {SKILL} from the registry",
+                   await storage.stat(layout.agent_skill("sam", SKILL)) is not None)
+        if project is not None and project.room_id:
+            events = await self.admin.room_messages(project.room_id)
+            assignments: dict[str, int] = {}
+            pills = True
+            for event in events:
+                body = event.get("content", {}).get("body", "")
+                for task in state.tasks():
+                    if f"**{task.id}** is yours" in body:
+                        assignments[task.id] = assignments.get(task.id, 0) + 1
+                        content = event["content"]
+                        mentioned = self.plane.channel.user_id(task.assignee)
+                        pills &= mentioned in (content.get("m.mentions") or {}).get("user_ids", [])
+                        pills &= f"https://matrix.to/#/{mentioned}" in content.get("formatted_body", "")
+            wanted = {"task-001": 1, "task-002": 1, "task-003": 1, "task-004": 2, "task-005": 1, "task-006": 1}
+            self.check("each assignment posted exactly once per attempt", assignments == wanted, str(assignments))
+            self.check("assignments carry real mentions (pill + m.mentions)", pills)
+        usage = {row["consumer"]: row for row in await self.plane.gateway.usage(by="consumer")}
+        self.check("no LLM call for jordan (never mentioned)", "jordan" not in usage)
+        self.check("the Manager reported completion to the admin",
+                   self.said(self.plane.channel.user_id("manager"), "is complete") is not None)
+
+    async def report(self) -> None:
+        await self.verify_storage_and_rooms()
+        usage = await self.plane.gateway.usage(by="task,model")
+        by_task: dict[str, dict[str, Any]] = {}
+        for row in usage:
+            entry = by_task.setdefault(row.get("task") or "-", {"models": set(), "tokens": 0, "cost": 0.0})
+            entry["models"].add(row.get("model") or "?")
+            entry["tokens"] += int(row["total_tokens"] or 0)
+            entry["cost"] += float(row["cost_usd"] or 0)
+        self.echo("\n" + f"{'TASK':<9} {'WORKER':<7} {'STATUS':<18} {'MODEL':<22} {'TOKENS':>7} {'COST $':>9}")
+        for task in self.plane.state.tasks():
+            entry = by_task.get(task.id, {"models": set(), "tokens": 0, "cost": 0.0})
+            self.echo(f"{task.id:<9} {task.assignee:<7} {(task.result_status.value if task.result_status else '-'):<18} "
+                      f"{','.join(sorted(entry['models'])) or '-':<22} {entry['tokens']:>7} {entry['cost']:>9.5f}")
+        other = by_task.get("-", {"tokens": 0, "cost": 0.0})
+        self.echo(f"{'(manager)':<9} {'':<7} {'':<18} {'':<22} {other['tokens']:>7} {other['cost']:>9.5f}")
+        self.echo("")
+        for check in self.checks:
+            mark = "ok  " if check.ok else "FAIL"
+            self.echo(f"  {mark} {check.what}" + (f" — {check.detail}" if not check.ok and check.detail else ""))
+        failed = [c for c in self.checks if not c.ok]
+        self.echo(f"\ndemo {'PASSED' if not failed else 'FAILED'} in {time.monotonic() - self.started:.1f}s "
+                  f"({len(self.checks) - len(failed)}/{len(self.checks)} checks)")
+
+    async def stop(self) -> None:
+        admin = getattr(self, "admin", None)
+        if admin is not None:
+            await admin.stop()
+        plane = getattr(self, "plane", None)
+        if plane is not None:
+            await plane.stop()
+        if hasattr(self, "registry_runner"):
+            await self.registry_runner.cleanup()
+        if hasattr(self, "model"):
+            await self.model.stop()

@@ -1,0 +1,84 @@
+"""The Manager agent: woken by a mention (or by code when something needs judgement).
+
+It never does the work itself: its tools are management operations only. Simple requests it
+answers directly (mode 1); complex ones become projects (mode 2). Turns are serialised: one at a
+time, in arrival order, so two wake-ups cannot interleave their bookkeeping.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from hiclaw.agent import AgentLoop, GatewayClient
+from hiclaw.agent.prompt import system_prompt, user_turn
+from hiclaw.models import ChatMessage, ModelRequest, ToolSpec
+
+log = logging.getLogger(__name__)
+
+IDENTITY = """You are the Manager of a team of AI worker agents, working for one human (the admin).
+You never do the work yourself. You create workers with clear roles, break goals into tasks with
+dependencies, assign them, judge results and report to the admin.
+
+Mode 1 — simple questions (status, what a worker can do, a quick fact): answer directly.
+Mode 2 — real work for one or more workers: create_project, then propose_plan with tasks
+(assignee, depends_on, a model tier: `cheap` for collection/formatting, `smart` for design and code).
+The code validates the plan, writes plan.md, asks the admin to confirm and dispatches tasks.
+When a worker reports, judge the result: accept_task, or request_revision with concrete feedback.
+Keep messages short; refer to files by path. The code already posts assignments and plan updates."""
+
+Send = Callable[[str, str, Sequence[str], str], Awaitable[Any]]  # room, text, mentions, key
+BeforeCall = Callable[[ModelRequest], Awaitable[None]]
+
+
+class ManagerAgent:
+    def __init__(self, *, client: GatewayClient, tools: Callable[[], list[ToolSpec]], send: Send, model: str,
+                 read_text: Callable[[str], Awaitable[str]], facts: Callable[[], Awaitable[list[str]]],
+                 skills: Callable[[], Awaitable[list[tuple[str, str]]]], display: Callable[[str], str],
+                 admin: str = "admin", max_steps: int = 24, before_call: BeforeCall | None = None) -> None:
+        self.client = client
+        self.tools = tools
+        self.send = send
+        self.model = model
+        self.read_text = read_text
+        self.facts = facts
+        self.skills = skills
+        self.display = display
+        self.admin = admin
+        self.max_steps = max_steps
+        self.before_call = before_call
+        self._lock = asyncio.Lock()
+        self.turns = 0
+
+    async def _system(self) -> str:
+        rules = await self.read_text("AGENTS.md")
+        memory = await self.read_text("MEMORY.md")
+        soul = await self.read_text("SOUL.md")
+        return system_prompt(identity=soul or IDENTITY, rules=rules, skills=await self.skills(), memory=memory,
+                             facts=await self.facts())
+
+    async def _turn(self, room_id: str, user_text: str, *, reply_to: str, key: str) -> str:
+        async with self._lock:
+            self.turns += 1
+            messages = [{"role": "system", "content": await self._system()}, {"role": "user", "content": user_text}]
+            loop = AgentLoop(self.client, self.tools(), agent="manager", max_steps=self.max_steps,
+                             before_call=self.before_call)
+            try:
+                turn = await loop.run(messages, model=self.model)
+                text = turn.final_text
+            except Exception as exc:  # noqa: BLE001 - tell the human rather than dying silently
+                log.exception("manager turn failed")
+                text = f"I could not complete that: {exc}"
+            if text:
+                await self.send(room_id, text, [reply_to], key)
+            return text
+
+    async def handle(self, message: ChatMessage) -> str:
+        """A mention from the admin (or anyone trusted) in a room the Manager is in."""
+        return await self._turn(message.room_id, user_turn(message, display=self.display),
+                                reply_to=message.sender, key=f"manager-reply:{message.event_id}")
+
+    async def wake(self, room_id: str, text: str, *, key: str) -> str:
+        """Code wakes the Manager for a judgement (a result to review, a finished project)."""
+        return await self._turn(room_id, text, reply_to=self.admin, key=key)

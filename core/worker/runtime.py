@@ -1,0 +1,212 @@
+"""The worker process: channel in, agent loop through the gateway, tools, report out."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from hiclaw.agent import AgentLoop, GatewayClient
+from hiclaw.agent.prompt import system_prompt, user_turn
+from hiclaw.host import ComponentContext, PluginHost, RuntimeContext
+from hiclaw.manager.engine import parse_result
+from hiclaw.models import ChatMessage, ModelRequest
+from hiclaw.storage import layout
+from hiclaw.worker.control import ControlClient
+from hiclaw.worker.spec import WorkerRuntimeSpec
+
+log = logging.getLogger(__name__)
+
+TASK_REF = re.compile(r"\btask-\d{3,}\b")
+
+
+class TaskContext:
+    """The task a woken turn is about (from the assignment's spec.md front matter)."""
+
+    def __init__(self, task_id: str, meta: dict[str, Any], room_id: str) -> None:
+        self.task_id = task_id
+        self.meta = meta
+        self.room_id = room_id
+
+    @property
+    def project_id(self) -> str | None:
+        return self.meta.get("project")
+
+    @property
+    def model(self) -> str | None:
+        return self.meta.get("model")
+
+    @property
+    def attempt(self) -> int:
+        return int(self.meta.get("attempt") or 1)
+
+
+class WorkerRuntime:
+    def __init__(self, spec: WorkerRuntimeSpec, *, host: PluginHost | None = None) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.host = host or PluginHost(disabled=spec.disabled_plugins)
+        self.scratch = Path(spec.scratch_dir)
+        self.channel: Any = None
+        self.storage: Any = None
+        self.gateway = GatewayClient(spec.gateway.base_url, spec.gateway.token.get_secret_value())
+        self.control = ControlClient(spec.control_url, spec.control_token.get_secret_value())
+        self.tasks: dict[str, TaskContext] = {}  # task id -> context, for tools
+        self.current: TaskContext | None = None
+        self.current_room: str | None = None
+        self.reported: set[str] = set()
+        self._turn_lock = asyncio.Lock()
+        # Mentions are queued so a long turn never holds up the channel's sync loop; turns run
+        # one at a time in arrival order. (A turn lost in a crash is re-notified by the control plane.)
+        self._queue: asyncio.Queue[ChatMessage] = asyncio.Queue()
+        self._stop = asyncio.Event()
+        self.turns = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _ctx(self, **extra: Any) -> ComponentContext:
+        return ComponentContext(home=self.scratch, side="worker", agent=self.name, host=self.host, **extra)
+
+    def runtime_context(self) -> RuntimeContext:
+        return RuntimeContext(side="worker", home=self.scratch, agent=self.name,
+                              components={"channel": self.channel, "storage": self.storage})
+
+    async def start(self) -> None:
+        from hiclaw.wakeup import MentionGate
+
+        started = time.perf_counter()
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        self.storage = self.host.create("storage", self.spec.storage.plugin, self.spec.storage.settings, self._ctx())
+        self.channel = self.host.create("channel", self.spec.channel.plugin, self.spec.channel.settings, self._ctx())
+        self.tools = self.host.tools(self._ctx(runtime=self))
+        self.gate = MentionGate(self.channel.user_id(self.name), self._enqueue,
+                                state_path=self.scratch / "mention-gate.json")
+        self.channel.on_message(self._on_message)
+        self._consumer = asyncio.create_task(self._consume(), name=f"worker-{self.name}-turns")
+        await self.channel.start()
+        await self.host.startup(self.runtime_context())
+        await self.control.ready({"name": self.name, "startup_seconds": round(time.perf_counter() - started, 3)})
+        log.info("worker %s ready in %.2fs", self.name, time.perf_counter() - started)
+        print(f"hiclaw worker {self.name}: ready", flush=True)
+
+    async def stop(self) -> None:
+        consumer = getattr(self, "_consumer", None)
+        if consumer is not None:
+            consumer.cancel()
+        await self.host.shutdown(self.runtime_context())
+        if self.channel is not None:
+            await self.channel.stop()
+        await self.gateway.aclose()
+        await self.control.aclose()
+
+    async def run_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        await self.start()
+        try:
+            await self._stop.wait()
+        finally:
+            await self.stop()
+
+    # ------------------------------------------------------------------ messages
+
+    async def _on_message(self, message: ChatMessage) -> None:
+        await self.host.on_message(message, self.runtime_context())
+        await self.gate(message)
+
+    async def _enqueue(self, message: ChatMessage) -> None:
+        await self._queue.put(message)
+
+    async def _consume(self) -> None:
+        while True:
+            message = await self._queue.get()
+            await self._on_mention(message)
+
+    async def idle(self) -> bool:
+        return self._queue.empty() and not self._turn_lock.locked()
+
+    def display(self, user_id: str) -> str:
+        local = user_id.split(":", 1)[0].lstrip("@")
+        return local or user_id
+
+    async def task_context(self, message: ChatMessage) -> TaskContext | None:
+        for task_id in dict.fromkeys(TASK_REF.findall(message.body)):
+            try:
+                raw = await self.storage.get(layout.task_spec(task_id))
+            except Exception:  # noqa: BLE001 - not granted to us or absent: not our task
+                continue
+            meta, _ = parse_result(raw.decode("utf-8", errors="replace"))
+            if meta.get("assignee") == self.name:
+                context = TaskContext(task_id, meta, message.room_id)
+                self.tasks[task_id] = context
+                return context
+        return None
+
+    async def _read_text(self, key: str) -> str:
+        try:
+            return (await self.storage.get(key)).decode("utf-8", errors="replace")
+        except Exception:  # noqa: BLE001 - optional files
+            return ""
+
+    async def skill_catalog(self) -> list[tuple[str, str]]:
+        catalog = []
+        prefix = layout.agent_skills_dir(self.name)
+        for item in await self.storage.list(prefix):
+            key = item["key"]
+            if key.endswith("/SKILL.md") and key.count("/") == prefix.count("/") + 1:
+                meta, _ = parse_result(await self._read_text(key))
+                catalog.append((str(meta.get("name") or key.split("/")[-2]), str(meta.get("description") or "")[:300]))
+        return sorted(catalog)
+
+    async def build_messages(self, message: ChatMessage, task: TaskContext | None) -> list[dict[str, Any]]:
+        identity = await self._read_text(layout.agent_soul(self.name)) or f"You are {self.name}, a worker agent."
+        rules = await self._read_text(layout.agent_rules(self.name))
+        memory = await self._read_text(layout.agent_memory(self.name))
+        facts = [f"Your name is {self.name}; your home is `{layout.agent_home(self.name)}` (paths without a "
+                 "folder are relative to it)."]
+        if task is not None:
+            facts.append(f"This turn is about {task.task_id}: read `{layout.task_spec(task.task_id)}` first; "
+                         f"work in `{layout.task_workspace(task.task_id)}`; finish with report_result.")
+        system = system_prompt(identity=identity, rules=rules, skills=await self.skill_catalog(), memory=memory,
+                               facts=facts)
+        return [{"role": "system", "content": system},
+                {"role": "user", "content": user_turn(message, display=self.display)}]
+
+    async def _before_call(self, request: ModelRequest) -> None:
+        await self.host.before_model_call(request, self.runtime_context())
+
+    async def _on_mention(self, message: ChatMessage) -> None:
+        async with self._turn_lock:  # one turn at a time: tasks are worked on in order
+            self.turns += 1
+            task = await self.task_context(message)
+            self.current, self.current_room = task, message.room_id
+            model = (task.model if task and task.model else None) or self.spec.model
+            try:
+                await self.channel.set_typing(message.room_id, True)
+            except Exception:  # noqa: BLE001 - typing is cosmetic
+                pass
+            try:
+                loop = AgentLoop(self.gateway, self.tools, agent=self.name, max_steps=self.spec.max_steps,
+                                 before_call=self._before_call)
+                turn = await loop.run(await self.build_messages(message, task), model=model,
+                                      task_id=task.task_id if task else None,
+                                      project_id=task.project_id if task else None)
+                reported = any(c.name == "report_result" and not c.error for c in turn.tool_calls)
+                if turn.final_text and not reported:
+                    await self.channel.send(message.room_id, turn.final_text, mentions=[message.sender],
+                                            idempotency_key=f"reply:{self.name}:{message.event_id}")
+            except Exception as exc:  # noqa: BLE001 - say what went wrong where the human sees it
+                log.exception("worker %s: turn failed", self.name)
+                text = f"I could not finish this turn: {exc}"
+                await self.channel.send(message.room_id, text, mentions=[message.sender],
+                                        idempotency_key=f"error:{self.name}:{message.event_id}")
+            finally:
+                try:
+                    await self.channel.set_typing(message.room_id, False)
+                except Exception:  # noqa: BLE001
+                    pass
+                self.current = None

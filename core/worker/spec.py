@@ -1,0 +1,62 @@
+"""What the control plane hands a worker process (``HICLAW_WORKER_SPEC``, JSON)."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from hiclaw.errors import ConfigError
+
+ENV_VAR = "HICLAW_WORKER_SPEC"
+
+
+class ComponentRef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    plugin: str
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+
+class GatewayRef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    base_url: str
+    token: SecretStr
+
+
+class WorkerRuntimeSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9-]{0,30}$")
+    model: str = "smart"
+    channel: ComponentRef
+    storage: ComponentRef
+    gateway: GatewayRef
+    control_url: str
+    control_token: SecretStr
+    manager: str = "manager"
+    #: Senders whose mentions wake this worker (others are ignored, not just buffered).
+    trusted: list[str] = Field(default_factory=lambda: ["admin", "manager"])
+    scratch_dir: str = "/tmp/hiclaw-work"
+    command_timeout_seconds: float = Field(default=120, gt=0)
+    max_steps: int = Field(default=24, ge=1)
+    disabled_plugins: list[str] = Field(default_factory=list)
+
+    def to_env(self) -> str:
+        data = self.model_dump(mode="json")
+        data["gateway"]["token"] = self.gateway.token.get_secret_value()
+        data["control_token"] = self.control_token.get_secret_value()
+        return json.dumps(data)
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> WorkerRuntimeSpec:
+        raw = (environ if environ is not None else os.environ).get(ENV_VAR)
+        if not raw:
+            raise ConfigError(f"{ENV_VAR} is not set", hint="`hiclaw worker run` is started by the control plane "
+                              "inside a sandbox; create workers with `hiclaw worker create`")
+        try:
+            return cls.model_validate_json(raw)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"])
+            raise ConfigError(f"{ENV_VAR}: {where}: {err['msg']}", hint="restart the worker from the control plane") from None

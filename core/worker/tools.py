@@ -1,0 +1,226 @@
+"""A Worker's tools: files in its home and task folders, commands in its sandbox, skills through
+the control plane, progress notes, the result report and its memory.
+
+Registered as the default plugin ``worker-tools``; the tools reach the worker through
+``ctx.runtime`` (a :class:`hiclaw.worker.runtime.WorkerRuntime`). Bookkeeping is code:
+``report_result`` writes result.md and posts the @manager mention itself.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hiclaw import hookimpl
+from hiclaw.errors import InvalidInputError
+from hiclaw.models import ResultStatus, ToolSpec
+from hiclaw.storage import layout
+
+MAX_OUTPUT_CHARS = 12000
+MAX_FILE_CHARS = 60000
+STRING = {"type": "string"}
+REPORTABLE = [s.value for s in ResultStatus if s is not ResultStatus.INTERRUPTED]
+
+
+def _obj(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    return {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
+
+
+def _stamp() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+
+
+def _cap(text: str, limit: int = MAX_OUTPUT_CHARS) -> str:
+    if len(text) <= limit:
+        return text
+    head = limit // 4
+    return text[:head] + f"\n… [{len(text) - limit} characters cut] …\n" + text[-(limit - head):]
+
+
+class WorkerTools:
+    def __init__(self, runtime: Any) -> None:
+        self.rt = runtime
+        self.name = runtime.name
+
+    # ------------------------------------------------------------------ paths
+
+    def key(self, path: str) -> str:
+        """A tool path → a storage key: ``shared/…``/``agents/…`` as given, anything else in the home."""
+        text = str(path).strip()
+        while text.startswith("./"):
+            text = text[2:]
+        if text in ("", "."):
+            raise InvalidInputError("empty path", hint="name a file, e.g. 'workspace/notes.md'")
+        if not text.startswith((layout.AGENTS, layout.SHARED)):
+            text = layout.agent_home(self.name) + text
+        return layout.validate_key(text, what="path")
+
+    def prefix(self, path: str) -> str:
+        text = str(path or "").strip().strip("/")
+        if not text or text == ".":
+            return layout.agent_home(self.name)
+        return self.key(text).rstrip("/") + "/"
+
+    def writable(self, key: str) -> None:
+        home = layout.agent_home(self.name)
+        if key.startswith(home):
+            return
+        owner = layout.owner_of(key)
+        if owner and owner[0] == "task" and owner[1] in self.rt.tasks:
+            if key == layout.task_spec(owner[1]):
+                raise InvalidInputError(f"{key} is the Manager's spec and is read-only", hint="write your result instead")
+            return
+        raise InvalidInputError(f"you may not write {key}",
+                                hint=f"write in your home ({home}) or the folder of a task assigned to you")
+
+    def local_dir(self) -> Path:
+        """Where commands run: the current task's workspace (or the home's) when storage is a disk."""
+        key = layout.task_workspace(self.rt.current.task_id) if self.rt.current else layout.agent_workspace(self.name)
+        local_path = getattr(self.rt.storage, "local_path", None)
+        if local_path is not None:
+            try:
+                path = Path(local_path(key.rstrip("/")))
+                path.mkdir(parents=True, exist_ok=True)
+                return path
+            except OSError:
+                pass
+        self.rt.scratch.mkdir(parents=True, exist_ok=True)
+        return self.rt.scratch
+
+    # ------------------------------------------------------------------ tools
+
+    async def list_files(self, args: dict[str, Any]) -> Any:
+        prefix = self.prefix(args.get("path", ""))
+        items = await self.rt.storage.list(prefix)
+        return [{"path": i["key"], "size": i.get("size")} for i in items[:500]]
+
+    async def read_file(self, args: dict[str, Any]) -> Any:
+        key = self.key(args["path"])
+        data = await self.rt.storage.get(key)
+        return _cap(data.decode("utf-8", errors="replace"), MAX_FILE_CHARS)
+
+    async def write_file(self, args: dict[str, Any]) -> Any:
+        key = self.key(args["path"])
+        self.writable(key)
+        content = str(args.get("content", ""))
+        await self.rt.storage.put(key, content.encode())
+        return {"written": key, "bytes": len(content.encode())}
+
+    async def run_command(self, args: dict[str, Any]) -> Any:
+        command = str(args["command"])
+        timeout = min(float(args.get("timeout_seconds") or self.rt.spec.command_timeout_seconds), 900.0)
+        cwd = self.local_dir()
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(cwd), "LANG": "C.UTF-8",
+               "TMPDIR": os.environ.get("TMPDIR", "/tmp")}
+        proc = await asyncio.create_subprocess_shell(
+            command, cwd=cwd, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            stdin=asyncio.subprocess.DEVNULL, start_new_session=True)
+        try:
+            output, _ = await asyncio.wait_for(proc.communicate(), timeout=timeout)
+            timed_out = False
+        except asyncio.TimeoutError:
+            os.killpg(proc.pid, signal.SIGKILL)
+            output, _ = await proc.communicate()
+            timed_out = True
+        return {"exit_code": proc.returncode, "timed_out": timed_out, "cwd": str(cwd),
+                "output": _cap((output or b"").decode("utf-8", errors="replace"))}
+
+    async def skills_find(self, args: dict[str, Any]) -> Any:
+        return await self.rt.control.skills_find(str(args["query"]), int(args.get("limit") or 10))
+
+    async def skills_add(self, args: dict[str, Any]) -> Any:
+        return await self.rt.control.skills_add(str(args["source"]), args.get("skill"))
+
+    async def skills_read(self, args: dict[str, Any]) -> Any:
+        name = str(args["name"])
+        return (await self.rt.storage.get(layout.agent_skill(self.name, name))).decode("utf-8", errors="replace")
+
+    async def progress_note(self, args: dict[str, Any]) -> Any:
+        task_id = str(args["task_id"])
+        if task_id not in self.rt.tasks:
+            raise InvalidInputError(f"{task_id} is not assigned to you", hint="use the task id from your assignment")
+        key = layout.task_progress_dir(task_id) + f"{_stamp()}.md"
+        await self.rt.storage.put(key, str(args["note"]).encode())
+        return {"written": key}
+
+    async def report_result(self, args: dict[str, Any]) -> Any:
+        task_id = str(args["task_id"])
+        context = self.rt.tasks.get(task_id)
+        if context is None:
+            raise InvalidInputError(f"{task_id} is not assigned to you", hint="report the task from your assignment")
+        status = str(args["status"]).upper()
+        if status not in REPORTABLE:
+            raise InvalidInputError(f"unknown status {status!r}", hint=f"use one of {', '.join(REPORTABLE)}")
+        summary = " ".join(str(args.get("summary", "")).split())[:300]
+        meta = {"task": task_id, "status": status, "summary": summary, "worker": self.name,
+                "attempt": context.attempt, "reported_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        body = str(args.get("result_markdown") or summary)
+        text = "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n\n" + body.strip() + "\n"
+        key = layout.task_result(task_id)
+        await self.rt.storage.put(key, text.encode())
+        manager = self.rt.spec.manager
+        await self.rt.channel.send(
+            context.room_id,
+            f"@{manager} **{task_id}** {status} — {summary}\nResult: `{key}`",
+            mentions=[manager], idempotency_key=f"report:{task_id}:{context.attempt}")
+        self.rt.reported.add(task_id)
+        return {"reported": task_id, "status": status, "result": key}
+
+    async def memory_append(self, args: dict[str, Any]) -> Any:
+        key = layout.agent_memory(self.name)
+        try:
+            current = (await self.rt.storage.get(key)).decode("utf-8", errors="replace")
+        except Exception:  # noqa: BLE001 - first memory
+            current = "# Memory\n"
+        line = f"- {datetime.now(timezone.utc).date().isoformat()}: {' '.join(str(args['text']).split())}"
+        await self.rt.storage.put(key, (current.rstrip("\n") + "\n" + line + "\n").encode())
+        return {"remembered": line}
+
+    def specs(self) -> list[ToolSpec]:
+        return [
+            ToolSpec(name="list_files", handler=self.list_files,
+                     description="List files under a folder (your home by default; or shared/tasks/<id>/).",
+                     parameters=_obj({"path": STRING}, [])),
+            ToolSpec(name="read_file", handler=self.read_file, description="Read a text file.",
+                     parameters=_obj({"path": STRING}, ["path"])),
+            ToolSpec(name="write_file", handler=self.write_file,
+                     description="Write a text file in your home or in a folder of a task assigned to you.",
+                     parameters=_obj({"path": STRING, "content": STRING}, ["path", "content"])),
+            ToolSpec(name="run_command", handler=self.run_command,
+                     description="Run a shell command in your sandbox (cwd: the current task's workspace).",
+                     parameters=_obj({"command": STRING, "timeout_seconds": {"type": "number"}}, ["command"])),
+            ToolSpec(name="skills_find", handler=self.skills_find, description="Search the skill registry.",
+                     parameters=_obj({"query": STRING, "limit": {"type": "integer"}}, ["query"])),
+            ToolSpec(name="skills_add", handler=self.skills_add,
+                     description="Install a skill (source 'owner/repo', skill name) into your skills.",
+                     parameters=_obj({"source": STRING, "skill": STRING}, ["source"])),
+            ToolSpec(name="skills_read", handler=self.skills_read, description="Read an installed skill's SKILL.md.",
+                     parameters=_obj({"name": STRING}, ["name"])),
+            ToolSpec(name="progress_note", handler=self.progress_note,
+                     description="Record progress on a task (the watchdog sees you are alive).",
+                     parameters=_obj({"task_id": STRING, "note": STRING}, ["task_id", "note"])),
+            ToolSpec(name="report_result", handler=self.report_result,
+                     description="Finish a task: writes result.md and tells the Manager.",
+                     parameters=_obj({"task_id": STRING, "status": {"type": "string", "enum": REPORTABLE},
+                                      "summary": STRING, "result_markdown": STRING}, ["task_id", "status", "summary"])),
+            ToolSpec(name="memory_append", handler=self.memory_append,
+                     description="Remember something for later tasks (your MEMORY.md; never shared).",
+                     parameters=_obj({"text": STRING}, ["text"])),
+        ]
+
+
+def _factory(ctx: Any) -> list[ToolSpec]:
+    runtime = getattr(ctx, "runtime", None)
+    if ctx.side != "worker" or runtime is None:
+        return []
+    return WorkerTools(runtime).specs()
+
+
+@hookimpl
+def hiclaw_register_tools(register: Any) -> None:
+    register("worker", _factory, description="a worker's file, command, skill and reporting tools")
