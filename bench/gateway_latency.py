@@ -105,7 +105,8 @@ def main() -> None:
     gateway, base_url = start([*HICLAW, "gateway", "serve"], env, work / "gateway.log")
     tokens = {agent: subprocess.run([*HICLAW, "gateway", "token", "mint", agent], env=env, capture_output=True,
                                     text=True, check=True).stdout.strip() for agent in ("model-like", "instant")}
-    print(f"gateway added latency — scripted upstream, {os.cpu_count()} CPUs, "
+    load = os.getloadavg()[0]
+    print(f"gateway added latency — scripted upstream, {os.cpu_count()} CPUs (load average {load:.1f} at start), "
           f"{'litellm' if args.litellm else 'direct OpenAI-compatible'} upstream path, aiohttp client in this process")
     header = (f"{'upstream':<16}{'conc':>5}{'calls':>7} | {'direct p50':>10}{'p99':>8}{'req/s':>8} | "
               f"{'gateway p50':>11}{'p99':>8}{'req/s':>8} | {'added p50':>9}{'p99':>8}  bar")
@@ -139,7 +140,9 @@ def main() -> None:
         for proc in (gateway, scripted):
             proc.terminate()
             proc.wait(timeout=20)
-    print(f"bar (added at 50 concurrent, model-like upstream): {'PASS' if verdict else 'FAIL'}; logs in {work}")
+    print(f"bar (added at 50 concurrent, model-like upstream): {'PASS' if verdict else 'FAIL'}; "
+          f"load average {os.getloadavg()[0]:.1f} at the end (other processes on these CPUs add scheduling delay to "
+          f"every hop, and the gateway path has two more); logs in {work}")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ SCENARIO = {
                      "default": {"text": "answered by {{model}}"}},
         "broken": {"default": {"error": {"status": 500, "message": "boom"}}},
         "rejected": {"default": {"error": {"status": 400, "message": "temperature must be <= 2"}}},
-        "slowpoke": {"default": {"text": "late", "delay_ms": 3000}},
+        "slowpoke": {"default": {"text": "late", "delay_ms": 1000}},
         "*": {"default": {"text": "echo {{agent}}: {{input}}"}},
     },
 }

@@ -7,6 +7,7 @@ import click
 
 from hiclaw.cli.app import App, emit_json, pass_app, table
 from hiclaw.cli.gateway import gateway_component
+from hiclaw.errors import InvalidInputError
 
 
 @click.command("usage")
@@ -21,7 +22,7 @@ def usage_command(app: App, by: str, since: str | None, as_json: bool) -> None:
     gateway = gateway_component(app)
     usage = getattr(gateway, "usage", None)
     if usage is None:
-        raise click.ClickException(f"the configured gateway ({app.config.gateway.plugin}) keeps no usage ledger")
+        raise InvalidInputError(f"the configured gateway ({app.config.gateway.plugin}) keeps no usage ledger")
     rows = asyncio.run(usage(by=by, since=since))
     if as_json:
         emit_json(rows)
