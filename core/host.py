@@ -59,8 +59,8 @@ DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("process", "hiclaw.sandbox.process"),
     ("docker", "hiclaw.sandbox.docker"),
     ("kubernetes", "hiclaw.sandbox.kubernetes"),
-    ("worker-tools", "hiclaw.worker.tools"),
-    ("manager-tools", "hiclaw.manager.tools"),
+    ("worker-tools", "hiclaw.worker.plugin"),
+    ("manager-tools", "hiclaw.manager.plugin"),
 )
 
 #: Capability kinds and the registration hook that provides each.

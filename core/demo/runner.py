@@ -8,8 +8,6 @@ ends with checks of the final state and a table of tasks; exit 0 only if every c
 from __future__ import annotations
 
 import asyncio
-import shutil
-import socket
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -20,43 +18,19 @@ from typing import Any
 
 import click
 
-from hiclaw.config import (ChannelConfig, GatewayConfig, HiclawConfig, ModelAlias, SandboxConfig, Secrets,
-                           SkillsConfig, TeamConfig, save_config)
+from hiclaw.config import HiclawConfig, Secrets, save_config
 from hiclaw.demo.admin import AdminClient, SeenMessage
 from hiclaw.demo.scenario import PLAN, PROJECT, SKILL, WORKERS, demo_scenario
 from hiclaw.models import TaskState
 from hiclaw.storage import layout
+from hiclaw.testing.team import default_sandbox, team_config, wait_until
 
-PRICES = {"smart": (3.0, 15.0), "fast": (0.5, 1.5), "cheap": (0.25, 1.25)}  # USD per million tokens
 SERVER_NAME = "hiclaw.demo"
 ASK_WORKERS = ("@manager please create four workers: alex (product manager), sam (full-stack developer), "
                "taylor (content operations) and jordan (data analyst).")
 ASK_PROJECT = (f'@manager start the project "{PROJECT}": a writing assistant that drafts and rewrites text and '
                "explains which model it used. Plan it with the team.")
 CONFIRM = "@manager confirm"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def default_sandbox() -> str:
-    return "bwrap" if shutil.which("bwrap") else "process"
-
-
-async def wait_until(predicate: Callable[[], Any | Awaitable[Any]], *, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"demo: timed out after {timeout:.0f}s waiting for {what}")
-        await asyncio.sleep(0.1)  # polling with a deadline
 
 
 @dataclass
@@ -96,18 +70,8 @@ class Demo:
         self.registry_url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
 
     def config(self) -> HiclawConfig:
-        models = {alias: ModelAlias(model=f"openai/scripted-{alias}", api_base=self.model.base_url,
-                                    input_cost_per_mtok=price[0], output_cost_per_mtok=price[1],
-                                    fallback="fast" if alias == "smart" else None)
-                  for alias, price in PRICES.items()}
-        return HiclawConfig(
-            channel=ChannelConfig(settings={"embedded": True, "server_name": SERVER_NAME, "port": free_port()}),
-            gateway=GatewayConfig(settings={"port": 0}),
-            sandbox=SandboxConfig(plugin=self.sandbox),
-            models=models,
-            skills=SkillsConfig(api_url=self.registry_url),
-            team=TeamConfig(manager_model="smart", worker_model="smart", heartbeat_seconds=600),
-        )
+        return team_config(self.model.base_url, registry_url=self.registry_url, sandbox=self.sandbox,
+                           server_name=SERVER_NAME)
 
     # ------------------------------------------------------------------ transcript
 

@@ -1,6 +1,6 @@
 """The Manager agent's tools: management operations only (no files, no shell, no environment).
 
-Registered as the default plugin ``manager-tools``. Every tool is a thin call into code (the
+Registered by the default plugin ``manager-tools`` (:mod:`hiclaw.manager.plugin`). Every tool is a thin call into code (the
 provisioner, the task engine, the state DB); the model decides *what* to call, code does it.
 The tools reach the control plane through ``ctx.runtime`` (a :class:`hiclaw.control.plane.ControlPlane`).
 """
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from hiclaw import hookimpl
 from hiclaw.models import ToolSpec
 
 STRING = {"type": "string"}
@@ -164,14 +163,3 @@ def manager_tools(plane: Any) -> list[ToolSpec]:
     tools.extend(plane.extra_manager_tools())
     return tools
 
-
-def _factory(ctx: Any) -> list[ToolSpec]:
-    plane = getattr(ctx, "runtime", None)
-    if ctx.side != "control" or plane is None:
-        return []
-    return manager_tools(plane)
-
-
-@hookimpl
-def hiclaw_register_tools(register: Any) -> None:
-    register("manager", _factory, description="the Manager's management tools")

@@ -1,7 +1,7 @@
 """A Worker's tools: files in its home and task folders, commands in its sandbox, skills through
 the control plane, progress notes, the result report and its memory.
 
-Registered as the default plugin ``worker-tools``; the tools reach the worker through
+Registered by the default plugin ``worker-tools`` (:mod:`hiclaw.worker.plugin`); the tools reach the worker through
 ``ctx.runtime`` (a :class:`hiclaw.worker.runtime.WorkerRuntime`). Bookkeeping is code:
 ``report_result`` writes result.md and posts the @manager mention itself.
 """
@@ -16,7 +16,6 @@ from typing import Any
 
 import yaml
 
-from hiclaw import hookimpl
 from hiclaw.errors import InvalidInputError
 from hiclaw.models import ResultStatus, ToolSpec
 from hiclaw.storage import layout
@@ -213,14 +212,3 @@ class WorkerTools:
                      parameters=_obj({"text": STRING}, ["text"])),
         ]
 
-
-def _factory(ctx: Any) -> list[ToolSpec]:
-    runtime = getattr(ctx, "runtime", None)
-    if ctx.side != "worker" or runtime is None:
-        return []
-    return WorkerTools(runtime).specs()
-
-
-@hookimpl
-def hiclaw_register_tools(register: Any) -> None:
-    register("worker", _factory, description="a worker's file, command, skill and reporting tools")

@@ -1,0 +1,140 @@
+"""A whole team on real components, for tests: ``async with running_team(home, scenario) as team``.
+
+It starts the scripted model server with ``scenario`` (see docs/scripted-model.md), then the
+control plane exactly as ``hiclaw up`` does — embedded Synapse, the embedded gateway with the
+scripted model as provider, local storage, real sandboxes — and an independent Matrix client
+logged in as the admin (:class:`hiclaw.demo.admin.AdminClient`)::
+
+    async def test_manager_answers(tmp_path):
+        scenario = {"agents": {"manager": {"default": {"text": "hello"}}}}
+        async with running_team(tmp_path / "home", scenario) as team:
+            await team.tell_manager("@manager hi")
+            await team.wait_for_message("hello")
+"""
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hiclaw.config import (ChannelConfig, GatewayConfig, HiclawConfig, ModelAlias, SandboxConfig, Secrets,
+                           SkillsConfig, TeamConfig, save_config)
+
+#: USD per million tokens (input, output) of the team's aliases.
+PRICES = {"smart": (3.0, 15.0), "fast": (0.5, 1.5), "cheap": (0.25, 1.25)}
+SERVER_NAME = "hiclaw.test"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def default_sandbox() -> str:
+    return "bwrap" if shutil.which("bwrap") else "process"
+
+
+def team_config(model_url: str, *, registry_url: str = "https://skills.sh", sandbox: str | None = None,
+                server_name: str = SERVER_NAME, homeserver_port: int | None = None, **team: Any) -> HiclawConfig:
+    """The configuration of a team whose models are all served by the scripted model at ``model_url``."""
+    models = {alias: ModelAlias(model=f"openai/scripted-{alias}", api_base=model_url, input_cost_per_mtok=price[0],
+                                output_cost_per_mtok=price[1], fallback="fast" if alias == "smart" else None)
+              for alias, price in PRICES.items()}
+    return HiclawConfig(
+        channel=ChannelConfig(settings={"embedded": True, "server_name": server_name,
+                                        "port": homeserver_port or free_port()}),
+        gateway=GatewayConfig(settings={"port": 0}),
+        sandbox=SandboxConfig(plugin=sandbox or default_sandbox()),
+        models=models,
+        skills=SkillsConfig(api_url=registry_url),
+        team=TeamConfig(**{"manager_model": "smart", "worker_model": "smart", **team}),
+    )
+
+
+async def wait_until(predicate: Callable[[], Any | Awaitable[Any]], *, timeout: float = 60.0, what: str = "condition") -> Any:
+    """Poll ``predicate`` (sync or async) until truthy, with a deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+@dataclass
+class Team:
+    home: Path
+    plane: Any  # hiclaw.control.plane.ControlPlane
+    admin: Any  # hiclaw.demo.admin.AdminClient
+    model: Any  # hiclaw.scripted.server.ScriptedModelServer
+    config: HiclawConfig
+
+    def user_id(self, name: str) -> str:
+        return self.plane.channel.user_id(name)
+
+    async def tell_manager(self, text: str) -> str:
+        return await self.admin.send(self.plane.chat.manager_room, text, mention=self.user_id("manager"))
+
+    def said(self, sender: str, needle: str) -> Any:
+        user = sender if sender.startswith("@") else self.user_id(sender)
+        return next((m for m in self.admin.messages if m.sender == user and needle in m.body), None)
+
+    async def wait_for_message(self, needle: str, *, sender: str = "manager", timeout: float = 60.0) -> Any:
+        return await wait_until(lambda: self.said(sender, needle), timeout=timeout,
+                                what=f"{sender} to say {needle!r}")
+
+    def model_calls(self, agent: str) -> int:
+        return int(self.model.engine.stats()["agents"].get(agent, {}).get("calls", 0))
+
+
+async def start_plane(home: Path, config: HiclawConfig, *, progress: Callable[[str], None] | None = None) -> Any:
+    from hiclaw.control.plane import ControlPlane
+
+    home.mkdir(parents=True, exist_ok=True)
+    save_config(config, home)
+    secrets = Secrets.load(home)
+    plane = ControlPlane(home, config=config, secrets=secrets, progress=progress)
+    try:
+        await plane.start()
+    except BaseException:
+        await plane.stop()
+        raise
+    return plane
+
+
+@asynccontextmanager
+async def running_team(home: Path, scenario: Any, *, registry_url: str = "https://skills.sh",
+                       sandbox: str | None = None, **team: Any) -> AsyncIterator[Team]:
+    from hiclaw.demo.admin import AdminClient
+    from hiclaw.scripted import Scenario, parse_scenario
+    from hiclaw.scripted.server import ScriptedModelServer
+
+    model = ScriptedModelServer(scenario if isinstance(scenario, Scenario) else parse_scenario(scenario))
+    await model.start()
+    config = team_config(model.base_url, registry_url=registry_url, sandbox=sandbox, **team)
+    plane = None
+    admin = None
+    try:
+        plane = await start_plane(home, config)
+        password = plane.secrets.get("matrix_admin_password")
+        admin = AdminClient(plane.bridge_urls()["homeserver"], "admin", password.get_secret_value() if password else "")
+        await admin.login()
+        await admin.start()
+        yield Team(home, plane, admin, model, config)
+    finally:
+        if admin is not None:
+            await admin.stop()
+        if plane is not None:
+            await plane.stop()
+        await model.stop()
