@@ -151,3 +151,32 @@ def test_a_child_homeserver_stops_with_its_parent(hiclaw_cli, tmp_path):
         if _alive(child):
             os.kill(child, signal.SIGKILL)
     assert json.loads(hiclaw(hiclaw_cli, home, "homeserver", "status", "--json").stdout)["state"] == "stopped"
+
+
+async def test_control_channel_runs_the_embedded_homeserver_for_hiclaw_up(tmp_path):
+    from hiclaw.plugins.channels.matrix.control import ControlMatrixChannel
+
+    settings = MatrixSettings(port=free_port(), synapse_config=TEST_SYNAPSE_CONFIG)
+    control = ControlMatrixChannel(settings, home=tmp_path)
+    (line,) = await control.start_services()
+    try:
+        assert f"Synapse on {settings.url}" in line
+        assert control.service_urls() == {"homeserver": settings.url}
+        status = EmbeddedHomeserver(tmp_path, settings).status()
+        assert status["state"] == "running" and status["mode"] == "child"
+        await control.start()  # the manager registers with the embedded server's own shared secret
+        assert (await control.ensure_account("alice"))["user_id"] == "@alice:hiclaw.local"
+    finally:
+        await control.stop()
+        await control.stop_services()
+    assert EmbeddedHomeserver(tmp_path, settings).status()["state"] == "stopped"
+
+    daemon = EmbeddedHomeserver(tmp_path, settings)
+    daemon.start(detach=True)  # `hiclaw homeserver start` first: `hiclaw up` reuses it and leaves it running
+    try:
+        (line,) = await control.start_services()
+        assert "reusing the running Synapse" in line
+        await control.stop_services()
+        assert daemon.status()["state"] == "running"
+    finally:
+        daemon.stop()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets as random_secrets
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -68,14 +69,20 @@ class ControlMatrixChannel(MatrixChannel):
         if not self.settings.embedded:
             return [f"homeserver: external, {self.settings.url}"]
         server = EmbeddedHomeserver(self.home, self.settings)
+        started = time.perf_counter()
         status = await asyncio.to_thread(server.start)
         self._homeserver = server
-        return [f"homeserver: Synapse on {status['url']} (server name {status['server_name']})"]
+        how = "Synapse" if server.owned else f"reusing the running Synapse (pid {status['pid']})"
+        return [f"homeserver: {how} on {status['url']} (server name {status['server_name']}, "
+                f"ready in {time.perf_counter() - started:.1f}s)"]
 
     async def stop_services(self) -> None:
+        """Stop the homeserver :meth:`start_services` started; one that was reused (a daemon from
+        `hiclaw homeserver start`) keeps running."""
         server = getattr(self, "_homeserver", None)
         if server is not None:
-            await asyncio.to_thread(server.stop)
+            if server.owned:
+                await asyncio.to_thread(server.stop)
             self._homeserver = None
 
     def service_urls(self) -> dict[str, str]:

@@ -80,6 +80,7 @@ class EmbeddedHomeserver:
         self.stderr_file = self.home / "logs" / "homeserver.stderr.log"
         self.pid_file = self.home / "run" / "homeserver.pid"
         self._child: subprocess.Popen[bytes] | None = None
+        self.owned = False  # True once start() launched the process (rather than reusing one)
 
     # ------------------------------------------------------------------ facts
 
@@ -189,6 +190,7 @@ class EmbeddedHomeserver:
                 start_new_session=detach, close_fds=True,
             )
         self._write_pid_file(proc.pid, "daemon" if detach else "child")
+        self.owned = True
         if not detach:
             self._child = proc
         try:
