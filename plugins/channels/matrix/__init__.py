@@ -18,13 +18,16 @@ Python API (what the control plane and workers use)::
     server = EmbeddedHomeserver(home, settings); server.start(); server.url; server.stop()
 
     channel = host.create("channel", "matrix", settings, ctx)   # control side: logged in as manager
-    await channel.start()
+    await channel.start_services()                              # embedded Synapse as a child (hiclaw up)
+    await channel.start()                                       # first sync done, rooms reconciled
     creds = await channel.ensure_account("alice", display_name="Alice")
     room = await channel.ensure_room("worker-alice", name="Worker: alice",
                                      members=["admin", "alice"], admins=["admin"])
     await channel.send(room, "Please start **task-001**", mentions=["alice"], idempotency_key="t1")
     channel.on_message(MentionGate(channel.me, handler))        # hiclaw.wakeup
     worker_side = channel.worker_settings("alice")              # → HICLAW_WORKER_SPEC
+    channel.service_urls()                                      # {"homeserver": url} to bridge into sandboxes
+    await channel.stop(); await channel.stop_services()
 
 This module stays import-light (pydantic only): matrix-nio is imported by the factory.
 """
