@@ -6,11 +6,16 @@ from an aiohttp client at concurrency 1 and 50, and prints p50/p99 and requests/
 
 Two upstream behaviours are measured:
 
-* **model-like** (default 100 ms per answer): the bar's case. A real model takes hundreds of
-  milliseconds or more; the gateway's cost shows as the difference between the two columns.
-* **instant** (0 ms): a saturation test. At 50 in flight with an upstream that answers at once,
+* **model-like**: every answer takes 100 ms ± 50 ms (the spread is fixed per call, so it is the
+  same for both paths; without it 50 callers fall into lockstep and arrive as one burst). The
+  bar's case: a real model takes this long or (much) longer.
+* **instant** (0 ms): a saturation test. At 50 in flight with an upstream that answers at once
   every process is CPU-bound on 2 cores, so latency measures queueing, i.e. throughput — read
-  its requests/s, not its "added" columns.
+  its requests/s.
+
+"Added" compares the time each call spent *outside the model*: its latency minus the delay the
+scripted model was told to take for that very call (known from the call's id), p50 and p99 of
+that over the gateway path minus the same over the direct path. Latency columns are end to end.
 
 Bar (DESIGN section 9): added ≤ 2 ms p50 and ≤ 5 ms p99 at 50 concurrent.
 
@@ -30,6 +35,7 @@ from pathlib import Path
 
 import aiohttp
 
+from hiclaw.scripted.engine import jittered_delay
 from hiclaw.testing.gateway import start_listening_process as start
 
 PROVIDER_KEY = "sk-bench-provider-key-0123456789"
@@ -41,48 +47,54 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-async def drive(url: str, headers: dict[str, str], body: bytes, *, concurrency: int, requests: int) -> tuple[list[float], float]:
-    """Send ``requests`` calls with ``concurrency`` in flight; latencies in ms and requests/s."""
+async def drive(url: str, headers: dict[str, str], body: bytes, *, concurrency: int, requests: int,
+                delay: tuple[int, int] = (0, 0)) -> tuple[list[float], list[float], float]:
+    """Send ``requests`` calls, ``concurrency`` in flight: latencies (ms), time outside the model (ms), calls/s."""
     latencies: list[float] = []
+    outside: list[float] = []
     remaining = requests
-    connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=connector) as session:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         async def worker() -> None:
             nonlocal remaining
             while remaining > 0:
                 remaining -= 1
                 started = time.perf_counter()
                 async with session.post(url, data=body, headers=headers) as response:
-                    await response.read()
-                    if response.status != 200:
-                        raise SystemExit(f"{url}: HTTP {response.status}: {(await response.text())[:300]}")
-                latencies.append((time.perf_counter() - started) * 1000)
+                    raw = await response.read()
+                elapsed = (time.perf_counter() - started) * 1000
+                if response.status != 200:
+                    raise SystemExit(f"{url}: HTTP {response.status}: {raw[:300]!r}")
+                agent, call = json.loads(raw)["id"].removeprefix("chatcmpl-scripted-").rsplit("-", 1)
+                latencies.append(elapsed)
+                outside.append(elapsed - jittered_delay(delay[0], delay[1], agent, int(call)))
 
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - started
-    return latencies, requests / elapsed
+        rate = requests / (time.perf_counter() - started)
+    return latencies, outside, rate
 
 
-async def measure(direct: tuple[str, dict[str, str]], gateway: tuple[str, dict[str, str]], body: bytes, *,
-                  concurrency: int, requests: int) -> dict[str, tuple[list[float], float]]:
-    results: dict[str, tuple[list[float], float]] = {"direct": ([], 0.0), "gateway": ([], 0.0)}
-    for name, (url, headers) in (("direct", direct), ("gateway", gateway)):
-        await drive(url, headers, body, concurrency=concurrency, requests=min(requests, 4 * concurrency + 20))  # warm-up
-    # Alternate halves so drift on a shared machine hits both sides alike.
-    for _ in range(2):
-        for name, (url, headers) in (("direct", direct), ("gateway", gateway)):
-            latencies, rate = await drive(url, headers, body, concurrency=concurrency, requests=requests // 2)
-            results[name] = (results[name][0] + latencies, results[name][1] + rate / 2)
+async def measure(paths: dict[str, tuple[str, dict[str, str]]], body: bytes, *, concurrency: int, requests: int,
+                  delay: tuple[int, int]) -> dict[str, tuple[list[float], list[float], float]]:
+    results: dict[str, tuple[list[float], list[float], float]] = {name: ([], [], 0.0) for name in paths}
+    for url, headers in paths.values():  # warm-up: connections, caches
+        await drive(url, headers, body, concurrency=concurrency, requests=min(requests, 2 * concurrency + 20), delay=delay)
+    for _ in range(2):  # alternate halves so drift on a shared machine hits both sides alike
+        for name, (url, headers) in paths.items():
+            latencies, outside, rate = await drive(url, headers, body, concurrency=concurrency,
+                                                   requests=requests // 2, delay=delay)
+            old = results[name]
+            results[name] = (old[0] + latencies, old[1] + outside, old[2] + rate / 2)
     return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=2000, help="calls per side at concurrency 50 (default 2000)")
-    parser.add_argument("--delay-ms", type=int, default=100, help="model-like upstream latency (default 100)")
+    parser.add_argument("--delay-ms", type=int, default=100, help="model-like upstream latency (default 100, ± half)")
     parser.add_argument("--litellm", action="store_true", help="route through litellm (direct_openai = false)")
     args = parser.parse_args()
+    model_delay = (args.delay_ms, args.delay_ms // 2)
 
     work = Path(tempfile.mkdtemp(prefix="hiclaw-bench-gw-"))
     home = work / "home"
@@ -91,7 +103,8 @@ def main() -> None:
     env.update(HICLAW_HOME=str(home), BENCH_PROVIDER_KEY=PROVIDER_KEY)
     usage = {"prompt_tokens": 20, "completion_tokens": 5}
     scenario = {"name": "bench", "agents": {
-        "model-like": {"default": {"text": "ok", "delay_ms": args.delay_ms, "delay_jitter_ms": args.delay_ms // 2, "usage": usage}},
+        "model-like": {"default": {"text": "ok", "delay_ms": model_delay[0], "delay_jitter_ms": model_delay[1],
+                                   "usage": usage}},
         "instant": {"default": {"text": "ok", "usage": usage}}}}
     (work / "scenario.json").write_text(json.dumps(scenario))
     scripted, upstream = start([*HICLAW, "model", "serve-scripted", str(work / "scenario.json"), "--port", "0",
@@ -105,44 +118,45 @@ def main() -> None:
     gateway, base_url = start([*HICLAW, "gateway", "serve"], env, work / "gateway.log")
     tokens = {agent: subprocess.run([*HICLAW, "gateway", "token", "mint", agent], env=env, capture_output=True,
                                     text=True, check=True).stdout.strip() for agent in ("model-like", "instant")}
-    load = os.getloadavg()[0]
-    print(f"gateway added latency — scripted upstream, {os.cpu_count()} CPUs (load average {load:.1f} at start), "
-          f"{'litellm' if args.litellm else 'direct OpenAI-compatible'} upstream path, aiohttp client in this process")
-    header = (f"{'upstream':<16}{'conc':>5}{'calls':>7} | {'direct p50':>10}{'p99':>8}{'req/s':>8} | "
-              f"{'gateway p50':>11}{'p99':>8}{'req/s':>8} | {'added p50':>9}{'p99':>8}  bar")
+    print(f"gateway added latency — scripted upstream, {os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.1f} "
+          f"at start), {'litellm' if args.litellm else 'direct OpenAI-compatible'} upstream path, aiohttp client")
+    header = (f"{'upstream':<18}{'conc':>5}{'calls':>7} | {'direct p50':>10}{'p99':>8}{'req/s':>7} | "
+              f"{'gateway p50':>11}{'p99':>8}{'req/s':>7} | {'added p50':>9}{'p99':>7}  bar")
     print(header)
     print("-" * len(header))
     verdict = True
     try:
-        for agent, label in (("model-like", f"model {args.delay_ms} ms"), ("instant", "instant (sat.)")):
+        for agent, label, delay in (("model-like", f"model {model_delay[0]}±{model_delay[1]} ms", model_delay),
+                                    ("instant", "instant (saturat.)", (0, 0))):
             body = json.dumps({"model": "bench", "user": agent, "messages": [
                 {"role": "user", "content": "How long does the gateway take? " * 8}]}).encode()
-            direct = (f"{upstream}/chat/completions", {"Authorization": f"Bearer {PROVIDER_KEY}",
-                                                       "Content-Type": "application/json"})
-            via = (f"{base_url}/chat/completions", {"Authorization": f"Bearer {tokens[agent]}",
-                                                   "Content-Type": "application/json"})
+            paths = {"direct": (f"{upstream}/chat/completions", {"Authorization": f"Bearer {PROVIDER_KEY}",
+                                                                 "Content-Type": "application/json"}),
+                     "gateway": (f"{base_url}/chat/completions", {"Authorization": f"Bearer {tokens[agent]}",
+                                                                  "Content-Type": "application/json"})}
             for concurrency in (1, 50):
                 calls = args.requests if concurrency == 50 else max(200, args.requests // 10)
                 if agent == "model-like" and concurrency == 1:
-                    calls = min(calls, max(100, 20_000 // max(args.delay_ms, 1)))  # keep the serial run short
-                results = asyncio.run(measure(direct, via, body, concurrency=concurrency, requests=calls))
-                (d_lat, d_rate), (g_lat, g_rate) = results["direct"], results["gateway"]
-                d50, d99, g50, g99 = (percentile(d_lat, 0.5), percentile(d_lat, 0.99),
-                                      percentile(g_lat, 0.5), percentile(g_lat, 0.99))
+                    calls = min(calls, max(100, 20_000 // max(model_delay[0], 1)))  # keep the serial run short
+                results = asyncio.run(measure(paths, body, concurrency=concurrency, requests=calls, delay=delay))
+                (d_lat, d_out, d_rate), (g_lat, g_out, g_rate) = results["direct"], results["gateway"]
+                added50 = percentile(g_out, 0.5) - percentile(d_out, 0.5)
+                added99 = percentile(g_out, 0.99) - percentile(d_out, 0.99)
                 bar = ""
                 if agent == "model-like" and concurrency == 50:
-                    ok = g50 - d50 <= 2.0 and g99 - d99 <= 5.0
+                    ok = added50 <= 2.0 and added99 <= 5.0
                     verdict = verdict and ok
                     bar = f"≤2/≤5 ms {'PASS' if ok else 'FAIL'}"
-                print(f"{label:<16}{concurrency:>5}{len(d_lat):>7} | {d50:>10.2f}{d99:>8.2f}{d_rate:>8.0f} | "
-                      f"{g50:>11.2f}{g99:>8.2f}{g_rate:>8.0f} | {g50 - d50:>9.2f}{g99 - d99:>8.2f}  {bar}")
+                print(f"{label:<18}{concurrency:>5}{len(d_lat):>7} | {percentile(d_lat, 0.5):>10.2f}"
+                      f"{percentile(d_lat, 0.99):>8.2f}{d_rate:>7.0f} | {percentile(g_lat, 0.5):>11.2f}"
+                      f"{percentile(g_lat, 0.99):>8.2f}{g_rate:>7.0f} | {added50:>9.2f}{added99:>7.2f}  {bar}")
     finally:
         for proc in (gateway, scripted):
             proc.terminate()
             proc.wait(timeout=20)
     print(f"bar (added at 50 concurrent, model-like upstream): {'PASS' if verdict else 'FAIL'}; "
-          f"load average {os.getloadavg()[0]:.1f} at the end (other processes on these CPUs add scheduling delay to "
-          f"every hop, and the gateway path has two more); logs in {work}")
+          f"load average {os.getloadavg()[0]:.1f} at the end — other processes on these CPUs delay every hop, and "
+          f"the gateway path has two more hops; logs in {work}")
 
 
 if __name__ == "__main__":

@@ -126,12 +126,16 @@ def estimate_tokens(text: str) -> int:
     return max(1, math.ceil(len(text) / 4))
 
 
+def jittered_delay(delay_ms: int, jitter_ms: int, agent: str, call: int) -> int:
+    """``delay_ms`` spread by up to ``jitter_ms`` either way — always the same for the same call."""
+    if not jitter_ms:
+        return delay_ms
+    spread = zlib.crc32(f"{agent}:{call}".encode()) % (2 * jitter_ms + 1) - jitter_ms
+    return max(0, delay_ms + spread)
+
+
 def _delay(turn: Turn, agent: str, call: int) -> int:
-    """``delay_ms`` spread by up to ``delay_jitter_ms`` either way — the same for the same call."""
-    if not turn.delay_jitter_ms:
-        return turn.delay_ms
-    spread = zlib.crc32(f"{agent}:{call}".encode()) % (2 * turn.delay_jitter_ms + 1) - turn.delay_jitter_ms
-    return max(0, turn.delay_ms + spread)
+    return jittered_delay(turn.delay_ms, turn.delay_jitter_ms, agent, call)
 
 
 def _render(value: Any, variables: dict[str, str]) -> Any:
