@@ -3,14 +3,20 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import json
 import ipaddress
 import ssl
 
 import pytest
 from aiohttp import web
+from pydantic import SecretStr
 
+from hiclaw.config import HiclawConfig
 from hiclaw.plugins.gateways.embedded.http1 import Http1Pool, UpstreamHTTPError
+from hiclaw.plugins.gateways.embedded.routing import Router
+from hiclaw.plugins.gateways.embedded.upstream import DirectUpstream
 from hiclaw.testing import wait_for_async
+from hiclaw.testing.gateway import running_scripted_model, scripted_aliases
 
 
 async def _serve(app: web.Application, ssl_context: ssl.SSLContext | None = None) -> tuple[web.AppRunner, int]:
@@ -149,3 +155,20 @@ async def test_tls_upstream_is_verified(tmp_path):
         await trusting.close()
         await default.close()
         await runner.cleanup()
+
+
+async def test_sse_stream_connection_is_reused_after_done(tmp_path):
+    """The gateway drains the end of a streamed body after [DONE] so the next call reuses the connection."""
+    with running_scripted_model() as model:
+        config = HiclawConfig.model_validate({"models": scripted_aliases(model.base_url)})
+        router = Router(config.models, {"scripted_api_key": SecretStr("k")}, direct_openai=True)
+        upstream = DirectUpstream(timeout=5, connect_timeout=2, redact=str)
+        route = router.routes["cheap"]
+        payload = {"model": "cheap", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+        for _ in range(3):
+            stream = await upstream.stream(route, payload, "streamer")
+            assert [json.loads(c) async for c in stream][-1]["usage"]["prompt_tokens"] > 0
+            await stream.aclose()
+        (idle,) = upstream._pool._idle.values()
+        assert len(idle) == 1  # one connection served all three streams
+        await upstream.close()

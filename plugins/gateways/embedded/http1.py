@@ -114,18 +114,26 @@ class UpstreamResponse:
         self._remaining = int(length) if length is not None and not self._chunked else None
         self._keep_alive = headers.get("connection", "").lower() != "close" and (self._chunked or self._remaining is not None)
         self._done = False
+        self._timeout = pool.read_timeout
+        self._body: AsyncIterator[bytes] | None = None
 
     async def read(self) -> bytes:
         return b"".join([piece async for piece in self.iter_body()])
 
-    async def iter_body(self) -> AsyncIterator[bytes]:
+    def iter_body(self) -> AsyncIterator[bytes]:
+        """The body's pieces. One iterator per response: a later call continues where the last stopped."""
+        if self._body is None:
+            self._body = self._read_body()
+        return self._body
+
+    async def _read_body(self) -> AsyncIterator[bytes]:
         reader = self._chunks() if self._chunked else self._plain()
         async for piece in reader:
             yield piece
         self._done = True
 
     async def _plain(self) -> AsyncIterator[bytes]:
-        conn, timeout = self._conn, self._pool.read_timeout
+        conn = self._conn
         while self._remaining is None or self._remaining > 0:
             if conn.buffer:
                 take = len(conn.buffer) if self._remaining is None else min(self._remaining, len(conn.buffer))
@@ -137,12 +145,12 @@ class UpstreamResponse:
                 continue
             if conn.closed and self._remaining is None:
                 return  # body delimited by the end of the connection
-            await conn.wait_data(timeout)
+            await conn.wait_data(self._timeout)
 
     async def _line(self) -> bytes:
         conn = self._conn
         while (end := conn.buffer.find(b"\r\n")) < 0:
-            await conn.wait_data(self._pool.read_timeout)
+            await conn.wait_data(self._timeout)
         line = bytes(conn.buffer[:end])
         del conn.buffer[: end + 2]
         return line
@@ -162,7 +170,7 @@ class UpstreamResponse:
             left = size
             while left:
                 if not conn.buffer:
-                    await conn.wait_data(self._pool.read_timeout)
+                    await conn.wait_data(self._timeout)
                     continue
                 take = min(left, len(conn.buffer))
                 piece = bytes(conn.buffer[:take])
@@ -171,6 +179,18 @@ class UpstreamResponse:
                 yield piece
             if await self._line():
                 raise UpstreamHTTPError("chunk not followed by CRLF")
+
+    async def drain(self, timeout: float) -> None:
+        """Read what is left of the body (e.g. after an SSE ``[DONE]``) so the connection can be
+        reused; gives up after ``timeout`` and the connection is closed instead."""
+        if self._done or self._conn is None:  # type: ignore[comparison-overlap]
+            return
+        self._timeout = timeout
+        try:
+            async for _ in self.iter_body():
+                pass
+        except UpstreamHTTPError:
+            pass
 
     def release(self) -> None:
         """Give the connection back to the pool if the body was fully read, else close it."""

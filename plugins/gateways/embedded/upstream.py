@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from hiclaw import __version__
 from hiclaw.plugins.gateways.embedded.errors import UpstreamError
 from hiclaw.plugins.gateways.embedded.http1 import Http1Pool, UpstreamHTTPError, UpstreamResponse
 from hiclaw.plugins.gateways.embedded.routing import Route
@@ -21,6 +22,7 @@ Redact = Callable[[str], str]
 # Fields the gateway decides itself; everything else in the caller's request is passed on.
 OWN_FIELDS = ("model", "messages", "stream", "stream_options", "user")
 CONSUMER_HEADER = "X-Hiclaw-Consumer"
+USER_AGENT = f"hiclaw-gateway/{__version__}"
 
 
 @dataclass
@@ -100,6 +102,7 @@ class DirectStream(ChunkStream):
         self._response = response
         self._route = route
         self._timeout = timeout
+        self._finished = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:  # type: ignore[override]
         buffer = b""
@@ -112,6 +115,7 @@ class DirectStream(ChunkStream):
                         continue  # comments, event names, blank separators
                     data = line[5:].strip()
                     if data == b"[DONE]":
+                        self._finished = True
                         return
                     if b'"usage"' in data:
                         self._take_usage(json.loads(data).get("usage"))
@@ -120,6 +124,8 @@ class DirectStream(ChunkStream):
             raise _transport_error(self._route, exc, self._timeout) from None
 
     async def aclose(self) -> None:
+        if self._finished:  # the terminating chunk normally arrives with [DONE]: keep the connection
+            await self._response.drain(timeout=1.0)
         self._response.release()
 
 
@@ -147,7 +153,7 @@ class DirectUpstream:
         body["user"] = consumer
         if stream:
             body["stream_options"] = {**(payload.get("stream_options") or {}), "include_usage": True}
-        headers = {"Content-Type": "application/json"}
+        headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
         if route.api_key is not None:
             headers["Authorization"] = f"Bearer {route.api_key.get_secret_value()}"
         try:
