@@ -33,6 +33,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "up": "hiclaw.cli.up:up_command",
     "demo": "hiclaw.cli.demo:demo_command",
     "status": "hiclaw.cli.up:status_command",
+    "schedule": "hiclaw.cli.schedule:schedule_group",
 }
 
 

@@ -20,6 +20,8 @@ from hiclaw.config import HiclawConfig, Secrets
 from hiclaw.control.api import ControlAPI
 from hiclaw.control.chat import ControlChat
 from hiclaw.control.provisioner import Provisioner
+from hiclaw.control.scheduler import Scheduler
+from hiclaw.control.scheduler import admin_action as schedule_admin_action
 from hiclaw.control.skills import TeamSkills
 from hiclaw.errors import HiclawError, InvalidInputError
 from hiclaw.host import ComponentContext, PluginHost, RuntimeContext
@@ -131,6 +133,7 @@ class ControlPlane:
         self.engine = TaskEngine(state=self.state, storage=self.storage, chat=self.chat, access=self.provisioner,
                                  wake_manager=self._wake_manager, yolo=self.config.team.yolo, admin=ADMIN,
                                  after_task=self._after_task)
+        self.scheduler = Scheduler(self)
 
         await self._ensure_admin()
         manager_token = await self.gateway.mint_token(MANAGER, models=sorted(self.config.models) or None)
@@ -158,6 +161,7 @@ class ControlPlane:
         for name in failed:
             self.progress(f"workers: {name} failed to start (see `hiclaw worker logs {name}`)")
         await self.collect_pending_results()
+        await self.scheduler.start()
         await self.host.startup(self.runtime_context())
         self.progress(f"ready in {time.perf_counter() - started:.1f}s")
 
@@ -167,7 +171,8 @@ class ControlPlane:
         if self._inbox_task is not None:
             self._inbox_task.cancel()
             steps.append(("inbox", self._inbox_task))
-        for name, closer in (("hooks", lambda: self.host.shutdown(self.runtime_context())),
+        for name, closer in (("scheduler", lambda: self.scheduler.stop()),
+                             ("hooks", lambda: self.host.shutdown(self.runtime_context())),
                              ("workers", lambda: self.supervisor.close()),
                              ("channel", lambda: self.channel.stop()),
                              ("api", lambda: self.api.stop()),
@@ -378,4 +383,6 @@ class ControlPlane:
         if action == "remove-worker":
             await self.provisioner.remove_worker(body["name"])
             return {"removed": body["name"]}
+        if action.startswith("schedule-"):
+            return await schedule_admin_action(self, action, body)
         raise HiclawError(f"unknown admin action {action!r}")

@@ -1,0 +1,115 @@
+"""``hiclaw schedule add|list|remove``: recurring work for a worker (see docs/schedules.md).
+
+When the team runs, the commands go through the control API (the scheduler sees the change at
+once); when it does not, they edit the state DB directly and the control plane picks the
+schedules up when it starts (a run missed meanwhile runs once at start-up).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+import click
+
+from hiclaw.cli.app import App, emit_json, pass_app, table
+from hiclaw.cli.up import control_request, running_control
+from hiclaw.errors import HiclawError
+
+
+@click.group("schedule")
+def schedule_group() -> None:
+    """Scheduled tasks: a cron time in a time zone, a message, a worker."""
+
+
+@contextmanager
+def offline_book(app: App, *, readonly: bool = False) -> Iterator[Any]:
+    """The schedules in the state DB of a team that is not running."""
+    from hiclaw.control.scheduler import ScheduleBook
+    from hiclaw.state import StateDB
+
+    path = app.home / "state.db"
+    if not path.exists():
+        raise HiclawError(f"no team state in {app.home}",
+                          hint="start the team once with `hiclaw up` and create a worker, or set HICLAW_HOME")
+    state = StateDB(path, readonly=readonly)
+    try:
+        yield ScheduleBook(state)
+    finally:
+        state.close()
+
+
+def _when(iso: str | None, tz: str) -> str:
+    from hiclaw.control.cron import check_timezone, local_text
+
+    return local_text(datetime.fromisoformat(iso), check_timezone(tz)) if iso else "-"
+
+
+@schedule_group.command("add")
+@click.argument("name")
+@click.option("--cron", required=True, help="5 fields: minute hour day-of-month month day-of-week, e.g. \"0 9 * * *\".")
+@click.option("--tz", "tz", default="UTC", show_default=True, help="IANA time zone of the cron times, e.g. Europe/Paris.")
+@click.option("--assignee", required=True, help="The worker that does the work.")
+@click.option("--message", required=True, help="What to do at each run (posted to the worker, mentioning it).")
+@click.option("--replace", is_flag=True, help="Replace a schedule of the same name.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def add_command(app: App, name: str, cron: str, tz: str, assignee: str, message: str, replace: bool,
+                as_json: bool) -> None:
+    """Add a schedule for a worker.
+
+    Example: hiclaw schedule add metrics --cron "0 9 * * *" --tz Europe/Paris --assignee jordan
+    --message "post yesterday's metrics"
+    """
+    body = {"name": name, "cron": cron, "timezone": tz, "assignee": assignee, "message": message, "replace": replace}
+    if running_control(app) is not None:
+        view = control_request(app, "POST", "/v1/admin/schedule-add", body)
+    else:
+        with offline_book(app) as book:
+            view = book.add(name, cron, tz, message, assignee, replace=replace)
+    if as_json:
+        emit_json(view)
+        return
+    click.echo(f"schedule {view['name']}: `{view['cron']}` in {view['timezone']} for {view['assignee']}; "
+               f"next run {_when(view['next_run'], view['timezone'])}")
+
+
+@schedule_group.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def list_command(app: App, as_json: bool) -> None:
+    """Schedules with their next run (in the schedule's time zone) and last run."""
+    running = running_control(app) is not None
+    if running:
+        views = control_request(app, "POST", "/v1/admin/schedule-list", {})["schedules"]
+    elif not (app.home / "state.db").exists():
+        views = []
+    else:
+        with offline_book(app, readonly=True) as book:
+            views = book.list()
+    if as_json:
+        emit_json(views)
+        return
+    table([[v["name"], v["cron"], v["timezone"], v["assignee"],
+            _when(v["next_run"], v["timezone"]) + (" (a run was missed: runs once at start-up)"
+                                                    if v["missed"] and not running else ""),
+            _when(v["last_run"], v["timezone"]), v["message"] if len(v["message"]) <= 50 else v["message"][:47] + "..."]
+           for v in views], ["name", "cron", "tz", "assignee", "next run", "last run", "message"])
+
+
+@schedule_group.command("remove")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def remove_command(app: App, name: str, as_json: bool) -> None:
+    """Remove a schedule (its run records stay in storage)."""
+    if running_control(app) is not None:
+        result = control_request(app, "POST", "/v1/admin/schedule-remove", {"name": name})
+    else:
+        with offline_book(app) as book:
+            result = book.remove(name)
+    if as_json:
+        emit_json(result)
+        return
+    click.echo(f"removed schedule {name} (run records kept in {result['records_kept']})")
