@@ -240,6 +240,24 @@ async def test_schedules_written_by_another_process_are_picked_up(plane):
         await scheduler.stop()
 
 
+async def test_a_failing_run_is_retried_and_does_not_hold_up_the_others(plane):
+    clock = ManualClock(utc(2025, 6, 1, 8, 59))
+    book = ScheduleBook(plane.state, clock)
+    book.add("broken", "0 9 * * *", "UTC", "first", "jordan")
+    book.add("metrics", "0 9 * * *", "UTC", "second", "jordan")
+    blocker = plane.home / "data" / "shared" / "schedules" / "broken"
+    blocker.parent.mkdir(parents=True)
+    blocker.write_text("a file where the records folder should be")  # storage refuses the record
+    clock.set(utc(2025, 6, 1, 9))
+    scheduler = Scheduler(plane, clock=clock)
+    assert await scheduler.run_due() == ["shared/schedules/metrics/run-20250601T090000Z.md"]
+    assert scheduler._failed and plane.state.schedule("broken").last_run is None
+    assert [text.split(": ", 1)[1].split("\n")[0] for _, text, _ in plane.channel.sent] == ["second"]
+    blocker.unlink()
+    assert await scheduler.run_due() == ["shared/schedules/broken/run-20250601T090000Z.md"]
+    assert not scheduler._failed and len(plane.channel.sent) == 2
+
+
 async def test_a_run_for_a_removed_worker_is_recorded_as_skipped(plane):
     clock = ManualClock(utc(2025, 6, 1, 8, 59))
     ScheduleBook(plane.state, clock).add("metrics", "0 9 * * *", "UTC", "post metrics", "jordan")
@@ -264,6 +282,8 @@ async def test_manager_tools_and_admin_actions(plane):
     with pytest.raises(HiclawError, match="unknown time zone 'Paris'"):
         await tools["schedule_add"].handler({"name": "other", "cron": "0 9 * * *", "timezone": "Paris",
                                              "message": "m", "assignee": "jordan"})
+    with pytest.raises(InvalidInputError, match="'cron' is missing"):
+        await tools["schedule_add"].handler({"name": "other", "message": "m", "assignee": "jordan"})
     listed = await tools["schedule_list"].handler({})
     assert [(v["name"], v["assignee"], v["missed"]) for v in listed] == [("metrics", "jordan", False)]
     assert (await scheduler.admin_action("schedule-list", {}))["schedules"] == listed

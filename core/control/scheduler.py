@@ -160,6 +160,8 @@ class Scheduler:
         self._wakeup = asyncio.Event()
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        self._failed = False
+        self._invalid: set[str] = set()
         plane.add_manager_tools(lambda: schedule_tools(self))
 
     @property
@@ -196,43 +198,54 @@ class Scheduler:
 
     async def _loop(self) -> None:
         while True:
+            # After a failed run, wait a whole tick before trying again (no busy loop on a broken store).
+            timeout = self.tick_seconds if self._failed else self._seconds_to_next()
             try:
-                await asyncio.wait_for(self._wakeup.wait(), timeout=self._seconds_to_next())
+                await asyncio.wait_for(self._wakeup.wait(), timeout=timeout)
             except TimeoutError:
                 pass
             self._wakeup.clear()
             try:
                 await self.run_due()
-            except Exception:  # noqa: BLE001 - keep time; the failed run is retried at the next tick
-                log.exception("scheduler: running due schedules failed")
-                await asyncio.sleep(self.tick_seconds)
+            except Exception:  # noqa: BLE001 - keep time; the state DB may be briefly unavailable
+                log.exception("scheduler: reading the schedules failed")
+                self._failed = True
+
+    def _rules(self) -> list[tuple[Schedule, CronRule]]:
+        """Every schedule with its parsed rule; one written invalid by hand is reported once and skipped."""
+        rules = []
+        for schedule in self.plane.state.schedules():
+            try:
+                rules.append((schedule, CronRule(schedule.cron, schedule.timezone)))
+            except HiclawError as exc:
+                if schedule.name not in self._invalid:
+                    self._invalid.add(schedule.name)
+                    log.warning("schedule %s is invalid and never runs: %s", schedule.name, exc)
+        return rules
 
     def _seconds_to_next(self) -> float:
         now = self.clock.now()
         wait = self.tick_seconds
-        for schedule in self.plane.state.schedules():
-            try:
-                due = CronRule(schedule.cron, schedule.timezone).next_after(
-                    parse_time(schedule.last_run or schedule.created_at))
-            except (HiclawError, ValueError):
-                continue
-            wait = min(wait, (due - now).total_seconds())
+        for schedule, rule in self._rules():
+            wait = min(wait, (rule.next_after(parse_time(schedule.last_run or schedule.created_at)) - now).total_seconds())
         return max(wait, 0.0)
 
     async def run_due(self) -> list[str]:
-        """Fire every schedule with a slot due now (one run each); returns the run records written."""
+        """Fire every schedule with a slot due now (one run each); returns the run records written.
+        A run that fails (storage or channel down) is logged and retried at the next tick."""
         fired = []
         async with self._lock:
-            for schedule in self.plane.state.schedules():
-                try:
-                    rule = CronRule(schedule.cron, schedule.timezone)
-                except HiclawError as exc:  # written by hand into the DB: say so, do not stop the others
-                    log.warning("schedule %s is invalid and never runs: %s", schedule.name, exc)
-                    continue
+            self._failed = False
+            for schedule, rule in self._rules():
                 now = self.clock.now()
                 due = rule.due(parse_time(schedule.last_run or schedule.created_at), now)
-                if due is not None:
+                if due is None:
+                    continue
+                try:
                     fired.append(await self.fire(schedule, rule, slot=due[0], first_missed=due[1], now=now))
+                except Exception:  # noqa: BLE001 - one failing run must not hold up the others
+                    log.exception("schedule %s: run of %s failed; retrying at the next tick", schedule.name, due[0])
+                    self._failed = True
         return fired
 
     async def fire(self, schedule: Schedule, rule: CronRule, *, slot: datetime, first_missed: datetime,
@@ -257,16 +270,23 @@ class Scheduler:
 
     async def admin_action(self, action: str, body: dict[str, Any]) -> Any:
         if action == "schedule-add":
-            result = self.book.add(body["name"], body["cron"], body.get("timezone") or "UTC", body["message"],
-                                   body["assignee"], replace=bool(body.get("replace")))
+            result = self.book.add(_arg(body, "name"), _arg(body, "cron"), body.get("timezone") or "UTC",
+                                   _arg(body, "message"), _arg(body, "assignee"), replace=bool(body.get("replace")))
         elif action == "schedule-list":
             return {"schedules": self.book.list()}
         elif action == "schedule-remove":
-            result = self.book.remove(body["name"])
+            result = self.book.remove(_arg(body, "name"))
         else:
             raise HiclawError(f"unknown admin action {action!r}")
         self.wake()
         return result
+
+
+def _arg(body: dict[str, Any], key: str) -> str:
+    value = body.get(key)
+    if not isinstance(value, str):
+        raise InvalidInputError(f"schedule: '{key}' is missing", hint="give name, cron, timezone, message and assignee")
+    return value
 
 
 async def admin_action(plane: Any, action: str, body: dict[str, Any]) -> Any:
