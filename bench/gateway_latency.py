@@ -74,18 +74,29 @@ async def drive(url: str, headers: dict[str, str], body: bytes, *, concurrency: 
     return latencies, outside, rate
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def measure(paths: dict[str, tuple[str, dict[str, str]]], body: bytes, *, concurrency: int, requests: int,
-                  delay: tuple[int, int]) -> dict[str, tuple[list[float], list[float], float]]:
+                  delay: tuple[int, int], gateway_pid: int) -> tuple[dict[str, tuple[list[float], list[float], float]], float]:
+    """Both paths' results, and the gateway process's CPU time per call (ms)."""
     results: dict[str, tuple[list[float], list[float], float]] = {name: ([], [], 0.0) for name in paths}
     for url, headers in paths.values():  # warm-up: connections, caches
         await drive(url, headers, body, concurrency=concurrency, requests=min(requests, 2 * concurrency + 20), delay=delay)
+    cpu = 0.0
     for _ in range(2):  # alternate halves so drift on a shared machine hits both sides alike
         for name, (url, headers) in paths.items():
+            before = cpu_seconds(gateway_pid)
             latencies, outside, rate = await drive(url, headers, body, concurrency=concurrency,
                                                    requests=requests // 2, delay=delay)
+            if name == "gateway":
+                cpu += cpu_seconds(gateway_pid) - before
             old = results[name]
             results[name] = (old[0] + latencies, old[1] + outside, old[2] + rate / 2)
-    return results
+    return results, 1000 * cpu / len(results["gateway"][0])
 
 
 def main() -> None:
@@ -121,7 +132,7 @@ def main() -> None:
     print(f"gateway added latency — scripted upstream, {os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.1f} "
           f"at start), {'litellm' if args.litellm else 'direct OpenAI-compatible'} upstream path, aiohttp client")
     header = (f"{'upstream':<18}{'conc':>5}{'calls':>7} | {'direct p50':>10}{'p99':>8}{'req/s':>7} | "
-              f"{'gateway p50':>11}{'p99':>8}{'req/s':>7} | {'added p50':>9}{'p99':>7}  bar")
+              f"{'gateway p50':>11}{'p99':>8}{'req/s':>7} | {'added p50':>9}{'p99':>7} | {'gw CPU/call':>11}  bar")
     print(header)
     print("-" * len(header))
     verdict = True
@@ -138,7 +149,8 @@ def main() -> None:
                 calls = args.requests if concurrency == 50 else max(200, args.requests // 10)
                 if agent == "model-like" and concurrency == 1:
                     calls = min(calls, max(100, 20_000 // max(model_delay[0], 1)))  # keep the serial run short
-                results = asyncio.run(measure(paths, body, concurrency=concurrency, requests=calls, delay=delay))
+                results, cpu_ms = asyncio.run(measure(paths, body, concurrency=concurrency, requests=calls, delay=delay,
+                                                      gateway_pid=gateway.pid))
                 (d_lat, d_out, d_rate), (g_lat, g_out, g_rate) = results["direct"], results["gateway"]
                 added50 = percentile(g_out, 0.5) - percentile(d_out, 0.5)
                 added99 = percentile(g_out, 0.99) - percentile(d_out, 0.99)
@@ -149,7 +161,7 @@ def main() -> None:
                     bar = f"≤2/≤5 ms {'PASS' if ok else 'FAIL'}"
                 print(f"{label:<18}{concurrency:>5}{len(d_lat):>7} | {percentile(d_lat, 0.5):>10.2f}"
                       f"{percentile(d_lat, 0.99):>8.2f}{d_rate:>7.0f} | {percentile(g_lat, 0.5):>11.2f}"
-                      f"{percentile(g_lat, 0.99):>8.2f}{g_rate:>7.0f} | {added50:>9.2f}{added99:>7.2f}  {bar}")
+                      f"{percentile(g_lat, 0.99):>8.2f}{g_rate:>7.0f} | {added50:>9.2f}{added99:>7.2f} | {cpu_ms:>8.2f} ms  {bar}")
     finally:
         for proc in (gateway, scripted):
             proc.terminate()

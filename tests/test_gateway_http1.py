@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import json
 import ipaddress
+import json
 import ssl
 
 import pytest

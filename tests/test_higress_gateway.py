@@ -87,6 +87,16 @@ async def test_remint_replaces_token_and_models_and_revoke_cleans_up(tmp_path, c
     with pytest.raises(NotFoundError, match="no consumer 'hiclaw-alice'"):
         await gateway.revoke_token("alice")
     await gateway.stop()
+    # A restart re-applies the aliases to existing routes, and removes one left without consumers.
+    console.routes["hiclaw-fast"]["upstreams"] = [{"provider": "edited-by-hand"}]
+    console.routes["hiclaw-local"] = {"name": "hiclaw-local", "version": "1", "upstreams": [{"provider": "x"}],
+                                      "authConfig": {"enabled": False, "allowedConsumers": []}}
+    restarted = _gateway(tmp_path, console)
+    await restarted.start()
+    assert console.routes["hiclaw-fast"]["upstreams"][0]["provider"] == "hiclaw-fast"
+    assert console.routes["hiclaw-fast"]["authConfig"]["allowedConsumers"] == ["hiclaw-bob"]
+    assert "hiclaw-local" not in console.routes
+    await restarted.stop()
 
 
 async def test_expired_session_is_renewed_and_foreign_consumers_are_left_alone(tmp_path, console):

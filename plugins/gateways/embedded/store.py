@@ -142,8 +142,11 @@ class GatewayStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fresh = not path.exists()
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
+        if fresh:
+            path.chmod(0o600)  # token hashes and who spent what: the control plane's business only
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes; fsync at checkpoints
         self._db.executescript(SCHEMA)
