@@ -61,6 +61,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     result_summary TEXT,
     dispatch_count INTEGER NOT NULL DEFAULT 0,
     last_progress_at TEXT,
+    stalled_at TEXT,                           -- set by the heartbeat watchdog; state stays in_progress
     created_at TEXT NOT NULL,
     updated_at TEXT NOT NULL,
     position INTEGER NOT NULL DEFAULT 0
@@ -145,6 +146,7 @@ class Task(BaseModel):
     result_summary: str | None = None
     dispatch_count: int = 0
     last_progress_at: str | None = None
+    stalled_at: str | None = None  # no progress for two heartbeat intervals (hiclaw.control.watchdog)
     depends_on: list[str] = Field(default_factory=list)
     created_at: str = ""
     updated_at: str = ""
@@ -179,6 +181,7 @@ class StateDB:
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.execute("PRAGMA foreign_keys=ON")
             self._conn.executescript(SCHEMA)
+            self._add_missing_columns()
             self._conn.execute(
                 "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
             )
@@ -187,6 +190,12 @@ class StateDB:
 
     def close(self) -> None:
         self._conn.close()
+
+    def _add_missing_columns(self) -> None:
+        """Columns added after a database was created (additive migrations)."""
+        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(tasks)")}
+        if "stalled_at" not in columns:
+            self._conn.execute("ALTER TABLE tasks ADD COLUMN stalled_at TEXT")
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -386,7 +395,8 @@ class StateDB:
         return self.next_id("task", "tasks")
 
     def update_task(self, task_id: str, **fields: Any) -> Task:
-        allowed = {"state", "result_status", "result_summary", "dispatch_count", "last_progress_at", "assignee", "model"}
+        allowed = {"state", "result_status", "result_summary", "dispatch_count", "last_progress_at", "assignee", "model",
+                   "stalled_at"}
         if not set(fields) <= allowed:
             raise ValueError(f"cannot update {set(fields) - allowed}")
         values = [v.value if hasattr(v, "value") else v for v in fields.values()]

@@ -116,7 +116,8 @@ def status_command(app: App, as_json: bool) -> None:
     click.echo("")
     table([[p["id"], p["title"], p["state"]] for p in data["projects"]], ["project", "title", "state"])
     click.echo("")
-    table([[t["id"], t["project"] or "-", t["assignee"], t["state"], t["result"] or "-", t["title"]]
+    table([[t["id"], t["project"] or "-", t["assignee"], t["state"] + (" (stalled)" if t.get("stalled_at") else ""),
+            t["result"] or "-", t["title"]]
            for t in data["tasks"]], ["task", "project", "assignee", "state", "result", "title"])
 
 
@@ -134,7 +135,8 @@ def offline_status(app: App) -> dict[str, Any]:
             "workers": [{"name": w.name, "role": w.role, "model": w.model, "state": w.state} for w in state.workers()],
             "projects": [p.model_dump() for p in state.projects()],
             "tasks": [{"id": t.id, "project": t.project_id, "title": t.title, "assignee": t.assignee,
-                       "state": t.state.value, "result": t.result_status.value if t.result_status else None}
+                       "state": t.state.value, "result": t.result_status.value if t.result_status else None,
+                       "stalled_at": t.stalled_at if t.state.value == "in_progress" else None}
                       for t in state.tasks()],
         }
     finally:

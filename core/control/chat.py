@@ -26,6 +26,9 @@ class ControlChat:
             sent = state.outbox_get(key)
             if sent is not None:
                 return sent
+        idle = getattr(self.plane, "idle", None)
+        if idle is not None and mentions:
+            await idle.wake_mentioned(mentions)  # a sleeping worker is ready before it is mentioned
         event_id = await self.plane.channel.send(room_id, text, mentions=list(mentions), idempotency_key=key)
         if key is not None:
             state.outbox_put(key, room_id, event_id)

@@ -23,6 +23,7 @@ from hiclaw.control.provisioner import Provisioner
 from hiclaw.control.scheduler import Scheduler
 from hiclaw.control.scheduler import admin_action as schedule_admin_action
 from hiclaw.control.skills import TeamSkills
+from hiclaw.control.watchdog import Watchdog
 from hiclaw.errors import HiclawError, InvalidInputError
 from hiclaw.host import ComponentContext, PluginHost, RuntimeContext
 from hiclaw.manager.agent import ManagerAgent
@@ -134,6 +135,8 @@ class ControlPlane:
                                  wake_manager=self._wake_manager, yolo=self.config.team.yolo, admin=ADMIN,
                                  after_task=self._after_task)
         self.scheduler = Scheduler(self)
+        self.watchdog = Watchdog(self)  # heartbeat, restarts, re-notices, stalls; idle sleep below
+        self.idle = self.watchdog.idle
 
         await self._ensure_admin()
         manager_token = await self.gateway.mint_token(MANAGER, models=sorted(self.config.models) or None)
@@ -162,6 +165,7 @@ class ControlPlane:
             self.progress(f"workers: {name} failed to start (see `hiclaw worker logs {name}`)")
         await self.collect_pending_results()
         await self.scheduler.start()
+        self.watchdog.start()
         await self.host.startup(self.runtime_context())
         self.progress(f"ready in {time.perf_counter() - started:.1f}s")
 
@@ -171,7 +175,8 @@ class ControlPlane:
         if self._inbox_task is not None:
             self._inbox_task.cancel()
             steps.append(("inbox", self._inbox_task))
-        for name, closer in (("scheduler", lambda: self.scheduler.stop()),
+        for name, closer in (("watchdog", lambda: self.watchdog.stop()),  # first: it would restart stopping workers
+                             ("scheduler", lambda: self.scheduler.stop()),
                              ("hooks", lambda: self.host.shutdown(self.runtime_context())),
                              ("workers", lambda: self.supervisor.close()),
                              ("channel", lambda: self.channel.stop()),
@@ -276,6 +281,7 @@ class ControlPlane:
         return name if worker is not None and worker.state != "removed" else None
 
     async def _on_message(self, message: ChatMessage) -> None:
+        self.watchdog.observe(message)  # workers' messages are heartbeat signals; mentions wake sleepers
         await self.host.on_message(message, self.runtime_context())
         await self.gate(message)
 
@@ -311,7 +317,7 @@ class ControlPlane:
             if not self.state.inbox_pending():
                 await self._inbox_wakeup.wait()
 
-    async def idle(self) -> bool:
+    async def manager_idle(self) -> bool:
         """True when the Manager has nothing queued (for tests and the demo)."""
         return not self.state.inbox_pending()
 
@@ -370,7 +376,8 @@ class ControlPlane:
             "workers": workers,
             "projects": [p.model_dump() for p in self.state.projects()],
             "tasks": [{"id": t.id, "project": t.project_id, "title": t.title, "assignee": t.assignee,
-                       "state": t.state.value, "result": t.result_status.value if t.result_status else None}
+                       "state": t.state.value, "result": t.result_status.value if t.result_status else None,
+                       "stalled_at": t.stalled_at if t.state is TaskState.IN_PROGRESS else None}
                       for t in self.state.tasks()],
         }
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -57,6 +58,7 @@ class Provisioner:
         self.ready: dict[str, asyncio.Event] = {}
         self.mounts: dict[str, list[Any]] = {}  # mounts each running worker was started with
         self.start_times: dict[str, float] = {}
+        self.ready_at: dict[str, float] = {}  # epoch seconds of each worker's latest "ready" (watchdog)
         self._locks: dict[str, asyncio.Lock] = {}
 
     def _lock(self, name: str) -> asyncio.Lock:
@@ -146,6 +148,9 @@ class Provisioner:
     async def refresh_access(self, name: str) -> None:
         """Re-grant; restart the sandbox only if its mounts must change and it is not mid-task."""
         worker = self.plane.state.worker(name)
+        if worker.state == "sleeping":  # idle sleep: start it (with fresh grants) before work reaches it
+            await self.plane.idle.wake(name, reason="assignment")
+            return
         rw, ro = self.desired_grants(name)
         access = await self.plane.storage.grant(name, rw=rw, ro=ro)
         if name in self.mounts and access.mounts == self.mounts[name]:
@@ -223,6 +228,7 @@ class Provisioner:
                 continue
 
     def mark_ready(self, name: str) -> None:
+        self.ready_at[name] = time.time()
         event = self.ready.setdefault(name, asyncio.Event())
         event.set()
 

@@ -140,7 +140,7 @@ class Demo:
         await self.admin.send(manager_room, CONFIRM, mention=manager)
         await wait_until(lambda: any(p.state == "done" for p in state.projects()) and self.said(manager, "is complete"),
                          timeout=self.timeout, what="the project to complete")
-        await wait_until(plane.idle, timeout=self.timeout, what="the Manager to finish its last turn")
+        await wait_until(plane.manager_idle, timeout=self.timeout, what="the Manager to finish its last turn")
 
     # ------------------------------------------------------------------ checks
 

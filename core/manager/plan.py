@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from hiclaw.errors import InvalidInputError
+from hiclaw.models import TaskState
 from hiclaw.state import Project, Task
 
 TASK_ID = re.compile(r"^task-\d{3,}$")
@@ -141,5 +142,7 @@ def render_plan(project: Project, tasks: Sequence[Task]) -> str:
         lines.append(f"- {task.state.marker} {task.id} {task.title} — @{task.assignee}{tail}")
         if task.result_status:
             lines.append(f"  - result: {task.result_status.value}" + (f" — {task.result_summary}" if task.result_summary else ""))
+        if task.stalled_at and task.state is TaskState.IN_PROGRESS:  # a note, not a state: the marker stays [~]
+            lines.append(f"  - stalled since {task.stalled_at}: no progress for two heartbeat intervals")
     lines.append("")
     return "\n".join(lines)

@@ -1,0 +1,396 @@
+"""The heartbeat watchdog: code, not prompts, keeps an eye on every worker and its task.
+
+Every ``[team] heartbeat_seconds`` (the *interval*) counts; checks run four times per interval,
+so a threshold is acted on within a quarter interval of being crossed. For each worker:
+
+- **process** (the sandbox supervisor's view). The supervisor restarts crashes with back-off; when
+  such a restarted worker is ready again, its in-progress task is **re-notified** (the assignment
+  mention is posted again, so the worker re-reads the spec). An *active* worker whose process is
+  not running and will not be restarted by the supervisor (it exited cleanly, failed to start) is
+  started again here, then re-notified. A **crash loop** (the supervisor stopped it) is never
+  restarted here: the admin is told (by the control plane) and the Manager gets a summary.
+- **progress** of its in-progress task: the newest of the task folder's files (``progress/``,
+  ``result.md``, ``workspace/``; not ``spec.md``, which is the Manager's), the worker's own
+  messages in any room, and its model calls through the gateway. No progress for **one interval**
+  → the worker is asked in its room (no Manager LLM call); for **two** → the admin is alerted in
+  the ``Manager`` room and the task is marked *stalled* (``Task.stalled_at``; the task stays
+  ``in_progress`` so plan.md markers keep matching the state, and plan.md notes the stall). New
+  progress clears the stall and says so in the ``Manager`` room.
+- **idle sleep**: see :mod:`hiclaw.control.idle`.
+
+The Manager is woken with ONE compact summary per check, and only when something needs its
+judgement (a task newly stalled, a crash loop, a worker that cannot be started); never for
+routine checks. Every message carries an idempotency key numbered per episode, so a restarted
+control plane neither repeats nor loses one.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from hiclaw.control.idle import ACTIVE, IdlePolicy
+from hiclaw.models import ChatMessage, TaskState
+from hiclaw.storage import layout
+
+log = logging.getLogger(__name__)
+
+CHECKS_PER_INTERVAL = 4
+STALL_INTERVALS = 2
+MAX_START_FAILURES = 3
+#: Supervisor states in which the supervisor itself is (re)starting the process.
+SUPERVISED = ("running", "starting", "backoff")
+
+
+def epoch(value: str | None) -> float:
+    if not value:
+        return float("-inf")
+    return datetime.fromisoformat(value).timestamp()
+
+
+def iso(when: float) -> str:
+    return datetime.fromtimestamp(when, timezone.utc).isoformat(timespec="milliseconds")
+
+
+@dataclass
+class TaskWatch:
+    """What the watchdog knows about one dispatch of one in-progress task."""
+
+    dispatch: int
+    last_progress: float
+    asked: bool = False
+    stalled: bool = False
+
+
+@dataclass
+class TickReport:
+    """What one check did (for tests and logs)."""
+
+    at: float
+    asked: list[str] = field(default_factory=list)  # task ids
+    stalled: list[str] = field(default_factory=list)
+    unstalled: list[str] = field(default_factory=list)
+    restarted: list[str] = field(default_factory=list)  # worker names
+    renotified: list[str] = field(default_factory=list)  # task ids
+    slept: list[str] = field(default_factory=list)
+    summary: str | None = None  # the text the Manager was woken with, if any
+
+
+class Watchdog:
+    def __init__(self, plane: Any, *, interval: float | None = None, idle_seconds: float | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.plane = plane
+        self.interval = float(interval if interval is not None else plane.config.team.heartbeat_seconds)
+        self.clock = clock
+        self.idle = IdlePolicy(plane, idle_seconds=idle_seconds, clock=clock)
+        self.check_every = max(0.05, min(self.interval, self.idle.idle_seconds) / CHECKS_PER_INTERVAL)
+        self.started_at = clock()
+        self.last_message: dict[str, float] = {}  # worker -> newest message it sent
+        self.watches: dict[str, TaskWatch] = {}
+        self._crashed: dict[str, tuple[float, int | None]] = {}  # worker -> (when, exit code), until re-notified
+        self._start_failures: dict[str, int] = {}
+        self._judgement: list[tuple[str, str]] = []  # (key, line) for the next Manager summary
+        self._usage_since: float | None = None
+        self._loop: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+        self._registered = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self.register()
+        if self._loop is None:
+            self.started_at = self.clock()
+            self._loop = asyncio.create_task(self._run(), name="heartbeat-watchdog")
+
+    def register(self) -> None:
+        """Subscribe to the supervisor's exit and crash-loop reports (once)."""
+        if not self._registered:
+            self.plane.supervisor.on_exit(self._on_exit)
+            self.plane.supervisor.on_crash_loop(self._on_crash_loop)
+            self._registered = True
+
+    async def stop(self) -> None:
+        tasks = [t for t in (self._loop, *self._background) if t is not None]
+        self._loop = None
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.check_every)  # a periodic timer, not synchronisation
+            try:
+                await self.tick()
+            except Exception:  # noqa: BLE001 - one failed check must not end supervision
+                log.exception("heartbeat check failed")
+
+    # ------------------------------------------------------------------ signals from the plane
+
+    def observe(self, message: ChatMessage) -> None:
+        """Called for every message the control plane sees (cheap; never blocks the sync loop)."""
+        state = self.plane.state
+        sender = self.plane.display(message.sender)
+        when = message.timestamp.timestamp()
+        worker = state.find_worker(sender)
+        if worker is not None and worker.state != "removed":
+            self.last_message[sender] = max(self.last_message.get(sender, when), when)
+            self.idle.touch(sender, when)
+        for mention in message.mentions:
+            name = self.plane.display(mention)
+            if name == sender:
+                continue
+            self.idle.touch(name, when)
+            if self.idle.is_sleeping(name):
+                self._spawn(self.idle.wake(name, reason=f"mentioned by {sender}"), f"wake-{name}")
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._background.add(task)
+
+        def done(finished: asyncio.Task[Any]) -> None:
+            self._background.discard(finished)
+            if not finished.cancelled() and finished.exception() is not None:
+                log.error("%s failed: %s", name, finished.exception())
+
+        task.add_done_callback(done)
+
+    def _on_exit(self, name: str, code: int | None, will_restart: bool) -> None:
+        # A restart the provisioner asked for holds its lock; only unplanned exits count here.
+        if not will_restart or self.plane.provisioner._lock(name).locked():
+            return
+        worker = self.plane.state.find_worker(name)
+        if worker is None or worker.state != ACTIVE:
+            return
+        self._crashed[name] = (time.time(), code)
+        self.plane.state.log_event("worker.crashed", name, exit_code=code)
+
+    def _on_crash_loop(self, name: str, status: dict[str, Any]) -> None:
+        self._crashed.pop(name, None)
+        tasks = self.plane.state.tasks(assignee=name, states=[TaskState.IN_PROGRESS])
+        waiting = f"; {', '.join(t.id for t in tasks)} cannot progress" if tasks else ""
+        number = self._count("worker.crash_loop", name)
+        self._judgement.append((f"crash-loop:{name}:{number}",
+                                f"worker {name} keeps crashing ({status.get('recent_crashes', '?')} crashes) and "
+                                f"was stopped{waiting}. The admin was told. Decide whether to reassign its work."))
+
+    # ------------------------------------------------------------------ one check
+
+    async def tick(self) -> TickReport:
+        now = self.clock()
+        report = TickReport(at=now)
+        state = self.plane.state
+        workers = [w for w in state.workers() if w.state != "removed"]
+        calls = await self._gateway_callers(now)
+        for name in calls:
+            self.idle.touch(name, now)
+        await self._check_processes(workers, report)
+        in_progress = state.tasks(states=[TaskState.IN_PROGRESS])
+        for task in in_progress:
+            await self._check_task(task, now, calls, report)
+        self._forget_finished({t.id for t in in_progress})
+        fresh = [w for w in state.workers() if w.state != "removed"]
+        report.slept = await self.idle.check(now, fresh, {t.assignee for t in in_progress})
+        if self._judgement:
+            items, self._judgement = self._judgement, []
+            report.summary = "Heartbeat — needs your judgement:\n" + "\n".join(f"- {line}" for _, line in items)
+            key = "heartbeat:" + "+".join(key for key, _ in items)
+            await self.plane._wake_manager(self.plane.chat.manager_room, report.summary, key)
+        return report
+
+    async def _gateway_callers(self, now: float) -> set[str]:
+        """Consumers with model calls since the previous check."""
+        since, self._usage_since = self._usage_since, now
+        if since is None:
+            since = self.started_at
+        try:
+            rows = await self.plane.gateway.usage(by="consumer", since=since)
+        except Exception as exc:  # noqa: BLE001 - a gateway without usage: files and messages still count
+            log.debug("heartbeat: no gateway usage (%s)", exc)
+            return set()
+        return {str(r.get("consumer")) for r in rows if int(r.get("calls") or 0) > 0}
+
+    # ------------------------------------------------------------------ processes
+
+    async def _check_processes(self, workers: list[Any], report: TickReport) -> None:
+        restarts = []
+        for worker in workers:
+            name = worker.name
+            status = self.plane.supervisor.status(name)
+            process = status.get("state")
+            if name in self._crashed and process == "running":
+                crashed_at, code = self._crashed[name]
+                if self.plane.provisioner.ready_at.get(name, float("-inf")) > crashed_at:
+                    del self._crashed[name]
+                    reason = f"your process stopped unexpectedly (exit code {code}) and was restarted"
+                    report.renotified += await self.renotify(name, reason)
+                continue
+            # "absent": never started by this control plane (being created, or reconciliation
+            # failed and said so); "crash-loop": stopped on purpose by the supervisor.
+            if (worker.state != ACTIVE or process in (*SUPERVISED, "crash-loop", "absent")
+                    or self.plane.provisioner._lock(name).locked()
+                    or self._start_failures.get(name, 0) >= MAX_START_FAILURES):
+                continue
+            restarts.append(self._restart(worker, process, report))
+        await asyncio.gather(*restarts)
+
+    async def _restart(self, worker: Any, process: str | None, report: TickReport) -> None:
+        name = worker.name
+        self.plane.state.log_event("worker.restarting", name, process=process)
+        try:
+            await self.plane.provisioner.start_process(worker, restart=True)
+        except Exception as exc:  # noqa: BLE001 - counted; reported after a few attempts
+            failures = self._start_failures[name] = self._start_failures.get(name, 0) + 1
+            log.error("heartbeat: worker %s could not be started (%d/%d): %s", name, failures, MAX_START_FAILURES, exc)
+            if failures >= MAX_START_FAILURES:
+                await self.plane.chat.post(
+                    self.plane.chat.manager_room,
+                    f"@{self.plane.admin} worker **{name}** is not running and could not be started "
+                    f"{failures} times ({exc}). See `hiclaw worker logs {name}`.",
+                    mentions=[self.plane.admin], key=f"start-failed:{name}:{self._count('worker.start_failed', name)}")
+                self.plane.state.log_event("worker.start_failed", name, error=str(exc))
+                self._judgement.append((f"start-failed:{name}:{self._count('worker.start_failed', name)}",
+                                        f"worker {name} cannot be started ({exc}); the admin was told."))
+            return
+        self._start_failures.pop(name, None)
+        report.restarted.append(name)
+        report.renotified += await self.renotify(name, f"your process was not running ({process}) and was restarted")
+
+    async def renotify(self, worker: str, reason: str) -> list[str]:
+        """Post the assignment of each of ``worker``'s in-progress tasks again."""
+        renotified = []
+        for task in self.plane.state.tasks(assignee=worker, states=[TaskState.IN_PROGRESS]):
+            number = self._count("task.renotified", task.id) + 1
+            await self.plane.chat.post(
+                await self._task_room(task),
+                f"@{worker} {reason}. Please carry on with **{task.id}**: {task.title}\n"
+                f"Spec: `{layout.task_spec(task.id)}` — report with `report_result` when done.",
+                mentions=[worker], key=f"renotify:{task.id}:{number}")
+            self.plane.state.log_event("task.renotified", task.id, worker=worker, reason=reason)
+            watch = self.watches.get(task.id)
+            if watch is not None:
+                watch.last_progress = max(watch.last_progress, self.clock())
+                watch.asked = False
+            renotified.append(task.id)
+        return renotified
+
+    # ------------------------------------------------------------------ task progress
+
+    async def _check_task(self, task: Any, now: float, calls: set[str], report: TickReport) -> None:
+        watch = self.watches.get(task.id)
+        if watch is None or watch.dispatch != task.dispatch_count:
+            # First sight (or a new dispatch): the window starts at the latest of the task's last
+            # recorded progress, its last change and this watchdog's start (signals sent while the
+            # control plane was down were not observed).
+            baseline = max(epoch(task.last_progress_at), epoch(task.updated_at), self.started_at)
+            same_dispatch = watch is None and task.stalled_at is not None
+            watch = self.watches[task.id] = TaskWatch(task.dispatch_count, baseline, stalled=same_dispatch,
+                                                      asked=same_dispatch)
+            if task.stalled_at is not None and not same_dispatch:
+                self.plane.state.update_task(task.id, stalled_at=None)
+        latest = await self._latest_signal(task, now, calls)
+        if latest > watch.last_progress:
+            watch.last_progress = latest
+            watch.asked = False
+            self.plane.state.update_task(task.id, last_progress_at=iso(latest))
+            if watch.stalled:
+                await self._unstall(task, watch)
+                report.unstalled.append(task.id)
+            return
+        if self.plane.supervisor.status(task.assignee).get("state") != "running":
+            return  # a dead or sleeping process is the process check's business
+        quiet = now - watch.last_progress
+        if quiet >= self.interval and not watch.asked:
+            await self._ask(task, quiet)
+            watch.asked = True
+            report.asked.append(task.id)
+        elif quiet >= STALL_INTERVALS * self.interval and not watch.stalled:
+            await self._stall(task, quiet)
+            watch.stalled = True
+            report.stalled.append(task.id)
+
+    async def _latest_signal(self, task: Any, now: float, calls: set[str]) -> float:
+        latest = self.last_message.get(task.assignee, float("-inf"))
+        if task.assignee in calls:
+            latest = max(latest, now)
+        spec = layout.task_spec(task.id)
+        try:
+            items = await self.plane.storage.list(layout.task_dir(task.id))
+        except Exception as exc:  # noqa: BLE001 - storage hiccup: the other signals still count
+            log.warning("heartbeat: cannot list %s: %s", layout.task_dir(task.id), exc)
+            items = []
+        for item in items:
+            if item.get("key") != spec and item.get("mtime") is not None:
+                latest = max(latest, float(item["mtime"]))
+        return latest
+
+    async def _ask(self, task: Any, quiet: float) -> None:
+        number = self._count("task.heartbeat_asked", task.id) + 1
+        await self.plane.chat.post(
+            await self.plane.chat.worker_room(task.assignee),
+            f"@{task.assignee} how is **{task.id}** going? I have seen no progress for {_span(quiet)} "
+            f"(no files in `{layout.task_dir(task.id)}`, no messages, no model calls). Reply with a short "
+            "status, add a `progress_note`, or call `report_result` if you are done or blocked.",
+            mentions=[task.assignee], key=f"heartbeat:{task.id}:{number}")
+        self.plane.state.log_event("task.heartbeat_asked", task.id, worker=task.assignee, quiet_seconds=round(quiet, 1))
+
+    async def _stall(self, task: Any, quiet: float) -> None:
+        number = self._count("task.stalled", task.id) + 1
+        admin = self.plane.admin
+        self.plane.state.update_task(task.id, stalled_at=iso(self.clock()))
+        self.plane.state.log_event("task.stalled", task.id, worker=task.assignee, quiet_seconds=round(quiet, 1))
+        await self._rerender(task)
+        await self.plane.chat.post(
+            self.plane.chat.manager_room,
+            f"@{admin} **{task.id}** ({task.title}) looks stalled: {task.assignee} has shown no progress for "
+            f"{_span(quiet)} and did not answer the heartbeat question. Files: `{layout.task_dir(task.id)}`.",
+            mentions=[admin], key=f"stalled:{task.id}:{number}")
+        self._judgement.append((f"stalled:{task.id}:{number}",
+                                f"{task.id} ({task.title}) by {task.assignee}: no progress for {_span(quiet)}; "
+                                "marked stalled, admin alerted. Wait, ask the worker, cancel or reassign it."))
+
+    async def _unstall(self, task: Any, watch: TaskWatch) -> None:
+        watch.stalled = False
+        self.plane.state.update_task(task.id, stalled_at=None)
+        self.plane.state.log_event("task.unstalled", task.id, worker=task.assignee)
+        await self._rerender(task)
+        await self.plane.chat.post(self.plane.chat.manager_room,
+                                   f"**{task.id}** is moving again ({task.assignee} made progress).",
+                                   key=f"unstalled:{task.id}:{self._count('task.unstalled', task.id)}")
+
+    def _forget_finished(self, in_progress: set[str]) -> None:
+        for task_id in [t for t in self.watches if t not in in_progress]:
+            watch = self.watches.pop(task_id)
+            if watch.stalled:  # reported, cancelled or blocked while stalled: the stall is over
+                self.plane.state.update_task(task_id, stalled_at=None)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _count(self, kind: str, subject: str) -> int:
+        return len(self.plane.state.events(kind=kind, subject=subject))
+
+    async def _task_room(self, task: Any) -> str:
+        if task.project_id:
+            project = self.plane.state.project(task.project_id)
+            if project.room_id:
+                return str(project.room_id)
+        return str(await self.plane.chat.worker_room(task.assignee))
+
+    async def _rerender(self, task: Any) -> None:
+        if task.project_id:
+            await self.plane.engine.render(task.project_id)
+
+
+def _span(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
