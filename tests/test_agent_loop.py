@@ -106,7 +106,7 @@ def test_prompts_are_bounded():
     memory = "\n".join(f"- note {i}: " + "x" * 50 for i in range(500))
     prompt = system_prompt(identity="You are sam.", rules="Report with report_result.",
                            skills=[("find-skills", "Find skills")], memory=memory)
-    assert len(prompt) < 2600 and "note 499" in prompt and "note 1:" not in prompt
+    assert len(prompt) < 1400 and "note 499" in prompt and "note 1:" not in prompt and "read_file MEMORY.md" in prompt
     context = tuple(ChatMessage(room_id="!r", event_id=f"$e{i}", sender="@bob:x", body="y" * 2000) for i in range(3))
     text = user_turn(ChatMessage(room_id="!r", event_id="$m", sender="@admin:x", body="@sam go", context=context),
                      display=lambda uid: uid.split(":")[0].lstrip("@"))

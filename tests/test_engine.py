@@ -62,8 +62,9 @@ def team(tmp_path):
         state.upsert_worker(Worker(name=name, role=name, model="smart"))
     wakes = []
 
-    async def wake(room, text):
-        wakes.append((room, text))
+    async def wake(room, text, key):
+        if key not in {w[2] for w in wakes}:
+            wakes.append((room, text, key))
 
     engine = TaskEngine(state=state, storage=MemoryStorage(), chat=FakeChat(), access=Access(), wake_manager=wake)
     engine.wakes = wakes
@@ -180,3 +181,21 @@ def test_parse_result():
     meta, body = parse_result("---\nstatus: SUCCESS\nsummary: fine\n---\n# Result\n")
     assert meta == {"status": "SUCCESS", "summary": "fine"} and body == "# Result\n"
     assert parse_result("no front matter") == ({}, "no front matter")
+
+
+async def test_reconcile_after_a_crash_redoes_only_what_was_lost(team):
+    engine = team
+    project = await engine.create_project("P")
+    await engine.propose_plan(project.id, PLAN)
+    await engine.confirm_plan(project.id)
+    await report(engine, "task-001", "SUCCESS")
+    posts, wakes = len(engine.chat.posts), len(engine.wakes)
+    await engine.reconcile()  # nothing was lost: nothing happens again
+    assert (len(engine.chat.posts), len(engine.wakes)) == (posts, wakes)
+    # A crash right after task-001 was marked done, before the next tasks were dispatched:
+    engine.state.update_task("task-001", state=TaskState.DONE)
+    await engine.reconcile()
+    assert states(engine)["task-002"] == "in_progress" and states(engine)["task-005"] == "in_progress"
+    again = len(engine.chat.posts)
+    await engine.reconcile()
+    assert len(engine.chat.posts) == again

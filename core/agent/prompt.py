@@ -11,8 +11,9 @@ from collections.abc import Callable, Sequence
 
 from hiclaw.models import ChatMessage
 
-#: How much of MEMORY.md (its most recent part) enters the prompt.
-MEMORY_EXCERPT_CHARS = 2000
+#: How much of MEMORY.md (its most recent part) enters the prompt; the rest stays one
+#: `read_file MEMORY.md` away, so a long-lived agent's prompt does not grow with its memory.
+MEMORY_EXCERPT_CHARS = 800
 #: How much of one buffered message enters the prompt.
 CONTEXT_MESSAGE_CHARS = 500
 
@@ -36,7 +37,9 @@ def system_prompt(*, identity: str, rules: str = "", skills: Sequence[tuple[str,
         parts.append("## Skills you have\nRead a skill's full instructions with `skills_read` before you use it.\n"
                      + catalog)
     if memory.strip():
-        parts.append("## Your memory (most recent part of MEMORY.md)\n" + bounded_tail(memory, MEMORY_EXCERPT_CHARS))
+        excerpt = bounded_tail(memory, MEMORY_EXCERPT_CHARS)
+        more = " (older entries: read_file MEMORY.md)" if excerpt.startswith("…") else ""
+        parts.append(f"## Your memory (most recent part of MEMORY.md{more})\n" + excerpt)
     if facts:
         parts.append("## Facts\n" + "\n".join(f"- {fact}" for fact in facts))
     return "\n\n".join(parts)

@@ -32,6 +32,8 @@ LAZY_COMMANDS: dict[str, str] = {
     "worker": "hiclaw.cli.workers:worker_group",
     "up": "hiclaw.cli.up:up_command",
     "demo": "hiclaw.cli.demo:demo_command",
+    "project": "hiclaw.cli.projects:project_group",
+    "task": "hiclaw.cli.projects:task_group",
     "status": "hiclaw.cli.up:status_command",
     "schedule": "hiclaw.cli.schedule:schedule_group",
 }

@@ -1,10 +1,6 @@
 """``hiclaw worker run|create|list|remove`` (``logs`` lives in :mod:`hiclaw.cli.worker`)."""
 from __future__ import annotations
 
-import asyncio
-import logging
-import sys
-
 import click
 
 from hiclaw.cli.app import App, emit_json, pass_app, table
@@ -15,13 +11,9 @@ from hiclaw.cli.worker import worker_group
 @worker_group.command("run")
 def run_command() -> None:
     """Run a worker (inside its sandbox; started by the control plane, not by hand)."""
-    from hiclaw.worker.runtime import WorkerRuntime
-    from hiclaw.worker.spec import WorkerRuntimeSpec
+    from hiclaw.worker.__main__ import main
 
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    spec = WorkerRuntimeSpec.from_env()
-    asyncio.run(WorkerRuntime(spec).run_forever())
+    raise SystemExit(main())
 
 
 @worker_group.command("create")

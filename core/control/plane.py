@@ -164,6 +164,8 @@ class ControlPlane:
         for name in failed:
             self.progress(f"workers: {name} failed to start (see `hiclaw worker logs {name}`)")
         await self.collect_pending_results()
+        await self.resume_interrupted_tasks()
+        await self.engine.reconcile()
         await self.scheduler.start()
         self.watchdog.start()
         await self.host.startup(self.runtime_context())
@@ -294,10 +296,10 @@ class ControlPlane:
         self.state.inbox_add(f"message:{message.event_id}", "message", message.model_dump(mode="json"))
         self._inbox_wakeup.set()
 
-    async def _wake_manager(self, room_id: str, text: str) -> None:
-        key = f"wake:{len(self.state.events(kind='manager.wake'))}:{hash(text) & 0xFFFFFFFF:x}"
-        self.state.log_event("manager.wake", room_id, text=text[:200])
-        self.state.inbox_add(key, "wake", {"room_id": room_id, "text": text, "key": key})
+    async def _wake_manager(self, room_id: str, text: str, key: str) -> None:
+        """Queue a Manager turn for a judgement; the same key is queued once, ever."""
+        if self.state.inbox_add(f"wake:{key}", "wake", {"room_id": room_id, "text": text, "key": key}):
+            self.state.log_event("manager.wake", key, room=room_id)
         self._inbox_wakeup.set()
 
     async def _inbox_loop(self) -> None:
@@ -330,6 +332,24 @@ class ControlPlane:
     async def collect_pending_results(self) -> None:
         for task in self.state.tasks(states=[TaskState.IN_PROGRESS]):
             await self.engine.collect_result(task.id)
+
+    async def resume_interrupted_tasks(self) -> list[str]:
+        """After a restart, workers' turns in flight were lost with their processes: ask each
+        worker to resume its in-progress task (a result already written was collected first)."""
+        boot = self.state.get_meta("boots") or "0"
+        self.state.set_meta("boots", str(int(boot) + 1))
+        resumed = []
+        for task in self.state.tasks(states=[TaskState.IN_PROGRESS]):
+            if task.dispatch_count == 0:
+                continue
+            project = self.state.project(task.project_id) if task.project_id else None
+            room = project.room_id if project and project.room_id else await self.chat.worker_room(task.assignee)
+            await self.chat.post(room, f"@{task.assignee} please resume **{task.id}** ({task.title}) — the team "
+                                       f"restarted while you worked on it. Spec: `{layout.task_spec(task.id)}`",
+                                 mentions=[task.assignee], key=f"resume:{task.id}:{task.dispatch_count}:{boot}")
+            self.state.log_event("task.resumed", task.id, boot=boot)
+            resumed.append(task.id)
+        return resumed
 
     async def _on_crash_loop(self, name: str, *args: Any) -> None:
         self.state.log_event("worker.crash_loop", name)

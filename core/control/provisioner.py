@@ -142,6 +142,11 @@ class Provisioner:
         ro += sorted({layout.project_dir(t.project_id) for t in mine if t.project_id})
         return rw, ro
 
+    def state_dir(self, name: str) -> Path:
+        path = self.plane.home / "workers" / name
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return path
+
     def busy(self, name: str) -> bool:
         return bool(self.plane.state.tasks(assignee=name, states=list(BUSY)))
 
@@ -182,6 +187,9 @@ class Provisioner:
             access = await plane.storage.grant(worker.name, rw=rw, ro=ro)
             token = await plane.gateway.mint_token(worker.name, models=sorted(plane.config.models) or None,
                                                    budget_usd=worker.budget_usd)
+            # The worker's own persistent state (sync token, seen events, mention buffers): it
+            # survives restarts of the sandbox, so nothing is replayed and nothing is lost.
+            state_dir = self.state_dir(worker.name)
             runtime = WorkerRuntimeSpec(
                 name=worker.name, model=worker.model,
                 channel=ComponentRef(plugin=plane.config.channel.plugin,
@@ -189,14 +197,14 @@ class Provisioner:
                 storage=ComponentRef(plugin=access.plugin, settings=access.settings),
                 gateway=GatewayRef(base_url=plane.gateway.base_url, token=token),
                 control_url=plane.api.url, control_token=plane.api.issue(worker.name),
-                scratch_dir=f"/tmp/hiclaw-{worker.name}", disabled_plugins=plane.config.plugins.disabled,
+                scratch_dir=str(state_dir), disabled_plugins=plane.config.plugins.disabled,
             )
             mounts = [Mount(host_path=m.host_path, sandbox_path=m.sandbox_path, read_only=m.read_only)
                       for m in access.mounts]
             spec = WorkerSpec(
-                name=worker.name, argv=[sys.executable, "-m", "hiclaw", "worker", "run"],
+                name=worker.name, argv=[sys.executable, "-m", "hiclaw.worker"],
                 env={"HICLAW_WORKER_SPEC": runtime.to_env(), "PYTHONUNBUFFERED": "1", "MALLOC_ARENA_MAX": "2"},
-                cwd=Path("/tmp"), mounts=mounts, bridges=self.bridges(), network=worker.network,
+                home=state_dir, mounts=mounts, bridges=self.bridges(), network=worker.network,
                 log_path=plane.home / "logs" / "workers" / f"{worker.name}.log",
             )
             event = self.ready[worker.name] = asyncio.Event()

@@ -40,7 +40,7 @@ def call(tool: str, **arguments: Any) -> dict[str, Any]:
 def generic_worker_rules(agent: str) -> list[dict[str, Any]]:
     """Assignment → read the spec → write the deliverable and report SUCCESS."""
     return [
-        {"when": {"role": "user", "regex": rf"@{agent} \*\*(?P<task>task-\d+)\*\* is yours"},
+        {"when": {"role": "user", "regex": rf"@{agent} (?:please resume )?\*\*(?P<task>task-\d+)\*\*"},
          "tool_calls": [call("read_file", path="shared/tasks/{{task}}/spec.md")]},
         {"when": {"tool_result": "read_file", "regex": r"task: (?P<task>task-\d+)\ntitle: '?(?P<title>[^\n']+)"},
          "tool_calls": [

@@ -51,7 +51,7 @@ class WorkerAccess(Protocol):
         """Grant the worker its tasks' folders (and restart its sandbox if mounts changed)."""
 
 
-WakeManager = Callable[[str, str], Awaitable[None]]  # (room_id, text)
+WakeManager = Callable[[str, str, str], Awaitable[None]]  # (room_id, text, idempotency key)
 
 
 def parse_result(text: str) -> tuple[dict[str, Any], str]:
@@ -267,13 +267,18 @@ class TaskEngine:
         self.state.update_task(task_id, state=TaskState.REVIEW, result_status=status, result_summary=summary)
         await self._rerender(task)
         self.state.log_event("task.reported", task_id, status=status.value)
-        room = project.room_id if project and project.room_id else await self.chat.worker_room(task.assignee)
-        await self.wake_manager(room, (
-            f"{task.assignee} reported **{task_id}** ({task.title}): {status.value} — {summary}\n"
-            f"Result: `{layout.task_result(task_id)}`. Judge it: call `accept_task` if it is good enough, or "
-            f"`request_revision` with concrete feedback (and the worker who should revise)."
-        ))
+        await self.wake_for_review(self.state.task(task_id))
         return True
+
+    async def wake_for_review(self, task: Task) -> None:
+        project = self.state.project(task.project_id) if task.project_id else None
+        room = project.room_id if project and project.room_id else await self.chat.worker_room(task.assignee)
+        status = task.result_status.value if task.result_status else "?"
+        await self.wake_manager(room, (
+            f"{task.assignee} reported **{task.id}** ({task.title}): {status} — {task.result_summary or ''}\n"
+            f"Result: `{layout.task_result(task.id)}`. Judge it: call `accept_task` if it is good enough, or "
+            f"`request_revision` with concrete feedback (and the worker who should revise)."
+        ), f"review:{task.id}:{task.dispatch_count}")
 
     async def _rerender(self, task: Task) -> None:
         if task.project_id:
@@ -364,12 +369,38 @@ class TaskEngine:
         self.state.update_project(project_id, state="done")
         await self.render(project_id)
         self.state.log_event("project.done", project_id)
+        await self.wake_for_report(project_id)
+
+    async def wake_for_report(self, project_id: str) -> None:
+        project = self.state.project(project_id)
+        tasks = self.state.tasks(project_id=project_id)
         rows = "\n".join(f"- [x] {t.id} {t.title} — @{t.assignee}: {t.result_status.value if t.result_status else '-'}"
                          for t in tasks if t.state is TaskState.DONE)
         await self.wake_manager(self.chat.manager_room, (
             f"Project **{project.title}** ({project_id}) is complete: every task is accepted.\n{rows}\n"
             f"Plan: `{layout.project_plan(project_id)}`. Write the final report to {self.admin} now."
-        ))
+        ), f"project-done:{project_id}")
+
+    # ------------------------------------------------------------------ after a restart
+
+    async def reconcile(self) -> None:
+        """Finish every step a crash may have interrupted. Each step is keyed, so whatever had
+        already happened is not done again: a queued review is not queued twice, an escalation is
+        not posted twice, a ready task is dispatched once."""
+        for task in self.state.tasks(states=[TaskState.REVIEW]):
+            await self.wake_for_review(task)
+        for task in self.state.tasks(states=[TaskState.BLOCKED]):
+            await self.chat.post(self.chat.manager_room,
+                                 f"@{self.admin} **{task.id}** ({task.title}) is blocked — {task.assignee} says: "
+                                 f"{task.result_summary}\nResult: `{layout.task_result(task.id)}`",
+                                 mentions=[self.admin], key=f"blocked:{task.id}:{task.dispatch_count}")
+        for project in self.state.projects():
+            if project.state == "running":
+                await self.render(project.id)
+                await self.dispatch_ready(project.id)
+                await self._maybe_finish(project.id)
+            elif project.state == "done":
+                await self.wake_for_report(project.id)
 
 
 def _plan_lines(plan_text: str) -> str:

@@ -1,0 +1,138 @@
+"""``hiclaw project list|show`` and ``hiclaw task list|show`` — read from the state DB (safe while
+the team runs: SQLite WAL lets readers and the control plane's writer work side by side)."""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+
+from hiclaw.cli.app import App, emit_json, pass_app, table
+from hiclaw.host import ComponentContext
+from hiclaw.state import StateDB, Task
+
+
+@contextmanager
+def state_of(app: App) -> Iterator[StateDB]:
+    state = StateDB(app.home / "state.db", readonly=True)
+    try:
+        yield state
+    finally:
+        state.close()
+
+
+def task_dict(task: Task) -> dict[str, Any]:
+    return {"id": task.id, "project": task.project_id, "title": task.title, "assignee": task.assignee,
+            "state": task.state.value, "marker": task.state.marker, "model": task.model,
+            "depends_on": task.depends_on, "revision_of": task.revision_of,
+            "result": task.result_status.value if task.result_status else None,
+            "summary": task.result_summary, "attempts": task.dispatch_count,
+            "created_at": task.created_at, "updated_at": task.updated_at}
+
+
+@click.group("project")
+def project_group() -> None:
+    """Projects: their plans and state."""
+
+
+@project_group.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def project_list(app: App, as_json: bool) -> None:
+    """Every project with its state and progress."""
+    with state_of(app) as state:
+        rows = []
+        for project in state.projects():
+            tasks = state.tasks(project_id=project.id)
+            done = sum(1 for t in tasks if t.state.value == "done")
+            rows.append(project.model_dump() | {"tasks": len(tasks), "done": done})
+    if as_json:
+        emit_json(rows)
+        return
+    table([[r["id"], r["state"], f"{r['done']}/{r['tasks']}", r["title"]] for r in rows],
+          ["project", "state", "done", "title"])
+
+
+@project_group.command("show")
+@click.argument("project_id")
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def project_show(app: App, project_id: str, as_json: bool) -> None:
+    """A project's plan, with the markers of plan.md ([ ] [~] [x] [!] [→])."""
+    from hiclaw.manager.plan import render_plan
+
+    with state_of(app) as state:
+        project = state.project(project_id)
+        tasks = state.tasks(project_id=project_id)
+    if as_json:
+        emit_json(project.model_dump() | {"tasks": [task_dict(t) for t in tasks]})
+        return
+    click.echo(render_plan(project, tasks).rstrip())
+
+
+@click.group("task")
+def task_group() -> None:
+    """Tasks: who does what, and how it went."""
+
+
+@task_group.command("list")
+@click.option("--project", "project_id", help="Only this project's tasks.")
+@click.option("--assignee", help="Only this worker's tasks.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def task_list(app: App, project_id: str | None, assignee: str | None, as_json: bool) -> None:
+    """Tasks with their state, assignee and result."""
+    with state_of(app) as state:
+        tasks = state.tasks(project_id=project_id, assignee=assignee)
+    if as_json:
+        emit_json([task_dict(t) for t in tasks])
+        return
+    table([[t.state.marker, t.id, t.project_id or "-", t.assignee, t.model or "-",
+            t.result_status.value if t.result_status else "-", t.title] for t in tasks],
+          ["", "task", "project", "assignee", "model", "result", "title"])
+
+
+@task_group.command("show")
+@click.argument("task_id")
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def task_show(app: App, task_id: str, as_json: bool) -> None:
+    """A task, its spec.md and its result.md (from the shared storage)."""
+    from hiclaw.storage import layout
+
+    with state_of(app) as state:
+        task = state.task(task_id)
+    storage = app.host.create("storage", app.config.storage.plugin, app.config.storage.settings,
+                              ComponentContext(home=app.home, side="control", config=app.config, host=app.host),
+                              section="storage.settings")
+
+    async def read(key: str) -> str | None:
+        try:
+            return (await storage.get(key)).decode("utf-8", errors="replace")
+        except Exception:  # noqa: BLE001 - not written yet
+            return None
+
+    async def both() -> tuple[str | None, str | None]:
+        try:
+            return await read(layout.task_spec(task_id)), await read(layout.task_result(task_id))
+        finally:
+            stop = getattr(storage, "stop", None)
+            if stop is not None:
+                await stop()
+
+    spec, result = asyncio.run(both())
+    if as_json:
+        emit_json(task_dict(task) | {"spec": spec, "result_markdown": result})
+        return
+    click.echo(f"{task.state.marker} {task.id}: {task.title}")
+    click.echo(f"  assignee {task.assignee} · state {task.state.value} · model {task.model or 'default'} · "
+               f"attempts {task.dispatch_count}")
+    if task.depends_on:
+        click.echo(f"  after {', '.join(task.depends_on)}")
+    if task.revision_of:
+        click.echo(f"  revision of {task.revision_of}")
+    for title, text, key in (("spec", spec, layout.task_spec(task_id)), ("result", result, layout.task_result(task_id))):
+        click.echo(f"\n── {title} ({key}) " + "─" * 20)
+        click.echo(text.rstrip() if text else "(not written yet)")
