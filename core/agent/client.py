@@ -1,14 +1,21 @@
-"""A small OpenAI-compatible client for the gateway (httpx, no SDK, no litellm)."""
+"""A small OpenAI-compatible client for the gateway (httpx, no SDK, no litellm).
+
+httpx is imported when a client is made, not with this module: a worker process talks to the
+gateway through aiohttp instead (:mod:`hiclaw.worker.http`), the library its Matrix channel
+already loads, and never pays for a second HTTP stack.
+"""
 from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 from pydantic import BaseModel, Field
 
 from hiclaw.errors import HiclawError
+
+if TYPE_CHECKING:
+    import httpx
 
 
 class GatewayError(HiclawError):
@@ -35,13 +42,21 @@ class ModelReply(BaseModel):
         return message
 
 
+class Unreachable(Exception):
+    """The HTTP request did not get an answer (connection refused, reset, timed out)."""
+
+
 class GatewayClient:
-    """Calls ``POST {base_url}/chat/completions`` with the agent's consumer token."""
+    """Calls ``POST {base_url}/chat/completions`` with the agent's consumer token.
+
+    Subclasses may replace the HTTP layer: ``__init__``, :meth:`_post` and :meth:`aclose`."""
 
     RETRY_STATUSES = (502, 503, 504)
 
     def __init__(self, base_url: str, token: str, *, timeout: float = 300.0, retries: int = 2,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
+        import httpx
+
         self.base_url = base_url.rstrip("/")
         self._token = token
         self.retries = retries
@@ -49,6 +64,16 @@ class GatewayClient:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+    async def _post(self, url: str, body: dict[str, Any], headers: dict[str, str]) -> tuple[int, str, str]:
+        """POST JSON; (status, body text, reason phrase), or :class:`Unreachable`."""
+        import httpx
+
+        try:
+            response = await self._client.post(url, json=body, headers=headers)
+        except httpx.TransportError as exc:
+            raise Unreachable(type(exc).__name__) from None
+        return response.status_code, response.text, response.reason_phrase
 
     async def chat(
         self,
@@ -70,31 +95,31 @@ class GatewayClient:
         attempt = 0
         while True:
             try:
-                response = await self._client.post(f"{self.base_url}/chat/completions", json=body, headers=headers)
-            except httpx.TransportError as exc:
+                status, text, reason = await self._post(f"{self.base_url}/chat/completions", body, headers)
+            except Unreachable as exc:
                 if attempt >= self.retries:
-                    raise GatewayError(0, f"cannot reach the gateway at {self.base_url} ({type(exc).__name__})") from None
+                    raise GatewayError(0, f"cannot reach the gateway at {self.base_url} ({exc})") from None
             else:
-                if response.status_code == 200:
-                    return _parse_reply(response)
-                if response.status_code not in self.RETRY_STATUSES or attempt >= self.retries:
-                    raise _error(response)
+                if status == 200:
+                    return _parse_reply(text)
+                if status not in self.RETRY_STATUSES or attempt >= self.retries:
+                    raise _error(status, text, reason)
             attempt += 1
             await asyncio.sleep(min(0.5 * 2**attempt, 5.0))  # back-off between retries, not synchronisation
 
 
-def _error(response: httpx.Response) -> GatewayError:
+def _error(status: int, text: str, reason: str) -> GatewayError:
     try:
-        error = response.json().get("error", {})
-        message = str(error.get("message") or response.text[:200])
+        error = json.loads(text).get("error", {})
+        message = str(error.get("message") or text[:200])
         code = error.get("code") or error.get("type")
     except (json.JSONDecodeError, AttributeError):
-        message, code = response.text[:200] or response.reason_phrase, None
-    return GatewayError(response.status_code, message, code=code)
+        message, code = text[:200] or reason, None
+    return GatewayError(status, message, code=code)
 
 
-def _parse_reply(response: httpx.Response) -> ModelReply:
-    data = response.json()
+def _parse_reply(text: str) -> ModelReply:
+    data = json.loads(text)
     choice = (data.get("choices") or [{}])[0]
     message = choice.get("message") or {}
     usage = data.get("usage") or {}

@@ -1,30 +1,35 @@
 """The worker's client of the control API (skills and readiness), over its bridge."""
 from __future__ import annotations
 
+import json
 from typing import Any
 
-import httpx
-
 from hiclaw.errors import HiclawError
+from hiclaw.worker.http import Unreachable, LazySession
 
 
 class ControlClient:
     def __init__(self, base_url: str, token: str, *, timeout: float = 120.0) -> None:
         self.base_url = base_url.rstrip("/")
-        self._client = httpx.AsyncClient(timeout=timeout, headers={"Authorization": f"Bearer {token}"})
+        self._session = LazySession(timeout, headers={"Authorization": f"Bearer {token}"})
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._session.aclose()
 
     async def _post(self, path: str, body: dict[str, Any]) -> Any:
         try:
-            response = await self._client.post(f"{self.base_url}{path}", json=body)
-        except httpx.TransportError as exc:
-            raise HiclawError(f"cannot reach the control plane at {self.base_url} ({type(exc).__name__})",
+            status, text, _ = await self._session.post_json(f"{self.base_url}{path}", body)
+        except Unreachable as exc:
+            raise HiclawError(f"cannot reach the control plane at {self.base_url} ({exc})",
                               hint="it may be restarting; try again shortly") from None
-        data = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
-        if response.status_code != 200:
-            raise HiclawError(str(data.get("error") or f"control plane answered {response.status_code}"))
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            data = {}
+        if not isinstance(data, dict):
+            data = {}
+        if status != 200:
+            raise HiclawError(str(data.get("error") or f"control plane answered {status}"))
         return data
 
     async def ready(self, info: dict[str, Any]) -> None:

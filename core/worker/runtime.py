@@ -9,18 +9,32 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hiclaw.agent import AgentLoop, GatewayClient
+from hiclaw.agent import AgentLoop
 from hiclaw.agent.prompt import system_prompt, user_turn
 from hiclaw.host import ComponentContext, PluginHost, RuntimeContext
-from hiclaw.manager.engine import parse_result
 from hiclaw.models import ChatMessage, ModelRequest
+from hiclaw.registry.errors import UnsafeSkillError
+from hiclaw.registry.frontmatter import split_frontmatter
 from hiclaw.storage import layout
 from hiclaw.worker.control import ControlClient
+from hiclaw.worker.http import WorkerGatewayClient
 from hiclaw.worker.spec import WorkerRuntimeSpec
 
 log = logging.getLogger(__name__)
 
 TASK_REF = re.compile(r"\btask-\d{3,}\b")
+
+
+def front_matter(text: str) -> dict[str, Any]:
+    """The YAML front matter of a spec.md or SKILL.md (empty if none or invalid).
+
+    Parsed with the registry's light parser, not the Manager's task engine: importing that (state
+    DB and plan models) would cost every worker memory for code it never runs."""
+    try:
+        split = split_frontmatter(text)
+    except UnsafeSkillError:
+        return {}
+    return split[0] if split else {}
 
 
 class TaskContext:
@@ -52,7 +66,7 @@ class WorkerRuntime:
         self.scratch = Path(spec.scratch_dir)
         self.channel: Any = None
         self.storage: Any = None
-        self.gateway = GatewayClient(spec.gateway.base_url, spec.gateway.token.get_secret_value())
+        self.gateway = WorkerGatewayClient(spec.gateway.base_url, spec.gateway.token.get_secret_value())
         self.control = ControlClient(spec.control_url, spec.control_token.get_secret_value())
         self.tasks: dict[str, TaskContext] = {}  # task id -> context, for tools
         self.current: TaskContext | None = None
@@ -139,7 +153,7 @@ class WorkerRuntime:
                 raw = await self.storage.get(layout.task_spec(task_id))
             except Exception:  # noqa: BLE001 - not granted to us or absent: not our task
                 continue
-            meta, _ = parse_result(raw.decode("utf-8", errors="replace"))
+            meta = front_matter(raw.decode("utf-8", errors="replace"))
             if meta.get("assignee") == self.name:
                 context = TaskContext(task_id, meta, message.room_id)
                 self.tasks[task_id] = context
@@ -158,7 +172,7 @@ class WorkerRuntime:
         for item in await self.storage.list(prefix):
             key = item["key"]
             if key.endswith("/SKILL.md") and key.count("/") == prefix.count("/") + 1:
-                meta, _ = parse_result(await self._read_text(key))
+                meta = front_matter(await self._read_text(key))
                 catalog.append((str(meta.get("name") or key.split("/")[-2]), str(meta.get("description") or "")[:300]))
         return sorted(catalog)
 

@@ -1,0 +1,65 @@
+"""The worker's HTTP clients (gateway, control API) on aiohttp.
+
+aiohttp is the library the worker's Matrix channel (matrix-nio) already runs on; using it here
+too means a worker process never imports httpx — which brings httpcore, anyio and, through its
+command-line extras, click, rich and pygments — nor builds httpx's TLS contexts: ~8 MB of RSS
+per worker (see ``bench/worker_start.py``). Sessions are opened on first use, inside the
+worker's event loop.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import aiohttp
+
+from hiclaw.agent.client import GatewayClient, Unreachable
+
+#: What "no answer" looks like in aiohttp (refused, reset, cut off, timed out).
+NO_ANSWER = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
+
+
+class LazySession:
+    """One aiohttp session, opened on first use (there is no running loop before that)."""
+
+    def __init__(self, timeout: float, headers: dict[str, str] | None = None) -> None:
+        self._timeout = aiohttp.ClientTimeout(total=None, connect=timeout, sock_read=timeout)
+        self._headers = headers or {}
+        self._session: aiohttp.ClientSession | None = None
+
+    def get(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=self._timeout, headers=self._headers)
+        return self._session
+
+    async def post_json(self, url: str, body: Any, headers: dict[str, str] | None = None) -> tuple[int, str, str]:
+        """(status, body text, reason); :class:`Unreachable` if nothing answered."""
+        data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+        try:
+            async with self.get().post(url, data=data, headers={"Content-Type": "application/json",
+                                                                **(headers or {})}) as response:
+                return response.status, await response.text(errors="replace"), response.reason or ""
+        except NO_ANSWER as exc:
+            raise Unreachable(type(exc).__name__) from None
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+class WorkerGatewayClient(GatewayClient):
+    """:class:`hiclaw.agent.GatewayClient` (same calls, retries and errors) over aiohttp."""
+
+    def __init__(self, base_url: str, token: str, *, timeout: float = 300.0, retries: int = 2) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._token = token
+        self.retries = retries
+        self._session = LazySession(timeout)
+
+    async def _post(self, url: str, body: dict[str, Any], headers: dict[str, str]) -> tuple[int, str, str]:
+        return await self._session.post_json(url, body, headers)
+
+    async def aclose(self) -> None:
+        await self._session.aclose()
