@@ -161,14 +161,17 @@ class DirectUpstream:
         except UpstreamHTTPError as exc:
             raise _transport_error(route, exc, self.timeout) from None
 
-    async def complete(self, route: Route, payload: dict[str, Any], consumer: str) -> Completion:
-        response = await self._post(route, payload, consumer, False)
+    async def _body(self, route: Route, response: UpstreamResponse) -> bytes:
         try:
-            raw = await response.read()
+            return await response.read()
         except UpstreamHTTPError as exc:
             raise _transport_error(route, exc, self.timeout) from None
         finally:
             response.release()
+
+    async def complete(self, route: Route, payload: dict[str, Any], consumer: str) -> Completion:
+        response = await self._post(route, payload, consumer, False)
+        raw = await self._body(route, response)
         if response.status != 200:
             raise status_error(route, response.status, _error_message(raw, self.redact))
         try:
@@ -181,12 +184,7 @@ class DirectUpstream:
     async def stream(self, route: Route, payload: dict[str, Any], consumer: str) -> ChunkStream:
         response = await self._post(route, payload, consumer, True)
         if response.status != 200:
-            try:
-                raw = await response.read()
-            except UpstreamHTTPError as exc:
-                raise _transport_error(route, exc, self.timeout) from None
-            finally:
-                response.release()
+            raw = await self._body(route, response)
             raise status_error(route, response.status, _error_message(raw, self.redact))
         return DirectStream(response, route, self.timeout)
 
