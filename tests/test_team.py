@@ -43,3 +43,32 @@ async def test_unmentioned_messages_cost_no_llm_call_and_come_back_as_context(tm
         assert "what did we say?" in reply.body
         usage = {row["consumer"]: row for row in await team.plane.gateway.usage(by="consumer")}
         assert usage["alex"]["calls"] == 1
+
+
+def test_demo_opening_with_your_own_model(tmp_path):
+    """`hiclaw demo --model ALIAS` uses the models of your config; here the "provider" behind the
+    alias is the scripted server (no real model is reachable), with a key that must reach it."""
+    from hiclaw.config import ModelAlias, Secrets, load_config, save_config
+    from hiclaw.demo.scenario import demo_scenario
+    from hiclaw.testing.gateway import running_scripted_model
+
+    user_home = tmp_path / "me"
+    with running_scripted_model(demo_scenario(), api_key="sk-provider-canary") as model:
+        config = load_config(user_home, environ={})
+        config.models = {alias: ModelAlias(model=f"openai/some-{alias}-model", api_base=model.base_url,
+                                           api_key_secret="my_provider_key", input_cost_per_mtok=1,
+                                           output_cost_per_mtok=2) for alias in ("smart", "fast", "cheap")}
+        save_config(config, user_home)
+        secrets = Secrets({}, user_home / "secrets.toml", environ={})
+        secrets.set("my_provider_key", "sk-provider-canary")
+        secrets.save()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HICLAW_")} | {"HICLAW_HOME": str(user_home)}
+        result = subprocess.run([sys.executable, "-m", "hiclaw", "demo", "--model", "smart", "--home",
+                                 str(tmp_path / "demo"), "--timeout", "120"], capture_output=True, text=True, env=env,
+                                timeout=600)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+        assert "ok   the Manager proposed a plan" in result.stdout
+        assert "sk-provider-canary" not in result.stdout + result.stderr
+        bad = subprocess.run([sys.executable, "-m", "hiclaw", "demo", "--model", "nope"], capture_output=True,
+                             text=True, env=env, timeout=120)
+        assert bad.returncode == 1 and "--model 'nope' is not a model alias" in bad.stderr

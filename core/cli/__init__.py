@@ -80,7 +80,10 @@ def _add_plugin_commands() -> None:
 
 
 def main(argv: list[str] | None = None) -> Any:
-    _add_plugin_commands()
+    args = sys.argv[1:] if argv is None else argv
+    noun = next((a for a in args if not a.startswith("-")), None)
+    if noun not in LAZY_COMMANDS:  # a plugin's command, or a listing of all commands
+        _add_plugin_commands()
     try:
         return cli.main(args=argv, prog_name="hiclaw", standalone_mode=False)
     except HiclawError as exc:

@@ -14,7 +14,10 @@ import click
 @click.option("--sandbox", type=click.Choice(["bwrap", "process"]), help="Worker isolation (default: bwrap when installed).")
 @click.option("--timeout", type=float, default=300, show_default=True, help="Seconds allowed for each step.")
 @click.option("--show-scenario", is_flag=True, help="Print the scripted model's scenario (YAML) and exit.")
-def demo_command(keep: bool, home: Path | None, sandbox: str | None, timeout: float, show_scenario: bool) -> None:
+@click.option("--model", "real_model", metavar="ALIAS",
+              help="Play the opening against a real model: an alias of your own config (`hiclaw init`).")
+def demo_command(keep: bool, home: Path | None, sandbox: str | None, timeout: float, show_scenario: bool,
+                 real_model: str | None) -> None:
     """Play the demo scenario: a Manager, four workers, one project with a revision.
 
     Needs no LLM key: the scripted model server answers behind the real gateway.
@@ -28,7 +31,9 @@ def demo_command(keep: bool, home: Path | None, sandbox: str | None, timeout: fl
         return
     from hiclaw.demo.runner import Demo
 
-    demo = Demo(home=home, keep=keep, sandbox=sandbox, timeout=timeout)
+    from hiclaw.config import hiclaw_home
+
+    demo = Demo(home=home, keep=keep, sandbox=sandbox, timeout=timeout, real_model=real_model, real_home=hiclaw_home())
 
     async def main() -> int:
         loop = asyncio.get_running_loop()

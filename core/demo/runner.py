@@ -42,13 +42,17 @@ class Check:
 
 class Demo:
     def __init__(self, *, home: Path | None, keep: bool, sandbox: str | None, timeout: float,
-                 echo: Callable[[str], None] = click.echo) -> None:
+                 echo: Callable[[str], None] = click.echo, real_model: str | None = None,
+                 real_home: Path | None = None) -> None:
+        self.real_model = real_model
+        self.real_home = real_home
         self.home = home or Path(tempfile.mkdtemp(prefix="hiclaw-demo-"))
         self.keep = keep
         self.sandbox = sandbox or default_sandbox()
         self.timeout = timeout
         self.echo = echo
         self.checks: list[Check] = []
+        self.model: Any = None
         self.started = time.monotonic()
 
     # ------------------------------------------------------------------ set-up
@@ -60,8 +64,9 @@ class Demo:
         from hiclaw.scripted import parse_scenario
         from hiclaw.scripted.server import ScriptedModelServer
 
-        self.model = ScriptedModelServer(parse_scenario(demo_scenario()))
-        await self.model.start()
+        if self.real_model is None:
+            self.model = ScriptedModelServer(parse_scenario(demo_scenario()))
+            await self.model.start()
         root = Path(str(resources.files("hiclaw.demo") / "registry"))
         self.registry_runner = web.AppRunner(RegistryApp(root).app, access_log=None)
         await self.registry_runner.setup()
@@ -70,8 +75,38 @@ class Demo:
         self.registry_url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
 
     def config(self) -> HiclawConfig:
+        if self.real_model is not None:
+            return self.real_config()
         return team_config(self.model.base_url, registry_url=self.registry_url, sandbox=self.sandbox,
                            server_name=SERVER_NAME)
+
+    def real_config(self) -> HiclawConfig:
+        """The demo's team on the models of your own configuration (``hiclaw init``)."""
+        from hiclaw.config import load_config
+        from hiclaw.errors import ConfigError
+
+        mine = load_config(self.real_home)
+        if self.real_model not in mine.models:
+            known = ", ".join(sorted(mine.models)) or "none"
+            raise ConfigError(f"--model {self.real_model!r} is not a model alias of {self.real_home}/config.toml "
+                              f"(aliases: {known})", hint="run `hiclaw init` or pick one of those aliases")
+        config = team_config("http://127.0.0.1:9/unused", registry_url=self.registry_url, sandbox=self.sandbox,
+                             server_name=SERVER_NAME)
+        config.models = mine.models
+        config.team.manager_model = config.team.worker_model = self.real_model
+        return config
+
+    def real_secrets(self, config: HiclawConfig) -> Secrets:
+        """Only the provider keys the models need, copied into the demo's own secrets file."""
+        mine = Secrets.load(self.real_home)
+        secrets = Secrets({}, self.home / "secrets.toml")
+        for alias in config.models.values():
+            if alias.api_key_secret:
+                value = mine.get(alias.api_key_secret)
+                if value is not None:
+                    secrets.set(alias.api_key_secret, value.get_secret_value())
+        secrets.save()
+        return secrets
 
     # ------------------------------------------------------------------ transcript
 
@@ -98,7 +133,7 @@ class Demo:
         await self.start_services()
         config = self.config()
         save_config(config, self.home)
-        secrets = Secrets({}, self.home / "secrets.toml")
+        secrets = self.real_secrets(config) if self.real_model else Secrets({}, self.home / "secrets.toml")
         self.plane = ControlPlane(self.home, config=config, secrets=secrets,
                                   progress=lambda line: self.echo(f"  · {line}"))
         try:
@@ -109,11 +144,14 @@ class Demo:
             await self.admin.login()
             await self.admin.start()
             try:
-                await self.play()
+                await (self.play_real() if self.real_model else self.play())
             except TimeoutError as exc:
                 self.check("the scenario ran to the end", False, str(exc))
-            self.verify()
-            await self.report()
+            if self.real_model:
+                self.report_real()
+            else:
+                self.verify()
+                await self.report()
             if self.keep:
                 self.echo(f"\n--keep: the team stays up. Element/FluffyChat: homeserver {homeserver}, "
                           f"user @admin:{SERVER_NAME}, password in {self.home / 'secrets.toml'}. Ctrl-C to stop.")
@@ -141,6 +179,30 @@ class Demo:
         await wait_until(lambda: any(p.state == "done" for p in state.projects()) and self.said(manager, "is complete"),
                          timeout=self.timeout, what="the project to complete")
         await wait_until(plane.manager_idle, timeout=self.timeout, what="the Manager to finish its last turn")
+
+    async def play_real(self) -> None:
+        """The same opening with a real model: workers, then a project plan (not confirmed)."""
+        plane, manager = self.plane, self.plane.channel.user_id("manager")
+        manager_room = plane.chat.manager_room
+        await self.admin.send(manager_room, ASK_WORKERS, mention=manager)
+        await wait_until(lambda: plane.state.workers() and self.said(manager, ""), timeout=self.timeout,
+                         what="the Manager to answer and create workers")
+        await wait_until(plane.manager_idle, timeout=self.timeout, what="the Manager to finish its turn")
+        await self.admin.send(manager_room, ASK_PROJECT, mention=manager)
+        await wait_until(lambda: any(p.state != "planning" for p in plane.state.projects()), timeout=self.timeout,
+                         what="the Manager to propose a plan")
+        await wait_until(plane.manager_idle, timeout=self.timeout, what="the Manager to finish its turn")
+
+    def report_real(self) -> None:
+        state = self.plane.state
+        workers = [w.name for w in state.workers()]
+        self.check("the Manager answered", self.said(self.plane.channel.user_id("manager"), "") is not None)
+        self.check("the Manager created workers", bool(workers), ", ".join(workers))
+        self.check("the Manager proposed a plan", any(p.state != "planning" for p in state.projects()))
+        for check in self.checks:
+            self.echo(f"  {'ok  ' if check.ok else 'FAIL'} {check.what}" + (f" — {check.detail}" if check.detail else ""))
+        self.echo(f"\nopening with --model {self.real_model}: "
+                  f"{'done' if all(c.ok for c in self.checks) else 'incomplete'} (the plan was not confirmed)")
 
     # ------------------------------------------------------------------ checks
 
@@ -234,5 +296,5 @@ class Demo:
             await plane.stop()
         if hasattr(self, "registry_runner"):
             await self.registry_runner.cleanup()
-        if hasattr(self, "model"):
+        if getattr(self, "model", None) is not None:
             await self.model.stop()
