@@ -29,6 +29,8 @@ from hiclaw.config import (ChannelConfig, GatewayConfig, HiclawConfig, ModelAlia
 #: USD per million tokens (input, output) of the team's aliases.
 PRICES = {"smart": (3.0, 15.0), "fast": (0.5, 1.5), "cheap": (0.25, 1.25)}
 SERVER_NAME = "hiclaw.test"
+#: The secret holding the scripted model's key when a team is started with ``provider_key``.
+PROVIDER_KEY_SECRET = "scripted_api_key"
 
 
 def free_port() -> int:
@@ -42,10 +44,13 @@ def default_sandbox() -> str:
 
 
 def team_config(model_url: str, *, registry_url: str = "https://skills.sh", sandbox: str | None = None,
-                server_name: str = SERVER_NAME, homeserver_port: int | None = None, **team: Any) -> HiclawConfig:
-    """The configuration of a team whose models are all served by the scripted model at ``model_url``."""
+                server_name: str = SERVER_NAME, homeserver_port: int | None = None, key_secret: str | None = None,
+                **team: Any) -> HiclawConfig:
+    """The configuration of a team whose models are all served by the scripted model at ``model_url``
+    (with the provider key from the secret ``key_secret``, if given)."""
     models = {alias: ModelAlias(model=f"openai/scripted-{alias}", api_base=model_url, input_cost_per_mtok=price[0],
-                                output_cost_per_mtok=price[1], fallback="fast" if alias == "smart" else None)
+                                output_cost_per_mtok=price[1], fallback="fast" if alias == "smart" else None,
+                                api_key_secret=key_secret)
               for alias, price in PRICES.items()}
     return HiclawConfig(
         channel=ChannelConfig(settings={"embedded": True, "server_name": server_name,
@@ -115,14 +120,24 @@ async def start_plane(home: Path, config: HiclawConfig, *, progress: Callable[[s
 
 @asynccontextmanager
 async def running_team(home: Path, scenario: Any, *, registry_url: str = "https://skills.sh",
-                       sandbox: str | None = None, **team: Any) -> AsyncIterator[Team]:
+                       sandbox: str | None = None, provider_key: str | None = None, **team: Any) -> AsyncIterator[Team]:
+    """``provider_key``: the scripted model requires it (``Authorization: Bearer …``), and the team
+    keeps it as a real provider key — the secret ``scripted_api_key`` in ``secrets.toml``, named by
+    every model alias, sent upstream by the gateway only."""
     from hiclaw.demo.admin import AdminClient
     from hiclaw.scripted import Scenario, parse_scenario
     from hiclaw.scripted.server import ScriptedModelServer
 
-    model = ScriptedModelServer(scenario if isinstance(scenario, Scenario) else parse_scenario(scenario))
+    model = ScriptedModelServer(scenario if isinstance(scenario, Scenario) else parse_scenario(scenario),
+                                api_key=provider_key)
     await model.start()
-    config = team_config(model.base_url, registry_url=registry_url, sandbox=sandbox, **team)
+    config = team_config(model.base_url, registry_url=registry_url, sandbox=sandbox,
+                         key_secret=PROVIDER_KEY_SECRET if provider_key else None, **team)
+    if provider_key:
+        home.mkdir(parents=True, exist_ok=True)
+        secrets = Secrets.load(home)
+        secrets.set(PROVIDER_KEY_SECRET, provider_key)
+        secrets.save()
     plane = None
     admin = None
     try:
