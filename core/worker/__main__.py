@@ -7,16 +7,32 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 
 from hiclaw.errors import HiclawError
 
 
+def skip_ca_bundle(spec_json: str) -> None:
+    """Load no CA bundle in a worker that speaks no TLS.
+
+    aiohttp (the worker's HTTP stack) parses the system's whole CA bundle when it is imported:
+    ~1.8 MB of every worker's memory. A worker whose URLs are all plain HTTP — its bridges on the
+    sandbox's loopback, the usual case — never verifies a certificate, so OpenSSL is pointed at an
+    empty bundle (its certificate folder still answers lookups). Any ``https://`` URL in the
+    spec (a remote homeserver, an S3 endpoint), or an ``SSL_CERT_FILE`` already set, changes nothing.
+    """
+    if "https://" not in spec_json and "SSL_CERT_FILE" not in os.environ:
+        os.environ["SSL_CERT_FILE"] = os.devnull
+
+
 def main() -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from hiclaw.worker.spec import ENV_VAR, WorkerRuntimeSpec
+
+    skip_ca_bundle(os.environ.get(ENV_VAR, ""))
     from hiclaw.worker.runtime import WorkerRuntime
-    from hiclaw.worker.spec import WorkerRuntimeSpec
 
     try:
         spec = WorkerRuntimeSpec.from_env()
