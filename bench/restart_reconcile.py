@@ -41,13 +41,16 @@ async def main(workers: int, sandbox: str, kill: bool) -> int:
             await plane.stop()
 
             started = time.perf_counter()
-            plane = await start_plane(home, config)
+            phases: list[str] = []
+            plane = await start_plane(home, config, progress=lambda line: phases.append(
+                f"  {time.perf_counter() - started:5.2f}s  {line}"))
             restart = time.perf_counter() - started
             running = [n for n in names if await plane.provisioner.is_running(n)]
             await plane.stop()
     finally:
         await model.stop()
-    print(f"{workers} workers, sandbox {sandbox}")
+    print(f"{workers} workers, sandbox {sandbox}; restart phases:")
+    print("\n".join(phases))
     print(f"{'create from nothing (baseline)':40} {create:6.2f} s")
     print(f"{'restart until all reconciled':40} {restart:6.2f} s   ({len(running)}/{workers} running)")
     verdict = "PASS" if restart <= 5.0 and len(running) == workers else "FAIL"

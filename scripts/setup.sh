@@ -87,4 +87,6 @@ if [[ $need -eq 1 ]]; then
   fi
   echo "$hash $kind" > "$stamp"
 fi
+# Bytecode for the checkout (sandboxed workers see it read-only and cannot cache it themselves).
+"$VENV/bin/python" -m compileall -q "$ROOT/core" "$ROOT/plugins" "$ROOT/registry-client" "$ROOT/sandbox" >/dev/null || true
 say "ready: $VENV"

@@ -26,3 +26,20 @@ def test_any_https_url_or_a_chosen_bundle_keeps_the_default(monkeypatch):
     monkeypatch.setenv("SSL_CERT_FILE", "/etc/my-ca.pem")
     skip_ca_bundle("{}")
     assert os.environ["SSL_CERT_FILE"] == "/etc/my-ca.pem"
+
+
+def test_a_worker_loads_only_the_default_plugins_it_uses():
+    from hiclaw.host import PluginHost
+    from hiclaw.worker.runtime import worker_default_plugins
+    from hiclaw.worker.spec import WorkerRuntimeSpec
+
+    spec = WorkerRuntimeSpec.model_validate({
+        "name": "alex", "channel": {"plugin": "matrix"}, "storage": {"plugin": "local"},
+        "gateway": {"base_url": "http://127.0.0.1:1/v1", "token": "t"}, "control_url": "http://127.0.0.1:2",
+        "control_token": "c", "default_plugins": ["local-storage", "matrix", "worker-tools"]})
+    chosen = worker_default_plugins(spec)
+    assert [name for name, _ in chosen] == ["matrix", "local-storage", "worker-tools"]
+    host = PluginHost(default_plugins=chosen, load_entry_points=False)
+    assert {i.name for i in host.plugins()} == {"matrix", "local-storage", "worker-tools"}
+    assert host.registrations("gateway") == {} and host.registrations("sandbox") == {}
+    assert worker_default_plugins(spec.model_copy(update={"default_plugins": None})) is None

@@ -35,10 +35,15 @@ class ControlChat:
         return event_id
 
     async def room(self, key: str, name: str, members: Sequence[str], topic: str = "") -> str:
-        if key not in self._rooms:
-            self._rooms[key] = await self.plane.channel.ensure_room(
-                key, name=name, members=[*self.members, *members], admins=self.members, topic=topic)
-        return self._rooms[key]
+        """The room ``key`` with at least these members (created or completed if needed)."""
+        everyone = [*self.members, *members]
+        known = getattr(self.plane.channel, "known_room", None)
+        room_id = known(key, everyone) if known is not None else self._rooms.get(f"{key}:{sorted(everyone)}")
+        if room_id is None:  # new room, or new members: ensure_room is idempotent
+            room_id = await self.plane.channel.ensure_room(key, name=name, members=everyone, admins=self.members,
+                                                          topic=topic)
+            self._rooms[f"{key}:{sorted(everyone)}"] = room_id
+        return room_id
 
     async def ensure_manager_room(self) -> str:
         self.manager_room = await self.room("manager", "Manager", [], topic="Talk to your Manager here")
@@ -48,12 +53,6 @@ class ControlChat:
         return await self.room(f"worker-{worker}", f"Worker: {worker}", [worker], topic=f"Work with {worker}")
 
     async def project_room(self, project: Project, members: Sequence[str]) -> str:
-        room = await self.room(f"project-{project.id}", f"Project: {project.title}", members,
+        return await self.room(f"project-{project.id}", f"Project: {project.title}", members,
                                topic=f"{project.id}: {project.goal}"[:200])
-        # Members may change (revision tasks for other workers): invites are idempotent.
-        await self.plane.channel.ensure_room(f"project-{project.id}", name=f"Project: {project.title}",
-                                             members=[*self.members, *members], admins=self.members)
-        return room
 
-    def forget(self, key: str) -> None:
-        self._rooms.pop(key, None)

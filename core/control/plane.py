@@ -38,6 +38,21 @@ ADMIN = "admin"
 MANAGER = "manager"
 
 
+def ensure_bytecode() -> None:
+    """Compile hiclaw's modules to bytecode where it is missing or stale.
+
+    Workers run with the installation mounted read-only, so they cannot cache bytecode
+    themselves: without this, every worker start would compile hiclaw from source (slower, and
+    more memory). Cheap when everything is up to date; silently skipped where not writable."""
+    import compileall
+    import importlib
+
+    for name in ("hiclaw", "hiclaw.plugins", "hiclaw.registry", "hiclaw.sandbox"):
+        module = importlib.import_module(name)
+        for folder in getattr(module, "__path__", []):
+            compileall.compile_dir(folder, quiet=2, workers=1)
+
+
 class ControlPlane:
     def __init__(self, home: Path, *, config: HiclawConfig, secrets: Secrets, host: PluginHost | None = None,
                  progress: Callable[[str], None] | None = None, worker_ready_timeout: float = 60.0,
@@ -87,16 +102,16 @@ class ControlPlane:
     async def start(self) -> None:
         started = time.perf_counter()
         self.started_at = time.time()
+        await asyncio.to_thread(ensure_bytecode)
         self.progress("state: opening the state database")
         self.state = StateDB(self.home / "state.db")
 
         self.progress(f"channel: {self.config.channel.plugin}")
         self.channel = self.host.create("channel", self.config.channel.plugin, self.config.channel.settings,
                                         self._ctx(agent=MANAGER), section="channel.settings")
+        # The homeserver boots in the background while the rest starts (it is the slowest part).
         start_services = getattr(self.channel, "start_services", None)
-        if start_services is not None:
-            for line in await start_services():
-                self.progress(line)
+        services = asyncio.create_task(start_services()) if start_services is not None else None
         self.components["channel"] = self.channel
 
         self.progress(f"gateway: {self.config.gateway.plugin}")
@@ -138,6 +153,9 @@ class ControlPlane:
         self.watchdog = Watchdog(self)  # heartbeat, restarts, re-notices, stalls; idle sleep below
         self.idle = self.watchdog.idle
 
+        if services is not None:
+            for line in await services:
+                self.progress(line)
         await self._ensure_admin()
         manager_token = await self.gateway.mint_token(MANAGER, models=sorted(self.config.models) or None)
         self.manager_client = GatewayClient(self.gateway.base_url, manager_token)

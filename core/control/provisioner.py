@@ -142,6 +142,14 @@ class Provisioner:
         ro += sorted({layout.project_dir(t.project_id) for t in mine if t.project_id})
         return rw, ro
 
+    def worker_plugins(self, storage_capability: str) -> list[str]:
+        """Names of the default plugins a worker needs: its channel's, its storage's, the tools'."""
+        host = self.plane.host
+        needed = {host.registration("channel", self.plane.config.channel.plugin).plugin,
+                  host.registration("storage", storage_capability).plugin}
+        needed |= {reg.plugin for reg in host.registrations("tool").values()}
+        return sorted(needed)
+
     def state_dir(self, name: str) -> Path:
         path = self.plane.home / "workers" / name
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -198,11 +206,12 @@ class Provisioner:
                 gateway=GatewayRef(base_url=plane.gateway.base_url, token=token),
                 control_url=plane.api.url, control_token=plane.api.issue(worker.name),
                 scratch_dir=str(state_dir), disabled_plugins=plane.config.plugins.disabled,
+                default_plugins=self.worker_plugins(access.plugin),
             )
             mounts = [Mount(host_path=m.host_path, sandbox_path=m.sandbox_path, read_only=m.read_only)
                       for m in access.mounts]
             spec = WorkerSpec(
-                name=worker.name, argv=[sys.executable, "-m", "hiclaw.worker"],
+                name=worker.name, argv=[sys.executable, "-X", "no_debug_ranges", "-m", "hiclaw.worker"],
                 env={"HICLAW_WORKER_SPEC": runtime.to_env(), "PYTHONUNBUFFERED": "1", "MALLOC_ARENA_MAX": "2"},
                 home=state_dir, mounts=mounts, bridges=self.bridges(), network=worker.network,
                 log_path=plane.home / "logs" / "workers" / f"{worker.name}.log",

@@ -37,6 +37,28 @@ def front_matter(text: str) -> dict[str, Any]:
     return split[0] if split else {}
 
 
+def release_memory() -> None:
+    """Hand freed heap back to the OS after start-up and after each turn (glibc only): an idle
+    worker should hold what it uses, not what its busiest moment needed."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc (musl, macOS): nothing to trim
+
+
+def worker_default_plugins(spec: WorkerRuntimeSpec) -> list[tuple[str, str]] | None:
+    """Only the default plugins a worker uses: gateways and sandboxes stay out of its memory."""
+    from hiclaw.host import DEFAULT_PLUGINS
+
+    if spec.default_plugins is None:
+        return None
+    return [(name, module) for name, module in DEFAULT_PLUGINS if name in spec.default_plugins]
+
+
 class TaskContext:
     """The task a woken turn is about (from the assignment's spec.md front matter)."""
 
@@ -62,7 +84,7 @@ class WorkerRuntime:
     def __init__(self, spec: WorkerRuntimeSpec, *, host: PluginHost | None = None) -> None:
         self.spec = spec
         self.name = spec.name
-        self.host = host or PluginHost(disabled=spec.disabled_plugins)
+        self.host = host or PluginHost(disabled=spec.disabled_plugins, default_plugins=worker_default_plugins(spec))
         self.scratch = Path(spec.scratch_dir)
         self.channel: Any = None
         self.storage: Any = None
@@ -102,9 +124,10 @@ class WorkerRuntime:
         self._consumer = asyncio.create_task(self._consume(), name=f"worker-{self.name}-turns")
         await self.channel.start()
         await self.host.startup(self.runtime_context())
-        await self.control.ready({"name": self.name, "startup_seconds": round(time.perf_counter() - started, 3)})
         log.info("worker %s ready in %.2fs", self.name, time.perf_counter() - started)
         print(f"hiclaw worker {self.name}: ready", flush=True)
+        await self.control.ready({"name": self.name, "startup_seconds": round(time.perf_counter() - started, 3)})
+        release_memory()
 
     async def stop(self) -> None:
         consumer = getattr(self, "_consumer", None)
@@ -224,3 +247,4 @@ class WorkerRuntime:
                 except Exception:  # noqa: BLE001
                     pass
                 self.current = None
+                release_memory()

@@ -41,6 +41,9 @@ class WorkerRuntimeSpec(BaseModel):
     command_timeout_seconds: float = Field(default=120, gt=0)
     max_steps: int = Field(default=24, ge=1)
     disabled_plugins: list[str] = Field(default_factory=list)
+    #: Default plugins the worker loads (the ones providing its channel, storage and tools);
+    #: ``None`` loads them all. Third-party plugins (entry points) always load.
+    default_plugins: list[str] | None = None
 
     def to_env(self) -> str:
         data = self.model_dump(mode="json")

@@ -85,6 +85,15 @@ class ControlMatrixChannel(MatrixChannel):
                 await asyncio.to_thread(server.stop)
             self._homeserver = None
 
+    def known_room(self, key: str, members: Sequence[str] = ()) -> str | None:
+        """The id of room ``key`` if this channel made it and already counts ``members`` in it
+        (memberships are re-derived at every start by :meth:`reconcile`) — else ``None``."""
+        room = self.accounts.room(key)
+        if room is None:
+            return None
+        wanted = {self.user_id(m) for m in members}
+        return str(room["room_id"]) if wanted <= set(room["members"]) else None
+
     def service_urls(self) -> dict[str, str]:
         """Services a worker's sandbox must reach (bridged to the same URL inside)."""
         return {"homeserver": self.settings.url}
