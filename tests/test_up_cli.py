@@ -1,0 +1,72 @@
+"""`hiclaw up` as a user runs it: status, workers from the CLI, and Ctrl-C stops everything."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+
+from hiclaw.config import save_config
+from hiclaw.testing.gateway import running_scripted_model
+from hiclaw.testing.team import team_config, wait_until
+
+
+def hiclaw(home, *args, timeout=120):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HICLAW_")} | {"HICLAW_HOME": str(home)}
+    return subprocess.run([sys.executable, "-m", "hiclaw", *args], capture_output=True, text=True, env=env,
+                          timeout=timeout)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def test_up_status_worker_commands_and_ctrl_c(tmp_path):
+    home = tmp_path / "home"
+    with running_scripted_model({"agents": {"*": {"default": {"text": "ok"}}}}) as model:
+        save_config(team_config(model.base_url), home)
+        assert hiclaw(home, "status").stdout.startswith("team: stopped")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HICLAW_")} | {"HICLAW_HOME": str(home)}
+        log = open(tmp_path / "up.log", "w")
+        up = subprocess.Popen([sys.executable, "-m", "hiclaw", "up"], env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            await wait_until(lambda: "hiclaw is up" in (tmp_path / "up.log").read_text() or up.poll() is not None,
+                             timeout=120, what="hiclaw up")
+            output = (tmp_path / "up.log").read_text()
+            assert up.poll() is None, output
+            assert "user @admin:hiclaw.test" in output and "password (shown once" in output and "hiclaw chat" in output
+
+            again = hiclaw(home, "up")
+            assert again.returncode == 1 and "already running" in again.stderr
+
+            created = await asyncio.to_thread(hiclaw, home, "worker", "create", "bob", "--role", "tester", "--json")
+            assert created.returncode == 0, created.stderr
+            assert json.loads(created.stdout)["name"] == "bob"
+            status = json.loads(hiclaw(home, "status", "--json").stdout)
+            assert status["running"] is True and status["components"]["sandbox"] in ("bwrap", "process")
+            (bob,) = [w for w in status["workers"] if w["name"] == "bob"]
+            assert bob["process"] == "running"
+            listed = json.loads(hiclaw(home, "worker", "list", "--json").stdout)
+            assert [w["name"] for w in listed] == ["bob"]
+            bad = hiclaw(home, "worker", "create", "Bad Name", "--role", "x")
+            assert bad.returncode == 1 and bad.stderr.startswith("error: invalid agent name")
+
+            worker_pids = [int(line.split()[0]) for line in subprocess.run(
+                ["pgrep", "-f", "-a", "hiclaw.worker"], capture_output=True, text=True).stdout.splitlines()
+                if str(home) in open(f"/proc/{line.split()[0]}/environ", "rb").read().decode(errors="replace")]
+            assert worker_pids, "bob's process is visible on the host"
+        finally:
+            up.send_signal(signal.SIGINT)
+            code = up.wait(60)
+        assert code == 0, (tmp_path / "up.log").read_text()[-2000:]
+        assert "stopped" in (tmp_path / "up.log").read_text()
+        await wait_until(lambda: not any(alive(pid) for pid in worker_pids), timeout=20, what="workers to stop")
+        assert hiclaw(home, "status").stdout.startswith("team: stopped")
+        removed = hiclaw(home, "worker", "remove", "bob")
+        assert removed.returncode == 1 and "the team is not running" in removed.stderr
