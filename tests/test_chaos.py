@@ -13,11 +13,9 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from importlib import resources
 from pathlib import Path
 
-import httpx
 import pytest
 
 from hiclaw.config import Secrets, load_config, save_config

@@ -7,10 +7,9 @@ ends with checks of the final state and a table of tasks; exit 0 only if every c
 """
 from __future__ import annotations
 
-import asyncio
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path

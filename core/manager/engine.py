@@ -253,7 +253,6 @@ class TaskEngine:
         except ValueError:
             status = ResultStatus.SUCCESS_WITH_NOTES
         summary = str(meta.get("summary") or (body.strip().splitlines()[0] if body.strip() else ""))[:300]
-        project = self.state.project(task.project_id) if task.project_id else None
         if status is ResultStatus.BLOCKED:
             self.state.update_task(task_id, state=TaskState.BLOCKED, result_status=status, result_summary=summary)
             await self._rerender(task)

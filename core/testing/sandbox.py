@@ -14,29 +14,13 @@ in ``pytest.mark.skipif``. The fixtures are async-friendly: use them from ``asyn
 """
 from __future__ import annotations
 
-import functools
-import shutil
-import subprocess
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-
-@functools.lru_cache(maxsize=1)
-def bwrap_unavailable() -> str | None:
-    """Why bubblewrap sandboxes cannot run on this machine, or ``None`` if they can."""
-    bwrap = shutil.which("bwrap")
-    if bwrap is None:
-        return "bubblewrap (bwrap) is not installed"
-    result = subprocess.run(
-        [bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--ro-bind", "/", "/",
-         "true"], capture_output=True, text=True, timeout=30,
-    )
-    if result.returncode != 0:
-        return f"bubblewrap cannot create namespaces here: {result.stderr.strip()[:200]}"
-    return None
+from hiclaw.sandbox.availability import bwrap_unavailable  # noqa: F401  (re-exported for tests)
 
 
 @pytest.fixture

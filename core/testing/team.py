@@ -14,7 +14,6 @@ logged in as the admin (:class:`hiclaw.demo.admin.AdminClient`)::
 from __future__ import annotations
 
 import asyncio
-import shutil
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -40,7 +39,10 @@ def free_port() -> int:
 
 
 def default_sandbox() -> str:
-    return "bwrap" if shutil.which("bwrap") else "process"
+    """bwrap when it can really create sandboxes here, else the process backend (which warns)."""
+    from hiclaw.sandbox.availability import bwrap_unavailable
+
+    return "bwrap" if bwrap_unavailable() is None else "process"
 
 
 def team_config(model_url: str, *, registry_url: str = "https://skills.sh", sandbox: str | None = None,
