@@ -70,3 +70,15 @@ async def test_up_status_worker_commands_and_ctrl_c(tmp_path):
         assert hiclaw(home, "status").stdout.startswith("team: stopped")
         removed = hiclaw(home, "worker", "remove", "bob")
         assert removed.returncode == 1 and "the team is not running" in removed.stderr
+
+
+def test_up_refuses_a_team_without_models_or_keys(tmp_path):
+    home = tmp_path / "home"
+    result = hiclaw(home, "up")
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: no model aliases are configured — run `hiclaw init`")
+    assert hiclaw(home, "init", "--non-interactive", "--provider", "openai", "--sandbox", "process").returncode == 0
+    result = hiclaw(home, "up")
+    assert result.returncode == 1
+    assert "model alias 'smart' needs the secret 'openai_api_key', which is not set" in result.stderr
+    assert "export OPENAI_API_KEY" in result.stderr and "Traceback" not in result.stderr

@@ -38,6 +38,10 @@ ADMIN = "admin"
 MANAGER = "manager"
 
 
+async def _nothing() -> None:
+    return None
+
+
 def ensure_bytecode() -> None:
     """Compile hiclaw's modules to bytecode where it is missing or stale.
 
@@ -99,9 +103,30 @@ class ControlPlane:
 
     # ------------------------------------------------------------------ start / stop
 
+    def check_config(self) -> None:
+        """Refuse to start a team that could not think: every model the team uses must exist and
+        have its key."""
+        from hiclaw.errors import ConfigError
+
+        models = self.config.models
+        if not models:
+            raise ConfigError("no model aliases are configured",
+                              hint="run `hiclaw init` (or add [models.smart] with a litellm model string to config.toml)")
+        for role, alias in (("team.manager_model", self.config.team.manager_model),
+                            ("team.worker_model", self.config.team.worker_model)):
+            if alias not in models:
+                raise ConfigError(f"[{role.split('.')[0]}] {role.split('.')[1]} = {alias!r} is not a model alias",
+                                  hint=f"use one of {', '.join(sorted(models))}")
+        for alias, spec in models.items():
+            if spec.api_key_secret and self.secrets.get(spec.api_key_secret) is None:
+                raise ConfigError(f"model alias {alias!r} needs the secret {spec.api_key_secret!r}, which is not set",
+                                  hint=f"add `{spec.api_key_secret} = \"…\"` to {self.secrets.path} or export "
+                                       f"{spec.api_key_secret.upper()}")
+
     async def start(self) -> None:
         started = time.perf_counter()
         self.started_at = time.time()
+        self.check_config()
         await asyncio.to_thread(ensure_bytecode)
         self.progress("state: opening the state database")
         self.state = StateDB(self.home / "state.db")
@@ -190,30 +215,33 @@ class ControlPlane:
         self.progress(f"ready in {time.perf_counter() - started:.1f}s")
 
     async def stop(self) -> None:
+        """Stop whatever was started (also after a failed start), in dependency order."""
         self._stopping.set()
-        steps: list[tuple[str, Any]] = []
         if self._inbox_task is not None:
             self._inbox_task.cancel()
-            steps.append(("inbox", self._inbox_task))
-        for name, closer in (("watchdog", lambda: self.watchdog.stop()),  # first: it would restart stopping workers
-                             ("scheduler", lambda: self.scheduler.stop()),
-                             ("hooks", lambda: self.host.shutdown(self.runtime_context())),
-                             ("workers", lambda: self.supervisor.close()),
-                             ("channel", lambda: self.channel.stop()),
-                             ("api", lambda: self.api.stop()),
-                             ("skills", lambda: self.skills.aclose()),
-                             ("manager client", lambda: self.manager_client.aclose()),
-                             ("gateway", lambda: self.gateway.stop())):
-            if not hasattr(self, name.split()[0]) and name not in ("hooks", "workers", "manager client"):
+        started = self.__dict__
+        steps = (  # (attribute that must exist, what to call)
+            ("watchdog", lambda: self.watchdog.stop()),  # first: it would restart stopping workers
+            ("scheduler", lambda: self.scheduler.stop()),
+            ("state", lambda: self.host.shutdown(self.runtime_context())),
+            ("supervisor", lambda: self.supervisor.close()),
+            ("channel", lambda: self.channel.stop()),
+            ("api", lambda: self.api.stop()),
+            ("skills", lambda: self.skills.aclose()),
+            ("manager_client", lambda: self.manager_client.aclose()),
+            ("gateway", lambda: self.gateway.stop()),
+            ("channel", lambda: getattr(self.channel, "stop_services", _nothing)()),
+        )
+        for attribute, closer in steps:
+            if attribute not in started:
                 continue
             try:
-                await closer()
+                result = closer()
+                if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
+                    await result
             except Exception as exc:  # noqa: BLE001 - stop everything else even if one part fails
-                log.warning("stopping %s: %s", name, exc)
-        stop_services = getattr(getattr(self, "channel", None), "stop_services", None)
-        if stop_services is not None:
-            await stop_services()
-        if hasattr(self, "state"):
+                log.warning("stopping %s: %s", attribute, exc)
+        if "state" in started:
             self.state.close()
 
     async def run_forever(self) -> None:
