@@ -68,7 +68,7 @@ def up_command(app: App, lan: bool, yolo: bool) -> None:
         click.echo("starting hiclaw …")
         try:
             await plane.start()
-            print_login(plane)
+            print_login(plane, lan=lan)
             await plane.run_forever()
         finally:
             click.echo("stopping …")
@@ -78,9 +78,26 @@ def up_command(app: App, lan: bool, yolo: bool) -> None:
     asyncio.run(main())
 
 
-def print_login(plane: Any) -> None:
+def lan_address() -> str | None:
+    """This machine's address on its local network (no packet is sent)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect(("10.255.255.255", 1))
+            address = sock.getsockname()[0]
+        except OSError:
+            return None
+    return None if address.startswith("127.") else address
+
+
+def print_login(plane: Any, *, lan: bool = False) -> None:
     urls = plane.bridge_urls()
     homeserver = urls.get("homeserver", "(see your channel plugin)")
+    if lan and homeserver.startswith("http://127.0.0.1:"):
+        address = lan_address()
+        if address:
+            homeserver = homeserver.replace("127.0.0.1", address, 1)
     user = plane.channel.user_id("admin")
     click.echo("")
     click.echo("hiclaw is up. Talk to your Manager:")
