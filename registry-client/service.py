@@ -179,14 +179,24 @@ class SkillService:
         done = []
         for name in names:
             folder = bundled_skill(name).path
-            files = await asyncio.to_thread(read_folder, folder, self.limits, where=str(folder))
-            provenance = Provenance(source=str(folder), source_type="local")
-            skill = validated_skill(files, folder=folder.name, provenance=provenance, limits=self.limits, where=str(folder))
+            skill, digest = await self._bundled(folder)
             current = dir_scope(Path(target_dir)).lock().skills.get(name) or {}
-            if current.get("computedHash") != files_hash(files) or not (Path(target_dir) / name / SKILL_FILE).is_file():
+            if current.get("computedHash") != digest or not (Path(target_dir) / name / SKILL_FILE).is_file():
                 await self._install(skill, Path(target_dir))
             done.append(name)
         return done
+
+    async def _bundled(self, folder: Path) -> tuple[Any, str]:
+        """A bundled skill read and validated once per process (they ship with hiclaw and do not
+        change while it runs), with its hash: seeding many workers costs one parse per skill."""
+        cache: dict[Path, tuple[Any, str]] = self.__dict__.setdefault("_bundled_cache", {})
+        if folder not in cache:
+            files = await asyncio.to_thread(read_folder, folder, self.limits, where=str(folder))
+            provenance = Provenance(source=str(folder), source_type="local")
+            skill = validated_skill(files, folder=folder.name, provenance=provenance, limits=self.limits,
+                                    where=str(folder))
+            cache[folder] = (skill, files_hash(files))
+        return cache[folder]
 
     async def seed(self, worker: str, names: Sequence[str], target_dir: Path | None = None) -> list[str]:
         """Install the bundled skills ``names`` for ``worker`` (see :meth:`install_bundled`)."""

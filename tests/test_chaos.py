@@ -78,6 +78,10 @@ class UpProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
+        # After a kill the team's homeserver keeps serving (by design); a test must not leave it.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HICLAW_")} | {"HICLAW_HOME": str(self.home)}
+        subprocess.run([sys.executable, "-m", "hiclaw", "homeserver", "stop", "--force"], env=env,
+                       capture_output=True, timeout=60)
 
 
 def read_state(home: Path) -> tuple[dict, list]:

@@ -163,12 +163,23 @@ async def test_control_channel_runs_the_embedded_homeserver_for_hiclaw_up(tmp_pa
         assert f"Synapse on {settings.url}" in line
         assert control.service_urls() == {"homeserver": settings.url}
         status = EmbeddedHomeserver(tmp_path, settings).status()
-        assert status["state"] == "running" and status["mode"] == "child"
+        assert status["state"] == "running" and status["mode"] == "team"
         await control.start()  # the manager registers with the embedded server's own shared secret
         assert (await control.ensure_account("alice"))["user_id"] == "@alice:hiclaw.local"
     finally:
         await control.stop()
         await control.stop_services()
+    assert EmbeddedHomeserver(tmp_path, settings).status()["state"] == "stopped"
+
+    # A crashed control plane (no stop_services) leaves the team's Synapse serving; the next one
+    # adopts it, and its clean stop stops it.
+    crashed = ControlMatrixChannel(settings, home=tmp_path)
+    await crashed.start_services()
+    pid = EmbeddedHomeserver(tmp_path, settings).status()["pid"]
+    restarted = ControlMatrixChannel(settings, home=tmp_path)
+    (line,) = await restarted.start_services()
+    assert f"Synapse still running from before (pid {pid})" in line
+    await restarted.stop_services()
     assert EmbeddedHomeserver(tmp_path, settings).status()["state"] == "stopped"
 
     daemon = EmbeddedHomeserver(tmp_path, settings)

@@ -5,6 +5,7 @@ import asyncio
 import json
 import os
 import signal
+import time
 from typing import Any
 
 import click
@@ -58,8 +59,9 @@ def up_command(app: App, lan: bool, yolo: bool) -> None:
         config.channel.settings = {**config.channel.settings, "host": "0.0.0.0"}
         click.echo("warning: --lan: the homeserver listens on all interfaces; anyone on your network can reach it",
                    err=True)
+    started = time.monotonic()
     plane = ControlPlane(app.home, config=config, secrets=app.secrets, host=app.host,
-                         progress=lambda line: click.echo(f"  · {line}"))
+                         progress=lambda line: click.echo(f"  · {time.monotonic() - started:5.1f}s  {line}"))
 
     async def main() -> None:
         loop = asyncio.get_running_loop()

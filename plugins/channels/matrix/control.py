@@ -64,15 +64,24 @@ class ControlMatrixChannel(MatrixChannel):
     # ------------------------------------------------------------------ services (for `hiclaw up`)
 
     async def start_services(self) -> list[str]:
-        """Start the embedded homeserver (as a child of this process) when configured; returns
-        progress lines. An external homeserver needs nothing started."""
+        """Start the embedded homeserver when configured; returns progress lines. An external
+        homeserver needs nothing started.
+
+        It runs as the team's daemon: a crash of the control plane leaves it serving (the
+        human's clients stay connected) and the next start adopts it; a clean stop stops it."""
         if not self.settings.embedded:
             return [f"homeserver: external, {self.settings.url}"]
         server = EmbeddedHomeserver(self.home, self.settings)
         started = time.perf_counter()
-        status = await asyncio.to_thread(server.start)
+        before = server.status()
+        status = await asyncio.to_thread(server.start, detach=True, mode="team")
         self._homeserver = server
-        how = "Synapse" if server.owned else f"reusing the running Synapse (pid {status['pid']})"
+        if before["state"] == "stopped":
+            how = "Synapse"
+        elif server.owned:
+            how = f"Synapse still running from before (pid {status['pid']})"
+        else:
+            how = f"reusing the running Synapse (pid {status['pid']})"
         return [f"homeserver: {how} on {status['url']} (server name {status['server_name']}, "
                 f"ready in {time.perf_counter() - started:.1f}s)"]
 

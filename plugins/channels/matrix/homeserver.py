@@ -4,8 +4,11 @@
 database, signing key, registration shared secret — a private 0700 directory),
 ``$HICLAW_HOME/logs/homeserver.log`` and the pid file ``$HICLAW_HOME/run/homeserver.pid``.
 
-- ``start()`` runs Synapse as a child that stops when its parent exits (``hiclaw up``);
-  ``start(detach=True)`` runs it as a background daemon (``hiclaw homeserver start``).
+- ``start()`` runs Synapse as a child that stops when its parent exits;
+  ``start(detach=True)`` runs it as a background daemon (``hiclaw homeserver start``);
+  ``start(detach=True, mode="team")`` is how ``hiclaw up`` runs it: a daemon that the control
+  plane owns — stopped on a clean shutdown, but still serving (phones stay connected) if the
+  control plane crashes, and adopted by the next ``hiclaw up``.
   Either way it returns once the server answers, and an already running one is reused.
 - ``stop()`` stops it (SIGTERM, then SIGKILL after a grace period); ``status()`` reports it.
 
@@ -164,10 +167,17 @@ class EmbeddedHomeserver:
             "log": str(self.log_file),
         }
 
-    def start(self, *, detach: bool = False, timeout: float = 30.0) -> dict[str, Any]:
-        """Start (or reuse) the server and wait until it answers; returns :meth:`status`."""
-        if self._read_pid_file() is not None:
+    def start(self, *, detach: bool = False, timeout: float = 30.0, mode: str | None = None) -> dict[str, Any]:
+        """Start (or reuse) the server and wait until it answers; returns :meth:`status`.
+
+        ``mode`` is recorded in the pid file: ``child`` (default without ``detach``), ``daemon``
+        (default with it) or ``team`` (a daemon owned by ``hiclaw up``; a running ``team`` server
+        is adopted — :attr:`owned` — so the next clean shutdown stops it)."""
+        mode = mode or ("daemon" if detach else "child")
+        running = self._read_pid_file()
+        if running is not None:
             self._wait_ready(timeout, proc=None)
+            self.owned = running["mode"] == "team" and mode == "team"
             return self.status()
         if port_in_use(self.settings.host, self.settings.port):
             raise HomeserverError(
@@ -189,7 +199,7 @@ class EmbeddedHomeserver:
                 argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err, cwd=self.data_dir,
                 start_new_session=detach, close_fds=True,
             )
-        self._write_pid_file(proc.pid, "daemon" if detach else "child")
+        self._write_pid_file(proc.pid, mode)
         self.owned = True
         if not detach:
             self._child = proc
