@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,44 +23,7 @@ from pathlib import Path
 from hiclaw.config import save_config
 from hiclaw.testing.gateway import running_scripted_model
 from hiclaw.testing.team import default_sandbox, team_config
-
-
-class Up:
-    def __init__(self, home: Path) -> None:
-        self.home = home
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("HICLAW_")} | {"HICLAW_HOME": str(home)}
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.runs = 0
-
-    def start(self) -> float:
-        """Start `hiclaw up`; seconds until it says it is up (all workers ready)."""
-        log = self.home / f"up-{self.runs}.log"
-        self.runs += 1
-        started = time.perf_counter()
-        self.proc = subprocess.Popen([sys.executable, "-m", "hiclaw", "up"], env=self.env,
-                                     stdout=open(log, "wb"), stderr=subprocess.STDOUT)
-        while "hiclaw is up" not in log.read_text(errors="replace"):
-            if self.proc.poll() is not None:
-                raise SystemExit(f"hiclaw up exited: {log.read_text()[-2000:]}")
-            if time.perf_counter() - started > 300:
-                raise SystemExit("hiclaw up did not come up within 300 s")
-            time.sleep(0.02)  # polling its output with a deadline
-        return time.perf_counter() - started
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "hiclaw", *args], env=self.env, capture_output=True, text=True,
-                              timeout=300)
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(30)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            self.proc.wait(120)
-        self.cli("homeserver", "stop", "--force")
+from hiclaw.testing.up import UpProcess
 
 
 def main(workers: int, sandbox: str) -> int:
@@ -71,9 +31,9 @@ def main(workers: int, sandbox: str) -> int:
             tempfile.TemporaryDirectory(prefix="hiclaw-bench-") as tmp:
         home = Path(tmp) / "home"
         save_config(team_config(model.base_url, sandbox=sandbox), home)
-        up = Up(home)
+        up = UpProcess(home)
         try:
-            up.start()
+            up.start_and_wait()
             names = [f"worker-{i:02d}" for i in range(workers)]
             started = time.perf_counter()
             with ThreadPoolExecutor(workers) as pool:
@@ -83,13 +43,12 @@ def main(workers: int, sandbox: str) -> int:
             if failed:
                 raise SystemExit(f"creating workers failed: {failed[0]}")
             up.kill()
-            crash = up.start()
-            phases = (home / f"up-{up.runs - 1}.log").read_text()
+            crash = up.start_and_wait()
+            phases = up.log.read_text()
             status = json.loads(up.cli("status", "--json").stdout)
             running = sum(1 for w in status["workers"] if w.get("process") == "running")
-            up.proc.send_signal(signal.SIGINT)
-            up.proc.wait(120)
-            clean = up.start()
+            up.interrupt()
+            clean = up.start_and_wait()
         finally:
             up.stop()
     print(f"{workers} workers, sandbox {sandbox}; `hiclaw up` after the kill said:")

@@ -7,12 +7,7 @@ run in the test process, so they survive the kills (as a real provider would).
 """
 from __future__ import annotations
 
-import json
-import os
 import random
-import signal
-import subprocess
-import sys
 from importlib import resources
 from pathlib import Path
 
@@ -27,61 +22,10 @@ from hiclaw.state import StateDB
 from hiclaw.testing.gateway import running_scripted_model
 from hiclaw.testing.registry import RunningRegistry
 from hiclaw.testing.team import team_config, wait_until
+from hiclaw.testing.up import UpProcess
 
 SERVER = "hiclaw.chaos"
 EXPECTED_ASSIGNMENTS = {"task-001": 1, "task-002": 1, "task-003": 1, "task-004": 2, "task-005": 1, "task-006": 1}
-
-
-class UpProcess:
-    """`hiclaw up` as a child process of the test."""
-
-    def __init__(self, home: Path) -> None:
-        self.home = home
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-
-    def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("HICLAW_")}
-        env["HICLAW_HOME"] = str(self.home)
-        log = open(self.home / f"up-{self.starts}.log", "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "hiclaw", "up"], env=env, stdout=log, stderr=subprocess.STDOUT)
-        self.starts += 1
-
-    def control(self) -> dict | None:
-        path = self.home / "run" / "control.json"
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return None
-        return data if self.proc is not None and data.get("pid") == self.proc.pid else None
-
-    async def ready(self, timeout: float = 120) -> None:
-        async def up() -> bool:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(f"hiclaw up exited with {self.proc.returncode}: "
-                                     + (self.home / f"up-{self.starts - 1}.log").read_text()[-2000:])
-            return "hiclaw is up" in (self.home / f"up-{self.starts - 1}.log").read_text()
-
-        await wait_until(up, timeout=timeout, what="hiclaw up to be ready")
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(30)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        # After a kill the team's homeserver keeps serving (by design); a test must not leave it.
-        env = {k: v for k, v in os.environ.items() if not k.startswith("HICLAW_")} | {"HICLAW_HOME": str(self.home)}
-        subprocess.run([sys.executable, "-m", "hiclaw", "homeserver", "stop", "--force"], env=env,
-                       capture_output=True, timeout=60)
 
 
 def read_state(home: Path) -> tuple[dict, list]:
@@ -102,8 +46,7 @@ async def run_chaos(tmp_path: Path, kills: int, seed: int) -> None:
     with running_scripted_model(demo_scenario()) as model:
         try:
             save_config(team_config(model.base_url, registry_url=registry.url, server_name=SERVER), home)
-            up.start()
-            await up.ready()
+            await up.start_and_wait_async()
             password = Secrets.load(home).get("matrix_admin_password").get_secret_value()
             homeserver = f"http://127.0.0.1:{load_config(home).channel.settings['port']}"
             admin = AdminClient(homeserver, "admin", password)
@@ -132,8 +75,7 @@ async def run_chaos(tmp_path: Path, kills: int, seed: int) -> None:
                 if read_state(home)[1][0].state == "done":
                     break
                 up.kill()
-                up.start()
-                await up.ready()
+                await up.start_and_wait_async()
             await wait_until(lambda: read_state(home)[1][0].state == "done" and said("is complete"), timeout=300,
                              what="the project to complete after the restarts")
 
