@@ -1,6 +1,7 @@
 """The team on real components: Synapse, the gateway with the scripted model, bwrap workers."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -25,6 +26,20 @@ def test_demo_command_passes(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "demo PASSED" in result.stdout
     assert "FAIL" not in result.stdout
+    # What the demo left behind, as `hiclaw project|task` show it (the state DB and storage).
+    env["HICLAW_HOME"] = str(tmp_path / "demo")
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "hiclaw", *args], capture_output=True, text=True, env=env,
+                              timeout=120)
+
+    plan = cli("project", "show", "proj-001").stdout
+    assert plan.count("- [x] task-") == 6 and "task-006 Revise: Product acceptance — @sam (revision of task-004" in plan
+    task = json.loads(cli("task", "show", "task-004", "--json").stdout)
+    assert task["attempts"] == 2 and task["result"] == "SUCCESS" and "attempt: 2" in task["spec"]
+    assert task["result_markdown"].startswith("---\ntask: task-004")
+    assert [t["id"] for t in json.loads(cli("task", "list", "--assignee", "sam", "--json").stdout)] == \
+        ["task-002", "task-003", "task-006"]
 
 
 async def test_unmentioned_messages_cost_no_llm_call_and_come_back_as_context(tmp_path):

@@ -74,6 +74,9 @@ async def test_up_status_worker_commands_and_ctrl_c(tmp_path):
 
 def test_up_refuses_a_team_without_models_or_keys(tmp_path):
     home = tmp_path / "home"
+    assert json.loads(hiclaw(home, "project", "list", "--json").stdout) == []  # a team that never ran
+    missing = hiclaw(home, "task", "show", "task-001")
+    assert missing.returncode == 1 and "the team has not run yet" in missing.stderr
     result = hiclaw(home, "up")
     assert result.returncode == 1
     assert result.stderr.startswith("error: no model aliases are configured — run `hiclaw init`")

@@ -10,12 +10,35 @@ from typing import Any
 import click
 
 from hiclaw.cli.app import App, emit_json, pass_app, table
+from hiclaw.errors import NotFoundError
 from hiclaw.host import ComponentContext
 from hiclaw.state import StateDB, Task
 
 
+class _NoState:
+    """A team that never ran: no projects, no tasks."""
+
+    def projects(self) -> list[Any]:
+        return []
+
+    def tasks(self, **_: Any) -> list[Task]:
+        return []
+
+    def project(self, project_id: str) -> Any:
+        raise NotFoundError(f"no project {project_id!r}", hint="the team has not run yet: start it with `hiclaw up`")
+
+    def task(self, task_id: str) -> Any:
+        raise NotFoundError(f"no task {task_id!r}", hint="the team has not run yet: start it with `hiclaw up`")
+
+    def close(self) -> None:
+        pass
+
+
 @contextmanager
 def state_of(app: App) -> Iterator[StateDB]:
+    if not (app.home / "state.db").exists():
+        yield _NoState()  # type: ignore[misc]
+        return
     state = StateDB(app.home / "state.db", readonly=True)
     try:
         yield state
