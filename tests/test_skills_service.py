@@ -70,7 +70,7 @@ async def test_policy_allowed_sources_filters_find_and_refuses_add(registry, tmp
     assert not (tmp_path / "s" / "pdf-pwn").exists()
 
 
-@pytest.mark.parametrize("source", ["./skills", "/etc", "~/secrets", "file:///root/repo.git", "git@github.com:a/b.git",
+@pytest.mark.parametrize("source", ["./skills", "/etc", "~/secrets", "file:///srv/repo.git", "git@github.com:a/b.git",
                                     "ssh://host/repo.git"])
 async def test_workers_may_not_use_local_or_credentialed_sources(tmp_path, source):
     with pytest.raises(SkillPolicyError):

@@ -117,7 +117,7 @@ def test_tar_archives_unpack_in_memory():
 @pytest.mark.parametrize("entries, message", [
     ([("SKILL.md", b"s"), ("../evil", b"x")], "leaves the skill folder"),
     ([("/etc/cron.d/x", b"x")], "absolute path"),
-    ([("SKILL.md", b"s"), _link("ssh", "/root/.ssh/id_rsa", tarfile.SYMTYPE)], "contains a link"),
+    ([("SKILL.md", b"s"), _link("ssh", "/home/victim/.ssh/id_rsa", tarfile.SYMTYPE)], "contains a link"),
     ([("SKILL.md", b"s"), _link("hard", "SKILL.md", tarfile.LNKTYPE)], "contains a link"),
     ([("SKILL.md", b"s"), _link("fifo", "", tarfile.FIFOTYPE)], "special file"),
     ([("SKILL.md", b"x" * 2048)], "more than 1024 bytes"),
