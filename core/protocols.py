@@ -99,6 +99,10 @@ class Gateway(Lifecycle, Protocol):
     async def list_tokens(self) -> list[dict[str, Any]]:
         """Consumers with models, budget, spent, created, revoked — never token values."""
 
+    # Optional (not part of the checked shape): ``async def check_token(name, token) -> bool`` —
+    # whether ``token`` is consumer ``name``'s current token. Without it, a worker that outlived a
+    # crash of the control plane is restarted with a new token instead of being adopted.
+
 
 @runtime_checkable
 class Storage(Protocol):

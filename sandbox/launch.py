@@ -10,7 +10,8 @@ Usage (the backends build this line; it is not meant for people)::
    the listeners are up before the worker starts — no readiness race.
 3. Spawns PROGRAM as its child (then writes one byte to ``--ready-fd`` and closes it, so the
    host knows the sandbox is set up and the worker runs), forwards SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2
-   to it, and exits with its exit code (``128 + N`` if killed by signal N).
+   to it, and exits with its exit code (``128 + N`` if killed by signal N). PROGRAM starts with
+   SIGUSR1 ignored (the reconnect signal: install a handler to get it).
 4. When it is PID 1 of a sandbox (bwrap ``--as-pid-1``, containers) it also reaps orphans.
 
 Exit codes of its own: 125 bad usage or a bridge port that cannot be bound, 126 PROGRAM not
@@ -25,6 +26,7 @@ import sys
 from hiclaw.sandbox.bridge import SandboxForwarder, parse_target
 
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+DEFAULT_IN_CHILD = tuple(s for s in FORWARDED_SIGNALS if s != signal.SIGUSR1)
 EXIT_USAGE, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND = 125, 126, 127
 #: After the worker exits, how long relays still in flight may take to finish.
 DRAIN_SECONDS = 3.0
@@ -111,6 +113,10 @@ def main(argv: list[str] | None = None) -> int:
 
     for signum in FORWARDED_SIGNALS:
         signal.signal(signum, forward)
+    # SIGUSR1 is the control plane's "I am back" to a worker it adopted after a crash: the worker
+    # starts with it ignored (inherited through exec) until it installs its handler, so one sent
+    # during its start-up is dropped instead of killing it.
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
     forwarders = []
     for port, target in targets:
@@ -123,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         # Python ignores SIGPIPE and SIGXFSZ; like subprocess's restore_signals, give the worker
         # the defaults back (else `yes | head` in its shell commands would never end).
         child_pid = os.posix_spawnp(program[0], program, os.environ,
-                                    setsigdef=(*FORWARDED_SIGNALS, signal.SIGPIPE, signal.SIGXFSZ))
+                                    setsigdef=(*DEFAULT_IN_CHILD, signal.SIGPIPE, signal.SIGXFSZ))
     except FileNotFoundError:
         return _fail(EXIT_NOT_FOUND, f"program not found: {program[0]}")
     except OSError as exc:
@@ -134,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             os.close(fd)
         except OSError:
             pass  # the host went away; the worker runs anyway
+    signal.signal(signal.SIGUSR1, forward)
     for signum in pending:
         forward(signum, None)
 

@@ -28,6 +28,10 @@ class BwrapSettings(BackendSettings):
     bwrap: str = "bwrap"
     #: More host paths made visible read-only at the same path (e.g. a tool chain in /opt).
     extra_ro_paths: list[Path] = Field(default_factory=list)
+    #: Keep workers running when the control plane crashes, for the next ``hiclaw up`` to adopt
+    #: (their turns in flight go on). ``false``: a sandbox dies with the process that started it.
+    #: A clean stop stops them either way; ``hiclaw down`` stops what a crash left.
+    survive_crash: bool = True
 
 
 class ProcessSettings(BackendSettings):

@@ -104,6 +104,9 @@ class WorkerSpec(_Model):
     network: bool = False
     #: Where stdout/stderr go; ``None``: ``$HICLAW_HOME/logs/workers/<name>.log``.
     log_path: Path | None = None
+    #: Digest of what the run depends on, chosen by the caller (never secrets): a run left by a
+    #: crashed control plane is adopted only by a spec with the same fingerprint.
+    fingerprint: str | None = None
 
     @field_validator("name")
     @classmethod

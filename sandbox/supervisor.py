@@ -4,6 +4,7 @@
 
     supervisor = Supervisor(backend, on_exit=..., on_crash_loop=...)
     await supervisor.start(spec)          # start and watch
+    await supervisor.adopt(spec)          # or take over the run a crashed control plane left (None: start it)
     await supervisor.restart("alice")     # now, counters reset (optionally with a new spec)
     await supervisor.stop("alice")        # stop watching, stop the sandbox (state "stopped")
     supervisor.status()                   # every worker; status("alice") for one
@@ -126,6 +127,27 @@ class Supervisor:
         worker.settled.set()
         worker.task = asyncio.create_task(self._supervise_safely(worker), name=f"supervise-{spec.name}")
         return self.status(spec.name)
+
+    async def adopt(self, spec: WorkerSpec) -> dict[str, Any] | None:
+        """Supervise the run of ``spec`` that a crashed control plane left running, if the backend
+        can adopt it (same fingerprint, still alive); ``None`` if there is nothing to adopt (what
+        was left is stopped) — then :meth:`start` it."""
+        adopt = getattr(self.backend, "adopt", None)
+        current = self._workers.get(spec.name)
+        if adopt is None or (current is not None and current.task is not None and not current.task.done()):
+            return None
+        if await adopt(spec) is None:
+            return None
+        worker = _Worker(spec, state="running")
+        worker.settled.set()
+        self._workers[spec.name] = worker
+        worker.task = asyncio.create_task(self._supervise_safely(worker), name=f"supervise-{spec.name}")
+        return self.status(spec.name)
+
+    async def signal(self, name: str, signum: int) -> bool:
+        """Send ``signum`` to a running worker, if the backend can; True if it was sent."""
+        send = getattr(self.backend, "signal", None)
+        return bool(send is not None and self.status(name).get("state") == "running" and await send(name, signum))
 
     async def stop(self, name: str, timeout: float | None = None) -> None:
         """Stop supervising ``name`` and stop its sandbox (absent is fine)."""

@@ -199,3 +199,35 @@ async def test_reconcile_after_a_crash_redoes_only_what_was_lost(team):
     again = len(engine.chat.posts)
     await engine.reconcile()
     assert len(engine.chat.posts) == again
+
+
+async def test_concurrent_dispatches_never_set_a_reported_task_back_in_progress(team):
+    """Reconciliation at boot and an acceptance may dispatch at the same time. The slower one must
+    not dispatch a task again — let alone mark it in progress after its worker reported it."""
+    import asyncio
+
+    engine = team
+    project = await engine.create_project("P", "goal")
+    await engine.propose_plan(project.id, PLAN)
+    await engine.confirm_plan(project.id)
+    assert await report(engine, "task-001", "SUCCESS")
+    engine.state.update_task("task-001", state=TaskState.DONE)  # accepted, as a crash left it
+
+    gate = asyncio.Event()
+    slow_refresh = engine.access.refresh_access
+
+    async def refresh_access(worker):  # a worker restart that takes a while
+        await slow_refresh(worker)
+        await gate.wait()
+    engine.access.refresh_access = refresh_access
+
+    first = asyncio.create_task(engine.dispatch_ready(project.id))
+    second = asyncio.create_task(engine.dispatch_ready(project.id))
+    await asyncio.sleep(0)  # both have started (one waits for the other)
+    gate.set()
+    await first
+    assert states(engine)["task-005"] == "in_progress"
+    assert await report(engine, "task-005", "SUCCESS")  # taylor is quick
+    assert await second == []
+    assert states(engine)["task-005"] == "review"
+    assert [t.dispatch_count for t in engine.state.tasks() if t.id in ("task-002", "task-005")] == [1, 1]

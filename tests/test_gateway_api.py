@@ -141,6 +141,8 @@ def test_auth_errors_never_reach_the_provider(env, http):
     missing = _chat(http, gw, None)
     unknown = _chat(http, gw, "hc-not-a-token")
     me = gw.mint()
+    check = gw.thread.run(gw.gateway.check_token(me.name, me.token))  # what adoption after a crash asks
+    assert check and not gw.thread.run(gw.gateway.check_token("someone-else", me.token))
     # Revoke through a second connection to the database, as `hiclaw gateway token revoke` does.
     other = GatewayStore(gw.db_path)
     other.revoke(me.name)
@@ -150,9 +152,12 @@ def test_auth_errors_never_reach_the_provider(env, http):
         assert response.status_code == 401 and response.json()["error"]["code"] == code
     assert model.hits() == before
     # Re-minting gives a new token; the old one stays dead.
+    assert not gw.thread.run(gw.gateway.check_token(me.name, me.token))
     fresh = gw.mint(me.name)
     assert _chat(http, gw, fresh.token).status_code == 200
     assert _chat(http, gw, me.token).json()["error"]["code"] == "invalid_api_key"
+    assert gw.thread.run(gw.gateway.check_token(me.name, fresh.token))
+    assert not gw.thread.run(gw.gateway.check_token(me.name, me.token))
 
 
 @pytest.mark.parametrize("body, status, code", [

@@ -78,11 +78,13 @@ async def test_remint_replaces_token_and_models_and_revoke_cleans_up(tmp_path, c
     first = await gateway.mint_token("alice", models=["smart"])
     second = await gateway.mint_token("alice", models=["fast"])
     assert first != second and console.consumers["hiclaw-alice"]["credentials"][0]["values"] == [second]
+    assert await gateway.check_token("alice", second) and not await gateway.check_token("alice", first)
+    assert not await gateway.check_token("nobody", second)
     assert "hiclaw-smart" not in console.routes  # its last consumer left: the route is gone, not open
     assert console.routes["hiclaw-fast"]["authConfig"]["allowedConsumers"] == ["hiclaw-alice"]
     await gateway.mint_token("bob", models=["fast"])
     await gateway.revoke_token("alice")
-    assert "hiclaw-alice" not in console.consumers
+    assert "hiclaw-alice" not in console.consumers and not await gateway.check_token("alice", second)
     assert console.routes["hiclaw-fast"]["authConfig"]["allowedConsumers"] == ["hiclaw-bob"]
     with pytest.raises(NotFoundError, match="no consumer 'hiclaw-alice'"):
         await gateway.revoke_token("alice")

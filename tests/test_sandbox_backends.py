@@ -215,9 +215,9 @@ async def test_bwrap_command_line_order_and_contents(sandbox_backend, worker_spe
     run_dir = backend._socket_dir("w1")
     argv = backend.command(spec, run_dir, {"gateway": run_dir / "gateway.sock"}, status_fd=9)
     bwrap_part = argv[:argv.index("--")]
-    for flag in ("--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session",
-                 "--as-pid-1", "--cap-drop"):
+    for flag in ("--unshare-all", "--unshare-user", "--disable-userns", "--new-session", "--as-pid-1", "--cap-drop"):
         assert flag in bwrap_part
+    assert "--die-with-parent" not in bwrap_part  # it outlives a crash of the control plane (adoption)
     assert "--share-net" not in bwrap_part
     tmpfs = bwrap_part.index("/tmp", bwrap_part.index("--tmpfs"))
     binds = [i for i, a in enumerate(bwrap_part) if a in ("--bind", "--ro-bind")]
@@ -248,40 +248,142 @@ async def test_missing_bwrap_names_the_fix(sandbox_backend, worker_spec):
         await backend.start(worker_spec([PY, "-V"]))
 
 
-async def test_bwrap_sandbox_dies_with_its_parent(tmp_path):
-    """Kill -9 the process that started a sandbox: the sandboxed worker must not survive."""
-    if reason := bwrap_unavailable():
-        pytest.skip(reason)
-    pid_file = tmp_path / "inner.pid"
-    starter = f"""
-import asyncio, sys
+STARTER = """
+import asyncio, json, sys
 from pathlib import Path
 from types import SimpleNamespace
 from hiclaw.sandbox.backends.bwrap import BwrapBackend
+from hiclaw.sandbox.settings import BwrapSettings
 from hiclaw.sandbox.spec import WorkerSpec
 async def main():
-    backend = BwrapBackend(ctx=SimpleNamespace(home=Path({str(tmp_path / 'ctl')!r})))
-    home = Path({str(tmp_path / 'home')!r}); home.mkdir()
-    await backend.start(WorkerSpec(name="w1", home=home, argv=[sys.executable, "-c", "import time; time.sleep(600)"]))
-    print((await backend.status("w1"))["launcher_pid"], flush=True)
+    args = json.loads(sys.argv[1])
+    backend = BwrapBackend(BwrapSettings(survive_crash=args["survive"]), ctx=SimpleNamespace(home=Path(args["ctl"])))
+    await backend.start(WorkerSpec.model_validate(args["spec"]))
+    print((await backend.status(args["spec"]["name"]))["launcher_pid"], flush=True)
     await asyncio.sleep(600)
 asyncio.run(main())
 """
-    proc = await asyncio.create_subprocess_exec(PY, "-c", starter, stdout=asyncio.subprocess.PIPE)
+#: A sandboxed program that says hello through its bridge, and again on SIGUSR1 (as a worker reconnects).
+GREETER = ("import signal, socket, time\n"
+           "def hello(text):\n"
+           "    with socket.create_connection(('127.0.0.1', {port})) as s: s.sendall(text)\n"
+           "signal.signal(signal.SIGUSR1, lambda *_: hello(b'hello again'))\n"
+           "hello(b'hello')\n"
+           "while True: time.sleep(600)\n")
+
+
+def process_gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+async def crash_after_start(tmp_path: Path, spec, *, survive: bool, started: asyncio.Event | None = None) -> int:
+    """Start ``spec`` from a separate control-plane process (and wait for ``started``), then kill -9
+    that process; the launcher's pid."""
+    args = {"survive": survive, "ctl": str(tmp_path / "ctl"), "spec": spec.model_dump(mode="json")}
+    proc = await asyncio.create_subprocess_exec(PY, "-c", STARTER, json.dumps(args), stdout=asyncio.subprocess.PIPE)
     launcher_pid = int(await asyncio.wait_for(proc.stdout.readline(), 30))
     assert Path(f"/proc/{launcher_pid}").exists()
+    if started is not None:
+        await asyncio.wait_for(started.wait(), 30)
     proc.kill()
     await proc.wait()
+    return launcher_pid
 
-    def gone() -> bool:
-        try:
-            return Path(f"/proc/{launcher_pid}/stat").read_text().split()[2] == "Z"
-        except OSError:
-            return True
 
-    await wait_for_async(gone, timeout=20, what="the sandbox to die with its parent")
-    pid_file.write_text(str(launcher_pid))
-    assert not os.path.exists(f"/proc/{launcher_pid}/cmdline") or gone()
+@pytest.fixture
+def crash_spec(tmp_path):
+    from hiclaw.sandbox.spec import WorkerSpec
+
+    def make(argv, **extra):
+        home = tmp_path / "home"
+        home.mkdir(exist_ok=True)
+        return WorkerSpec(name="w1", home=home, argv=argv, **extra)
+    return make
+
+
+async def crashed_sleeper(tmp_path: Path, crash_spec) -> tuple:
+    """A sleeping worker whose control plane crashed: (its spec, the launcher's pid, a new bwrap backend)."""
+    if reason := bwrap_unavailable():
+        pytest.skip(reason)
+    from types import SimpleNamespace
+
+    from hiclaw.sandbox.backends.bwrap import BwrapBackend
+
+    spec = crash_spec([PY, "-c", "import time; time.sleep(600)"], fingerprint="fp-1")
+    launcher_pid = await crash_after_start(tmp_path, spec, survive=True)
+    return spec, launcher_pid, BwrapBackend(ctx=SimpleNamespace(home=tmp_path / "ctl"))
+
+
+async def test_bwrap_sandbox_dies_with_its_parent_unless_it_survives_crashes(tmp_path, crash_spec):
+    """``survive_crash = false``: kill -9 the process that started a sandbox and the worker dies too."""
+    if reason := bwrap_unavailable():
+        pytest.skip(reason)
+    launcher_pid = await crash_after_start(tmp_path, crash_spec([PY, "-c", "import time; time.sleep(600)"]),
+                                           survive=False)
+    await wait_for_async(lambda: process_gone(launcher_pid), timeout=20, what="the sandbox to die with its parent")
+
+
+async def test_bwrap_sandbox_survives_a_crash_and_is_adopted(tmp_path, crash_spec):
+    """Kill -9 the control plane: the sandbox keeps running; a new backend adopts it (same
+    fingerprint) with new host bridges on the same sockets, signals it, watches and stops it."""
+    if reason := bwrap_unavailable():
+        pytest.skip(reason)
+    from types import SimpleNamespace
+
+    from hiclaw.sandbox.backends.bwrap import BwrapBackend
+
+    greetings: list[bytes] = []
+    greeted, greeted_again = asyncio.Event(), asyncio.Event()
+
+    async def handle(reader, writer):
+        greetings.append(await reader.read())
+        (greeted_again if greeted.is_set() else greeted).set()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    spec = crash_spec([PY, "-c", GREETER.format(port=port)], bridges=[Bridge(name="svc", port=port)],
+                      fingerprint="fp-1")
+    launcher_pid = await crash_after_start(tmp_path, spec, survive=True, started=greeted)
+    assert not process_gone(launcher_pid)  # outlived the crash
+
+    backend = BwrapBackend(ctx=SimpleNamespace(home=tmp_path / "ctl"))
+    assert backend.recorded() == ["w1"]
+    handle = await backend.adopt(spec)
+    assert handle is not None
+    status = await backend.status("w1")
+    assert status["state"] == "running" and status["adopted"] and status["launcher_pid"] == launcher_pid
+    assert await backend.signal("w1", signal.SIGUSR1)
+    await asyncio.wait_for(greeted_again.wait(), 20)  # through the new host bridge
+    assert greetings == [b"hello", b"hello again"]
+    assert "adopted by a new control plane" in backend.log_path("w1").read_text()
+
+    await backend.stop("w1", timeout=5)
+    assert process_gone(launcher_pid)
+    assert (await backend.status("w1"))["state"] == "exited" and await backend.wait("w1") is None  # not our child
+    assert backend.recorded() == []
+    server.close()
+
+
+async def test_bwrap_run_with_another_fingerprint_is_stopped_not_adopted(tmp_path, crash_spec):
+    spec, launcher_pid, backend = await crashed_sleeper(tmp_path, crash_spec)
+    assert await backend.adopt(spec.model_copy(update={"fingerprint": "fp-2"})) is None
+    assert process_gone(launcher_pid) and backend.recorded() == []
+    assert (await backend.status("w1"))["state"] == "absent"
+
+
+async def test_stop_leftovers_stops_what_a_crash_left(tmp_path, crash_spec):
+    """What ``hiclaw down`` does: runs nobody adopted are stopped; a stale record is just removed."""
+    _, launcher_pid, backend = await crashed_sleeper(tmp_path, crash_spec)
+    stale = backend._record_path("w1").with_name("gone.run.json")
+    record = json.loads(backend._record_path("w1").read_text()) | {"name": "gone", "pid_start": 1}
+    stale.write_text(json.dumps(record))  # same pids, wrong start time: a pid that was reused
+    assert await backend.stop_leftovers() == ["w1"]
+    assert process_gone(launcher_pid) and backend.recorded() == []
+    assert "left by a crashed control plane" in backend.log_path("w1").read_text()
 
 
 async def test_last_words_reach_the_host_after_the_worker_exits(sandbox_backend, worker_spec):
@@ -331,3 +433,15 @@ async def test_exit_is_not_held_up_by_an_answer_the_worker_no_longer_waits_for(s
     finally:
         release.set()
         server.close()
+
+
+async def test_starting_a_worker_stops_the_run_a_crash_left_of_it(tmp_path, crash_spec):
+    """Never two sandboxes of one worker: a start (not an adoption) first stops what a crash left."""
+    spec, launcher_pid, backend = await crashed_sleeper(tmp_path, crash_spec)
+    await backend.start(spec)
+    assert process_gone(launcher_pid)
+    status = await backend.status("w1")
+    assert status["state"] == "running" and status["launcher_pid"] != launcher_pid and not status["adopted"]
+    assert backend.recorded() == ["w1"]  # the new run's record
+    await backend.stop("w1", timeout=5)
+    assert backend.recorded() == []

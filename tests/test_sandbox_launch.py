@@ -87,6 +87,22 @@ async def test_the_program_gets_default_signal_dispositions():
     assert proc.returncode == 0 and out.startswith(b"y\n")
     ignored = int(out.split()[-1], 16)
     assert not ignored & (1 << (signal.SIGPIPE - 1))
+    assert not ignored & (1 << (signal.SIGTERM - 1))
+    # ...but the reconnect signal starts ignored: one that arrives before the worker installs its
+    # handler must not kill it.
+    assert ignored & (1 << (signal.SIGUSR1 - 1))
+
+
+async def test_sigusr1_reaches_a_program_that_handles_it(tmp_path: Path):
+    program = ("import signal, sys, time\n"
+               "signal.signal(signal.SIGUSR1, lambda *_: (print('usr1', flush=True), sys.exit(0)))\n"
+               "print('ready', flush=True)\n"
+               "time.sleep(60)\n")
+    proc = await launch("--", sys.executable, "-c", program)
+    assert await asyncio.wait_for(proc.stdout.readline(), 30) == b"ready\n"
+    proc.send_signal(signal.SIGUSR1)
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    assert out == b"usr1\n" and proc.returncode == 0
 
 
 async def test_rlimits_are_applied_to_the_program():

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, Field
 
 from hiclaw.errors import HiclawError
+from hiclaw.pause import Pause
 
 if TYPE_CHECKING:
     import httpx
@@ -49,9 +50,20 @@ class Unreachable(Exception):
 class GatewayClient:
     """Calls ``POST {base_url}/chat/completions`` with the agent's consumer token.
 
+    A gateway that does not answer is retried ``retries`` times, and beyond that for as long as
+    ``outage_grace`` seconds from the first failure (a worker waits out a control-plane restart
+    that way, its turn intact); :meth:`wake` retries at once (the gateway is back).
+
     Subclasses may replace the HTTP layer: ``__init__``, :meth:`_post` and :meth:`aclose`."""
 
     RETRY_STATUSES = (502, 503, 504)
+    outage_grace: float = 0.0
+    _pause: Pause | None = None
+
+    def wake(self) -> None:
+        """Cut the current back-off short: the gateway is reachable again."""
+        if self._pause is not None:
+            self._pause.wake()
 
     def __init__(self, base_url: str, token: str, *, timeout: float = 300.0, retries: int = 2,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
@@ -93,11 +105,14 @@ class GatewayClient:
         if project_id:
             headers["X-Hiclaw-Project"] = project_id
         attempt = 0
+        unreachable_since: float | None = None
         while True:
             try:
                 status, text, reason = await self._post(f"{self.base_url}/chat/completions", body, headers)
             except Unreachable as exc:
-                if attempt >= self.retries:
+                now = asyncio.get_running_loop().time()
+                unreachable_since = unreachable_since if unreachable_since is not None else now
+                if attempt >= self.retries and now - unreachable_since >= self.outage_grace:
                     raise GatewayError(0, f"cannot reach the gateway at {self.base_url} ({exc})") from None
             else:
                 if status == 200:
@@ -105,7 +120,8 @@ class GatewayClient:
                 if status not in self.RETRY_STATUSES or attempt >= self.retries:
                     raise _error(status, text, reason)
             attempt += 1
-            await asyncio.sleep(min(0.5 * 2**attempt, 5.0))  # back-off between retries, not synchronisation
+            self._pause = self._pause or Pause()
+            await self._pause(min(0.5 * 2**attempt, 5.0))  # back-off between retries, not synchronisation
 
 
 def _error(status: int, text: str, reason: str) -> GatewayError:

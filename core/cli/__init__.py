@@ -35,6 +35,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "project": "hiclaw.cli.projects:project_group",
     "task": "hiclaw.cli.projects:task_group",
     "status": "hiclaw.cli.up:status_command",
+    "down": "hiclaw.cli.up:down_command",
     "schedule": "hiclaw.cli.schedule:schedule_group",
 }
 

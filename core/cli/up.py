@@ -113,6 +113,33 @@ def print_login(plane: Any, *, lan: bool = False) -> None:
     click.echo("Ctrl-C stops the team (workers included).")
 
 
+@click.command("down")
+@pass_app
+def down_command(app: App) -> None:
+    """Stop what a crashed `hiclaw up` left running: workers' sandboxes and the team's homeserver.
+
+    A crash of `hiclaw up` leaves workers and the homeserver running on purpose, so the next
+    `hiclaw up` takes them over with nothing lost; `hiclaw down` is for when you do not want that.
+    """
+    from hiclaw.host import ComponentContext
+
+    if running_control(app) is not None:
+        raise HiclawError("the team is running", hint="stop `hiclaw up` with Ctrl-C: that stops everything")
+    sandbox = app.config.sandbox
+    backend = app.host.create("sandbox", sandbox.plugin, sandbox.settings,
+                              ComponentContext(home=app.home, side="control", config=app.config), section="sandbox.settings")
+    stop_leftovers = getattr(backend, "stop_leftovers", None)
+    stopped = asyncio.run(stop_leftovers()) if stop_leftovers is not None else []
+    for name in stopped:
+        click.echo(f"worker {name} stopped")
+    if not stopped:
+        click.echo("no workers were left running")
+    from hiclaw.cli.homeserver import embedded_homeserver, matrix_settings
+
+    if app.config.channel.plugin == "matrix" and matrix_settings(app).embedded:
+        click.echo("homeserver stopped" if embedded_homeserver(app).stop(force=True) else "homeserver was not running")
+
+
 @click.command("status")
 @click.option("--json", "as_json", is_flag=True)
 @pass_app

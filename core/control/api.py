@@ -44,10 +44,14 @@ class ControlAPI:
         return f"http://127.0.0.1:{self.port}"
 
     def issue(self, worker: str) -> str:
-        self.revoke(worker)
         token = secrets.token_urlsafe(32)
-        self._worker_tokens[_hash(token)] = worker
+        self.register(worker, token)
         return token
+
+    def register(self, worker: str, token: str) -> None:
+        """Accept ``token`` for ``worker`` (its only one): a worker adopted after a crash keeps its token."""
+        self.revoke(worker)
+        self._worker_tokens[_hash(token)] = worker
 
     def revoke(self, worker: str) -> None:
         for digest, name in list(self._worker_tokens.items()):
@@ -110,7 +114,11 @@ class ControlAPI:
         kind, name = self._caller(request)
         if kind != "worker":
             raise web.HTTPForbidden()
-        self.plane.provisioner.mark_ready(name)
+        try:
+            info = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            info = {}
+        await self.plane.provisioner.mark_ready(name, info if isinstance(info, dict) else {})
         return web.json_response({"ok": True})
 
     async def _skills_find(self, request: web.Request) -> web.Response:

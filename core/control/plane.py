@@ -203,7 +203,10 @@ class ControlPlane:
         workers = [w for w in self.state.workers() if w.state == "active"]
         if workers:
             self.progress(f"workers: reconciling {len(workers)}")
+        self.boot = self.count_boot()
         failed = await self.provisioner.reconcile()
+        if self.provisioner.adopted:
+            self.progress(f"workers: {len(self.provisioner.adopted)} kept running through the crash (adopted)")
         for name in failed:
             self.progress(f"workers: {name} failed to start (see `hiclaw worker logs {name}`)")
         await self.collect_pending_results()
@@ -379,14 +382,21 @@ class ControlPlane:
         for task in self.state.tasks(states=[TaskState.IN_PROGRESS]):
             await self.engine.collect_result(task.id)
 
-    async def resume_interrupted_tasks(self) -> list[str]:
-        """After a restart, workers' turns in flight were lost with their processes: ask each
-        worker to resume its in-progress task (a result already written was collected first)."""
+    def count_boot(self) -> str:
+        """Number this start of the control plane (keys of the messages a restart posts)."""
         boot = self.state.get_meta("boots") or "0"
         self.state.set_meta("boots", str(int(boot) + 1))
+        return boot
+
+    async def resume_interrupted_tasks(self, *, assignee: str | None = None) -> list[str]:
+        """After a restart, workers' turns in flight were lost with their processes: ask each
+        worker to resume its in-progress task (a result already written was collected first).
+        A worker adopted from before the crash kept its turn; it is asked only if it reports that
+        it has none going on (``assignee``: just its tasks)."""
+        boot = getattr(self, "boot", None) or self.count_boot()
         resumed = []
-        for task in self.state.tasks(states=[TaskState.IN_PROGRESS]):
-            if task.dispatch_count == 0:
+        for task in self.state.tasks(assignee=assignee, states=[TaskState.IN_PROGRESS]):
+            if task.dispatch_count == 0 or (assignee is None and task.assignee in self.provisioner.adopted):
                 continue
             project = self.state.project(task.project_id) if task.project_id else None
             room = project.room_id if project and project.room_id else await self.chat.worker_room(task.assignee)

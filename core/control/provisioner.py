@@ -23,6 +23,8 @@ from hiclaw.storage import layout
 log = logging.getLogger(__name__)
 
 RESERVED = {"manager", "admin"}
+#: Bumped when what a running worker expects of the control plane changes: older runs are not adopted.
+ADOPTION_PROTOCOL = 1
 BUSY = (TaskState.IN_PROGRESS, TaskState.REVIEW)
 
 RULES = """# Rules (written by hiclaw; edits are overwritten)
@@ -57,6 +59,7 @@ class Provisioner:
         self.plane = plane
         self.ready: dict[str, asyncio.Event] = {}
         self.mounts: dict[str, list[Any]] = {}  # mounts each running worker was started with
+        self.adopted: set[str] = set()  # workers taken over, still running, from a crashed control plane
         self.start_times: dict[str, float] = {}
         self.ready_at: dict[str, float] = {}  # epoch seconds of each worker's latest "ready" (watchdog)
         self._locks: dict[str, asyncio.Lock] = {}
@@ -104,6 +107,7 @@ class Provisioner:
             await self.plane.gateway.revoke_token(name)
             await self.plane.storage.revoke(name)
             self.plane.api.revoke(name)
+            self.run_record_path(name).unlink(missing_ok=True)
             room = await self.plane.chat.worker_room(name)
             try:
                 await self.plane.channel.remove_member(room, name)
@@ -164,11 +168,15 @@ class Provisioner:
         if worker.state == "sleeping":  # idle sleep: start it (with fresh grants) before work reaches it
             await self.plane.idle.wake(name, reason="assignment")
             return
+        if name not in self.mounts:
+            # Not (yet) started or adopted by this control plane — reconciliation at boot may be
+            # on it right now: start or adopt it (never restart a run that is being adopted).
+            await self.start_process(worker)
         rw, ro = self.desired_grants(name)
         access = await self.plane.storage.grant(name, rw=rw, ro=ro)
-        if name in self.mounts and access.mounts == self.mounts[name]:
+        if access.mounts == self.mounts.get(name):
             return
-        if name in self.mounts and self.busy(name):
+        if self.busy(name):
             return  # applied when its current task is done (the next dispatch calls us again)
         await self.start_process(worker, restart=True)
 
@@ -182,49 +190,156 @@ class Provisioner:
                 bridges.append(Bridge(name=name, port=port, target_host="127.0.0.1"))
         return bridges
 
-    async def start_process(self, worker: Worker, *, restart: bool = False) -> None:
-        from hiclaw.sandbox.spec import Mount, WorkerSpec
+    def fingerprint(self, worker: Worker, rw: list[str], ro: list[str]) -> str:
+        """Digest of everything a worker's run depends on but its secrets and service ports: a
+        run a crashed control plane left is adopted only if this is unchanged (else restarted)."""
+        import hashlib
+        import json
+
+        import hiclaw
+
+        config = self.plane.config
+        channel = {k: v for k, v in self.plane.channel.worker_settings(worker.name).items()
+                   if k not in ("homeserver_url", "access_token")}
+        doc = {"version": hiclaw.__version__, "protocol": ADOPTION_PROTOCOL, "python": sys.executable,
+               "model": worker.model, "budget": worker.budget_usd, "network": worker.network,
+               "models": sorted(config.models), "rw": rw, "ro": ro, "channel": [config.channel.plugin, channel],
+               "storage": config.storage.plugin, "sandbox": [config.sandbox.plugin, config.sandbox.settings],
+               "plugins": [config.plugins.disabled, self.worker_plugins(config.storage.plugin)],
+               "bridges": sorted(self.plane.bridge_urls())}
+        return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+    def run_record_path(self, name: str) -> Path:
+        """The secrets of a worker's current run (tokens, storage credentials), for adoption after
+        a crash: control-plane only (``$HICLAW_HOME/run`` is never mounted), mode 0600."""
+        return self.plane.home / "run" / "workers" / f"{name}.json"
+
+    def _save_run(self, name: str, fingerprint: str, runtime: Any, access: Any) -> None:
+        import json
+        import os
+
+        path = self.run_record_path(name)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump({"fingerprint": fingerprint, "runtime": runtime.to_env(),
+                       "access": access.model_dump(mode="json")}, fh)
+        os.replace(tmp, path)
+
+    def _load_run(self, name: str, fingerprint: str) -> tuple[Any, Any] | None:
+        """(runtime spec, storage access) of the recorded run, if it had ``fingerprint``."""
+        import json
+
+        from hiclaw.storage.models import WorkerStorageAccess
+        from hiclaw.worker.spec import WorkerRuntimeSpec
+
+        try:
+            data = json.loads(self.run_record_path(name).read_text())
+            if data.get("fingerprint") != fingerprint:
+                return None
+            return (WorkerRuntimeSpec.model_validate_json(data["runtime"]),
+                    WorkerStorageAccess.model_validate(data["access"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def _runtime_spec(self, worker: Worker, access: Any, token: str, control_token: str) -> Any:
         from hiclaw.worker.spec import ComponentRef, GatewayRef, WorkerRuntimeSpec
 
+        plane = self.plane
+        return WorkerRuntimeSpec(
+            name=worker.name, model=worker.model,
+            channel=ComponentRef(plugin=plane.config.channel.plugin, settings=plane.channel.worker_settings(worker.name)),
+            storage=ComponentRef(plugin=access.plugin, settings=access.settings),
+            gateway=GatewayRef(base_url=plane.gateway.base_url, token=token),
+            control_url=plane.api.url, control_token=control_token,
+            # The worker's own persistent state (sync token, seen events, mention buffers): it
+            # survives restarts of the sandbox, so nothing is replayed and nothing is lost.
+            scratch_dir=str(self.state_dir(worker.name)), disabled_plugins=plane.config.plugins.disabled,
+            default_plugins=self.worker_plugins(access.plugin),
+        )
+
+    def _sandbox_spec(self, worker: Worker, runtime: Any, access: Any, fingerprint: str) -> Any:
+        from hiclaw.sandbox.spec import Mount, WorkerSpec
+
+        mounts = [Mount(host_path=m.host_path, sandbox_path=m.sandbox_path, read_only=m.read_only)
+                  for m in access.mounts]
+        return WorkerSpec(
+            name=worker.name, argv=[sys.executable, "-X", "no_debug_ranges", "-m", "hiclaw.worker"],
+            env={"HICLAW_WORKER_SPEC": runtime.to_env(), "PYTHONUNBUFFERED": "1", "MALLOC_ARENA_MAX": "2"},
+            home=self.state_dir(worker.name), mounts=mounts, bridges=self.bridges(), network=worker.network,
+            log_path=self.plane.home / "logs" / "workers" / f"{worker.name}.log", fingerprint=fingerprint,
+        )
+
+    async def _adopt(self, worker: Worker, fingerprint: str) -> asyncio.Event | None:
+        """Take over the worker's run a crashed control plane left, if it still matches: same
+        tokens and storage credentials (nothing re-minted: the worker goes on as it was), new
+        bridges, then the reconnect signal. Returns the event its ready report sets."""
+        import signal
+
+        plane = self.plane
+        loaded = self._load_run(worker.name, fingerprint)
+        check_token = getattr(plane.gateway, "check_token", None)
+        if loaded is None or check_token is None:
+            return None
+        old, access = loaded
+        token = old.gateway.token.get_secret_value()
+        if not await check_token(worker.name, token):
+            return None
+        control_token = old.control_token.get_secret_value()
+        runtime = self._runtime_spec(worker, access, token, control_token)
+        plane.api.register(worker.name, control_token)
+        event = self._ready_event(worker.name)
+        if await plane.supervisor.adopt(self._sandbox_spec(worker, runtime, access, fingerprint)) is None:
+            plane.api.revoke(worker.name)
+            return None
+        self.adopted.add(worker.name)
+        self.mounts[worker.name] = access.mounts
+        self.start_times[worker.name] = asyncio.get_running_loop().time()
+        plane.state.log_event("worker.adopted", worker.name)
+        await plane.supervisor.signal(worker.name, signal.SIGUSR1)  # RECONNECT_SIGNAL of the worker runtime
+        return event
+
+    async def start_process(self, worker: Worker, *, restart: bool = False) -> None:
         plane = self.plane
         async with self._lock(worker.name):
             running = plane.supervisor.status(worker.name).get("state") == "running"
             if running and not restart:
                 return
             rw, ro = self.desired_grants(worker.name)
-            access = await plane.storage.grant(worker.name, rw=rw, ro=ro)
-            token = await plane.gateway.mint_token(worker.name, models=sorted(plane.config.models) or None,
-                                                   budget_usd=worker.budget_usd)
-            # The worker's own persistent state (sync token, seen events, mention buffers): it
-            # survives restarts of the sandbox, so nothing is replayed and nothing is lost.
-            state_dir = self.state_dir(worker.name)
-            runtime = WorkerRuntimeSpec(
-                name=worker.name, model=worker.model,
-                channel=ComponentRef(plugin=plane.config.channel.plugin,
-                                     settings=plane.channel.worker_settings(worker.name)),
-                storage=ComponentRef(plugin=access.plugin, settings=access.settings),
-                gateway=GatewayRef(base_url=plane.gateway.base_url, token=token),
-                control_url=plane.api.url, control_token=plane.api.issue(worker.name),
-                scratch_dir=str(state_dir), disabled_plugins=plane.config.plugins.disabled,
-                default_plugins=self.worker_plugins(access.plugin),
-            )
-            mounts = [Mount(host_path=m.host_path, sandbox_path=m.sandbox_path, read_only=m.read_only)
-                      for m in access.mounts]
-            spec = WorkerSpec(
-                name=worker.name, argv=[sys.executable, "-X", "no_debug_ranges", "-m", "hiclaw.worker"],
-                env={"HICLAW_WORKER_SPEC": runtime.to_env(), "PYTHONUNBUFFERED": "1", "MALLOC_ARENA_MAX": "2"},
-                home=state_dir, mounts=mounts, bridges=self.bridges(), network=worker.network,
-                log_path=plane.home / "logs" / "workers" / f"{worker.name}.log",
-            )
-            event = self.ready[worker.name] = asyncio.Event()
-            self.start_times[worker.name] = asyncio.get_running_loop().time()
-            if running:
-                await plane.supervisor.restart(worker.name, spec)
-            else:
-                await plane.supervisor.start(spec)
-            self.mounts[worker.name] = access.mounts
-            plane.state.log_event("worker.started", worker.name)
-        await self.wait_ready(worker.name, event)
+            fingerprint = self.fingerprint(worker, rw, ro)
+            event = None if running or restart else await self._adopt(worker, fingerprint)
+            if event is None:
+                self.adopted.discard(worker.name)
+                access = await plane.storage.grant(worker.name, rw=rw, ro=ro)
+                token = await plane.gateway.mint_token(worker.name, models=sorted(plane.config.models) or None,
+                                                       budget_usd=worker.budget_usd)
+                runtime = self._runtime_spec(worker, access, token, plane.api.issue(worker.name))
+                spec = self._sandbox_spec(worker, runtime, access, fingerprint)
+                self._save_run(worker.name, fingerprint, runtime, access)
+                event = self._ready_event(worker.name)
+                self.start_times[worker.name] = asyncio.get_running_loop().time()
+                if running:
+                    await plane.supervisor.restart(worker.name, spec)
+                else:
+                    await plane.supervisor.start(spec)
+                self.mounts[worker.name] = access.mounts
+                plane.state.log_event("worker.started", worker.name)
+        try:
+            await self.wait_ready(worker.name, event)
+        except HiclawError:
+            if worker.name not in self.adopted:
+                raise
+            log.warning("adopted worker %s did not report back; starting it afresh", worker.name)
+            await self.start_process(worker, restart=True)
+
+    def _ready_event(self, name: str) -> asyncio.Event:
+        """The event the worker's next ready report sets. Shared by everyone waiting: a restart
+        while an earlier start is still awaited satisfies both waiters."""
+        event = self.ready.get(name)
+        if event is None or event.is_set():
+            event = self.ready[name] = asyncio.Event()
+        return event
 
     async def wait_ready(self, name: str, event: asyncio.Event) -> None:
         """Until the worker reports ready; fail fast if its process exits first."""
@@ -244,10 +359,15 @@ class Provisioner:
             except asyncio.TimeoutError:
                 continue
 
-    def mark_ready(self, name: str) -> None:
+    async def mark_ready(self, name: str, info: dict[str, Any] | None = None) -> None:
+        """A worker reported ready. One that reconnected after a crash and has no turn going on
+        lost the turn of its in-progress task (if any) meanwhile: hand that out again."""
         self.ready_at[name] = time.time()
         event = self.ready.setdefault(name, asyncio.Event())
         event.set()
+        if info and info.get("reconnected") and not info.get("busy"):
+            await self.plane.collect_results_of(name)  # a result written while nobody listened
+            await self.plane.resume_interrupted_tasks(assignee=name)
 
     async def is_running(self, name: str) -> bool:
         return self.plane.supervisor.status(name).get("state") == "running"
@@ -261,4 +381,8 @@ class Provisioner:
             if isinstance(result, BaseException):
                 log.error("worker %s could not be reconciled: %s", worker.name, result)
                 failed.append(worker.name)
+        stop_leftovers = getattr(self.plane.supervisor.backend, "stop_leftovers", None)
+        if stop_leftovers is not None:  # runs of workers removed or asleep meanwhile
+            for name in await stop_leftovers(keep=set(self.plane.supervisor.names())):
+                log.info("stopped worker %s, left running by a crashed control plane", name)
         return failed

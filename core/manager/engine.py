@@ -97,6 +97,7 @@ class TaskEngine:
         self.yolo = yolo
         self.admin = admin
         self.after_task = after_task
+        self._dispatching: dict[str, asyncio.Lock] = {}  # project id -> one dispatch_ready at a time
 
     # ------------------------------------------------------------------ plan files
 
@@ -181,16 +182,20 @@ class TaskEngine:
         return ready
 
     async def dispatch_ready(self, project_id: str) -> list[str]:
-        project = self.state.project(project_id)
-        if project.state != "running":
-            return []
-        dispatched = []
-        for task in self.ready_tasks(project_id):
-            await self.dispatch(task, project)
-            dispatched.append(task.id)
-        if dispatched:
-            await self.render(project_id)
-        return dispatched
+        """Dispatch every task of the project whose dependencies are done. One call at a time per
+        project: two at once (say, reconciliation at boot and an acceptance) would both see a task
+        ready, and the slower one would set it back to in progress after its worker reported."""
+        async with self._dispatching.setdefault(project_id, asyncio.Lock()):
+            project = self.state.project(project_id)
+            if project.state != "running":
+                return []
+            dispatched = []
+            for task in self.ready_tasks(project_id):
+                await self.dispatch(task, project)
+                dispatched.append(task.id)
+            if dispatched:
+                await self.render(project_id)
+            return dispatched
 
     def task_inputs(self, task: Task) -> list[str]:
         inputs = [layout.task_result(dep) for dep in task.depends_on]

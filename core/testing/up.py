@@ -5,7 +5,7 @@
     up.cli("worker", "create", "bob", "--role", "tester")
     up.kill()                     # SIGKILL: a crash
     await up.start_and_wait_async()
-    up.stop()                     # Ctrl-C; also stops a homeserver a crash left running
+    up.stop()                     # Ctrl-C; also stops what a crash left running (hiclaw down)
 """
 from __future__ import annotations
 
@@ -85,5 +85,5 @@ class UpProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
-        # After a crash the team's homeserver keeps serving (by design); do not leave it behind.
-        self.cli("homeserver", "stop", "--force", timeout=60)
+        # After a crash the team's homeserver and workers keep running (by design); leave nothing behind.
+        self.cli("down", timeout=120)

@@ -1,27 +1,49 @@
 """The worker's client of the control API (skills and readiness), over its bridge."""
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from typing import Any
 
 from hiclaw.errors import HiclawError
-from hiclaw.worker.http import Unreachable, LazySession
+from hiclaw.pause import Pause
+from hiclaw.worker.http import LazySession, Unreachable
+
+log = logging.getLogger(__name__)
 
 
 class ControlClient:
-    def __init__(self, base_url: str, token: str, *, timeout: float = 120.0) -> None:
+    """``outage_grace``: how long a call waits for a control plane that does not answer (one
+    restarting after a crash); :meth:`wake` retries at once (it is back)."""
+
+    def __init__(self, base_url: str, token: str, *, timeout: float = 120.0, outage_grace: float = 0.0) -> None:
         self.base_url = base_url.rstrip("/")
+        self.outage_grace = outage_grace
         self._session = LazySession(timeout, headers={"Authorization": f"Bearer {token}"})
+        self._pause = Pause()
+
+    def wake(self) -> None:
+        self._pause.wake()
 
     async def aclose(self) -> None:
         await self._session.aclose()
 
     async def _post(self, path: str, body: dict[str, Any]) -> Any:
-        try:
-            status, text, _ = await self._session.post_json(f"{self.base_url}{path}", body)
-        except Unreachable as exc:
-            raise HiclawError(f"cannot reach the control plane at {self.base_url} ({exc})",
-                              hint="it may be restarting; try again shortly") from None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.outage_grace
+        delay = 0.5
+        while True:
+            try:
+                status, text, _ = await self._session.post_json(f"{self.base_url}{path}", body)
+                break
+            except Unreachable as exc:
+                if loop.time() >= deadline:
+                    raise HiclawError(f"cannot reach the control plane at {self.base_url} ({exc})",
+                                      hint="it may be restarting; try again shortly") from None
+                log.warning("control plane unreachable (%s) on %s; retrying in %.1fs", exc, path, delay)
+            await self._pause(delay)  # back-off while the control plane is away
+            delay = min(delay * 2, 5.0)
         try:
             data = json.loads(text)
         except json.JSONDecodeError:

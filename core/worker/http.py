@@ -52,10 +52,12 @@ class LazySession:
 class WorkerGatewayClient(GatewayClient):
     """:class:`hiclaw.agent.GatewayClient` (same calls, retries and errors) over aiohttp."""
 
-    def __init__(self, base_url: str, token: str, *, timeout: float = 300.0, retries: int = 2) -> None:
+    def __init__(self, base_url: str, token: str, *, timeout: float = 300.0, retries: int = 2,
+                 outage_grace: float = 0.0) -> None:
         self.base_url = base_url.rstrip("/")
         self._token = token
         self.retries = retries
+        self.outage_grace = outage_grace
         self._session = LazySession(timeout)
 
     async def _post(self, url: str, body: dict[str, Any], headers: dict[str, str]) -> tuple[int, str, str]:

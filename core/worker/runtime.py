@@ -23,6 +23,11 @@ from hiclaw.worker.spec import WorkerRuntimeSpec
 log = logging.getLogger(__name__)
 
 TASK_REF = re.compile(r"\btask-\d{3,}\b")
+#: How long a model call or a control-API call (skills) waits for an unreachable control plane
+#: (restarting after a crash: this worker kept running, and its turn goes on once it is back).
+OUTAGE_GRACE_SECONDS = 120.0
+#: The control plane's "I am back" signal (sent through the launcher to an adopted worker).
+RECONNECT_SIGNAL = signal.SIGUSR1
 
 
 def front_matter(text: str) -> dict[str, Any]:
@@ -88,8 +93,10 @@ class WorkerRuntime:
         self.scratch = Path(spec.scratch_dir)
         self.channel: Any = None
         self.storage: Any = None
-        self.gateway = WorkerGatewayClient(spec.gateway.base_url, spec.gateway.token.get_secret_value())
-        self.control = ControlClient(spec.control_url, spec.control_token.get_secret_value())
+        self.gateway = WorkerGatewayClient(spec.gateway.base_url, spec.gateway.token.get_secret_value(),
+                                           outage_grace=OUTAGE_GRACE_SECONDS)
+        self.control = ControlClient(spec.control_url, spec.control_token.get_secret_value(),
+                                     outage_grace=OUTAGE_GRACE_SECONDS)
         self.tasks: dict[str, TaskContext] = {}  # task id -> context, for tools
         self.current: TaskContext | None = None
         self.current_room: str | None = None
@@ -99,6 +106,7 @@ class WorkerRuntime:
         # one at a time in arrival order. (A turn lost in a crash is re-notified by the control plane.)
         self._queue: asyncio.Queue[ChatMessage] = asyncio.Queue()
         self._stop = asyncio.Event()
+        self._reconnecting: asyncio.Task[None] | None = None
         self.turns = 0
 
     # ------------------------------------------------------------------ lifecycle
@@ -139,10 +147,31 @@ class WorkerRuntime:
         await self.gateway.aclose()
         await self.control.aclose()
 
+    def _on_reconnect_signal(self) -> None:
+        if self._reconnecting is None or self._reconnecting.done():
+            self._reconnecting = asyncio.create_task(self.reconnected(), name=f"worker-{self.name}-reconnect")
+
+    async def reconnected(self) -> None:
+        """A new control plane took this worker over after a crash (its bridges are back): retry
+        what waits on them now, then report ready again — with whether a turn is still going on,
+        so a task whose turn was lost meanwhile is handed out again."""
+        log.info("worker %s: the control plane is back; reconnecting", self.name)
+        self.gateway.wake()
+        self.control.wake()
+        resync = getattr(self.channel, "resync", None)
+        if resync is not None and not await resync():
+            log.warning("worker %s: the channel is not syncing yet", self.name)
+        try:
+            await self.control.ready({"name": self.name, "reconnected": True, "busy": not await self.idle()})
+            log.info("worker %s: reconnected to the control plane", self.name)
+        except Exception as exc:  # noqa: BLE001 - the control plane's watchdog notices a silent worker
+            log.warning("worker %s: reporting ready after a reconnect failed (%s)", self.name, exc)
+
     async def run_forever(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(RECONNECT_SIGNAL, self._on_reconnect_signal)
         await self.start()
         try:
             await self._stop.wait()

@@ -84,6 +84,10 @@ class BwrapBackend(LocalSandboxBackend):
     settings_model = BwrapSettings
     settings: BwrapSettings
 
+    @property
+    def adoptable(self) -> bool:  # type: ignore[override]
+        return self.settings.survive_crash
+
     def __init__(self, settings: BwrapSettings | None = None, ctx: Any = None) -> None:
         super().__init__(settings, ctx)
         self._bwrap: str | None = None
@@ -144,8 +148,9 @@ class BwrapBackend(LocalSandboxBackend):
                 ready_fd: int | None = None) -> list[str]:
         """The full bwrap command line for ``spec`` (public so tests and docs can show it)."""
         args = [self.bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--cap-drop", "ALL",
-                "--die-with-parent", "--new-session", "--as-pid-1", "--json-status-fd", str(status_fd),
-                "--hostname", spec.name]
+                "--new-session", "--as-pid-1", "--json-status-fd", str(status_fd), "--hostname", spec.name]
+        if not self.adoptable:  # else it outlives a crash of the control plane, for the next to adopt
+            args.insert(6, "--die-with-parent")
         if spec.network:
             args.append("--share-net")
         args += ["--ro-bind", "/usr", "/usr"]

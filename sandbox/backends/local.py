@@ -5,11 +5,19 @@ log, the launcher's readiness handshake (``--ready-fd``: one byte once the worke
 EOF if the sandbox could not be set up), graceful stop (SIGTERM to the launcher, which passes it
 on; SIGKILL to the whole session after the timeout), status and exit codes. A subclass
 implements :meth:`LocalSandboxBackend._plan` (and may override the other hooks).
+
+A backend with ``adoptable = True`` (bwrap) lets its sandboxes outlive a crash of the control
+plane: each run is recorded in ``<run dir>/<name>.run.json`` (pids with their kernel start times,
+so a reused pid is never mistaken for the worker, and the spec's fingerprint), and the next
+control plane adopts (:meth:`~LocalSandboxBackend.adopt`) a run whose fingerprint still matches — new
+host bridges on the same socket paths, exit watched through a pidfd — or stops it.
+:meth:`~LocalSandboxBackend.stop_leftovers` stops the runs nobody adopted (``hiclaw down``).
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import sys
@@ -30,7 +38,7 @@ from hiclaw.sandbox.base import (
     worker_environment,
 )
 from hiclaw.sandbox.bridge import HostBridges
-from hiclaw.sandbox.logs import open_log, utcnow
+from hiclaw.sandbox.logs import append_log, open_log, utcnow
 from hiclaw.sandbox.settings import BackendSettings
 from hiclaw.sandbox.spec import WorkerSpec
 
@@ -107,18 +115,89 @@ class LaunchPlan:
         self.keep_fds = ()
 
 
+def process_start_time(pid: int) -> int | None:
+    """When ``pid`` started (clock ticks after boot; Linux ``/proc``), ``None`` if it is gone or a
+    zombie. With the pid, the identity of a process: a pid reused later has another start time."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] in ("Z", "X") else int(fields[19])
+
+
+def same_process(pid: int, start_time: int | None) -> bool:
+    return start_time is not None and process_start_time(pid) == start_time
+
+
+async def wait_foreign_exit(pid: int, start_time: int | None) -> None:
+    """Until ``pid`` (not our child: no exit code to collect) has exited."""
+    if not same_process(pid, start_time):
+        return
+    try:
+        fd = os.pidfd_open(pid)
+    except (OSError, AttributeError):  # no pidfds (kernel < 5.3): poll instead
+        while same_process(pid, start_time):
+            await asyncio.sleep(0.5)  # watching a process we cannot wait for
+        return
+    try:
+        if not same_process(pid, start_time):  # the pid was reused before we opened it
+            return
+        loop = asyncio.get_running_loop()
+        exited = loop.create_future()
+        loop.add_reader(fd, lambda: exited.done() or exited.set_result(None))
+        try:
+            await exited
+        finally:
+            loop.remove_reader(fd)
+    finally:
+        os.close(fd)
+
+
+def kill_process(pid: int, start_time: int | None, sig: int = signal.SIGKILL) -> None:
+    """Send ``sig`` to ``pid`` only if it is still the process that started at ``start_time``."""
+    if same_process(pid, start_time):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+
+
+@dataclass
+class RunRecord:
+    """What a later control plane needs to find (and adopt or stop) a run: ``<name>.run.json``."""
+
+    name: str
+    pid: int  # the sandbox's outermost process (bwrap)
+    pid_start: int | None
+    signal_pid: int  # the launcher (PID 1 of the sandbox: killing it ends the sandbox)
+    signal_start: int | None
+    fingerprint: str | None
+    log_path: str
+    started_at: str
+    starts: int = 1
+
+    def alive(self) -> bool:
+        return same_process(self.pid, self.pid_start) and same_process(self.signal_pid, self.signal_start)
+
+    def kill(self) -> None:
+        for pid, start in ((self.signal_pid, self.signal_start), (self.pid, self.pid_start)):
+            kill_process(pid, start)
+
+
 @dataclass
 class _Run:
-    """One run of one worker (a local child process)."""
+    """One run of one worker (a local child process, or a run adopted after a crash)."""
 
     spec: WorkerSpec
-    process: asyncio.subprocess.Process
+    pid: int  # the sandbox's outermost host process
     signal_pid: int  # where SIGTERM goes (the launcher)
     started_at: datetime
     log_path: Path
     bridges: HostBridges | None
     starts: int
-    plan: LaunchPlan  # its host-side fds stay open until the process exits (bwrap writes its exit status)
+    #: The child process (``None`` for an adopted run: its exit code is unknown).
+    process: asyncio.subprocess.Process | None = None
+    plan: LaunchPlan | None = None  # host-side fds stay open until the process exits (bwrap's exit status)
+    record: RunRecord | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
     exit_code: int | None = None
     watcher: asyncio.Task[None] | None = None
@@ -130,6 +209,8 @@ class LocalSandboxBackend(BackendBase):
     name: ClassVar[str] = "local"
     #: Appended to the "starting worker" line of the worker's log.
     log_note: ClassVar[str] = ""
+    #: Whether runs outlive a control-plane crash and can be adopted by the next one.
+    adoptable: ClassVar[bool] = False
 
     def __init__(self, settings: BackendSettings | None = None, ctx: Any = None) -> None:
         super().__init__(settings, ctx)
@@ -173,6 +254,9 @@ class LocalSandboxBackend(BackendBase):
         self._refuse_running(spec.name)
         self._prepare(spec)
         await self._before_start(spec)
+        left = self._read_record(spec.name) if spec.name not in self._runs else None
+        if left is not None:  # a run a crash left that was not adopted: never two of one worker
+            await self._stop_record(left)
         for path in [spec.home, *(m.host_path for m in spec.mounts)]:
             if path is not None and not path.exists():
                 raise SandboxError(f"worker {spec.name!r}: {path} does not exist", hint="create it before starting the worker")
@@ -219,20 +303,130 @@ class LocalSandboxBackend(BackendBase):
             if host_bridges:
                 await host_bridges.close()
             raise
-        run = _Run(spec, process, signal_pid, utcnow(), log_path, host_bridges, self._starts[spec.name], plan)
+        run = _Run(spec, process.pid, signal_pid, utcnow(), log_path, host_bridges, self._starts[spec.name],
+                   process=process, plan=plan)
+        if self.adoptable:
+            run.record = RunRecord(
+                name=spec.name, pid=process.pid, pid_start=process_start_time(process.pid), signal_pid=signal_pid,
+                signal_start=process_start_time(signal_pid), fingerprint=spec.fingerprint, log_path=str(log_path),
+                started_at=run.started_at.isoformat(), starts=run.starts)
+            self._write_record(run.record)
         run.watcher = asyncio.create_task(self._watch(run), name=f"sandbox-{spec.name}")
         self._runs[spec.name] = run
-        return SandboxHandle(name=spec.name, backend=self.name, pid=process.pid, started_at=run.started_at, log_path=log_path)
+        return self._handle(run)
+
+    def _handle(self, run: _Run) -> SandboxHandle:
+        return SandboxHandle(name=run.spec.name, backend=self.name, pid=run.pid, started_at=run.started_at,
+                             log_path=run.log_path)
 
     async def _watch(self, run: _Run) -> None:
-        code = await run.process.wait()
-        run.plan.close()
+        if run.process is not None:
+            code: int | None = await run.process.wait()
+        else:
+            assert run.record is not None
+            await wait_foreign_exit(run.pid, run.record.pid_start)
+            code = None  # not our child: its exit code went to its new parent
+        if run.plan is not None:
+            run.plan.close()
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(run.process.pid, signal.SIGKILL)  # leftovers of the worker's session
+            os.killpg(run.pid, signal.SIGKILL)  # leftovers of the worker's session
+        if run.record is not None:
+            run.record.kill()  # a sandbox whose bwrap died (it no longer takes the sandbox with it)
+            self._remove_record(run.record)
         if run.bridges:
             await run.bridges.close()
         run.exit_code = code
         self._finished(run)
+
+    # ------------------------------------------------------------------ crash survival
+
+    def _records_dir(self) -> Path:
+        return self.settings.run_dir or self.control_home / "run" / "sandbox"
+
+    def _record_path(self, name: str) -> Path:
+        return self._records_dir() / f"{name}.run.json"
+
+    def _write_record(self, record: RunRecord) -> None:
+        path = self._record_path(record.name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(record.__dict__, fh)
+        os.replace(tmp, path)
+
+    def _read_record(self, name: str) -> RunRecord | None:
+        try:
+            return RunRecord(**json.loads(self._record_path(name).read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def _remove_record(self, record: RunRecord) -> None:
+        current = self._read_record(record.name)
+        if current is not None and (current.pid, current.pid_start) == (record.pid, record.pid_start):
+            self._record_path(record.name).unlink(missing_ok=True)
+
+    def recorded(self) -> list[str]:
+        """Names of runs a previous control plane left recorded (alive or not)."""
+        return sorted(p.name[:-len(".run.json")] for p in self._records_dir().glob("*.run.json"))
+
+    async def adopt(self, spec: WorkerSpec) -> SandboxHandle | None:
+        """Take over the run of ``spec.name`` a crashed control plane left running, if it is
+        alive and was started from the same fingerprint; otherwise stop what is left of it and
+        return ``None`` (start it afresh)."""
+        if not self.adoptable:
+            return None
+        self._refuse_running(spec.name)
+        record = self._read_record(spec.name)
+        if record is None:
+            return None
+        if not record.alive() or spec.fingerprint is None or record.fingerprint != spec.fingerprint:
+            await self._stop_record(record)
+            return None
+        host_bridges = HostBridges(self._socket_dir(spec.name), spec.bridges) if spec.bridges else None
+        if host_bridges:
+            await host_bridges.start()  # same socket paths: the sandbox's forwarders reach us again
+        log_path = Path(record.log_path)
+        with contextlib.suppress(OSError):
+            append_log(log_path, f"worker {spec.name} adopted by a new control plane (pid {os.getpid()})")
+        started = datetime.fromisoformat(record.started_at)
+        run = _Run(spec, record.pid, record.signal_pid, started, log_path, host_bridges, record.starts, record=record)
+        self._starts[spec.name] = record.starts
+        run.watcher = asyncio.create_task(self._watch(run), name=f"sandbox-{spec.name}")
+        self._runs[spec.name] = run
+        return self._handle(run)
+
+    async def signal(self, name: str, signum: int) -> bool:
+        """Send ``signum`` to the worker (through its launcher); False if it is not running."""
+        run = self._runs.get(name)
+        if run is None or run.done.is_set():
+            return False
+        try:
+            os.kill(run.signal_pid, signum)
+        except ProcessLookupError:
+            return False
+        return True
+
+    async def _stop_record(self, record: RunRecord, timeout: float = 10.0) -> bool:
+        """Stop a recorded run nobody supervises (SIGTERM, then SIGKILL); True if it was alive."""
+        alive = record.alive()
+        if alive:
+            kill_process(record.signal_pid, record.signal_start, signal.SIGTERM)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(wait_foreign_exit(record.signal_pid, record.signal_start), timeout)
+            record.kill()
+            await wait_foreign_exit(record.pid, record.pid_start)
+            with contextlib.suppress(OSError):
+                append_log(Path(record.log_path), f"worker {record.name} (left by a crashed control plane) stopped")
+        self._remove_record(record)
+        return alive
+
+    async def stop_leftovers(self, keep: set[str] | frozenset[str] = frozenset(), timeout: float = 10.0) -> list[str]:
+        """Stop every recorded run not in ``keep`` and not run by this backend; their names."""
+        records = [r for n in self.recorded() if n not in keep and n not in self._runs
+                   if (r := self._read_record(n)) is not None]
+        stopped = await asyncio.gather(*(self._stop_record(r, timeout) for r in records))
+        return [r.name for r, alive in zip(records, stopped, strict=True) if alive]
 
     async def stop(self, name: str, timeout: float = 10.0) -> None:
         """SIGTERM to the launcher (it passes it on to the worker); SIGKILL after ``timeout``."""
@@ -245,7 +439,9 @@ class LocalSandboxBackend(BackendBase):
             await asyncio.wait_for(run.done.wait(), timeout)
         except asyncio.TimeoutError:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(run.process.pid, signal.SIGKILL)
+                os.killpg(run.pid, signal.SIGKILL)
+            if run.record is not None:
+                run.record.kill()
             await run.done.wait()
 
     async def status(self, name: str) -> dict[str, Any]:
@@ -258,7 +454,7 @@ class LocalSandboxBackend(BackendBase):
         workers = child_pids(run.signal_pid) if running else []
         return status_dict(
             name, self.name, "running" if running else "exited",
-            pid=run.process.pid, launcher_pid=run.signal_pid, worker_pid=workers[0] if workers else None,
+            pid=run.pid, launcher_pid=run.signal_pid, worker_pid=workers[0] if workers else None,
             exit_code=run.exit_code, started_at=run.started_at.isoformat(), restarts=run.starts - 1,
-            log_path=str(run.log_path),
+            log_path=str(run.log_path), adopted=run.process is None,
         )

@@ -32,6 +32,7 @@ from nio import (
 )
 
 from hiclaw.models import ChatMessage
+from hiclaw.pause import Pause
 from hiclaw.plugins.channels.matrix.errors import MatrixError
 from hiclaw.plugins.channels.matrix.formatting import (
     detect_mentions,
@@ -88,6 +89,9 @@ class MatrixChannel:
         self._sync_task: asyncio.Task[None] | None = None
         self._ready: asyncio.Event | None = None
         self._fatal: BaseException | None = None
+        self._failing = False  # the last sync failed; the next one is short (no long poll)
+        self._pause = Pause()  # the back-off between failed syncs; resync cuts it short
+        self._recovered: asyncio.Event | None = None  # set by the first good sync after failures
         self._joined: set[str] = set(self.store.get("joined_rooms", []))
         self._since: str | None = self.store.get("next_batch")
         self.counters = {"delivered": 0, "duplicates": 0, "dropped_sender": 0, "backfilled": 0, "reconnects": 0,
@@ -160,6 +164,21 @@ class MatrixChannel:
 
     # ------------------------------------------------------------------ sync loop
 
+    async def resync(self, timeout: float = 15.0) -> bool:
+        """Reconnect now (the path to the homeserver came back, e.g. a new control plane serves
+        the bridges again): cut every back-off short (sync and sends) and, if syncing was failing,
+        wait for the next good sync. True once syncing works (at once if it never failed)."""
+        self._pause.wake()
+        if self._sync_task is None or not self._failing:
+            return self._sync_task is not None
+        self._recovered = self._recovered or asyncio.Event()
+        recovered = self._recovered
+        try:
+            await asyncio.wait_for(recovered.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
     async def _sync_loop(self) -> None:
         assert self.client is not None and self._ready is not None
         delay = 0.5
@@ -167,7 +186,7 @@ class MatrixChannel:
         while True:
             try:
                 resp = await self.client.sync(
-                    timeout=0 if first else self.settings.sync_timeout_ms, sync_filter=SYNC_FILTER,
+                    timeout=0 if first or self._failing else self.settings.sync_timeout_ms, sync_filter=SYNC_FILTER,
                     since=self._since, full_state=first and self._since is not None,
                 )
             except NETWORK_ERRORS as exc:
@@ -186,7 +205,8 @@ class MatrixChannel:
                                               hint="start it with `hiclaw homeserver start` or check homeserver_url")
                     return
                 self.counters["reconnects"] += 1
-                await asyncio.sleep(delay * (0.75 + random.random() / 2))  # back-off with jitter
+                self._failing = True
+                await self._pause(delay * (0.75 + random.random() / 2))  # back-off with jitter
                 delay = min(delay * 2, 30.0)
                 continue
             delay = 0.5
@@ -195,6 +215,11 @@ class MatrixChannel:
             self.store.set("next_batch", resp.next_batch)
             first = False
             self._ready.set()
+            if self._failing:
+                self._failing = False
+                if self._recovered is not None:
+                    self._recovered.set()
+                    self._recovered = None
 
     async def _handle_sync(self, resp: SyncResponse, *, initial: bool) -> None:
         for room_id, info in resp.rooms.invite.items():
@@ -365,7 +390,7 @@ class MatrixChannel:
                 if txn is None:
                     raise MatrixError(f"sending to {room_id} failed: {exc}", hint="check the homeserver") from None
                 log.warning("%s: send failed (%s); retrying", self.agent, exc)  # same txn id: never posts twice
-                await asyncio.sleep(delay)
+                await self._pause(delay)  # cut short by resync (the way to the homeserver is back)
                 delay = min(delay * 2, 10)
                 continue
             if isinstance(resp, RoomSendResponse):

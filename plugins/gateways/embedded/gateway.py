@@ -148,6 +148,12 @@ class EmbeddedGateway:
     async def revoke_token(self, name: str) -> None:
         self.store.revoke(name)
 
+    async def check_token(self, name: str, token: str) -> bool:
+        """True if ``token`` is consumer ``name``'s current token (a worker adopted after a crash
+        keeps its token only then)."""
+        consumer = self.store.authenticate(token)
+        return consumer is not None and consumer.name == name and consumer.revoked_at is None
+
     async def list_tokens(self) -> list[dict[str, Any]]:
         return [c.as_dict() for c in self.store.consumers()]
 

@@ -168,6 +168,14 @@ class HigressGateway:
             await self._set_membership(alias, consumer, False)
         await self.console.delete_consumer(consumer)
 
+    async def check_token(self, name: str, token: str) -> bool:
+        """True if ``token`` is consumer ``name``'s current credential (adoption after a crash)."""
+        import hmac
+
+        consumer = await self.console.consumer(self._consumer(name)) or {}
+        values = [v for c in consumer.get("credentials") or [] for v in c.get("values") or [] if isinstance(v, str)]
+        return any(hmac.compare_digest(v.encode(), token.encode()) for v in values)
+
     async def list_tokens(self) -> list[dict[str, Any]]:
         prefix = self.settings.consumer_prefix
         routes = {r["name"]: r for r in await self.console.routes()}
