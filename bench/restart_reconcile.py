@@ -65,11 +65,11 @@ def main(workers: int, sandbox: str) -> int:
             up.stop()
     print(f"{workers} workers, sandbox {sandbox}; `hiclaw up` after the kill said:")
     print("".join(f"    {line}\n" for line in phases.splitlines() if line.strip().startswith("·")))
-    print(f"{'create from nothing (baseline)':44} {create:6.2f} s")
-    print(f"{'clean restart (Synapse, every worker start)':44} {clean:6.2f} s")
+    print(f"{'create from nothing (baseline)':50} {create:6.2f} s")
+    print(f"{'clean restart (Synapse, every worker start)':50} {clean:6.2f} s")
     if restart_all is not None:
-        print(f"{'kill -9, sandboxes die too (survive_crash=false)':44} {restart_all:6.2f} s")
-    print(f"{'restart after kill -9 until all reconciled':44} {crash:6.2f} s   ({running}/{workers} running)")
+        print(f"{'kill -9, sandboxes die too (survive_crash=false)':50} {restart_all:6.2f} s")
+    print(f"{'restart after kill -9 until all reconciled':50} {crash:6.2f} s   ({running}/{workers} running)")
     verdict = "PASS" if crash <= 5.0 and running == workers else "FAIL"
     print(f"bar ≤ 5 s for 10 workers: {verdict}")
     return 0 if verdict == "PASS" else 1
