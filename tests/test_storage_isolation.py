@@ -55,24 +55,58 @@ async def test_scoped_credentials_reach_only_what_was_granted(team, s3_server_au
     await alice.stop()
 
 
-async def test_revoked_or_replaced_credentials_get_nothing(team, s3_server_auth):
-    first = await team.grant("carol", rw=[layout.task_dir("t1")])
+async def test_a_changed_grant_keeps_the_keys_and_applies_to_the_running_worker(s3_server_auth, tmp_path):
+    """Each new task changes a worker's grant; the worker must not lose its keys mid-task. The new
+    grant applies at once to the keys it already holds — also after a restart of the control plane."""
+    control = s3_server_auth.make_storage(admin_api="iam", home=tmp_path)
+    await control.put(layout.task_spec("t2"), b"# task two")
+    first = await control.grant("erin", rw=[layout.task_dir("t1")])
+    erin = s3_server_auth.worker_storage(first.settings)  # the running worker
+    await erin.put(layout.task_result("t1"), b"one")
+    with pytest.raises(AccessDeniedError):
+        await erin.get(layout.task_spec("t2"))
+
+    second = await control.grant("erin", rw=[layout.task_dir("t1"), layout.task_dir("t2")])
+    assert second.settings == first.settings
+    assert await erin.get(layout.task_spec("t2")) == b"# task two"  # granted to the keys it holds
+    await erin.put(layout.task_result("t2"), b"two")
+    assert await erin.get(layout.task_result("t1")) == b"one"
+    await control.stop()
+
+    restarted = s3_server_auth.make_storage(first.settings["bucket"], admin_api="iam", home=tmp_path)
+    third = await restarted.grant("erin", rw=[layout.task_dir("t2")])
+    assert third.settings == first.settings
+    with pytest.raises(AccessDeniedError):  # narrowed: t1 is no longer erin's
+        await erin.get(layout.task_result("t1"))
+    assert await erin.get(layout.task_result("t2")) == b"two"
+    assert oct((tmp_path / "run" / "storage-keys.json").stat().st_mode & 0o777) == "0o600"
+    await restarted.stop()
+    await erin.stop()
+
+
+async def test_revoked_or_lost_keys_get_nothing(s3_server_auth, tmp_path):
+    control = s3_server_auth.make_storage(admin_api="iam", home=tmp_path)
+    first = await control.grant("carol", rw=[layout.task_dir("t1")])
     carol = s3_server_auth.worker_storage(first.settings)
     await carol.put(layout.agent_file("carol", "a.md"), b"a")
 
-    second = await team.grant("carol", rw=[layout.task_dir("t1")])  # e.g. after a restart: fresh keys
+    (tmp_path / "run" / "storage-keys.json").unlink()  # the issued keys are forgotten: fresh ones
+    second = await control.grant("carol", rw=[layout.task_dir("t1")])
     assert second.settings["access_key"] != first.settings["access_key"]
     with pytest.raises(AccessDeniedError, match="rejected the credentials of carol"):
         await carol.get(layout.agent_file("carol", "a.md"))
     renewed = s3_server_auth.worker_storage(second.settings)
     assert await renewed.get(layout.agent_file("carol", "a.md")) == b"a"
 
-    await team.revoke("carol")
+    await control.revoke("carol")
     for operation in (renewed.get(layout.agent_file("carol", "a.md")), renewed.put(layout.agent_file("carol", "b.md"), b"b"),
                       renewed.list(layout.agent_home("carol")), renewed.get(layout.task_spec("t1"))):
         with pytest.raises(AccessDeniedError, match="rejected the credentials"):
             await operation
-    await team.revoke("carol")  # idempotent
+    await control.revoke("carol")  # idempotent
+    third = await control.grant("carol")  # after a revoke: new keys
+    assert third.settings["access_key"] not in (first.settings["access_key"], second.settings["access_key"])
+    await control.stop()
     await carol.stop()
     await renewed.stop()
 

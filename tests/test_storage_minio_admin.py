@@ -35,14 +35,17 @@ async def test_grant_creates_user_policy_and_attachment_and_revoke_removes_them(
     assert state.calls[1]["body"] == {"status": "enabled", "secretKey": access.settings["secret_key"]}
 
     again = await storage.grant("alice", rw=[layout.task_dir("t1"), layout.task_dir("t3")])
-    assert again.settings["secret_key"] != access.settings["secret_key"]  # rotated
-    assert state.users["hiclaw-alice"]["secretKey"] == again.settings["secret_key"]
+    assert again.settings == access.settings  # same keys: a running worker keeps working
+    assert state.users["hiclaw-alice"]["secretKey"] == access.settings["secret_key"]
+    assert state.calls[-2]["body"] == {"status": "enabled", "secretKey": access.settings["secret_key"]}
     assert "arn:aws:s3:::team/shared/tasks/t3/*" in state.policies["hiclaw-worker-alice"]["Statement"][0]["Resource"]
     assert state.calls[-1]["error"] == "XMinioAdminPolicyChangeAlreadyApplied"  # tolerated
 
     await storage.revoke("alice")
     assert state.users == {} and state.policies == {}
     await storage.revoke("alice")  # absent user and policy: fine
+    fresh = await storage.grant("alice")  # after a revoke: a new secret
+    assert fresh.settings["secret_key"] != access.settings["secret_key"]
     await storage.stop()
 
 

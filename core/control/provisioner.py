@@ -59,6 +59,7 @@ class Provisioner:
         self.plane = plane
         self.ready: dict[str, asyncio.Event] = {}
         self.mounts: dict[str, list[Any]] = {}  # mounts each running worker was started with
+        self.storage_settings: dict[str, dict[str, Any]] = {}  # and its storage settings (S3: its keys)
         self.adopted: set[str] = set()  # workers taken over, still running, from a crashed control plane
         self.start_times: dict[str, float] = {}
         self.ready_at: dict[str, float] = {}  # epoch seconds of each worker's latest "ready" (watchdog)
@@ -116,6 +117,7 @@ class Provisioner:
             self.plane.state.set_worker_state(worker.name, "removed")
             self.plane.state.log_event("worker.removed", name)
             self.mounts.pop(name, None)
+            self.storage_settings.pop(name, None)
 
     # ------------------------------------------------------------------ converge
 
@@ -174,8 +176,8 @@ class Provisioner:
             await self.start_process(worker)
         rw, ro = self.desired_grants(name)
         access = await self.plane.storage.grant(name, rw=rw, ro=ro)
-        if access.mounts == self.mounts.get(name):
-            return
+        if access.mounts == self.mounts.get(name) and access.settings == self.storage_settings.get(name):
+            return  # S3: the new policy applies to the keys the worker holds; local: nothing to remount
         if self.busy(name):
             return  # applied when its current task is done (the next dispatch calls us again)
         await self.start_process(worker, restart=True)
@@ -294,7 +296,7 @@ class Provisioner:
             plane.api.revoke(worker.name)
             return None
         self.adopted.add(worker.name)
-        self.mounts[worker.name] = access.mounts
+        self.mounts[worker.name], self.storage_settings[worker.name] = access.mounts, access.settings
         self.start_times[worker.name] = asyncio.get_running_loop().time()
         plane.state.log_event("worker.adopted", worker.name)
         await plane.supervisor.signal(worker.name, signal.SIGUSR1)  # RECONNECT_SIGNAL of the worker runtime
@@ -323,7 +325,7 @@ class Provisioner:
                     await plane.supervisor.restart(worker.name, spec)
                 else:
                     await plane.supervisor.start(spec)
-                self.mounts[worker.name] = access.mounts
+                self.mounts[worker.name], self.storage_settings[worker.name] = access.mounts, access.settings
                 plane.state.log_event("worker.started", worker.name)
         try:
             await self.wait_ready(worker.name, event)

@@ -49,9 +49,9 @@ class TeamSkills:
             return await action(local)
         with tempfile.TemporaryDirectory(prefix="hiclaw-skills-") as tmp:
             staging = Path(tmp)
-            await self.plane.storage.sync(staging, layout.agent_skills_dir(worker), "down")
+            await self.plane.storage.sync(staging, layout.agent_skills_dir(worker), direction="down")
             result = await action(staging)
-            await self.plane.storage.sync(staging, layout.agent_skills_dir(worker), "up")
+            await self.plane.storage.sync(staging, layout.agent_skills_dir(worker), direction="up")
             return result
 
     async def find(self, worker: str, query: str, limit: int = 10) -> list[dict[str, Any]]:

@@ -99,7 +99,9 @@ def build_s3_storage(settings: dict[str, Any], access_key: str, secret_key: str,
     from hiclaw.plugins.storage.minio.settings import S3StorageSettings
 
     secrets = {"s3_access_key": SecretStr(access_key), "s3_secret_key": SecretStr(secret_key)}
-    ctx = ComponentContext(home=home or Path(tempfile.gettempdir()), side="control", secrets=secrets)
+    # The control plane's home holds the keys issued to workers (run/storage-keys.json): a fresh
+    # one per storage unless the caller shares one (a restarted control plane).
+    ctx = ComponentContext(home=home or Path(tempfile.mkdtemp(prefix="hiclaw-s3-home-")), side="control", secrets=secrets)
     return make_s3_storage(S3StorageSettings.model_validate(settings), ctx)
 
 

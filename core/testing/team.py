@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from hiclaw.config import (ChannelConfig, GatewayConfig, HiclawConfig, ModelAlias, SandboxConfig, Secrets,
-                           SkillsConfig, TeamConfig, save_config)
+                           SkillsConfig, StorageConfig, TeamConfig, save_config)
 
 #: USD per million tokens (input, output) of the team's aliases.
 PRICES = {"smart": (3.0, 15.0), "fast": (0.5, 1.5), "cheap": (0.25, 1.25)}
@@ -47,9 +47,9 @@ def default_sandbox() -> str:
 
 def team_config(model_url: str, *, registry_url: str = "https://skills.sh", sandbox: str | None = None,
                 server_name: str = SERVER_NAME, homeserver_port: int | None = None, key_secret: str | None = None,
-                **team: Any) -> HiclawConfig:
+                storage: StorageConfig | None = None, **team: Any) -> HiclawConfig:
     """The configuration of a team whose models are all served by the scripted model at ``model_url``
-    (with the provider key from the secret ``key_secret``, if given)."""
+    (with the provider key from the secret ``key_secret``, if given); local storage unless ``storage``."""
     models = {alias: ModelAlias(model=f"openai/scripted-{alias}", api_base=model_url, input_cost_per_mtok=price[0],
                                 output_cost_per_mtok=price[1], fallback="fast" if alias == "smart" else None,
                                 api_key_secret=key_secret)
@@ -59,6 +59,7 @@ def team_config(model_url: str, *, registry_url: str = "https://skills.sh", sand
                                         "port": homeserver_port or free_port()}),
         gateway=GatewayConfig(settings={"port": 0}),
         sandbox=SandboxConfig(plugin=sandbox or default_sandbox()),
+        storage=storage or StorageConfig(),
         models=models,
         skills=SkillsConfig(api_url=registry_url),
         team=TeamConfig(**{"manager_model": "smart", "worker_model": "smart", **team}),
@@ -122,10 +123,13 @@ async def start_plane(home: Path, config: HiclawConfig, *, progress: Callable[[s
 
 @asynccontextmanager
 async def running_team(home: Path, scenario: Any, *, registry_url: str = "https://skills.sh",
-                       sandbox: str | None = None, provider_key: str | None = None, **team: Any) -> AsyncIterator[Team]:
+                       sandbox: str | None = None, provider_key: str | None = None,
+                       storage: StorageConfig | None = None, secrets: dict[str, str] | None = None,
+                       **team: Any) -> AsyncIterator[Team]:
     """``provider_key``: the scripted model requires it (``Authorization: Bearer …``), and the team
     keeps it as a real provider key — the secret ``scripted_api_key`` in ``secrets.toml``, named by
-    every model alias, sent upstream by the gateway only."""
+    every model alias, sent upstream by the gateway only. ``storage`` and ``secrets`` (more entries
+    of ``secrets.toml``, e.g. S3 root keys) run the team on other storage than the local default."""
     from hiclaw.demo.admin import AdminClient
     from hiclaw.scripted import Scenario, parse_scenario
     from hiclaw.scripted.server import ScriptedModelServer
@@ -134,12 +138,14 @@ async def running_team(home: Path, scenario: Any, *, registry_url: str = "https:
                                 api_key=provider_key)
     await model.start()
     config = team_config(model.base_url, registry_url=registry_url, sandbox=sandbox,
-                         key_secret=PROVIDER_KEY_SECRET if provider_key else None, **team)
-    if provider_key:
+                         key_secret=PROVIDER_KEY_SECRET if provider_key else None, storage=storage, **team)
+    extra = {**(secrets or {}), **({PROVIDER_KEY_SECRET: provider_key} if provider_key else {})}
+    if extra:
         home.mkdir(parents=True, exist_ok=True)
-        secrets = Secrets.load(home)
-        secrets.set(PROVIDER_KEY_SECRET, provider_key)
-        secrets.save()
+        stored = Secrets.load(home)
+        for name, value in extra.items():
+            stored.set(name, value)
+        stored.save()
     plane = None
     admin = None
     try:

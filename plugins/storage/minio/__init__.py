@@ -24,6 +24,7 @@ module registers the factory only; ``minio`` is imported by the factory when it 
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from hiclaw import hookimpl
@@ -50,7 +51,8 @@ def make_s3_storage(settings: S3StorageSettings, ctx: Any) -> Any:
             raise ConfigError(f"secret '{name}' is not set (needed by the minio storage plugin)",
                               hint=f"add {name} = \"…\" to secrets.toml or export {name.upper()}")
         keys.append(value.get_secret_value())
-    return S3Storage(settings, access_key=keys[0], secret_key=keys[1], side="control")
+    return S3Storage(settings, access_key=keys[0], secret_key=keys[1], side="control",
+                     keys_file=Path(ctx.home) / "run" / "storage-keys.json")
 
 
 @hookimpl

@@ -1,7 +1,7 @@
 """Per-worker credentials through MinIO's admin API (``minio.minioadmin.MinioAdmin``).
 
-Each worker gets a MinIO user ``hiclaw-<worker>`` with a fresh random secret and a canned policy
-``hiclaw-worker-<worker>`` (see :mod:`.policy`) attached to it. MinIO semantics relied on: adding
+Each worker gets a MinIO user ``hiclaw-<worker>`` with a random secret (kept for later grants:
+see :mod:`.keys`) and a canned policy ``hiclaw-worker-<worker>`` (see :mod:`.policy`) attached to it. MinIO semantics relied on: adding
 an existing user replaces its secret, adding an existing policy replaces it, re-attaching an
 attached policy answers ``XMinioAdminPolicyChangeAlreadyApplied`` (harmless). Revoking removes the
 user (its mapping goes with it), then the policy.
@@ -80,9 +80,11 @@ class MinioAdminAccess:
                 return None
             raise err from None
 
-    async def issue(self, worker: str, policy: dict[str, Any]) -> tuple[str, str]:
+    async def issue(self, worker: str, policy: dict[str, Any], keep: tuple[str, str] | None = None) -> tuple[str, str]:
+        """Replace the worker's policy; (re)create its user with the ``keep`` secret if given (the
+        same keys: a running worker keeps working), else with a fresh one."""
         user, pname = user_name(worker), policy_name(worker)
-        secret = secrets.token_urlsafe(SECRET_BYTES)
+        secret = keep[1] if keep is not None and keep[0] == user else secrets.token_urlsafe(SECRET_BYTES)
         await self._run("add-canned-policy", self.admin.policy_add, pname, policy=policy)
         await self._run("add-user", self.admin.user_add, user, secret)
         await self._run("policy attach", self.admin.attach_policy, [pname], user=user,

@@ -52,8 +52,11 @@ def _pool(settings: S3StorageSettings) -> Any:
 class S3Storage(SyncMixin):
     plugin = "minio"
 
-    def __init__(self, settings: S3StorageSettings, *, access_key: str, secret_key: str, side: str = "control") -> None:
+    def __init__(self, settings: S3StorageSettings, *, access_key: str, secret_key: str, side: str = "control",
+                 keys_file: Path | None = None) -> None:
         from minio import Minio
+
+        from hiclaw.plugins.storage.minio.keys import IssuedKeys
 
         self.settings = settings
         self.bucket = settings.bucket
@@ -66,6 +69,12 @@ class S3Storage(SyncMixin):
         self._ready = side != "control" or not settings.create_bucket
         self._ready_lock = asyncio.Lock()
         self._access: Any = None
+        self._issued = IssuedKeys(keys_file)  # per-worker keys, reused while granted (see .keys)
+
+    @property
+    def endpoint_url(self) -> str:
+        """The S3 server's URL: the control plane bridges it into sandboxes (a loopback server)."""
+        return self.settings.url
 
     # ------------------------------------------------------------------ plumbing
 
@@ -284,13 +293,17 @@ class S3Storage(SyncMixin):
         return self._access
 
     async def grant(self, worker: str, *, rw: Sequence[str] = (), ro: Sequence[str] = ()) -> WorkerStorageAccess:
-        """Scoped credentials for ``worker`` (fresh ones each time; older ones stop working)."""
+        """Scoped credentials for ``worker``: its policy is replaced (a running worker gets the new
+        grant at once) and its keys stay the same until :meth:`revoke` — fresh ones only the first
+        time, or when the ones issued earlier are gone (see :mod:`.keys`)."""
         from hiclaw.plugins.storage.minio.policy import worker_policy
 
         grant = grants.normalize_grant(worker, rw, ro)
         access = self._access_manager()
         await self._ensure_bucket()
-        access_key, secret_key = await access.issue(worker, worker_policy(self.bucket, grant))
+        access_key, secret_key = await access.issue(worker, worker_policy(self.bucket, grant),
+                                                    keep=self._issued.get(worker))
+        self._issued.set(worker, (access_key, secret_key))
         settings = self.settings.worker_side(worker=worker, access_key=access_key, secret_key=secret_key)
         return WorkerStorageAccess(worker=worker, plugin=self.plugin, settings=settings,
                                    read_write=list(grant.read_write), read_only=list(grant.read_only))
@@ -298,6 +311,7 @@ class S3Storage(SyncMixin):
     async def revoke(self, worker: str) -> None:
         layout.check_agent(worker)
         await self._access_manager().revoke(worker)
+        self._issued.forget(worker)
 
     async def stop(self) -> None:
         if self._access is not None:

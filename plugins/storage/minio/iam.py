@@ -78,7 +78,9 @@ class IamAccess:
     def __init__(self, client: IamClient) -> None:
         self.client = client
 
-    async def issue(self, worker: str, policy: dict[str, Any]) -> tuple[str, str]:
+    async def issue(self, worker: str, policy: dict[str, Any], keep: tuple[str, str] | None = None) -> tuple[str, str]:
+        """Replace the worker's policy; return ``keep`` if that key is still the user's (a running
+        worker keeps working), else a fresh key (older ones deleted)."""
         user = user_name(worker)
         try:
             await self.client.call("CreateUser", UserName=user, Path="/hiclaw/")
@@ -86,6 +88,8 @@ class IamAccess:
             if exc.code != "EntityAlreadyExists":
                 raise
         await self.client.call("PutUserPolicy", UserName=user, PolicyName=POLICY_NAME, PolicyDocument=json.dumps(policy))
+        if keep is not None and keep[0] in await self._key_ids(user):
+            return keep
         await self._delete_keys(user)
         created = await self.client.call("CreateAccessKey", UserName=user)
         access_key = created.findtext(".//AccessKeyId")
@@ -94,9 +98,12 @@ class IamAccess:
             raise StorageError(f"IAM CreateAccessKey for {user!r} returned no key", hint="check the IAM server")
         return access_key, secret_key
 
-    async def _delete_keys(self, user: str) -> None:
+    async def _key_ids(self, user: str) -> list[str]:
         listing = await self.client.call("ListAccessKeys", UserName=user)
-        for key_id in [el.text for el in listing.iter("AccessKeyId") if el.text]:
+        return [el.text for el in listing.iter("AccessKeyId") if el.text]
+
+    async def _delete_keys(self, user: str) -> None:
+        for key_id in await self._key_ids(user):
             await self.client.call("DeleteAccessKey", UserName=user, AccessKeyId=key_id)
 
     async def revoke(self, worker: str) -> None:

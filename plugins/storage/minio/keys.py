@@ -1,0 +1,54 @@
+"""The per-worker keys this control plane issued, kept so that a changed grant reuses them.
+
+A worker runs with the keys it was started with. Rotating them at every grant (each new task
+changes a worker's grant) would cut off a worker in the middle of its work, so ``grant`` replaces
+only the worker's *policy* — the change applies at once, to the running worker — and hands out
+the same keys until ``revoke``. The keys live in ``$HICLAW_HOME/run/storage-keys.json`` (mode
+0600; ``run/`` is never mounted into a sandbox), like ``secrets.toml`` beside it, so a restarted
+control plane (which adopts running workers) keeps them too.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+
+class IssuedKeys:
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+
+    def _load(self) -> dict[str, list[str]]:
+        if self.path is None:
+            return {}
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _save(self, data: dict[str, list[str]]) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = self.path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh)
+        os.replace(tmp, self.path)
+
+    def get(self, worker: str) -> tuple[str, str] | None:
+        keys = self._load().get(worker)
+        if isinstance(keys, list) and len(keys) == 2 and all(isinstance(k, str) and k for k in keys):
+            return keys[0], keys[1]
+        return None
+
+    def set(self, worker: str, keys: tuple[str, str]) -> None:
+        data = self._load()
+        data[worker] = list(keys)
+        self._save(data)
+
+    def forget(self, worker: str) -> None:
+        data = self._load()
+        if data.pop(worker, None) is not None:
+            self._save(data)
