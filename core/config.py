@@ -97,6 +97,9 @@ class TeamConfig(_Section):
     yolo: bool = False  # skip the human's plan confirmation
     heartbeat_seconds: float = Field(default=600, gt=0)
     idle_sleep_seconds: float = Field(default=3600, gt=0)
+    #: A worker whose control plane has been unreachable this long (a crash nobody restarted)
+    #: stops itself; `hiclaw up` within that time adopts it instead.
+    orphan_timeout_seconds: float = Field(default=1800, gt=0)
     worker_budget_usd: float | None = Field(default=None, ge=0)
 
 

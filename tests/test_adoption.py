@@ -136,3 +136,24 @@ def test_down_refuses_while_the_team_runs(tmp_path):
             assert up.proc is not None and up.proc.poll() is None and os.path.exists(home / "run" / "control.json")
         finally:
             up.stop()
+
+
+async def test_a_worker_whose_control_plane_never_comes_back_stops_itself(tmp_path):
+    """A crash nobody follows with `hiclaw up`: after `orphan_timeout_seconds` the worker stops."""
+    home = tmp_path / "home"
+    up = UpProcess(home)
+    with running_scripted_model(SCENARIO) as model:
+        try:
+            save_config(team_config(model.base_url, server_name=SERVER, sandbox="bwrap", orphan_timeout_seconds=2), home)
+            await up.start_and_wait_async()
+            assert up.cli("worker", "create", "bob", "--role", "tester").returncode == 0
+            pid = launcher(home, "bob")[0]
+            up.kill()
+            assert alive(pid)
+            await wait_until(lambda: not alive(pid), timeout=30, what="bob to stop on his own")
+            log = (home / "logs" / "workers" / "bob.log").read_text()
+            assert "the control plane has been unreachable for" in log
+            down = up.cli("down")
+            assert "no workers were left running" in down.stdout and "homeserver stopped" in down.stdout
+        finally:
+            up.stop()

@@ -208,6 +208,7 @@ class Provisioner:
                "models": sorted(config.models), "rw": rw, "ro": ro, "channel": [config.channel.plugin, channel],
                "storage": config.storage.plugin, "sandbox": [config.sandbox.plugin, config.sandbox.settings],
                "plugins": [config.plugins.disabled, self.worker_plugins(config.storage.plugin)],
+               "orphan_timeout": config.team.orphan_timeout_seconds,
                "bridges": sorted(self.plane.bridge_urls())}
         return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
@@ -259,6 +260,7 @@ class Provisioner:
             # survives restarts of the sandbox, so nothing is replayed and nothing is lost.
             scratch_dir=str(self.state_dir(worker.name)), disabled_plugins=plane.config.plugins.disabled,
             default_plugins=self.worker_plugins(access.plugin),
+            orphan_timeout_seconds=plane.config.team.orphan_timeout_seconds,
         )
 
     def _sandbox_spec(self, worker: Worker, runtime: Any, access: Any, fingerprint: str) -> Any:

@@ -8,7 +8,7 @@ from typing import Any
 
 from hiclaw.errors import HiclawError
 from hiclaw.pause import Pause
-from hiclaw.worker.http import LazySession, Unreachable
+from hiclaw.worker.http import NO_ANSWER, LazySession, Unreachable
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,17 @@ class ControlClient:
         if status != 200:
             raise HiclawError(str(data.get("error") or f"control plane answered {status}"))
         return data
+
+    async def reachable(self, timeout: float = 10.0) -> bool:
+        """Whether the control plane answers its health check (no retries)."""
+        import aiohttp
+
+        try:
+            async with self._session.get().get(f"{self.base_url}/v1/health",
+                                               timeout=aiohttp.ClientTimeout(total=timeout)) as response:
+                return response.status == 200
+        except NO_ANSWER:
+            return False
 
     async def ready(self, info: dict[str, Any]) -> None:
         await self._post("/v1/ready", info)

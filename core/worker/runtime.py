@@ -130,6 +130,7 @@ class WorkerRuntime:
                                 state_path=self.scratch / "mention-gate.json")
         self.channel.on_message(self._on_message)
         self._consumer = asyncio.create_task(self._consume(), name=f"worker-{self.name}-turns")
+        self._orphan_watch = asyncio.create_task(self._watch_control_plane(), name=f"worker-{self.name}-orphan")
         await self.channel.start()
         await self.host.startup(self.runtime_context())
         log.info("worker %s ready in %.2fs", self.name, time.perf_counter() - started)
@@ -138,14 +139,32 @@ class WorkerRuntime:
         release_memory()
 
     async def stop(self) -> None:
-        consumer = getattr(self, "_consumer", None)
-        if consumer is not None:
-            consumer.cancel()
+        for task in (getattr(self, "_consumer", None), getattr(self, "_orphan_watch", None)):
+            if task is not None:
+                task.cancel()
         await self.host.shutdown(self.runtime_context())
         if self.channel is not None:
             await self.channel.stop()
         await self.gateway.aclose()
         await self.control.aclose()
+
+    async def _watch_control_plane(self) -> None:
+        """Stop once the control plane has been unreachable for ``orphan_timeout_seconds``: it
+        crashed and nobody started it again (a new one within that time adopts this worker)."""
+        timeout = self.spec.orphan_timeout_seconds
+        loop = asyncio.get_running_loop()
+        gone_since: float | None = None
+        while True:
+            await asyncio.sleep(min(60.0, timeout / 4))  # a periodic check, not synchronisation
+            if await self.control.reachable():
+                gone_since = None
+                continue
+            gone_since = gone_since if gone_since is not None else loop.time()
+            if loop.time() - gone_since >= timeout:
+                log.warning("worker %s: the control plane has been unreachable for %.0fs; stopping",
+                            self.name, loop.time() - gone_since)
+                self._stop.set()
+                return
 
     def _on_reconnect_signal(self) -> None:
         if self._reconnecting is None or self._reconnecting.done():

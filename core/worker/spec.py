@@ -40,6 +40,8 @@ class WorkerRuntimeSpec(BaseModel):
     scratch_dir: str = "/tmp/hiclaw-work"
     command_timeout_seconds: float = Field(default=120, gt=0)
     max_steps: int = Field(default=24, ge=1)
+    #: Stop after the control plane has been unreachable this long (``[team] orphan_timeout_seconds``).
+    orphan_timeout_seconds: float = Field(default=1800, gt=0)
     disabled_plugins: list[str] = Field(default_factory=list)
     #: Default plugins the worker loads (the ones providing its channel, storage and tools);
     #: ``None`` loads them all. Third-party plugins (entry points) always load.
