@@ -253,7 +253,8 @@ def _deep_copy(data: Any) -> Any:
 # --------------------------------------------------------------------------- writing
 
 
-def _atomic_write(path: Path, content: str, *, mode: int) -> None:
+def atomic_write(path: Path, content: str, *, mode: int = 0o600) -> None:
+    """Write ``path`` all at once (temporary file, fsync, rename), created with ``mode``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
@@ -284,7 +285,7 @@ def save_config(config: HiclawConfig, home: Path | None = None) -> Path:
     home = home or hiclaw_home()
     path = home / CONFIG_FILE
     header = "# hiclaw configuration — see docs/configuration.md. Secrets belong in secrets.toml.\n"
-    _atomic_write(path, header + tomli_w.dumps(config_to_dict(config)), mode=0o644)
+    atomic_write(path, header + tomli_w.dumps(config_to_dict(config)), mode=0o644)
     return path
 
 
@@ -303,7 +304,7 @@ def update_config_file(home: Path | None, mutate: Any) -> Path:
     except ValidationError as exc:
         raise _format_validation(exc, source=str(path), text=None) from None
     header = "# hiclaw configuration — see docs/configuration.md. Secrets belong in secrets.toml.\n"
-    _atomic_write(path, header + tomli_w.dumps(data), mode=0o644)
+    atomic_write(path, header + tomli_w.dumps(data), mode=0o644)
     return path
 
 
@@ -361,7 +362,7 @@ class Secrets:
     def save(self) -> Path:
         body = {name: secret.get_secret_value() for name, secret in sorted(self._values.items())}
         header = "# hiclaw secrets — keep mode 0600; read only by the control plane and the gateway.\n"
-        _atomic_write(self.path, header + tomli_w.dumps(body), mode=0o600)
+        atomic_write(self.path, header + tomli_w.dumps(body), mode=0o600)
         return self.path
 
 

@@ -219,16 +219,11 @@ class Provisioner:
 
     def _save_run(self, name: str, fingerprint: str, runtime: Any, access: Any) -> None:
         import json
-        import os
 
-        path = self.run_record_path(name)
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump({"fingerprint": fingerprint, "runtime": runtime.to_env(),
-                       "access": access.model_dump(mode="json")}, fh)
-        os.replace(tmp, path)
+        from hiclaw.config import atomic_write
+
+        atomic_write(self.run_record_path(name), json.dumps({
+            "fingerprint": fingerprint, "runtime": runtime.to_env(), "access": access.model_dump(mode="json")}))
 
     def _load_run(self, name: str, fingerprint: str) -> tuple[Any, Any] | None:
         """(runtime spec, storage access) of the recorded run, if it had ``fingerprint``."""

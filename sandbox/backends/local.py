@@ -347,13 +347,9 @@ class LocalSandboxBackend(BackendBase):
         return self._records_dir() / f"{name}.run.json"
 
     def _write_record(self, record: RunRecord) -> None:
-        path = self._record_path(record.name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(record.__dict__, fh)
-        os.replace(tmp, path)
+        from hiclaw.config import atomic_write
+
+        atomic_write(self._record_path(record.name), json.dumps(record.__dict__))
 
     def _read_record(self, name: str) -> RunRecord | None:
         try:

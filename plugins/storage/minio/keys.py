@@ -10,7 +10,6 @@ control plane (which adopts running workers) keeps them too.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 
@@ -28,14 +27,10 @@ class IssuedKeys:
         return data if isinstance(data, dict) else {}
 
     def _save(self, data: dict[str, list[str]]) -> None:
-        if self.path is None:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh)
-        os.replace(tmp, self.path)
+        from hiclaw.config import atomic_write
+
+        if self.path is not None:
+            atomic_write(self.path, json.dumps(data))
 
     def get(self, worker: str) -> tuple[str, str] | None:
         keys = self._load().get(worker)
