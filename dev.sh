@@ -1,29 +1,72 @@
 #!/usr/bin/env bash
-# The two commands of the README:
-#   ./dev.sh demo [ARGS]   set up what is missing, then run `hiclaw demo`
-#   ./dev.sh test [ARGS]   set up what is missing (incl. test servers), then run the test suite
+# The two commands of the README, and the maintainers' helpers:
+#   ./dev.sh demo [ARGS]          set up what is missing, then run `hiclaw demo`
+#   ./dev.sh test [ARGS]          set up what is missing (from the lock, incl. test servers), run the
+#                                 static checks (ruff, mypy), then the whole test suite
+#   ./dev.sh test --latest [ARGS] the same in .venv-latest with the newest releases the version ranges
+#                                 in pyproject.toml allow (no lock): shows drift on purpose
+#   ./dev.sh check                the static checks only (ruff, mypy)
+#   ./dev.sh lock                 re-resolve locks/*.txt (hash-pinned) from pyproject.toml with uv
+#   ./dev.sh wheel                build the wheel into dist/
 # Anything else is passed to the `hiclaw` command of the project's virtual environment.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-VENV="${HICLAW_VENV:-$ROOT/.venv}"
 cmd="${1:-demo}"; shift || true
+LATEST=0
+if [[ "$cmd" == "test" && "${1:-}" == "--latest" ]]; then LATEST=1; shift; fi
+if [[ $LATEST -eq 1 ]]; then VENV="${HICLAW_VENV:-$ROOT/.venv-latest}"; else VENV="${HICLAW_VENV:-$ROOT/.venv}"; fi
+export HICLAW_VENV="$VENV"
+
+static_checks() {
+  cd "$ROOT"
+  echo "[check] ruff check" >&2
+  "$VENV/bin/ruff" check --quiet .
+  echo "[check] mypy" >&2
+  # mypy resolves hiclaw.* through the strict editable install (see scripts/setup.sh); the
+  # example plugin is checked against the protocols it registers for.
+  "$VENV/bin/mypy" --config-file pyproject.toml -p hiclaw
+  "$VENV/bin/mypy" --config-file pyproject.toml examples/hiclaw-filechannel/hiclaw_filechannel.py
+}
+
 case "$cmd" in
   test)
-    "$ROOT/scripts/setup.sh" --test
+    if [[ $LATEST -eq 1 ]]; then
+      "$ROOT/scripts/setup.sh" --test --latest
+      echo "[latest] versions that differ from locks/test.txt:" >&2
+      "$VENV/bin/python" "$ROOT/scripts/lock_drift.py" "$ROOT/locks/test.txt" >&2 || true
+    else
+      "$ROOT/scripts/setup.sh" --test
+    fi
+    static_checks
     cd "$ROOT"
-    # The whole suite, slow suites included (chaos with many kills, load): ~11 minutes on 2 cores.
-    # HICLAW_SKIP_SLOW=1 leaves those out (~5 minutes).
+    # The whole suite, slow suites included (chaos with many kills, load, the built wheel).
+    # HICLAW_SKIP_SLOW=1 leaves those out.
     if [[ "${HICLAW_SKIP_SLOW:-0}" != "1" ]]; then set -- -m "slow or not slow" "$@"; fi
     exec "$VENV/bin/python" -m pytest "$@"
     ;;
+  check)
+    "$ROOT/scripts/setup.sh" --test
+    static_checks
+    ;;
+  lock)
+    "$ROOT/scripts/setup.sh" --test
+    cd "$ROOT"
+    # Universal (every platform, Python >= 3.11), with the hash of every file, so that
+    # `pip install --require-hashes` installs exactly what was tested.
+    opts=(--quiet --universal --python-version 3.11 --generate-hashes --custom-compile-command "./dev.sh lock")
+    "$VENV/bin/uv" pip compile "${opts[@]}" locks/build.in -o locks/build.txt "$@"
+    "$VENV/bin/uv" pip compile "${opts[@]}" pyproject.toml -o locks/base.txt "$@"
+    "$VENV/bin/uv" pip compile "${opts[@]}" pyproject.toml --extra test --extra dev -o locks/test.txt "$@"
+    echo "[lock] locks/build.txt locks/base.txt locks/test.txt updated; run ./dev.sh test, then commit them" >&2
+    ;;
+  wheel)
+    "$ROOT/scripts/setup.sh" --test
+    cd "$ROOT"
+    exec "$VENV/bin/python" -m build --wheel --no-isolation --outdir dist .
+    ;;
   demo)
     "$ROOT/scripts/setup.sh"
-    if "$VENV/bin/hiclaw" demo --help >/dev/null 2>&1; then
-      exec "$VENV/bin/hiclaw" demo "$@"
-    fi
-    # Until the demo lands: show that the CLI and the plugin host work.
-    "$VENV/bin/hiclaw" --help
-    exec "$VENV/bin/hiclaw" plugins list
+    exec "$VENV/bin/hiclaw" demo "$@"
     ;;
   *)
     "$ROOT/scripts/setup.sh"

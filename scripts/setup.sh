@@ -5,15 +5,27 @@
 #   - Debian packages: python3-venv, bubblewrap (worker sandboxes), git, nodejs + npm (interop
 #     tests with the official `skills` CLI) — installed with apt-get when run as root (or with
 #     password-less sudo); otherwise the missing ones are listed.
-#   - A virtual environment in .venv with hiclaw installed in editable mode (+ test extras).
+#   - A virtual environment in .venv with exactly the versions of the committed lock
+#     (locks/base.txt, or locks/test.txt with --test; every file hash-checked), then hiclaw itself
+#     as a strict editable install (a tree of links under build/, so mypy and editors resolve
+#     hiclaw.* too; a new source file is linked on the next run of this script).
 #
-# Usage: scripts/setup.sh [--test]     (--test also installs the test servers: Synapse, moto)
+# Usage: scripts/setup.sh [--test] [--latest]
+#   --test     also the test servers and tools (Synapse, moto, ruff, mypy, uv)
+#   --latest   ignore the lock: the newest releases pyproject.toml allows (for ./dev.sh test --latest)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${HICLAW_VENV:-$ROOT/.venv}"
 WITH_TEST=0
-[[ "${1:-}" == "--test" ]] && WITH_TEST=1
+LATEST=0
+for arg in "$@"; do
+  case "$arg" in
+    --test) WITH_TEST=1 ;;
+    --latest) LATEST=1 ;;
+    *) echo "usage: scripts/setup.sh [--test] [--latest]" >&2; exit 2 ;;
+  esac
+done
 
 say() { printf '[setup] %s\n' "$*" >&2; }
 
@@ -69,24 +81,41 @@ if [[ ! -x "$VENV/bin/python" ]]; then
   say "creating $VENV"
   "$PY" -m venv "$VENV"
 fi
-kind=base; target="$ROOT"
-if [[ $WITH_TEST -eq 1 ]]; then kind=test; target="$ROOT[test]"; fi
+kind=base; extras=""
+if [[ $WITH_TEST -eq 1 ]]; then kind=test; extras="[test,dev]"; fi
+[[ $LATEST -eq 1 ]] && kind="$kind-latest"
 stamp="$VENV/.hiclaw-setup-stamp"
-hash="$(cat "$ROOT/pyproject.toml" "$ROOT/setup.py" | sha256sum | cut -c1-16)"
+# What the install depends on: the build files, the locks and the list of package files (a strict
+# editable install links each file, so a new one needs a new link).
+hash="$( { cat "$ROOT/pyproject.toml" "$ROOT/setup.py" "$ROOT"/locks/*.txt;
+           cd "$ROOT" && find core plugins registry-client sandbox skills -path '*/__pycache__' -prune -o -type f -print | LC_ALL=C sort; } |
+         sha256sum | cut -c1-16)"
 need=1
 if [[ -f "$stamp" ]] && "$VENV/bin/python" -c 'import hiclaw' 2>/dev/null; then
   # A test install also satisfies a plain one.
-  if grep -qxF "$hash test" "$stamp" || { [[ $kind == base ]] && grep -qxF "$hash base" "$stamp"; }; then need=0; fi
+  if grep -qxF "$hash $kind" "$stamp" || { [[ $kind == base ]] && grep -qxF "$hash test" "$stamp"; }; then need=0; fi
 fi
-if [[ $need -eq 1 ]]; then
-  say "installing hiclaw ($kind) into $VENV — the first time takes a few minutes"
-  log="$VENV/pip-install.log"
-  if ! "$VENV/bin/python" -m pip install --disable-pip-version-check -e "$target" >"$log" 2>&1; then
+pip_quiet() {
+  local log="$VENV/pip-install.log"
+  if ! "$VENV/bin/python" -m pip install --disable-pip-version-check "$@" >"$log" 2>&1; then
     grep -v "^WARNING: Location" "$log" | tail -20 >&2
     say "pip install failed (full log: $log)"; exit 1
   fi
+}
+if [[ $need -eq 1 ]]; then
+  say "installing hiclaw ($kind) into $VENV — the first time takes a few minutes"
+  pip_quiet --require-hashes -r "$ROOT/locks/build.txt"
+  rm -rf "$ROOT"/build/__editable__.hiclaw-*
+  editable=(--no-build-isolation --config-settings editable_mode=strict -e)
+  if [[ $LATEST -eq 1 ]]; then
+    pip_quiet --upgrade --upgrade-strategy eager "${editable[@]}" "$ROOT$extras"
+  else
+    pip_quiet --require-hashes -r "$ROOT/locks/$kind.txt"
+    pip_quiet --no-deps "${editable[@]}" "$ROOT"
+  fi
   echo "$hash $kind" > "$stamp"
 fi
-# Bytecode for the checkout (sandboxed workers see it read-only and cannot cache it themselves).
-"$VENV/bin/python" -m compileall -q "$ROOT/core" "$ROOT/plugins" "$ROOT/registry-client" "$ROOT/sandbox" >/dev/null || true
+# Bytecode for the checkout (sandboxed workers see it read-only and cannot cache it themselves);
+# the strict editable install imports through its link tree, so compile that tree.
+"$VENV/bin/python" -m compileall -q "$ROOT"/build/__editable__.hiclaw-* >/dev/null || true
 say "ready: $VENV"

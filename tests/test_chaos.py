@@ -8,12 +8,12 @@ run in the test process, so they survive the kills (as a real provider would).
 from __future__ import annotations
 
 import random
-from importlib import resources
 from pathlib import Path
 
 import pytest
 
 from hiclaw.config import Secrets, load_config, save_config
+from hiclaw.demo import REGISTRY_ROOT
 from hiclaw.demo.admin import AdminClient
 from hiclaw.demo.runner import ASK_PROJECT, ASK_WORKERS, CONFIRM
 from hiclaw.demo.scenario import demo_scenario
@@ -40,7 +40,7 @@ async def run_chaos(tmp_path: Path, kills: int, seed: int) -> None:
     rng = random.Random(seed)
     home = tmp_path / "home"
     home.mkdir()
-    registry = RunningRegistry(Path(str(resources.files("hiclaw.demo") / "registry"))).start()
+    registry = RunningRegistry(REGISTRY_ROOT).start()
     up = UpProcess(home)
     admin: AdminClient | None = None
     with running_scripted_model(demo_scenario()) as model:
@@ -68,7 +68,8 @@ async def run_chaos(tmp_path: Path, kills: int, seed: int) -> None:
             baseline = len(admin.messages)
             for point in kill_at:
                 try:
-                    await wait_until(lambda: len(admin.messages) - baseline >= point or read_state(home)[1][0].state == "done",
+                    await wait_until(lambda point=point: (len(admin.messages) - baseline >= point
+                                                          or read_state(home)[1][0].state == "done"),
                                      timeout=120, what=f"message {point} after confirming")
                 except TimeoutError:
                     break
