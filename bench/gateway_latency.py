@@ -37,6 +37,7 @@ from pathlib import Path
 import aiohttp
 
 from hiclaw.scripted.engine import jittered_delay
+from hiclaw.testing import clean_env
 from hiclaw.testing.gateway import start_listening_process as start
 
 PROVIDER_KEY = "sk-bench-provider-key-0123456789"
@@ -45,7 +46,7 @@ HICLAW = [sys.executable, "-m", "hiclaw"]
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 async def drive(url: str, headers: dict[str, str], body: bytes, *, concurrency: int, requests: int,
@@ -112,7 +113,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="hiclaw-bench-gw-"))
     home = work / "home"
     home.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HICLAW_")}
+    env = clean_env()
     env.update(HICLAW_HOME=str(home), BENCH_PROVIDER_KEY=PROVIDER_KEY)
     usage = {"prompt_tokens": 20, "completion_tokens": 5}
     scenario = {"name": "bench", "agents": {
@@ -154,7 +155,7 @@ def main() -> None:
                     calls = min(calls, max(100, 20_000 // max(model_delay[0], 1)))  # keep the serial run short
                 results, cpu_ms = asyncio.run(measure(paths, body, concurrency=concurrency, requests=calls, delay=delay,
                                                       gateway_pid=gateway.pid))
-                (d_lat, d_out, d_rate), (g_lat, g_out, g_rate) = results["direct"], results["gateway"]
+                (d_lat, d_out, d_rate), (_g_lat, g_out, g_rate) = results["direct"], results["gateway"]
                 added50 = percentile(g_out, 0.5) - percentile(d_out, 0.5)
                 added99 = percentile(g_out, 0.99) - percentile(d_out, 0.99)
                 bar = ""

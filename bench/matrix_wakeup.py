@@ -47,7 +47,7 @@ def free_port() -> int:
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def homeserver_ready(home: Path, settings: MatrixSettings, runs: int = 3) -> tuple[float, EmbeddedHomeserver]:

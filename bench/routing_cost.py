@@ -12,7 +12,6 @@ routed (collection on ``cheap``) and once with everything on ``smart``, and prin
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import httpx
 
+from hiclaw.testing import clean_env
 from hiclaw.testing.gateway import start_listening_process as start
 
 HICLAW = [sys.executable, "-m", "hiclaw"]
@@ -34,12 +34,13 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="hiclaw-bench-cost-"))
     home = work / "home"
     home.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HICLAW_")}
+    env = clean_env()
     env.update(HICLAW_HOME=str(home), BENCH_PROVIDER_KEY=PROVIDER_KEY)
     scenario = {"name": "seed-workload", "agents": {
-        "coder": {"default": {"text": "patch ready", "usage": dict(zip(("prompt_tokens", "completion_tokens"), CODE_TOKENS))}},
+        "coder": {"default": {"text": "patch ready",
+                              "usage": dict(zip(("prompt_tokens", "completion_tokens"), CODE_TOKENS, strict=True))}},
         "collector": {"default": {"text": "data collected",
-                                  "usage": dict(zip(("prompt_tokens", "completion_tokens"), COLLECT_TOKENS))}}}}
+                                  "usage": dict(zip(("prompt_tokens", "completion_tokens"), COLLECT_TOKENS, strict=True))}}}}
     (work / "scenario.json").write_text(json.dumps(scenario))
     scripted, upstream = start([*HICLAW, "model", "serve-scripted", str(work / "scenario.json"), "--port", "0",
                                 "--api-key-env", "BENCH_PROVIDER_KEY"], env, work / "scripted.log")

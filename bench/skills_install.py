@@ -67,12 +67,13 @@ def official_cli() -> Path | None:
     entry = cache / "node_modules" / "skills" / "bin" / "cli.mjs"
     if not entry.is_file():
         subprocess.run(["npm", "install", "--prefix", str(cache), "--no-audit", "--no-fund", "--loglevel=error",
-                        f"skills@{SKILLS_CLI_VERSION}"], capture_output=True, timeout=300)
+                        f"skills@{SKILLS_CLI_VERSION}"], capture_output=True, timeout=300, check=False)
     return entry if entry.is_file() else None
 
 
 def run(argv: list[str], env: dict[str, str], cwd: Path) -> None:
-    result = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    result = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+                            check=False)
     if result.returncode != 0:
         raise SystemExit(f"{' '.join(argv[:4])}… failed: {result.stderr[-400:] or result.stdout[-400:]}")
 

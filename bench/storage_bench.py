@@ -21,10 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hiclaw.host import ComponentContext  # noqa: E402
-from hiclaw.plugins.storage.local import make_local_storage  # noqa: E402
-from hiclaw.plugins.storage.local.settings import LocalStorageSettings  # noqa: E402
-from hiclaw.testing.s3 import start_moto  # noqa: E402
+from hiclaw.host import ComponentContext
+from hiclaw.plugins.storage.local import make_local_storage
+from hiclaw.plugins.storage.local.settings import LocalStorageSettings
+from hiclaw.testing.s3 import start_moto
 
 
 async def _bounded(jobs: list[Callable[[], Awaitable[object]]], concurrency: int) -> None:

@@ -18,4 +18,4 @@ PROJECT_NAME = "hiclaw"
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
-__all__ = ["__version__", "hookimpl", "hookspec", "PROJECT_NAME"]
+__all__ = ["PROJECT_NAME", "__version__", "hookimpl", "hookspec"]

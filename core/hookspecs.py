@@ -26,15 +26,23 @@ from hiclaw import hookspec
 if TYPE_CHECKING:  # pragma: no cover - types only
     import click
 
-    from hiclaw.host import RegisterCallback, RuntimeContext
+    from hiclaw.host import RuntimeContext
     from hiclaw.models import ChatMessage, ModelRequest, TaskRecord, TaskResult
+    from hiclaw.protocols import (
+        RegisterChannel,
+        RegisterGateway,
+        RegisterSandbox,
+        RegisterSkillRegistry,
+        RegisterStorage,
+        RegisterTools,
+    )
 
 
 # --------------------------------------------------------------------------- registration
 
 
 @hookspec
-def hiclaw_register_channels(register: RegisterCallback) -> None:
+def hiclaw_register_channels(register: RegisterChannel) -> None:
     """Register chat channels (how agents and the human talk), e.g. Matrix.
 
     :param register: ``register(name, factory, *, settings_model=None, secrets=(),
@@ -45,7 +53,7 @@ def hiclaw_register_channels(register: RegisterCallback) -> None:
 
 
 @hookspec
-def hiclaw_register_gateways(register: RegisterCallback) -> None:
+def hiclaw_register_gateways(register: RegisterGateway) -> None:
     """Register AI gateways (hold real provider keys, issue consumer tokens, meter usage).
 
     :param register: as for :func:`hiclaw_register_channels`; the factory returns a
@@ -54,7 +62,7 @@ def hiclaw_register_gateways(register: RegisterCallback) -> None:
 
 
 @hookspec
-def hiclaw_register_storage(register: RegisterCallback) -> None:
+def hiclaw_register_storage(register: RegisterStorage) -> None:
     """Register shared storage backends (where specs, results and workspaces live).
 
     :param register: as for :func:`hiclaw_register_channels`; the factory returns a
@@ -63,7 +71,7 @@ def hiclaw_register_storage(register: RegisterCallback) -> None:
 
 
 @hookspec
-def hiclaw_register_skill_registries(register: RegisterCallback) -> None:
+def hiclaw_register_skill_registries(register: RegisterSkillRegistry) -> None:
     """Register skill registries (where workers find and fetch SKILL.md packages).
 
     :param register: as for :func:`hiclaw_register_channels`; the factory returns a
@@ -72,7 +80,7 @@ def hiclaw_register_skill_registries(register: RegisterCallback) -> None:
 
 
 @hookspec
-def hiclaw_register_sandboxes(register: RegisterCallback) -> None:
+def hiclaw_register_sandboxes(register: RegisterSandbox) -> None:
     """Register sandbox backends (how a worker process is isolated), e.g. bubblewrap.
 
     :param register: as for :func:`hiclaw_register_channels`; the factory returns a
@@ -81,7 +89,7 @@ def hiclaw_register_sandboxes(register: RegisterCallback) -> None:
 
 
 @hookspec
-def hiclaw_register_tools(register: RegisterCallback) -> None:
+def hiclaw_register_tools(register: RegisterTools) -> None:
     """Register tools that agents may call (the Manager's and the Workers').
 
     :param register: ``register(name, factory, *, description="")`` where

@@ -12,6 +12,10 @@ Environment:
     Comma-separated allow-list of plugin names; only these load (``""`` loads none).
 ``HICLAW_DISABLE_PLUGINS``
     Comma-separated plugin names not to load (added to ``[plugins] disabled`` in config).
+``HICLAW_ENTRY_POINT_PLUGINS``
+    Which installed (entry-point) plugins load: unset or ``*`` all, ``""`` none, else a
+    comma-separated list of names. hiclaw's pytest plugin sets it to none, so the plugins that
+    happen to be installed stay out of a test suite's teams unless a test asks for them.
 ``HICLAW_TRACE_PLUGINS``
     Any non-empty value prints every hook call (plugin, arguments, result, time) to stderr.
 """
@@ -161,6 +165,10 @@ class RuntimeContext:
     components: dict[str, Any] = field(default_factory=dict)
 
 
+#: See the module docstring; hiclaw.testing sets it for every test session.
+ENTRY_POINTS_ENV = "HICLAW_ENTRY_POINT_PLUGINS"
+
+
 def _env_list(name: str) -> list[str] | None:
     raw = os.environ.get(name)
     if raw is None:
@@ -185,6 +193,7 @@ class PluginHost:
         disabled: Iterable[str] = (),
         secret_source: Callable[[str], SecretStr | None] | None = None,
         trace: bool | None = None,
+        entry_point_plugins: Iterable[str] | None = None,
     ) -> None:
         self.pm = pluggy.PluginManager(PROJECT_NAME)
         self.pm.add_hookspecs(hookspecs)
@@ -199,7 +208,7 @@ class PluginHost:
             for name, module in DEFAULT_PLUGINS if default_plugins is None else default_plugins:
                 self._load_default(name, module)
         if load_entry_points:
-            self._load_entry_points()
+            self._load_entry_points(None if entry_point_plugins is None else set(entry_point_plugins))
         for name, obj in plugins:
             self.add_plugin(name, obj)
 
@@ -228,8 +237,14 @@ class PluginHost:
             return
         self._add(info, obj)
 
-    def _load_entry_points(self) -> None:
+    def _load_entry_points(self, only: set[str] | None = None) -> None:
+        """Load installed plugins: ``only`` these names if given, else as :data:`ENTRY_POINTS_ENV` says."""
+        if only is None:
+            wanted = os.environ.get(ENTRY_POINTS_ENV)
+            only = None if wanted is None or wanted.strip() == "*" else set(_env_list(ENTRY_POINTS_ENV) or ())
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            if only is not None and ep.name not in only:
+                continue
             dist = getattr(ep, "dist", None)
             info = PluginInfo(
                 name=ep.name,
@@ -274,6 +289,19 @@ class PluginHost:
         if unknown:
             self.pm.unregister(obj)
             self._broken(info, f"unknown hook(s) {', '.join(sorted(unknown))} — check the spelling against docs/plugins/hooks.md")
+            return
+        wrappers = sorted(
+            caller.name
+            for caller in (self.pm.get_hookcallers(obj) or [])
+            for impl in caller.get_hookimpls()
+            if impl.plugin is obj and (impl.wrapper or impl.hookwrapper)
+        )
+        if wrappers:
+            # The host calls each implementation itself (to await async hooks and to isolate one
+            # plugin's failure from the others), so a wrapper would be listed but never run.
+            self.pm.unregister(obj)
+            self._broken(info, f"hook wrapper(s) {', '.join(wrappers)} are not supported — drop wrapper=True/hookwrapper=True "
+                               "and implement the hook directly (docs/plugins/hooks.md)")
             return
         info.hooks = sorted(c.name for c in self.pm.get_hookcallers(obj) or [])
         self._infos[info.name] = info

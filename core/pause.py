@@ -20,6 +20,6 @@ class Pause:
     async def __call__(self, seconds: float) -> None:
         try:
             await asyncio.wait_for(self._event.wait(), seconds)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         self._event.clear()

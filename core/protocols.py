@@ -11,11 +11,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, runtime_checkable
 
-from hiclaw.models import ChatMessage
+from hiclaw.models import ChatMessage, ToolSpec
 
 if TYPE_CHECKING:  # pragma: no cover
+    from pydantic import BaseModel
+
+    from hiclaw.host import ComponentContext
     from hiclaw.storage.models import SyncResult, WorkerStorageAccess
 
 
@@ -99,9 +102,6 @@ class Gateway(Lifecycle, Protocol):
     async def list_tokens(self) -> list[dict[str, Any]]:
         """Consumers with models, budget, spent, created, revoked — never token values."""
 
-    # Optional (not part of the checked shape): ``async def check_token(name, token) -> bool`` —
-    # whether ``token`` is consumer ``name``'s current token. Without it, a worker that outlived a
-    # crash of the control plane is restarted with a new token instead of being adopted.
 
 
 @runtime_checkable
@@ -193,5 +193,160 @@ class SandboxBackend(Protocol):
         """``{"name", "state": "running"|"exited"|"absent", "pid", "exit_code"}``."""
 
 
+# ------------------------------------------------------------------------------------------------
+# Optional capabilities. The host uses each of them only if a component has it, checked with
+# ``isinstance(component, <Protocol>)`` (never a bare ``getattr``), so every optional method has
+# one declared, documented signature here. Without one, the behaviour named in its docstring is lost.
+
+
+@runtime_checkable
+class ChannelServices(Protocol):
+    """A channel that runs (or connects to) its own server, e.g. the embedded homeserver.
+    Without it the channel is assumed to need no server and nothing is bridged for it."""
+
+    async def start_services(self) -> list[str]:
+        """Start the server on the control plane before anyone connects; returns progress lines."""
+
+    def service_urls(self) -> dict[str, str]:
+        """Services a worker's sandbox must reach, by name (bridged to the same URL inside)."""
+
+    async def stop_services(self) -> None:
+        """Stop what :meth:`start_services` started (a server it reused keeps running)."""
+
+
+@runtime_checkable
+class ResyncingChannel(Protocol):
+    """A channel that can reconnect at once (a worker adopted by a new control plane). Without
+    it the channel reconnects on its own schedule."""
+
+    async def resync(self, timeout: float = 15.0) -> bool:
+        """Reconnect now; True once it receives again."""
+
+
+@runtime_checkable
+class RoomDirectory(Protocol):
+    """A channel that remembers the rooms it made. Without it the control plane keeps its own
+    in-memory map and asks :meth:`Channel.ensure_room` once per room and member set."""
+
+    def known_room(self, key: str, members: Sequence[str] = ()) -> str | None:
+        """The id of room ``key`` if it exists and already counts ``members``, else ``None``."""
+
+
+@runtime_checkable
+class TokenChecker(Protocol):
+    """A gateway that can confirm a token. Without it, a worker that outlived a crash of the
+    control plane is restarted with a new token instead of being adopted."""
+
+    async def check_token(self, name: str, token: str) -> bool:
+        """Whether ``token`` is consumer ``name``'s current token."""
+
+
+@runtime_checkable
+class UsageLedger(Protocol):
+    """A gateway that meters usage. Without it, ``hiclaw usage`` and the Manager's usage report
+    say that the gateway keeps no ledger."""
+
+    async def usage(self, by: str | Sequence[str] = "consumer", since: Any = None) -> list[dict[str, Any]]:
+        """Totals (tokens, cost) grouped by ``by`` (consumer, task, project, model)."""
+
+
+@runtime_checkable
+class StorageEndpoint(Protocol):
+    """Storage reached over the network (S3). Its URL is bridged into every worker's sandbox."""
+
+    @property
+    def endpoint_url(self) -> str:
+        """The URL workers use (``http://host:port``)."""
+
+
+@runtime_checkable
+class LocalPaths(Protocol):
+    """Storage kept in a local directory. Workers then write workspaces in place and skills are
+    installed straight into a worker's folder; without it, both go through the storage API."""
+
+    def local_path(self, key: str) -> Path:
+        """The local path of ``key`` (control-plane side; never followed through links)."""
+
+
+@runtime_checkable
+class AdoptingSandbox(Protocol):
+    """A sandbox backend whose runs outlive a crash of the control plane. Without it, every
+    worker is started again after a crash."""
+
+    async def adopt(self, spec: Any) -> Any:
+        """Take over the run of ``spec.name`` a crashed control plane left, or ``None``."""
+
+    async def stop_leftovers(self, keep: set[str] | frozenset[str] = frozenset(), timeout: float = 10.0) -> list[str]:
+        """Stop every recorded run not in ``keep``; returns their names."""
+
+
+@runtime_checkable
+class SignallingSandbox(Protocol):
+    """A sandbox backend that can signal a worker (``SIGUSR1``: "the control plane is back")."""
+
+    async def signal(self, name: str, signum: int) -> bool:
+        """Send ``signum`` to worker ``name``; False if it is not running."""
+
+
+@runtime_checkable
+class Stoppable(Protocol):
+    """A component that holds connections or threads until :meth:`stop` (e.g. storage)."""
+
+    async def stop(self) -> None:
+        """Release them. Idempotent."""
+
+
+@runtime_checkable
+class Closeable(Protocol):
+    """A component holding connections that :meth:`aclose` releases (e.g. a skill registry)."""
+
+    async def aclose(self) -> None:
+        """Release the connections."""
+
+
+# ------------------------------------------------------------------------------------------------
+# The ``register`` callbacks of the registration hooks, typed per capability: annotate your hook's
+# ``register`` parameter with one of these and mypy checks your factory's return type against the
+# protocol (methods and signatures), so a plugin that drifts from the host is caught before it runs.
+
+CapabilityT = TypeVar("CapabilityT", contravariant=True)
+
+
+class Register(Protocol[CapabilityT]):
+    """``register(name, factory, *, settings_model=None, secrets=(), description="")``."""
+
+    def __call__(
+        self,
+        name: str,
+        factory: Callable[[Any, ComponentContext], CapabilityT],
+        *,
+        settings_model: type[BaseModel] | None = None,
+        secrets: Sequence[str] | Callable[[Any], Sequence[str]] = (),
+        description: str = "",
+    ) -> None: ...
+
+
+class RegisterTools(Protocol):
+    """``register(name, factory, *, description="")``; ``factory(ctx)`` returns tools for that agent."""
+
+    def __call__(
+        self, name: str, factory: Callable[[ComponentContext], ToolSpec | Sequence[ToolSpec]], *, description: str = ""
+    ) -> None: ...
+
+
+RegisterChannel = Register[TeamChannel]
+RegisterGateway = Register[Gateway]
+RegisterStorage = Register[Storage]
+RegisterSkillRegistry = Register[SkillRegistry]
+RegisterSandbox = Register[SandboxBackend]
+
+
+def missing_members(component: object, protocol: type) -> list[str]:
+    """The members of ``protocol`` that ``component`` lacks (for a one-line error)."""
+    wanted = [name for name in dir(protocol) if not name.startswith("_") and name not in _PROTOCOL_BASE_MEMBERS]
+    return sorted(name for name in wanted if not hasattr(component, name))
+
+
+_PROTOCOL_BASE_MEMBERS = frozenset(dir(Protocol))
 AsyncLines = AsyncIterator[str]
 PathLike = str | Path

@@ -15,7 +15,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +108,7 @@ CREATE INDEX IF NOT EXISTS tasks_by_assignee ON tasks(assignee, state);
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 class Worker(BaseModel):
@@ -298,7 +298,8 @@ class StateDB:
         return _worker(rows[0]) if rows else None
 
     def workers(self, *, include_removed: bool = False) -> list[Worker]:
-        sql = "SELECT * FROM workers" + ("" if include_removed else " WHERE state != 'removed'") + " ORDER BY created_at, name"
+        sql = ("SELECT * FROM workers ORDER BY created_at, name" if include_removed
+               else "SELECT * FROM workers WHERE state != 'removed' ORDER BY created_at, name")
         return [_worker(r) for r in self._query(sql)]
 
     def set_worker_state(self, name: str, state: str) -> None:

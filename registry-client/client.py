@@ -38,12 +38,13 @@ def _search_result(raw: object) -> SearchResult | None:
         source = "/".join(parts[:2]) if len(parts) >= 3 else None
     if not isinstance(skill_id, str) or not isinstance(source, str) or not skill_id or not source:
         return None
-    name = raw.get("name") if isinstance(raw.get("name"), str) else skill_id
+    raw_name = raw.get("name")
+    name = raw_name if isinstance(raw_name, str) else skill_id
     installs = raw.get("installs")
     description = raw.get("description")
     return SearchResult(
         id=strip_controls(ident if isinstance(ident, str) and ident else f"{source}/{skill_id}"),
-        skillId=strip_controls(skill_id),
+        skill_id=strip_controls(skill_id),
         name=strip_controls(name),
         source=strip_controls(source),
         installs=installs if isinstance(installs, int) and installs >= 0 else 0,

@@ -122,7 +122,7 @@ class RegistryIndex:
                     provenance=Provenance(source=f"{owner}/{repo_dir.name}", source_type="registry"),
                 )
             except HiclawError as exc:
-                problems.append(f"{str(exc)} — skipped")
+                problems.append(f"{exc!s} — skipped")
                 continue
             clash = next((s for s in skills if s.owner == owner and s.repo == repo_dir.name and s.name == skill.name), None)
             if clash is not None:

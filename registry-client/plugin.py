@@ -12,6 +12,7 @@ from typing import Any
 
 from hiclaw import hookimpl
 from hiclaw.config import SkillsConfig
+from hiclaw.protocols import RegisterSkillRegistry
 
 REGISTRY_NAME = "skills-sh"
 
@@ -28,7 +29,7 @@ def make_registry(settings: SkillsConfig, ctx: Any) -> Any:
 
 
 @hookimpl
-def hiclaw_register_skill_registries(register: Any) -> None:
+def hiclaw_register_skill_registries(register: RegisterSkillRegistry) -> None:
     register(
         REGISTRY_NAME,
         make_registry,

@@ -70,7 +70,7 @@ class RegistryApp:
             return await handler(request)
         except web.HTTPException:
             raise
-        except Exception:  # noqa: BLE001 - a registry bug must not look like an outage to clients
+        except Exception:
             log.exception("registry: %s %s failed", request.method, request.path)
             if request.path == "/api/search":
                 return _json({"skills": []})
@@ -124,12 +124,12 @@ class RegistryApp:
                 skill.installs += 1
                 return web.Response(body=skill.artifact, content_type="application/gzip")
         name, _, path = tail.partition("/")
-        skill = by_name.get(name)
-        if skill is None or path not in skill.files:
+        found = by_name.get(name)
+        if found is None or path not in found.files:
             return _not_found(request.path)
         if path == SKILL_FILE:
-            skill.installs += 1
-        return web.Response(body=skill.files[path], content_type="text/markdown" if path.endswith(".md") else "application/octet-stream")
+            found.installs += 1
+        return web.Response(body=found.files[path], content_type="text/markdown" if path.endswith(".md") else "application/octet-stream")
 
     @staticmethod
     def _index_v2(skills: list[IndexedSkill]) -> dict[str, object]:
@@ -152,7 +152,8 @@ async def start_server(app: RegistryApp, host: str = "127.0.0.1", port: int = 0)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()
-    sockets = site._server.sockets if site._server is not None else []  # type: ignore[union-attr]
+    server = site._server  # noqa: SLF001 - aiohttp has no public accessor for a site's sockets
+    sockets = server.sockets if server is not None else []  # type: ignore[attr-defined]
     bound = sockets[0].getsockname()[1] if sockets else port
     shown = f"[{host}]" if ":" in host else host
     return runner, f"http://{shown}:{bound}"

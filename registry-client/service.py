@@ -31,6 +31,7 @@ from urllib.parse import urlparse
 
 from hiclaw.config import SkillsConfig
 from hiclaw.errors import InvalidInputError
+from hiclaw.protocols import Closeable
 from hiclaw.registry.client import RegistryClient
 from hiclaw.registry.disk import read_folder
 from hiclaw.registry.errors import SkillNotFoundError, SkillPolicyError, UnsafeSkillError
@@ -86,9 +87,8 @@ class SkillService:
         self._locks: dict[Path, asyncio.Lock] = {}
 
     async def aclose(self) -> None:
-        close = getattr(self.registry, "aclose", None)
-        if close is not None:
-            await close()
+        if isinstance(self.registry, Closeable):
+            await self.registry.aclose()
 
     # ------------------------------------------------------------------ policy
 

@@ -41,7 +41,7 @@ def spec_from_entry(name: str, entry: dict[str, Any]) -> tuple[SourceSpec, str |
         if not match:
             raise HiclawError(f"lock entry of {name!r} has no download URL", hint="re-add it with `hiclaw skills add`")
         base, owner, repo, slug = match.groups()
-        return SourceSpec("registry", url, skill=slug, owner=owner, repo=repo), base
+        return SourceSpec("registry", str(url), skill=slug, owner=owner, repo=repo), base
     if kind == "well-known":
         base = entry.get("sourceBaseUrl") or url
         if not base:

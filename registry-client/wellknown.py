@@ -134,7 +134,7 @@ async def _fetch_v2(http: HttpFetcher, base: str, index_url: str, entry: dict[st
     artifact_url = urljoin(index_url, entry["url"])
     if urlparse(artifact_url).scheme not in ("http", "https"):
         raise UnsafeSkillError(f"{index_url}: skill {entry['name']!r} points at a non-HTTP URL", hint="refusing it")
-    _, body, headers = await http.get(artifact_url, max_bytes=limits.max_download_bytes)
+    _, body, _headers = await http.get(artifact_url, max_bytes=limits.max_download_bytes)
     if sha256_digest(body) != entry["digest"]:
         raise UnsafeSkillError(
             f"{artifact_url}: digest mismatch (index says {entry['digest'][:23]}…, got {sha256_digest(body)[:23]}…)",

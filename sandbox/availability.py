@@ -15,7 +15,7 @@ def bwrap_unavailable() -> str | None:
     try:
         result = subprocess.run(
             [bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--ro-bind", "/", "/",
-             "true"], capture_output=True, text=True, timeout=30,
+             "true"], capture_output=True, text=True, timeout=30, check=False,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"bubblewrap cannot run here: {exc}"

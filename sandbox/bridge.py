@@ -16,6 +16,7 @@ no pydantic at import time.
 """
 from __future__ import annotations
 
+import functools
 import os
 import select
 import socket
@@ -212,9 +213,7 @@ class HostBridges:
                 path = self.socket_path(bridge)
                 check_socket_path(path)
                 path.unlink(missing_ok=True)  # a stale socket from a killed control plane
-                server = await asyncio.start_unix_server(
-                    lambda r, w, b=bridge: self._handle(r, w, b), path=str(path)
-                )
+                server = await asyncio.start_unix_server(functools.partial(self._handle, bridge=bridge), path=str(path))
                 os.chmod(path, 0o600)
                 self._servers.append(server)
                 paths[bridge.name] = path
@@ -275,7 +274,7 @@ class HostBridges:
         for server in self._servers:
             try:
                 await server.wait_closed()
-            except Exception:  # noqa: BLE001 - closing is best effort
+            except Exception:  # noqa: BLE001, S110 - closing is best effort
                 pass
         self._servers.clear()
         for bridge in self.bridges:

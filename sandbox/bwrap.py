@@ -19,15 +19,14 @@ This module only registers the backend; the implementation is :mod:`hiclaw.sandb
 """
 from __future__ import annotations
 
-from typing import Any
-
 from hiclaw import hookimpl
+from hiclaw.protocols import RegisterSandbox
 from hiclaw.sandbox.settings import BwrapSettings, lazy_backend
 
 make_backend = lazy_backend("hiclaw.sandbox.backends.bwrap", "BwrapBackend")
 
 
 @hookimpl
-def hiclaw_register_sandboxes(register: Any) -> None:
+def hiclaw_register_sandboxes(register: RegisterSandbox) -> None:
     register("bwrap", make_backend, settings_model=BwrapSettings,
              description="bubblewrap namespaces: no network but bridges, read-only system, private /tmp")

@@ -142,7 +142,7 @@ class _Canaries:
     async def start_services(self) -> tuple[int, int]:
         import subprocess
 
-        self.decoy = subprocess.Popen(
+        self.decoy = subprocess.Popen(  # noqa: ASYNC220 - a long-lived decoy; Popen returns at once, killed synchronously
             [sys.executable, "-c", "import sys; sys.stdin.read()", self.values["process"]],
             stdin=subprocess.PIPE, env={"HICLAW_CHECK_CANARY": self.values["process"], "PATH": "/usr/bin:/bin"},
         )

@@ -20,15 +20,14 @@ is :mod:`hiclaw.sandbox.backends.docker` (the Docker SDK is imported only when a
 """
 from __future__ import annotations
 
-from typing import Any
-
 from hiclaw import hookimpl
+from hiclaw.protocols import RegisterSandbox
 from hiclaw.sandbox.settings import DockerSettings, lazy_backend
 
 make_backend = lazy_backend("hiclaw.sandbox.backends.docker", "DockerBackend")
 
 
 @hookimpl
-def hiclaw_register_sandboxes(register: Any) -> None:
+def hiclaw_register_sandboxes(register: RegisterSandbox) -> None:
     register("docker", make_backend, settings_model=DockerSettings,
              description="a Docker container per worker (network none, read-only root, no capabilities)")

@@ -20,15 +20,14 @@ kubernetes client is imported only when a worker starts).
 """
 from __future__ import annotations
 
-from typing import Any
-
 from hiclaw import hookimpl
+from hiclaw.protocols import RegisterSandbox
 from hiclaw.sandbox.settings import KubernetesSettings, lazy_backend
 
 make_backend = lazy_backend("hiclaw.sandbox.backends.kubernetes", "KubernetesBackend")
 
 
 @hookimpl
-def hiclaw_register_sandboxes(register: Any) -> None:
+def hiclaw_register_sandboxes(register: RegisterSandbox) -> None:
     register("kubernetes", make_backend, settings_model=KubernetesSettings,
              description="a Kubernetes Pod per worker, tokens in a Secret, NetworkPolicy for no-network workers")

@@ -141,8 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         except OSError:
             pass  # the host went away; the worker runs anyway
     signal.signal(signal.SIGUSR1, forward)
-    for signum in pending:
-        forward(signum, None)
+    for queued in pending:
+        forward(queued, None)
 
     reap_all = os.getpid() == 1  # PID 1 inherits every orphan of the sandbox
     while True:

@@ -5,7 +5,7 @@ import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 #: A log is moved to ``<name>.log.1`` when a run starts and it is larger than this.
@@ -15,7 +15,7 @@ MARKER = "--- hiclaw: "
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def worker_log_path(home: Path, name: str) -> Path:

@@ -135,7 +135,7 @@ def _dns_query(server: str, name: str) -> bytes:
 def probe_dns(name: str, servers: list[str]) -> dict[str, Any]:
     """Reached if the name resolves, or if any of the host's DNS servers answers at all."""
     try:
-        addresses = {info[4][0] for info in socket.getaddrinfo(name, 443, type=socket.SOCK_STREAM)}
+        addresses = {str(info[4][0]) for info in socket.getaddrinfo(name, 443, type=socket.SOCK_STREAM)}
         return {"reached": True, "detail": f"{name} resolved to {', '.join(sorted(addresses))}"}
     except OSError as exc:
         resolved = f"{name}: {exc.strerror or exc}"

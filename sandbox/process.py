@@ -12,15 +12,14 @@ bubblewrap) and while developing::
 """
 from __future__ import annotations
 
-from typing import Any
-
 from hiclaw import hookimpl
+from hiclaw.protocols import RegisterSandbox
 from hiclaw.sandbox.settings import ProcessSettings, lazy_backend
 
 make_backend = lazy_backend("hiclaw.sandbox.backends.process", "ProcessBackend")
 
 
 @hookimpl
-def hiclaw_register_sandboxes(register: Any) -> None:
+def hiclaw_register_sandboxes(register: RegisterSandbox) -> None:
     register("process", make_backend, settings_model=ProcessSettings,
              description="plain child processes, NO isolation (macOS, development)")

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from hiclaw.errors import HiclawError, NotFoundError
+from hiclaw.protocols import AdoptingSandbox, SignallingSandbox
 from hiclaw.sandbox.spec import WorkerSpec
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ class Supervisor:
                 result = callback(*args)
                 if inspect.isawaitable(result):
                     await result
-            except Exception:  # noqa: BLE001 - a broken callback must not stop supervision
+            except Exception:
                 log.exception("supervisor callback %r failed", callback)
 
     # ------------------------------------------------------------------ API
@@ -132,11 +133,11 @@ class Supervisor:
         """Supervise the run of ``spec`` that a crashed control plane left running, if the backend
         can adopt it (same fingerprint, still alive); ``None`` if there is nothing to adopt (what
         was left is stopped) — then :meth:`start` it."""
-        adopt = getattr(self.backend, "adopt", None)
         current = self._workers.get(spec.name)
-        if adopt is None or (current is not None and current.task is not None and not current.task.done()):
+        if not isinstance(self.backend, AdoptingSandbox) or (
+                current is not None and current.task is not None and not current.task.done()):
             return None
-        if await adopt(spec) is None:
+        if await self.backend.adopt(spec) is None:
             return None
         worker = _Worker(spec, state="running")
         worker.settled.set()
@@ -146,8 +147,8 @@ class Supervisor:
 
     async def signal(self, name: str, signum: int) -> bool:
         """Send ``signum`` to a running worker, if the backend can; True if it was sent."""
-        send = getattr(self.backend, "signal", None)
-        return bool(send is not None and self.status(name).get("state") == "running" and await send(name, signum))
+        return bool(isinstance(self.backend, SignallingSandbox) and self.status(name).get("state") == "running"
+                    and await self.backend.signal(name, signum))
 
     async def stop(self, name: str, timeout: float | None = None) -> None:
         """Stop supervising ``name`` and stop its sandbox (absent is fine)."""
@@ -229,7 +230,7 @@ class Supervisor:
             await self._supervise(worker)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001 - report, never die silently
+        except Exception as exc:
             log.exception("supervising worker %s failed", worker.spec.name)
             worker.state = "exited"
             worker.last_error = f"supervisor error: {exc}"

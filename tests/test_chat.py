@@ -12,6 +12,7 @@ import time
 import pytest
 import tomli_w
 
+from hiclaw.testing import clean_env
 from hiclaw.testing.matrix import MatrixUser
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -72,7 +73,7 @@ async def chat_home(synapse, matrix_control, tmp_path):
     secrets = home / "secrets.toml"
     secrets.write_text('matrix_admin_password = "admin-secret-pw"\n')
     secrets.chmod(0o600)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HICLAW_")}
+    env = clean_env()
     return {"home": home, "env": {**env, "HICLAW_HOME": str(home), "TERM": "xterm"}, "room": room, "control": control,
             "admin": MatrixUser(creds["user_id"], creds["access_token"], creds["device_id"], "admin-secret-pw"),
             "alice": MatrixUser(alice["user_id"], alice["access_token"], alice["device_id"], "")}
@@ -114,12 +115,12 @@ async def test_chat_in_a_terminal(synapse, chat_home, hiclaw_cli):
 
 def test_chat_lists_rooms_as_json_and_reuses_its_session(synapse, chat_home, hiclaw_cli):
     run = [str(hiclaw_cli), "chat", "--list", "--json"]
-    first = subprocess.run(run, capture_output=True, text=True, env=chat_home["env"], timeout=60)
+    first = subprocess.run(run, capture_output=True, text=True, env=chat_home["env"], timeout=60, check=False)
     assert first.returncode == 0, first.stderr
     rooms = json.loads(first.stdout)
     assert [r["name"] for r in rooms] == ["Manager", "Worker: alice"]
     session = json.loads((chat_home["home"] / "channel" / "chat" / "session.json").read_text())
-    second = subprocess.run(run, capture_output=True, text=True, env=chat_home["env"], timeout=60)
+    second = subprocess.run(run, capture_output=True, text=True, env=chat_home["env"], timeout=60, check=False)
     assert json.loads(second.stdout) == rooms
     again = json.loads((chat_home["home"] / "channel" / "chat" / "session.json").read_text())
     assert again["device_id"] == session["device_id"]  # no new device per run
@@ -128,12 +129,13 @@ def test_chat_lists_rooms_as_json_and_reuses_its_session(synapse, chat_home, hic
 def test_chat_errors_are_one_line(chat_home, hiclaw_cli):
     env = chat_home["env"]
     wrong = subprocess.run([str(hiclaw_cli), "chat", "--list", "--password", "nope"], capture_output=True, text=True,
-                           env=env, timeout=60)
+                           env=env, timeout=60, check=False)
     assert wrong.returncode == 1 and wrong.stderr.startswith("error: login as @") and wrong.stderr.count("\n") == 1
     (chat_home["home"] / "secrets.toml").write_text("")
     (chat_home["home"] / "channel" / "chat").mkdir(parents=True, exist_ok=True)
-    missing = subprocess.run([str(hiclaw_cli), "chat", "--list"], capture_output=True, text=True, env=env, timeout=60)
+    missing = subprocess.run([str(hiclaw_cli), "chat", "--list"], capture_output=True, text=True, env=env, timeout=60,
+                             check=False)
     assert missing.returncode == 1 and "matrix_admin_password" in missing.stderr
     bad_user = subprocess.run([str(hiclaw_cli), "chat", "--user", "Not A Name"], capture_output=True, text=True,
-                              env=env, timeout=60)
+                              env=env, timeout=60, check=False)
     assert bad_user.returncode == 1 and "--user" in bad_user.stderr

@@ -2,26 +2,27 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT
+
+from hiclaw.testing import clean_env
 
 EXAMPLE = ROOT / "examples" / "hiclaw-filechannel"
 BROKEN = ROOT / "tests" / "plugins_fixtures" / "hiclaw-broken-plugin"
 
 
 def hiclaw(hiclaw_cli, home, *args, env=None):
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("HICLAW_")}
-    full_env.update(HICLAW_HOME=str(home), **(env or {}))
-    return subprocess.run([str(hiclaw_cli), *args], capture_output=True, text=True, env=full_env, timeout=300)
+    # These tests are about installed plugins: they ask for them (the session loads none).
+    full_env = clean_env(home, HICLAW_ENTRY_POINT_PLUGINS="*")
+    full_env.update(env or {})
+    return subprocess.run([str(hiclaw_cli), *args], capture_output=True, text=True, env=full_env, timeout=300, check=False)
 
 
 def pip_uninstall(*names):
-    subprocess.run([sys.executable, "-m", "pip", "uninstall", "-y", *names], capture_output=True)
+    subprocess.run([sys.executable, "-m", "pip", "uninstall", "-y", *names], capture_output=True, check=False)
 
 
 @pytest.fixture
@@ -40,6 +41,11 @@ def test_install_list_trace_uninstall_example_plugin(hiclaw_cli, hiclaw_home, cl
     (entry,) = [p for p in listed if p["name"] == "filechannel"]
     assert entry["source"] == "entry point" and entry["status"] == "ok"
     assert entry["kinds"] == ["channel"] and entry["distribution"] == "hiclaw-filechannel"
+
+    # A process of the test session that does not ask for installed plugins does not load it.
+    unasked = subprocess.run([str(hiclaw_cli), "plugins", "list", "--json"], capture_output=True, text=True,
+                             env=clean_env(hiclaw_home), timeout=120, check=True)
+    assert not [p for p in json.loads(unasked.stdout) if p["name"] == "filechannel"]
 
     traced = hiclaw(hiclaw_cli, hiclaw_home, "plugins", "list", env={"HICLAW_TRACE_PLUGINS": "1"})
     assert "hiclaw trace: hiclaw_register_channels(register=function) plugin=filechannel -> 1 registered" in traced.stderr

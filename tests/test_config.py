@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from hiclaw.cli import cli
 from hiclaw.config import Secrets, load_config
 from hiclaw.errors import ConfigError
+from hiclaw.testing import clean_env
 
 
 def write(home, text):
@@ -18,9 +19,9 @@ def write(home, text):
 
 
 def run_hiclaw(hiclaw_cli, *args, env_home):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HICLAW_")}
+    env = clean_env()
     env["HICLAW_HOME"] = str(env_home)
-    return subprocess.run([str(hiclaw_cli), *args], capture_output=True, text=True, env=env)
+    return subprocess.run([str(hiclaw_cli), *args], capture_output=True, text=True, env=env, check=False)
 
 
 def test_defaults_without_a_file(hiclaw_home):
@@ -75,7 +76,7 @@ def test_secrets_resolution_and_permissions(hiclaw_home):
     assert "sk-file" not in repr(loaded.get("openai_api_key"))
     env = Secrets.load(hiclaw_home, environ={"OPENAI_API_KEY": "sk-env", "HICLAW_SECRET_OPENAI_API_KEY": "sk-hiclaw"})
     assert env.get("openai_api_key").get_secret_value() == "sk-hiclaw"
-    with pytest.raises(ConfigError, match="secret 'anthropic_api_key' is not set.*add `anthropic_api_key"):
+    with pytest.raises(ConfigError, match=r"secret 'anthropic_api_key' is not set.*add `anthropic_api_key"):
         loaded.require("anthropic_api_key", purpose="the smart model")
     os.chmod(path, 0o644)
     with pytest.raises(ConfigError, match=r"readable by other users \(mode 0644\) — run `chmod 600"):

@@ -173,7 +173,7 @@ async def test_yolo_starts_without_confirmation_and_worker_runs_one_task_at_a_ti
 
 async def test_adhoc_task_goes_to_the_worker_room(team):
     task = await team.assign_adhoc("taylor", "Write a tweet", "about the launch", model="cheap")
-    room, text, mentions = team.chat.posts[-1]
+    room, _text, mentions = team.chat.posts[-1]
     assert room == "!worker-taylor" and mentions == ("taylor",) and task.state is TaskState.IN_PROGRESS
 
 

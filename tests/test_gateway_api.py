@@ -112,7 +112,7 @@ def test_sdk_non_streaming_with_tools_reports_usage_and_ledger(env, http):
 
 
 def test_sdk_streaming_has_usage_in_the_final_chunk(env, http):
-    gw, model = env
+    gw, _model = env
     me = gw.mint()
     chunks = list(_sdk(http, gw.base_url, me.token).chat.completions.create(
         model="cheap", messages=[{"role": "user", "content": "stream please"}], stream=True,

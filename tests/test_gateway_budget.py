@@ -63,7 +63,7 @@ def test_hook_hiclaw_budget_warning(env):
 
 
 def test_project_budget_refuses_every_consumer_of_the_project(env):
-    gw, model, warnings = env
+    gw, _model, warnings = env
     gw.set_budget(project="proj-b", usd=0.03)
     alice, bob = gw.mint(), gw.mint()
     assert _call(gw, alice.token, **{"X-Hiclaw-Project": "proj-b"}).status_code == 200  # $0.025 crosses 80 %
@@ -97,7 +97,7 @@ def test_concurrent_calls_cannot_overspend(env):
 
 
 def test_budget_changed_from_another_process_applies_on_the_next_request(env):
-    gw, model, _ = env
+    gw, _model, _ = env
     me = gw.mint()
     assert _call(gw, me.token).status_code == 200
     cli_store = GatewayStore(gw.db_path)  # what `hiclaw gateway budget set` opens

@@ -5,7 +5,6 @@ then revoke / restrict / exhaust — and check that a canary provider key shows 
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import subprocess
 
@@ -13,6 +12,7 @@ import httpx
 import openai
 import pytest
 
+from hiclaw.testing import clean_env
 from hiclaw.testing.gateway import start_listening_process as _start
 
 CANARY = "sk-canary-cli-3f9a2c7e1b4d6f8a0c2e4a6b"
@@ -42,7 +42,7 @@ def _stop(proc: subprocess.Popen[str]) -> int:
 def user_env(tmp_path, hiclaw_cli):
     home = tmp_path / "home"
     home.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HICLAW_", "OPENAI"))}
+    env = clean_env(drop=("OPENAI",))
     env.update(HICLAW_HOME=str(home), CANARY_KEY=CANARY)
     return home, env
 
@@ -52,7 +52,7 @@ def test_a_new_user_runs_the_gateway_end_to_end(tmp_path, user_env, hiclaw_cli):
     seen: list[str] = []
 
     def hiclaw(*args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run([str(hiclaw_cli), *args], env=env, capture_output=True, text=True, timeout=60)
+        result = subprocess.run([str(hiclaw_cli), *args], env=env, capture_output=True, text=True, timeout=60, check=False)
         seen.extend([result.stdout, result.stderr])
         assert (result.returncode == 0) == ok, result.stderr
         return result

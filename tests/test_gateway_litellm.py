@@ -68,7 +68,7 @@ def test_completion_stream_and_tools_through_litellm(env, caplog):
 
 
 def test_litellm_errors_fall_back_and_are_redacted(env, caplog):
-    gw, model = env
+    gw, _model = env
     caplog.set_level(logging.DEBUG)
     failover = gw.mint("failover")
     client = openai.OpenAI(base_url=gw.base_url, api_key=failover.token, max_retries=0)

@@ -102,6 +102,64 @@ def test_wrong_hook_arguments_are_reported(plugin_host):
     assert info.status == "broken" and "extra" in info.error
 
 
+@pytest.mark.parametrize("style", ["wrapper", "hookwrapper"])
+def test_hook_wrappers_are_refused_by_plugin_name(plugin_host, style, caplog):
+    """The host calls implementations itself, so a wrapper would be listed `ok` and never run."""
+    calls = []
+
+    class Wrapping:
+        @hookimpl(**{style: True})
+        def hiclaw_register_channels(self, register):
+            calls.append("wrapped")
+            yield
+
+    class Plain:
+        @hookimpl
+        def hiclaw_register_channels(self, register):
+            register("plain", lambda settings, ctx: "channel!")
+
+    host = plugin_host(("wrapping", Wrapping()), ("plain", Plain()))
+    info = host.plugin("wrapping")
+    assert info.status == "broken"
+    assert info.error.startswith("hook wrapper(s) hiclaw_register_channels are not supported")
+    assert "\n" not in info.error
+    assert "plugin wrapping is broken" in caplog.text
+    assert set(host.registrations("channel")) == {"plain"} and calls == []
+    assert host.plugin("plain").status == "ok"
+
+
+@pytest.fixture
+def installed_plugin(tmp_path, monkeypatch):
+    """A real installed distribution (a dist-info on sys.path) with a ``hiclaw`` entry point."""
+    (tmp_path / "ep_example_plugin.py").write_text(GOOD)
+    info = tmp_path / "ep_example-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: ep-example\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[hiclaw]\nep-example = ep_example_plugin\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "ep-example"
+
+
+@pytest.mark.parametrize(("wanted", "loaded"), [(None, True), ("*", True), ("", False), ("other", False),
+                                                ("other, ep-example", True)])
+def test_entry_point_plugins_load_only_when_asked(installed_plugin, monkeypatch, wanted, loaded):
+    if wanted is None:
+        monkeypatch.delenv("HICLAW_ENTRY_POINT_PLUGINS", raising=False)
+    else:
+        monkeypatch.setenv("HICLAW_ENTRY_POINT_PLUGINS", wanted)
+    host = PluginHost(load_defaults=False)
+    assert (host.plugin(installed_plugin) is not None) is loaded
+    assert ("good" in host.registrations("channel")) is loaded
+
+
+def test_a_test_session_loads_no_installed_plugin(installed_plugin):
+    """hiclaw's pytest plugin keeps installed plugins out of a test suite's hosts and teams."""
+    import os
+
+    assert os.environ["HICLAW_ENTRY_POINT_PLUGINS"] == ""
+    assert PluginHost(load_defaults=False).plugin(installed_plugin) is None
+
+
 def test_check_pending_names_the_plugin():
     host = PluginHost(load_defaults=False, load_entry_points=False)
 

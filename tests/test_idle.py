@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
 from pathlib import Path
 from urllib.parse import quote
@@ -13,6 +12,7 @@ from urllib.parse import quote
 from hiclaw.models import TaskState
 from hiclaw.scripted import parse_scenario
 from hiclaw.scripted.server import ScriptedModelServer
+from hiclaw.testing import clean_env
 from hiclaw.testing.team import running_team, start_plane, wait_until
 
 IDLE = 1.5
@@ -35,7 +35,7 @@ def asleep(plane, name: str) -> bool:
 
 
 async def cli_json(home: Path, *args: str) -> object:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HICLAW_")} | {"HICLAW_HOME": str(home)}
+    env = clean_env(home)
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "hiclaw", *args, "--json", env=env,
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await proc.communicate()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import stat
@@ -55,7 +56,7 @@ def test_generated_config_has_every_agreed_field(tmp_path):
 
 def test_changing_server_name_of_an_existing_server_is_refused(tmp_path):
     EmbeddedHomeserver(tmp_path, MatrixSettings(server_name="one.example")).configure()
-    with pytest.raises(HomeserverError, match="created for server name 'one.example'"):
+    with pytest.raises(HomeserverError, match=re.escape("created for server name 'one.example'")):
         EmbeddedHomeserver(tmp_path, MatrixSettings(server_name="two.example")).configure()
 
 
@@ -80,7 +81,7 @@ def write_config(home, port: int) -> None:
 
 def hiclaw(hiclaw_cli, home, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "HICLAW_HOME": str(home)}
-    return subprocess.run([str(hiclaw_cli), *args], capture_output=True, text=True, env=env, timeout=60)
+    return subprocess.run([str(hiclaw_cli), *args], capture_output=True, text=True, env=env, timeout=60, check=False)
 
 
 def test_cli_start_status_stop_as_a_daemon(hiclaw_cli, tmp_path):

@@ -32,7 +32,7 @@ def test_every_hook_is_documented_with_its_exact_signature():
     for name, fn in hook_functions().items():
         assert f"\n## `{name}`" in docs, f"docs/plugins/hooks.md has no section for {name}"
         assert signature_text(name, fn) in docs, f"docs/plugins/hooks.md: signature of {name} differs: {signature_text(name, fn)}"
-        assert fn.__doc__ and ":param" in fn.__doc__ or not inspect.signature(fn).parameters
+        assert (fn.__doc__ and ":param" in fn.__doc__) or not inspect.signature(fn).parameters
 
 
 def test_every_hook_has_a_test():

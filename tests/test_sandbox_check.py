@@ -13,7 +13,7 @@ from hiclaw.testing.sandbox import bwrap_unavailable
 
 def hiclaw(cli: Path, *args: str, home: Path) -> subprocess.CompletedProcess[str]:
     env = {"HICLAW_HOME": str(home), "PATH": "/usr/bin:/bin", "HOME": str(Path.home())}
-    return subprocess.run([str(cli), *args], capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run([str(cli), *args], capture_output=True, text=True, env=env, timeout=300, check=False)
 
 
 def test_verdicts_never_claim_what_was_not_verified():

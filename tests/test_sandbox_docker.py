@@ -8,10 +8,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
 from conftest import ROOT
-from hiclaw.sandbox.base import SandboxError
+
 from hiclaw.sandbox.backends.docker import DockerBackend
+from hiclaw.sandbox.base import SandboxError
 from hiclaw.sandbox.settings import DockerSettings
 from hiclaw.sandbox.spec import Bridge, Mount, WorkerSpec
 
@@ -101,7 +101,7 @@ def _engine() -> object | None:
         client.ping()
         client.images.get(DockerSettings().image)
         return client
-    except Exception:  # noqa: BLE001 - any failure means: no usable engine here
+    except Exception:
         return None
 
 

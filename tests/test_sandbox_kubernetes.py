@@ -9,10 +9,10 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
-
 from conftest import ROOT
-from hiclaw.sandbox.base import SandboxError
+
 from hiclaw.sandbox.backends.kubernetes import KubernetesBackend
+from hiclaw.sandbox.base import SandboxError
 from hiclaw.sandbox.settings import KubernetesSettings
 from hiclaw.sandbox.spec import Bridge, Mount, WorkerSpec
 
@@ -141,7 +141,7 @@ def _cluster_reachable() -> bool:
         config.load_kube_config()
         client.VersionApi().get_code(_request_timeout=3)
         return True
-    except Exception:  # noqa: BLE001 - any failure means: no cluster here
+    except Exception:
         return False
 
 

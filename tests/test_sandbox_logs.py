@@ -12,7 +12,7 @@ from hiclaw.testing import wait_for
 
 def run(cli: Path, home: Path, *args: str, **kwargs) -> subprocess.CompletedProcess[str]:
     env = {"HICLAW_HOME": str(home), "PATH": "/usr/bin:/bin"}
-    return subprocess.run([str(cli), "worker", "logs", *args], capture_output=True, text=True, env=env, **kwargs)
+    return subprocess.run([str(cli), "worker", "logs", *args], capture_output=True, text=True, env=env, check=False, **kwargs)
 
 
 def write_log(home: Path, name: str, text: str) -> Path:
@@ -64,4 +64,4 @@ def test_reader_survives_rotation_and_partial_lines(tmp_path):
     assert next(lines) == "partial"
     os.replace(path, tmp_path / "w.log.1")
     path.write_text("fresh\n")
-    assert next(l for l in lines if l is not None) == "fresh"
+    assert next(line for line in lines if line is not None) == "fresh"

@@ -38,8 +38,8 @@ async def test_crashes_restart_with_exponential_backoff_then_stop_as_a_crash_loo
     await sup.start(worker_spec(CRASH))
     await wait_for_async(lambda: events.loops, timeout=30, what="the crash loop to be detected")
     assert [e[1:3] for e in events.exits] == [(3, True), (3, True), (3, True), (3, False)]
-    gaps = [b[3] - a[3] for a, b in zip(events.exits, events.exits[1:])]
-    for gap, backoff in zip(gaps, (0.1, 0.2, 0.4)):  # each wait at least the doubled back-off
+    gaps = [b[3] - a[3] for a, b in zip(events.exits, events.exits[1:], strict=False)]
+    for gap, backoff in zip(gaps, (0.1, 0.2, 0.4), strict=True):  # each wait at least the doubled back-off
         assert gap >= backoff
     status = sup.status("w1")
     assert status["state"] == "crash-loop" and status["restarts"] == 3 and status["exit_code"] == 3

@@ -9,7 +9,7 @@ in tests/test_schedule_team.py.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,6 @@ from hiclaw.errors import HiclawError, InvalidInputError, NotFoundError
 from hiclaw.plugins.storage.local.backend import LocalStorage
 from hiclaw.state import StateDB, Worker
 from hiclaw.testing import wait_for_async
-
-UTC = timezone.utc
 
 
 def utc(*args: int) -> datetime:

@@ -4,18 +4,18 @@ a running team is in tests/test_schedule_team.py."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from hiclaw.state import Schedule, StateDB, Worker
+from hiclaw.testing import clean_env
 
 
 def run(cli, home, *args, code=0):
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("HICLAW_")}, "HICLAW_HOME": str(home)}
-    result = subprocess.run([str(cli), "schedule", *args], capture_output=True, text=True, env=env, timeout=60)
+    env = clean_env(home)
+    result = subprocess.run([str(cli), "schedule", *args], capture_output=True, text=True, env=env, timeout=60, check=False)
     assert result.returncode == code, result.stdout + result.stderr
     return result
 
@@ -41,7 +41,7 @@ def test_add_list_remove_without_a_running_team(hiclaw_cli, home):
         ("metrics", "0 9 * * *", "Europe/Paris", "jordan", None, False),
         ("weekly", "30 8 * * MON", "UTC", "jordan", None, False)]
     nxt = datetime.fromisoformat(listing[0]["next_run_local"])
-    assert (nxt.hour, nxt.minute) == (9, 0) and datetime.fromisoformat(listing[0]["next_run"]) > datetime.now(timezone.utc)
+    assert (nxt.hour, nxt.minute) == (9, 0) and datetime.fromisoformat(listing[0]["next_run"]) > datetime.now(UTC)
 
     table = run(hiclaw_cli, home, "list").stdout.splitlines()
     assert table[0].split() == ["NAME", "CRON", "TZ", "ASSIGNEE", "NEXT", "RUN", "LAST", "RUN", "MESSAGE"]
@@ -55,7 +55,7 @@ def test_add_list_remove_without_a_running_team(hiclaw_cli, home):
 
 def test_a_run_missed_while_down_is_shown(hiclaw_cli, home):
     state = StateDB(home / "state.db")
-    two_days_ago = (datetime.now(timezone.utc) - timedelta(days=2)).isoformat()
+    two_days_ago = (datetime.now(UTC) - timedelta(days=2)).isoformat()
     state.upsert_schedule(Schedule(name="metrics", cron="0 9 * * *", timezone="UTC", message="m", assignee="jordan",
                                    created_at=two_days_ago))
     state.close()
@@ -73,7 +73,7 @@ BAD_INPUT = [
 
 def test_bad_input_is_one_line_and_changes_nothing(hiclaw_cli, home):
     for args, message in BAD_INPUT:
-        options = {"--assignee": "jordan", "--message": "m", **dict(zip(args[::2], args[1::2]))}
+        options = {"--assignee": "jordan", "--message": "m", **dict(zip(args[::2], args[1::2], strict=True))}
         result = run(hiclaw_cli, home, "add", "metrics", *[x for pair in options.items() for x in pair], code=1)
         assert result.stderr.startswith(message) and result.stderr.count("\n") == 1, result.stderr
         assert "Traceback" not in result.stderr

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from hiclaw.control.cron import ManualClock
+from hiclaw.testing import clean_env
 from hiclaw.testing.team import running_team
 
 SCENARIO = {"agents": {
@@ -31,7 +31,7 @@ SCENARIO = {"agents": {
 
 async def hiclaw(cli, home, *args):
     """The real console script, without blocking the event loop the control plane runs on."""
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("HICLAW_")}, "HICLAW_HOME": str(home)}
+    env = clean_env(home)
     proc = await asyncio.create_subprocess_exec(str(cli), "schedule", *args, env=env, stdout=asyncio.subprocess.PIPE,
                                                 stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), 60)
@@ -42,7 +42,7 @@ async def hiclaw(cli, home, *args):
 async def test_a_schedule_fires_with_a_mention_and_the_worker_answers(tmp_path, hiclaw_cli):
     async with running_team(tmp_path / "home", SCENARIO) as team:
         plane = team.plane
-        clock = ManualClock(datetime(2030, 6, 3, 6, 58, tzinfo=timezone.utc))  # 08:58 in Paris
+        clock = ManualClock(datetime(2030, 6, 3, 6, 58, tzinfo=UTC))  # 08:58 in Paris
         plane.scheduler.clock = clock
         await plane.provisioner.create_worker("jordan", role="analyst", model="smart")
 

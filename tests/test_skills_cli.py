@@ -53,7 +53,7 @@ def run(*args: str, url: str, cwd: Path, home: Path | None = None) -> subprocess
     env = {**os.environ, "SKILLS_API_URL": url, "HOME": str(home or cwd / "home"), "HICLAW_HOME": str(cwd / "hiclaw-home")}
     env.pop("XDG_STATE_HOME", None)
     return subprocess.run([sys.executable, "-m", "hiclaw", "skills", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, check=False)
 
 
 def test_serve_reports_malformed_skills_on_start(served):

@@ -35,7 +35,7 @@ def skills_cli() -> Path:
         cache.mkdir(parents=True, exist_ok=True)
         result = subprocess.run(
             ["npm", "install", "--prefix", str(cache), "--no-audit", "--no-fund", "--loglevel=error",
-             f"skills@{SKILLS_CLI_VERSION}"], capture_output=True, text=True, timeout=300)
+             f"skills@{SKILLS_CLI_VERSION}"], capture_output=True, text=True, timeout=300, check=False)
         if result.returncode != 0 or not entry.is_file():
             pytest.fail(f"could not install skills@{SKILLS_CLI_VERSION} with npm: {result.stderr.strip()[-300:]}")
     return entry
@@ -61,13 +61,13 @@ class Env:
 
     def npx_skills(self, *args: str) -> str:
         result = subprocess.run(["node", str(self.cli), *args], cwd=self.cwd, env=self.env, capture_output=True,
-                                text=True, timeout=120, stdin=subprocess.DEVNULL)
+                                text=True, timeout=120, stdin=subprocess.DEVNULL, check=False)
         assert result.returncode == 0, f"skills {' '.join(args)} failed: {result.stdout[-800:]} {result.stderr[-800:]}"
         return ANSI.sub("", result.stdout)
 
     def hiclaw(self, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
         result = subprocess.run([sys.executable, "-m", "hiclaw", "skills", *args], cwd=self.cwd, env=self.env,
-                                capture_output=True, text=True, timeout=120)
+                                capture_output=True, text=True, timeout=120, check=False)
         if ok:
             assert result.returncode == 0, result.stderr
         return result

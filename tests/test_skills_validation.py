@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 import subprocess
 import tarfile
@@ -84,7 +85,7 @@ def test_check_files_enforces_limits_and_root_skill_md():
         check_files({**ok, "c": b""}, Limits(max_files=2), where="s")
     with pytest.raises(UnsafeSkillError, match="unpacks to 2 bytes \\(limit 1\\)"):
         check_files(ok, Limits(max_bytes=1), where="s")
-    with pytest.raises(UnsafeSkillError, match="no SKILL.md"):
+    with pytest.raises(UnsafeSkillError, match=re.escape("no SKILL.md")):
         check_files({"README.md": b""}, Limits(), where="s")
     with pytest.raises(UnsafeSkillError, match="inside a file of the same name"):
         check_files({"SKILL.md": b"", "a": b"", "a/b": b""}, Limits(), where="s")

@@ -2,22 +2,23 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 import httpx
 import pytest
 
+from hiclaw.testing import clean_env
+
 
 def _env(home, **extra):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HICLAW_", "S3_"))}
+    env = clean_env(drop=("S3_",))
     return {**env, "HICLAW_HOME": str(home), **extra}
 
 
 def run(hiclaw_cli, home, *args, stdin=None, env=None, check=True):
     result = subprocess.run([str(hiclaw_cli), "fs", *args], capture_output=True, env=env or _env(home), input=stdin,
-                            timeout=60)
+                            timeout=60, check=False)
     if check:
         assert result.returncode == 0, result.stderr.decode()
     return result

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import time
 from pathlib import Path
 
@@ -57,7 +58,7 @@ async def test_put_get_stat_overwrite(storage):
 
 
 async def test_missing_objects(storage):
-    with pytest.raises(NotFoundError, match="no object 'agents/alice/absent.md'"):
+    with pytest.raises(NotFoundError, match=re.escape("no object 'agents/alice/absent.md'")):
         await storage.get("agents/alice/absent.md")
     assert await storage.stat("agents/alice/absent.md") is None
     await storage.delete("agents/alice/absent.md")  # absent is fine

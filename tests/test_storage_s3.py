@@ -143,7 +143,7 @@ def test_configuration_errors_are_one_clear_line(plugin_host, s3_server):
         with pytest.raises(ConfigError) as info:
             _create(plugin_host, settings, secrets=secrets)
         assert message in str(info.value) and "\n" not in str(info.value)
-    with pytest.raises(ConfigError, match="needs settings.access_key"):
+    with pytest.raises(ConfigError, match=re.escape("needs settings.access_key")):
         _create(plugin_host, {"endpoint": s3_server.url}, side="worker")
 
 

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
+from hiclaw.testing import clean_env
 from hiclaw.testing.team import running_team, wait_until
 
 CREATE_ALEX = {
@@ -20,9 +20,9 @@ CREATE_ALEX = {
 
 def test_demo_command_passes(tmp_path):
     """The README's main command, end to end: exit 0 only if the final state is exactly right."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HICLAW_")}
+    env = clean_env()
     result = subprocess.run([sys.executable, "-m", "hiclaw", "demo", "--home", str(tmp_path / "demo"), "--timeout", "120"],
-                            capture_output=True, text=True, env=env, timeout=600)
+                            capture_output=True, text=True, env=env, timeout=600, check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "demo PASSED" in result.stdout
     assert "FAIL" not in result.stdout
@@ -31,7 +31,7 @@ def test_demo_command_passes(tmp_path):
 
     def cli(*args):
         return subprocess.run([sys.executable, "-m", "hiclaw", *args], capture_output=True, text=True, env=env,
-                              timeout=120)
+                              timeout=120, check=False)
 
     plan = cli("project", "show", "proj-001").stdout
     assert plan.count("- [x] task-") == 6 and "task-006 Revise: Product acceptance — @sam (revision of task-004" in plan
@@ -77,13 +77,13 @@ def test_demo_opening_with_your_own_model(tmp_path):
         secrets = Secrets({}, user_home / "secrets.toml", environ={})
         secrets.set("my_provider_key", "sk-provider-canary")
         secrets.save()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("HICLAW_")} | {"HICLAW_HOME": str(user_home)}
+        env = clean_env(user_home)
         result = subprocess.run([sys.executable, "-m", "hiclaw", "demo", "--model", "smart", "--home",
                                  str(tmp_path / "demo"), "--timeout", "120"], capture_output=True, text=True, env=env,
-                                timeout=600)
+                                timeout=600, check=False)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
         assert "ok   the Manager proposed a plan" in result.stdout
         assert "sk-provider-canary" not in result.stdout + result.stderr
         bad = subprocess.run([sys.executable, "-m", "hiclaw", "demo", "--model", "nope"], capture_output=True,
-                             text=True, env=env, timeout=120)
+                             text=True, env=env, timeout=120, check=False)
         assert bad.returncode == 1 and "--model 'nope' is not a model alias" in bad.stderr

@@ -7,16 +7,18 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 from hiclaw.config import save_config
+from hiclaw.testing import clean_env
 from hiclaw.testing.gateway import running_scripted_model
 from hiclaw.testing.team import team_config, wait_until
 
 
 def hiclaw(home, *args, timeout=120):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HICLAW_")} | {"HICLAW_HOME": str(home)}
+    env = clean_env(home)
     return subprocess.run([sys.executable, "-m", "hiclaw", *args], capture_output=True, text=True, env=env,
-                          timeout=timeout)
+                          timeout=timeout, check=False)
 
 
 def alive(pid: int) -> bool:
@@ -32,9 +34,9 @@ async def test_up_status_worker_commands_and_ctrl_c(tmp_path):
     with running_scripted_model({"agents": {"*": {"default": {"text": "ok"}}}}) as model:
         save_config(team_config(model.base_url), home)
         assert hiclaw(home, "status").stdout.startswith("team: stopped")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("HICLAW_")} | {"HICLAW_HOME": str(home)}
-        log = open(tmp_path / "up.log", "w")
-        up = subprocess.Popen([sys.executable, "-m", "hiclaw", "up"], env=env, stdout=log, stderr=subprocess.STDOUT)
+        env = clean_env(home)
+        with open(tmp_path / "up.log", "w") as log:  # the child keeps its own copy of the descriptor
+            up = subprocess.Popen([sys.executable, "-m", "hiclaw", "up"], env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             await wait_until(lambda: "hiclaw is up" in (tmp_path / "up.log").read_text() or up.poll() is not None,
                              timeout=120, what="hiclaw up")
@@ -58,8 +60,8 @@ async def test_up_status_worker_commands_and_ctrl_c(tmp_path):
             assert bad.returncode == 1 and bad.stderr.startswith("error: invalid agent name")
 
             worker_pids = [int(line.split()[0]) for line in subprocess.run(
-                ["pgrep", "-f", "-a", "hiclaw.worker"], capture_output=True, text=True).stdout.splitlines()
-                if str(home) in open(f"/proc/{line.split()[0]}/environ", "rb").read().decode(errors="replace")]
+                ["pgrep", "-f", "-a", "hiclaw.worker"], capture_output=True, text=True, check=False).stdout.splitlines()
+                if str(home) in Path(f"/proc/{line.split()[0]}/environ").read_bytes().decode(errors="replace")]
             assert worker_pids, "bob's process is visible on the host"
         finally:
             up.send_signal(signal.SIGINT)

@@ -10,7 +10,7 @@ import asyncio
 import os
 import sqlite3
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
 
@@ -92,11 +92,11 @@ class FakeProvisioner:
         self.fail_starts = False
         self._locks: dict[str, asyncio.Lock] = {}
 
-    def _lock(self, name: str) -> asyncio.Lock:
+    def lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())
 
     async def start_process(self, worker: Worker, *, restart: bool = False) -> None:
-        async with self._lock(worker.name):
+        async with self.lock(worker.name):
             if self.fail_starts:
                 raise RuntimeError("no sandbox")
             self.started.append(worker.name)
@@ -135,7 +135,7 @@ class FakePlane:
     async def _render(self, project_id: str) -> None:
         self.rendered.append(project_id)
 
-    async def _wake_manager(self, room_id: str, text: str, key: str) -> None:
+    async def wake_manager(self, room_id: str, text: str, key: str) -> None:
         self.wakes.append((room_id, text, key))
 
     def display(self, user_id: str) -> str:
@@ -167,7 +167,7 @@ def plane(tmp_path: Any, clock: Clock) -> Any:
 
 
 def message(sender: str, body: str, *, mentions: tuple[str, ...] = (), when: float | None = None) -> ChatMessage:
-    stamp = datetime.fromtimestamp(when if when is not None else time.time(), timezone.utc)
+    stamp = datetime.fromtimestamp(when if when is not None else time.time(), UTC)
     return ChatMessage(room_id="!room", event_id=f"${sender}{stamp.timestamp()}", sender=f"@{sender}:test", body=body,
                        mentions=mentions, timestamp=stamp)
 
@@ -315,7 +315,7 @@ async def test_processes_the_watchdog_leaves_alone(plane, worker_state, process)
 
 async def test_a_worker_being_started_or_removed_is_left_to_the_provisioner(plane):
     plane.add_worker("bob", process="stopped")
-    async with plane.provisioner._lock("bob"):
+    async with plane.provisioner.lock("bob"):
         assert (await plane.watchdog.tick()).restarted == []
 
 
@@ -342,7 +342,7 @@ async def test_planned_exits_are_not_crashes(plane):
     plane.add_task("bob")
     for callback in plane.supervisor.exit_callbacks:
         callback("bob", 0, False)  # stopped on purpose
-    async with plane.provisioner._lock("bob"):  # a restart the provisioner asked for
+    async with plane.provisioner.lock("bob"):  # a restart the provisioner asked for
         for callback in plane.supervisor.exit_callbacks:
             callback("bob", -15, True)
     assert plane.state.events(kind="worker.crashed") == []

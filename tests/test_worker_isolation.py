@@ -197,7 +197,8 @@ async def run_sweep(tmp_path: Path, skip: str) -> None:
 
         # Negative control: the same file sweep on the host, over the team's home, finds it.
         host = subprocess.run(["bash", "-c", FILE_SWEEP], cwd=tmp_path, capture_output=True, text=True,
-                              env={**os.environ, "SWEEP_ROOT": str(team.home), "SWEEP_SKIP": "", "SWEEP_SYSTEM": ""}, timeout=120)
+                              env={**os.environ, "SWEEP_ROOT": str(team.home), "SWEEP_SKIP": "", "SWEEP_SYSTEM": ""},
+                              timeout=120, check=False)
         assert f"canary-shaped: {canary}" in host.stdout, host.stdout + host.stderr
         host_seen = {"host sweep output": host.stdout.encode(), "host sweep copy": (tmp_path / "sweep.txt").read_bytes()}
         assert leaks(host_seen, canary) == ["host sweep copy", "host sweep output"]

@@ -77,7 +77,7 @@ class AgentLoop:
             result = await tool.handler(arguments)
         except HiclawError as exc:
             return ToolCallRecord(name, arguments, f"error: {exc}", error=True)
-        except Exception as exc:  # noqa: BLE001 - a tool bug must not kill the agent; the model sees it
+        except Exception as exc:
             log.exception("agent %s: tool %s failed", self.agent, name)
             return ToolCallRecord(name, arguments, f"error: {type(exc).__name__}: {exc}", error=True)
         return ToolCallRecord(name, arguments, _render_result(result))

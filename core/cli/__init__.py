@@ -64,15 +64,14 @@ def cli(ctx: click.Context) -> None:
     ctx.ensure_object(App)
 
 
-_plugin_commands_added = False
+_plugin_commands: dict[str, bool] = {"added": False}
 
 
 def _add_plugin_commands() -> None:
     """Let plugins add commands; a broken plugin must not take the CLI down."""
-    global _plugin_commands_added
-    if _plugin_commands_added:
+    if _plugin_commands["added"]:
         return
-    _plugin_commands_added = True
+    _plugin_commands["added"] = True
     try:
         host = App().host_for_cli()
     except HiclawError:

@@ -31,7 +31,8 @@ class App:
 
     @cached_property
     def host(self) -> PluginHost:
-        return PluginHost(disabled=self.config.plugins.disabled, secret_source=lambda name: self.secrets.get(name))
+        return PluginHost(disabled=self.config.plugins.disabled,
+                          secret_source=lambda name: self.secrets.get(name))  # noqa: PLW0108 - loads secrets.toml lazily
 
     def host_for_cli(self) -> PluginHost:
         """A host for adding plugin commands; tolerates a broken config (the command reports it)."""

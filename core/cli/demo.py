@@ -29,9 +29,8 @@ def demo_command(keep: bool, home: Path | None, sandbox: str | None, timeout: fl
 
         click.echo(yaml.safe_dump(demo_scenario(), sort_keys=False, allow_unicode=True, width=120))
         return
-    from hiclaw.demo.runner import Demo
-
     from hiclaw.config import hiclaw_home
+    from hiclaw.demo.runner import Demo
 
     demo = Demo(home=home, keep=keep, sandbox=sandbox, timeout=timeout, real_model=real_model, real_home=hiclaw_home())
 

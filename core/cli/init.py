@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import click
 
@@ -34,7 +35,7 @@ PROVIDERS: dict[str, Provider] = {
 SANDBOXES = ["bwrap", "process", "docker", "kubernetes"]
 
 
-def _ask(interactive: bool, value: object, prompt: str, **kwargs: object) -> object:
+def _ask(interactive: bool, value: object, prompt: str, **kwargs: Any) -> Any:
     if value is not None or not interactive:
         return value if value is not None else kwargs.get("default")
     return click.prompt(prompt, **kwargs)
@@ -66,9 +67,9 @@ def init_command(app: App, non_interactive: bool, force: bool, **answers: object
     """Create the configuration in $HICLAW_HOME (default ~/.hiclaw)."""
     interactive = not non_interactive
     path = app.home / CONFIG_FILE
-    if path.exists() and not force:
-        if not interactive or not click.confirm(f"{path} exists. Overwrite it?", default=False):
-            raise ConfigError(f"{path} already exists", hint="pass --force to overwrite it")
+    if path.exists() and not force and (
+            not interactive or not click.confirm(f"{path} exists. Overwrite it?", default=False)):
+        raise ConfigError(f"{path} already exists", hint="pass --force to overwrite it")
     config = HiclawConfig()
     secrets = Secrets.load(app.home) if (app.home / "secrets.toml").exists() else Secrets({}, app.home / "secrets.toml")
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -55,7 +56,7 @@ def check_scenario(scenario: Path, as_json: bool) -> None:
     from hiclaw.scripted import load_scenario
 
     loaded = load_scenario(scenario)
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"agent": name, "turns": len(script.turns), "rules": len(script.rules), "default": script.default is not None,
          "tools": sorted({c.name for t in [*script.turns, *script.rules, *([script.default] if script.default else [])]
                           for c in t.tool_calls})}

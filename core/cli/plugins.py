@@ -48,7 +48,7 @@ def list_command(app: App, as_json: bool, show_all: bool) -> None:
 
 def _pip(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
-    return subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True, env=env)
+    return subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True, env=env, check=False)
 
 
 def _pip_error(result: subprocess.CompletedProcess[str]) -> str:
@@ -60,7 +60,7 @@ def _pip_error(result: subprocess.CompletedProcess[str]) -> str:
 def _fresh_plugin_list() -> list[dict[str, Any]]:
     """List plugins in a new interpreter, so newly installed entry points are seen."""
     result = subprocess.run(
-        [sys.executable, "-m", "hiclaw", "plugins", "list", "--json"], capture_output=True, text=True
+        [sys.executable, "-m", "hiclaw", "plugins", "list", "--json"], capture_output=True, text=True, check=False
     )
     if result.returncode != 0:
         raise PluginError(f"could not list plugins after installing: {result.stderr.strip()[:300]}")
@@ -160,7 +160,7 @@ def _set_disabled(app: App, name: str, disabled: bool) -> None:
     def mutate(data: dict[str, Any]) -> None:
         section = data.setdefault("plugins", {})
         current = [n for n in section.get("disabled", []) if n != name]
-        section["disabled"] = sorted(current + [name] if disabled else current)
+        section["disabled"] = sorted([*current, name] if disabled else current)
 
     path = update_config_file(app.home, mutate)
     click.echo(f"{'disabled' if disabled else 'enabled'} {name} (in {path})")

@@ -12,6 +12,7 @@ import click
 from hiclaw.cli.app import App, emit_json, pass_app, table
 from hiclaw.errors import NotFoundError
 from hiclaw.host import ComponentContext
+from hiclaw.protocols import Stoppable
 from hiclaw.state import StateDB, Task
 
 
@@ -141,9 +142,8 @@ def task_show(app: App, task_id: str, as_json: bool) -> None:
         try:
             return await read(layout.task_spec(task_id)), await read(layout.task_result(task_id))
         finally:
-            stop = getattr(storage, "stop", None)
-            if stop is not None:
-                await stop()
+            if isinstance(storage, Stoppable):
+                await storage.stop()
 
     spec, result = asyncio.run(both())
     if as_json:

@@ -56,7 +56,7 @@ def check_command(app: App, backend_name: str | None, as_json: bool, verbose: bo
         report = asyncio.run(run_check(name, make_backend, real_control_home=app.home))
     except HiclawError:
         raise
-    except (OSError, RuntimeError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, OSError, RuntimeError) as exc:
         raise HiclawError(f"sandbox check with backend {name!r} could not run: {exc}",
                           hint="see the message above; `hiclaw sandbox check --backend process` needs no isolation support") from None
     if as_json:

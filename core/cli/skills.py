@@ -16,6 +16,7 @@ import click
 
 from hiclaw.cli.app import App, emit_json, pass_app, table
 from hiclaw.errors import HiclawError
+from hiclaw.protocols import Closeable
 
 T = TypeVar("T")
 
@@ -50,9 +51,8 @@ def _run(app: App, work: Callable[[Any], Coroutine[Any, Any, T]]) -> T:
         try:
             return await work(registry)
         finally:
-            close = getattr(registry, "aclose", None)
-            if close is not None:
-                await close()
+            if isinstance(registry, Closeable):
+                await registry.aclose()
 
     return asyncio.run(main())
 

@@ -13,6 +13,7 @@ import httpx
 
 from hiclaw.cli.app import App, emit_json, pass_app, table
 from hiclaw.errors import HiclawError
+from hiclaw.protocols import AdoptingSandbox
 
 
 def running_control(app: App) -> dict[str, Any] | None:
@@ -56,7 +57,7 @@ def up_command(app: App, lan: bool, yolo: bool) -> None:
     if yolo:
         config.team.yolo = True
     if lan:
-        config.channel.settings = {**config.channel.settings, "host": "0.0.0.0"}
+        config.channel.settings = {**config.channel.settings, "host": "0.0.0.0"}  # noqa: S104 - --lan asks for all interfaces
         click.echo("warning: --lan: the homeserver listens on all interfaces; anyone on your network can reach it",
                    err=True)
     started = time.monotonic()
@@ -128,8 +129,7 @@ def down_command(app: App) -> None:
     sandbox = app.config.sandbox
     backend = app.host.create("sandbox", sandbox.plugin, sandbox.settings,
                               ComponentContext(home=app.home, side="control", config=app.config), section="sandbox.settings")
-    stop_leftovers = getattr(backend, "stop_leftovers", None)
-    stopped = asyncio.run(stop_leftovers()) if stop_leftovers is not None else []
+    stopped = asyncio.run(backend.stop_leftovers()) if isinstance(backend, AdoptingSandbox) else []
     for name in stopped:
         click.echo(f"worker {name} stopped")
     if not stopped:

@@ -8,6 +8,7 @@ import click
 from hiclaw.cli.app import App, emit_json, pass_app, table
 from hiclaw.cli.gateway import gateway_component
 from hiclaw.errors import InvalidInputError
+from hiclaw.protocols import UsageLedger
 
 
 @click.command("usage")
@@ -20,10 +21,9 @@ from hiclaw.errors import InvalidInputError
 def usage_command(app: App, by: str, since: str | None, as_json: bool) -> None:
     """Calls, tokens and cost per consumer, task, project or model."""
     gateway = gateway_component(app)
-    usage = getattr(gateway, "usage", None)
-    if usage is None:
+    if not isinstance(gateway, UsageLedger):
         raise InvalidInputError(f"the configured gateway ({app.config.gateway.plugin}) keeps no usage ledger")
-    rows = asyncio.run(usage(by=by, since=since))
+    rows = asyncio.run(gateway.usage(by=by, since=since))
     if as_json:
         emit_json(rows)
         return

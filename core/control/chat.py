@@ -4,6 +4,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from hiclaw.protocols import RoomDirectory
 from hiclaw.state import Project
 
 
@@ -37,8 +38,9 @@ class ControlChat:
     async def room(self, key: str, name: str, members: Sequence[str], topic: str = "") -> str:
         """The room ``key`` with at least these members (created or completed if needed)."""
         everyone = [*self.members, *members]
-        known = getattr(self.plane.channel, "known_room", None)
-        room_id = known(key, everyone) if known is not None else self._rooms.get(f"{key}:{sorted(everyone)}")
+        channel = self.plane.channel
+        room_id = (channel.known_room(key, everyone) if isinstance(channel, RoomDirectory)
+                   else self._rooms.get(f"{key}:{sorted(everyone)}"))
         if room_id is None:  # new room, or new members: ensure_room is idempotent
             room_id = await self.plane.channel.ensure_room(key, name=name, members=everyone, admins=self.members,
                                                           topic=topic)

@@ -10,14 +10,13 @@ contains ``*`` (``*`` or ``*/2``) — like Vixie cron.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterBadDateError, croniter
 
 from hiclaw.errors import InvalidInputError
 
-UTC = timezone.utc
 FIELDS = (("minute", "0-59"), ("hour", "0-23"), ("day-of-month", "1-31"), ("month", "1-12 or JAN-DEC"),
           ("day-of-week", "0-7 or SUN-SAT (0 and 7 are Sunday)"))
 EXAMPLE = "e.g. '0 9 * * *' for 09:00 every day or '30 8 * * MON-FRI' for 08:30 on weekdays"

@@ -80,7 +80,7 @@ class IdlePolicy:
     async def sleep(self, name: str) -> bool:
         """Stop an idle worker's process and mark it sleeping; False if it is no longer idle."""
         provisioner = self.plane.provisioner
-        async with self._lock(name), provisioner._lock(name):  # never while it is started or removed
+        async with self._lock(name), provisioner.lock(name):  # never while it is started or removed
             worker = self.plane.state.find_worker(name)
             if worker is None or worker.state != ACTIVE or self._has_work(name):
                 return False

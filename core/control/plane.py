@@ -29,6 +29,7 @@ from hiclaw.host import ComponentContext, PluginHost, RuntimeContext
 from hiclaw.manager.agent import ManagerAgent
 from hiclaw.manager.engine import TaskEngine
 from hiclaw.models import ChatMessage, ModelRequest, TaskRecord, TaskResult, TaskState, ToolSpec
+from hiclaw.protocols import ChannelServices, Lifecycle, Stoppable, StorageEndpoint, TeamChannel, missing_members
 from hiclaw.state import StateDB
 from hiclaw.storage import layout
 
@@ -89,9 +90,8 @@ class ControlPlane:
     def bridge_urls(self) -> dict[str, str]:
         """Every service a worker must reach from its sandbox, by name."""
         urls = {"gateway": self.gateway.base_url, "control": self.api.url}
-        service_urls = getattr(self.channel, "service_urls", None)
-        if service_urls is not None:
-            urls.update(service_urls())
+        if isinstance(self.channel, ChannelServices):
+            urls.update(self.channel.service_urls())
         urls.update(self._extra_bridges)
         return urls
 
@@ -134,9 +134,16 @@ class ControlPlane:
         self.progress(f"channel: {self.config.channel.plugin}")
         self.channel = self.host.create("channel", self.config.channel.plugin, self.config.channel.settings,
                                         self._ctx(agent=MANAGER), section="channel.settings")
+        lacking = missing_members(self.channel, TeamChannel)
+        if lacking:
+            from hiclaw.errors import PluginError
+
+            plugin = self.host.registration("channel", self.config.channel.plugin).plugin
+            raise PluginError(f"channel {self.config.channel.plugin!r} (plugin {plugin}) cannot run a team: it lacks "
+                              f"{', '.join(lacking)}",
+                              hint="implement hiclaw.protocols.TeamChannel (docs/plugins/hooks.md#hiclaw_register_channels)")
         # The homeserver boots in the background while the rest starts (it is the slowest part).
-        start_services = getattr(self.channel, "start_services", None)
-        services = asyncio.create_task(start_services()) if start_services is not None else None
+        services = asyncio.create_task(self.channel.start_services()) if isinstance(self.channel, ChannelServices) else None
         self.components["channel"] = self.channel
 
         self.progress(f"gateway: {self.config.gateway.plugin}")
@@ -148,11 +155,10 @@ class ControlPlane:
 
         self.storage = self.host.create("storage", self.config.storage.plugin, self.config.storage.settings,
                                         self._ctx(), section="storage.settings")
-        if hasattr(self.storage, "start"):
+        if isinstance(self.storage, Lifecycle):
             await self.storage.start()
-        endpoint = getattr(self.storage, "endpoint_url", None)
-        if endpoint:
-            self._extra_bridges["storage"] = endpoint
+        if isinstance(self.storage, StorageEndpoint) and self.storage.endpoint_url:
+            self._extra_bridges["storage"] = self.storage.endpoint_url
         self.components["storage"] = self.storage
         self.progress(f"storage: {self.config.storage.plugin}")
 
@@ -172,7 +178,7 @@ class ControlPlane:
         self.chat = ControlChat(self)
         self.provisioner = Provisioner(self)
         self.engine = TaskEngine(state=self.state, storage=self.storage, chat=self.chat, access=self.provisioner,
-                                 wake_manager=self._wake_manager, yolo=self.config.team.yolo, admin=ADMIN,
+                                 wake_manager=self.wake_manager, yolo=self.config.team.yolo, admin=ADMIN,
                                  after_task=self._after_task)
         self.scheduler = Scheduler(self)
         self.watchdog = Watchdog(self)  # heartbeat, restarts, re-notices, stalls; idle sleep below
@@ -224,16 +230,17 @@ class ControlPlane:
             self._inbox_task.cancel()
         started = self.__dict__
         steps = (  # (attribute that must exist, what to call)
-            ("watchdog", lambda: self.watchdog.stop()),  # first: it would restart stopping workers
-            ("scheduler", lambda: self.scheduler.stop()),
+            ("watchdog", lambda: self.watchdog.stop()),  # noqa: PLW0108 - lazy; first: it would restart stopping workers
+            ("scheduler", lambda: self.scheduler.stop()),  # noqa: PLW0108 - lazy: may be unset
             ("state", lambda: self.host.shutdown(self.runtime_context())),
-            ("supervisor", lambda: self.supervisor.close()),
-            ("channel", lambda: self.channel.stop()),
-            ("api", lambda: self.api.stop()),
-            ("skills", lambda: self.skills.aclose()),
-            ("manager_client", lambda: self.manager_client.aclose()),
-            ("gateway", lambda: self.gateway.stop()),
-            ("channel", lambda: getattr(self.channel, "stop_services", _nothing)()),
+            ("supervisor", lambda: self.supervisor.close()),  # noqa: PLW0108 - lazy: may be unset
+            ("channel", lambda: self.channel.stop()),  # noqa: PLW0108 - lazy: may be unset
+            ("api", lambda: self.api.stop()),  # noqa: PLW0108 - lazy: may be unset
+            ("skills", lambda: self.skills.aclose()),  # noqa: PLW0108 - lazy: may be unset
+            ("manager_client", lambda: self.manager_client.aclose()),  # noqa: PLW0108 - lazy: may be unset
+            ("gateway", lambda: self.gateway.stop()),  # noqa: PLW0108 - lazy: may be unset
+            ("storage", lambda: self.storage.stop() if isinstance(self.storage, Stoppable) else _nothing()),
+            ("channel", lambda: self.channel.stop_services() if isinstance(self.channel, ChannelServices) else _nothing()),
         )
         for attribute, closer in steps:
             if attribute not in started:
@@ -289,7 +296,8 @@ class ControlPlane:
             try:
                 skill = bundled_skill(name)
                 skills.append((name, skill.description))
-            except Exception:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - a broken bundled skill is left out of the prompt
+                log.debug("bundled skill %s left out: %s", name, exc)
                 continue
         return skills
 
@@ -345,7 +353,7 @@ class ControlPlane:
         self.state.inbox_add(f"message:{message.event_id}", "message", message.model_dump(mode="json"))
         self._inbox_wakeup.set()
 
-    async def _wake_manager(self, room_id: str, text: str, key: str) -> None:
+    async def wake_manager(self, room_id: str, text: str, key: str) -> None:
         """Queue a Manager turn for a judgement; the same key is queued once, ever."""
         if self.state.inbox_add(f"wake:{key}", "wake", {"room_id": room_id, "text": text, "key": key}):
             self.state.log_event("manager.wake", key, room=room_id)
@@ -361,7 +369,7 @@ class ControlPlane:
                         await self.manager.handle(ChatMessage.model_validate(payload))
                     else:
                         await self.manager.wake(payload["room_id"], payload["text"], key=f"manager-{payload['key']}")
-                except Exception:  # noqa: BLE001 - the turn failed; it already told the admin
+                except Exception:
                     log.exception("manager turn for %s failed", item["key"])
                 self.state.inbox_done(item["id"])
             self._inbox_wakeup.clear()

@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 
 from hiclaw.errors import HiclawError, InvalidInputError
 from hiclaw.models import TaskState
+from hiclaw.protocols import AdoptingSandbox, TokenChecker
 from hiclaw.state import Worker
 from hiclaw.storage import layout
 
@@ -65,7 +66,8 @@ class Provisioner:
         self.ready_at: dict[str, float] = {}  # epoch seconds of each worker's latest "ready" (watchdog)
         self._locks: dict[str, asyncio.Lock] = {}
 
-    def _lock(self, name: str) -> asyncio.Lock:
+    def lock(self, name: str) -> asyncio.Lock:
+        """The lock held while worker ``name`` is created, (re)started or removed."""
         return self._locks.setdefault(name, asyncio.Lock())
 
     # ------------------------------------------------------------------ create / remove
@@ -103,7 +105,7 @@ class Provisioner:
 
     async def remove_worker(self, name: str) -> None:
         worker = self.plane.state.worker(name)
-        async with self._lock(name):
+        async with self.lock(name):
             await self.plane.supervisor.stop(name)
             await self.plane.gateway.revoke_token(name)
             await self.plane.storage.revoke(name)
@@ -156,6 +158,10 @@ class Provisioner:
         needed |= {reg.plugin for reg in host.registrations("tool").values()}
         return sorted(needed)
 
+    def installed_plugins(self) -> list[str]:
+        """Names of the installed (entry-point) plugins the control plane loaded: workers load these."""
+        return sorted(p.name for p in self.plane.host.plugins() if p.source == "entry point" and p.status == "ok")
+
     def state_dir(self, name: str) -> Path:
         path = self.plane.home / "workers" / name
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -207,7 +213,7 @@ class Provisioner:
                "model": worker.model, "budget": worker.budget_usd, "network": worker.network,
                "models": sorted(config.models), "rw": rw, "ro": ro, "channel": [config.channel.plugin, channel],
                "storage": config.storage.plugin, "sandbox": [config.sandbox.plugin, config.sandbox.settings],
-               "plugins": [config.plugins.disabled, self.worker_plugins(config.storage.plugin)],
+               "plugins": [config.plugins.disabled, self.worker_plugins(config.storage.plugin), self.installed_plugins()],
                "orphan_timeout": config.team.orphan_timeout_seconds,
                "bridges": sorted(self.plane.bridge_urls())}
         return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:32]
@@ -254,7 +260,7 @@ class Provisioner:
             # The worker's own persistent state (sync token, seen events, mention buffers): it
             # survives restarts of the sandbox, so nothing is replayed and nothing is lost.
             scratch_dir=str(self.state_dir(worker.name)), disabled_plugins=plane.config.plugins.disabled,
-            default_plugins=self.worker_plugins(access.plugin),
+            default_plugins=self.worker_plugins(access.plugin), entry_point_plugins=self.installed_plugins(),
             orphan_timeout_seconds=plane.config.team.orphan_timeout_seconds,
         )
 
@@ -278,9 +284,9 @@ class Provisioner:
 
         plane = self.plane
         loaded = self._load_run(worker.name, fingerprint)
-        check_token = getattr(plane.gateway, "check_token", None)
-        if loaded is None or check_token is None:
+        if loaded is None or not isinstance(plane.gateway, TokenChecker):
             return None
+        check_token = plane.gateway.check_token
         old, access = loaded
         token = old.gateway.token.get_secret_value()
         if not await check_token(worker.name, token):
@@ -301,7 +307,7 @@ class Provisioner:
 
     async def start_process(self, worker: Worker, *, restart: bool = False) -> None:
         plane = self.plane
-        async with self._lock(worker.name):
+        async with self.lock(worker.name):
             running = plane.supervisor.status(worker.name).get("state") == "running"
             if running and not restart:
                 return
@@ -355,7 +361,7 @@ class Provisioner:
                                   hint=f"see its log: hiclaw worker logs {name}")
             try:
                 await asyncio.wait_for(event.wait(), timeout=0.1)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 continue
 
     async def mark_ready(self, name: str, info: dict[str, Any] | None = None) -> None:
@@ -380,8 +386,8 @@ class Provisioner:
             if isinstance(result, BaseException):
                 log.error("worker %s could not be reconciled: %s", worker.name, result)
                 failed.append(worker.name)
-        stop_leftovers = getattr(self.plane.supervisor.backend, "stop_leftovers", None)
-        if stop_leftovers is not None:  # runs of workers removed or asleep meanwhile
-            for name in await stop_leftovers(keep=set(self.plane.supervisor.names())):
+        backend = self.plane.supervisor.backend
+        if isinstance(backend, AdoptingSandbox):  # runs of workers removed or asleep meanwhile
+            for name in await backend.stop_leftovers(keep=set(self.plane.supervisor.names())):
                 log.info("stopped worker %s, left running by a crashed control plane", name)
         return failed

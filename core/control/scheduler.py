@@ -207,7 +207,7 @@ class Scheduler:
             self._wakeup.clear()
             try:
                 await self.run_due()
-            except Exception:  # noqa: BLE001 - keep time; the state DB may be briefly unavailable
+            except Exception:
                 log.exception("scheduler: reading the schedules failed")
                 self._failed = True
 
@@ -243,7 +243,7 @@ class Scheduler:
                     continue
                 try:
                     fired.append(await self.fire(schedule, rule, slot=due[0], first_missed=due[1], now=now))
-                except Exception:  # noqa: BLE001 - one failing run must not hold up the others
+                except Exception:
                     log.exception("schedule %s: run of %s failed; retrying at the next tick", schedule.name, due[0])
                     self._failed = True
         return fired

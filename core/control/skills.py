@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from hiclaw.host import ComponentContext
+from hiclaw.protocols import LocalPaths
 from hiclaw.storage import layout
 
 #: Bundled skills every worker starts with.
@@ -36,10 +37,9 @@ class TeamSkills:
         await self.service.aclose()
 
     def _local_dir(self, worker: str) -> Path | None:
-        local_path = getattr(self.plane.storage, "local_path", None)
-        if local_path is None:
+        if not isinstance(self.plane.storage, LocalPaths):
             return None
-        path = Path(local_path(layout.agent_skills_dir(worker) + "x")).parent
+        path = Path(self.plane.storage.local_path(layout.agent_skills_dir(worker) + "x")).parent
         path.mkdir(parents=True, exist_ok=True)
         return path
 

@@ -31,7 +31,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from hiclaw.control.idle import ACTIVE, IdlePolicy
@@ -54,7 +54,7 @@ def epoch(value: str | None) -> float:
 
 
 def iso(when: float) -> str:
-    return datetime.fromtimestamp(when, timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.fromtimestamp(when, UTC).isoformat(timespec="milliseconds")
 
 
 @dataclass
@@ -129,7 +129,7 @@ class Watchdog:
             await asyncio.sleep(self.check_every)  # a periodic timer, not synchronisation
             try:
                 await self.tick()
-            except Exception:  # noqa: BLE001 - one failed check must not end supervision
+            except Exception:
                 log.exception("heartbeat check failed")
 
     # ------------------------------------------------------------------ signals from the plane
@@ -164,7 +164,7 @@ class Watchdog:
 
     def _on_exit(self, name: str, code: int | None, will_restart: bool) -> None:
         # A restart the provisioner asked for holds its lock; only unplanned exits count here.
-        if not will_restart or self.plane.provisioner._lock(name).locked():
+        if not will_restart or self.plane.provisioner.lock(name).locked():
             return
         worker = self.plane.state.find_worker(name)
         if worker is None or worker.state != ACTIVE:
@@ -202,7 +202,7 @@ class Watchdog:
             items, self._judgement = self._judgement, []
             report.summary = "Heartbeat — needs your judgement:\n" + "\n".join(f"- {line}" for _, line in items)
             key = "heartbeat:" + "+".join(key for key, _ in items)
-            await self.plane._wake_manager(self.plane.chat.manager_room, report.summary, key)
+            await self.plane.wake_manager(self.plane.chat.manager_room, report.summary, key)
         return report
 
     async def _gateway_callers(self, now: float) -> set[str]:
@@ -235,7 +235,7 @@ class Watchdog:
             # "absent": never started by this control plane (being created, or reconciliation
             # failed and said so); "crash-loop": stopped on purpose by the supervisor.
             if (worker.state != ACTIVE or process in (*SUPERVISED, "crash-loop", "absent")
-                    or self.plane.provisioner._lock(name).locked()
+                    or self.plane.provisioner.lock(name).locked()
                     or self._start_failures.get(name, 0) >= MAX_START_FAILURES):
                 continue
             restarts.append(self._restart(worker, process, report))

@@ -80,7 +80,7 @@ class AdminClient:
             self._task.cancel()
             try:
                 await self._task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001, S110 - stopping: how the loop ended does not matter
                 pass
         await self._http.aclose()
 

@@ -11,13 +11,13 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import click
 
 from hiclaw.config import HiclawConfig, Secrets, save_config
+from hiclaw.demo import REGISTRY_ROOT
 from hiclaw.demo.admin import AdminClient, SeenMessage
 from hiclaw.demo.scenario import PLAN, PROJECT, SKILL, WORKERS, demo_scenario
 from hiclaw.models import TaskState
@@ -66,12 +66,12 @@ class Demo:
         if self.real_model is None:
             self.model = ScriptedModelServer(parse_scenario(demo_scenario()))
             await self.model.start()
-        root = Path(str(resources.files("hiclaw.demo") / "registry"))
-        self.registry_runner = web.AppRunner(RegistryApp(root).app, access_log=None)
+        self.registry_runner = web.AppRunner(RegistryApp(REGISTRY_ROOT).app, access_log=None)
         await self.registry_runner.setup()
         site = web.TCPSite(self.registry_runner, "127.0.0.1", 0)
         await site.start()
-        self.registry_url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # noqa: SLF001 - aiohttp: the bound port
+        self.registry_url = f"http://127.0.0.1:{port}"
 
     def config(self) -> HiclawConfig:
         if self.real_model is not None:

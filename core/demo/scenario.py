@@ -16,7 +16,7 @@ WORKERS = {
     "taylor": ("content operations: launch copy and assets", "cheap"),
     "jordan": ("data analyst: metrics and reports", "cheap"),
 }
-PLAN = [
+PLAN: list[dict[str, Any]] = [
     {"id": "task-001", "title": "Competitive research & PRD", "assignee": "alex", "model": "smart",
      "spec": "Survey 3-5 writing assistants; write a PRD with goals, users, scope and acceptance criteria."},
     {"id": "task-002", "title": "Stack & architecture", "assignee": "sam", "depends_on": ["task-001"], "model": "smart",

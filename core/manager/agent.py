@@ -67,7 +67,7 @@ class ManagerAgent:
             try:
                 turn = await loop.run(messages, model=self.model)
                 text = turn.final_text
-            except Exception as exc:  # noqa: BLE001 - tell the human rather than dying silently
+            except Exception as exc:
                 log.exception("manager turn failed")
                 text = f"I could not complete that: {exc}"
             if text:

@@ -106,7 +106,7 @@ def find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
         stack.append(node)
         for dep in graph.get(node, []):
             if colour.get(dep) == GREY:
-                return stack[stack.index(dep):] + [dep]
+                return [*stack[stack.index(dep):], dep]
             if colour.get(dep) == WHITE:
                 found = visit(dep)
                 if found:

@@ -222,7 +222,7 @@ class ScriptEngine:
 
     def _build(self, turn: Turn, agent: str, call: int, source: str, variables: dict[str, str], prompt_tokens: int) -> ScriptedReply:
         text = _render(turn.text, variables) if turn.text is not None else None
-        tool_calls = []
+        tool_calls: list[dict[str, Any]] = []
         for index, tool in enumerate(turn.tool_calls):
             arguments = _render(tool.arguments, variables)
             if isinstance(arguments, str):

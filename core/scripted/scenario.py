@@ -153,7 +153,7 @@ class Scenario(_Strict):
 
 
 def _where(loc: tuple[Any, ...]) -> str:
-    parts = []
+    parts: list[str] = []
     for part in loc:
         parts.append(f"[{part}]" if isinstance(part, int) else (f".{part}" if parts else str(part)))
     return "".join(parts) or "(top level)"

@@ -13,7 +13,7 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-def write_atomically(path: Path, fill: Callable[[IO[bytes]], None], *, fsync: bool = False) -> None:
+def write_atomically(path: Path, fill: Callable[[IO[bytes]], object], *, fsync: bool = False) -> None:
     """Write ``path`` through ``fill(fh)`` into a temporary file beside it, then rename it over.
 
     Readers see the old file or the whole new one, never a part; on any failure (including

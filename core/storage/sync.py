@@ -144,7 +144,7 @@ async def sync_tree(
     if direction not in ("up", "down"):
         raise InvalidInputError(f"invalid sync direction {direction!r}", hint="use 'up' (local → storage) or 'down'")
     prefix = layout.validate_folder(prefix, what="sync prefix")
-    root = Path(local_dir).expanduser().absolute()
+    root = Path(local_dir).expanduser().absolute()  # noqa: ASYNC240 - names only: expands ~, joins the cwd
     if direction == "up" and not root.is_dir():
         raise InvalidInputError(f"cannot sync up from {str(root)!r}: not a folder", hint="give an existing local folder")
     if root.exists() and not root.is_dir():

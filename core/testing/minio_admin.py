@@ -42,7 +42,7 @@ import os
 import threading
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -192,7 +192,7 @@ def handle(state: MinioAdminState, method: str, route: str, query: dict[str, str
             raise AdminError(400, "XMinioAdminPolicyChangeAlreadyApplied", "The specified policy change is already in effect.")
         state.users[user]["policies"] = current + changed if attach else [p for p in current if p not in changed]
         answer = {"policiesAttached" if attach else "policiesDetached": changed,
-                  "updatedAt": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")}
+                  "updatedAt": datetime.now(UTC).isoformat().replace("+00:00", "Z")}
         return 200, encrypt(json.dumps(answer).encode(), state.root_secret_key)
     if key == ("DELETE", "remove-user"):
         (access_key,) = _need(query, "accessKey")
@@ -217,7 +217,7 @@ class _Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
     def _serve(self) -> None:

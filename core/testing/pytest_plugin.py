@@ -11,19 +11,37 @@ from pathlib import Path
 
 import pytest
 
-from hiclaw.host import PluginHost
+from hiclaw.host import ENTRY_POINTS_ENV, PluginHost
+from hiclaw.testing.env import clean_env
+from hiclaw.testing.gateway import gateway, gateway_token, scripted_model  # noqa: F401
 from hiclaw.testing.matrix import matrix_control, synapse  # noqa: F401
 from hiclaw.testing.registry import skills_registry  # noqa: F401
-from hiclaw.testing.gateway import gateway, gateway_token, scripted_model  # noqa: F401
 from hiclaw.testing.s3 import minio_admin_server, s3_server, s3_server_auth  # noqa: F401
 from hiclaw.testing.sandbox import sandbox_backend, worker_spec  # noqa: F401
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addini(
+        "hiclaw_entry_point_plugins",
+        "installed hiclaw plugins (entry-point names, comma-separated, or *) that the test session's "
+        "hosts and teams load; default: none, so what happens to be installed stays out of the tests",
+        default="",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Like llm's `_called_from_test`: installed plugins stay out of the suite's teams unless asked
+    # for. An environment variable, because teams run `hiclaw up` and workers as subprocesses.
+    os.environ.setdefault(ENTRY_POINTS_ENV, str(config.getini("hiclaw_entry_point_plugins")))
+
+
 @pytest.fixture
 def hiclaw_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A fresh, empty ``$HICLAW_HOME``; ``HICLAW_*`` and ``SKILLS_*`` variables are cleared."""
+    """A fresh, empty ``$HICLAW_HOME``; ``HICLAW_*`` and ``SKILLS_*`` variables are cleared
+    (but the session's choice of installed plugins, see :func:`hiclaw.testing.clean_env`)."""
+    kept = clean_env()
     for name in list(os.environ):
-        if name.startswith(("HICLAW_", "SKILLS_")):
+        if name.startswith(("HICLAW_", "SKILLS_")) and name not in kept:
             monkeypatch.delenv(name)
     home = tmp_path / "hiclaw-home"
     home.mkdir()

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from hiclaw.sandbox.availability import bwrap_unavailable  # noqa: F401  (re-exported for tests)
+from hiclaw.sandbox.availability import bwrap_unavailable
 
 
 @pytest.fixture

@@ -22,8 +22,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hiclaw.config import (ChannelConfig, GatewayConfig, HiclawConfig, ModelAlias, SandboxConfig, Secrets,
-                           SkillsConfig, StorageConfig, TeamConfig, save_config)
+from hiclaw.config import (
+    ChannelConfig,
+    GatewayConfig,
+    HiclawConfig,
+    ModelAlias,
+    SandboxConfig,
+    Secrets,
+    SkillsConfig,
+    StorageConfig,
+    TeamConfig,
+    save_config,
+)
 
 #: USD per million tokens (input, output) of the team's aliases.
 PRICES = {"smart": (3.0, 15.0), "fast": (0.5, 1.5), "cheap": (0.25, 1.25)}
@@ -109,7 +119,7 @@ class Team:
 async def start_plane(home: Path, config: HiclawConfig, *, progress: Callable[[str], None] | None = None) -> Any:
     from hiclaw.control.plane import ControlPlane
 
-    home.mkdir(parents=True, exist_ok=True)
+    home.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - test helper: one local mkdir
     save_config(config, home)
     secrets = Secrets.load(home)
     plane = ControlPlane(home, config=config, secrets=secrets, progress=progress)
@@ -141,7 +151,7 @@ async def running_team(home: Path, scenario: Any, *, registry_url: str = "https:
                          key_secret=PROVIDER_KEY_SECRET if provider_key else None, storage=storage, **team)
     extra = {**(secrets or {}), **({PROVIDER_KEY_SECRET: provider_key} if provider_key else {})}
     if extra:
-        home.mkdir(parents=True, exist_ok=True)
+        home.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - test helper: one local mkdir
         stored = Secrets.load(home)
         for name, value in extra.items():
             stored.set(name, value)

@@ -10,12 +10,13 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from hiclaw.testing.env import clean_env
 
 READY_LINE = "hiclaw is up"
 
@@ -23,7 +24,7 @@ READY_LINE = "hiclaw is up"
 class UpProcess:
     def __init__(self, home: Path) -> None:
         self.home = home
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("HICLAW_")} | {"HICLAW_HOME": str(home)}
+        self.env = clean_env(home)
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -34,8 +35,9 @@ class UpProcess:
     def start(self) -> None:
         self.starts += 1
         self.home.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen([sys.executable, "-m", "hiclaw", "up"], env=self.env,
-                                     stdout=open(self.log, "wb"), stderr=subprocess.STDOUT)
+        with open(self.log, "wb") as out:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen([sys.executable, "-m", "hiclaw", "up"], env=self.env,
+                                         stdout=out, stderr=subprocess.STDOUT)
 
     def is_up(self) -> bool:
         """True once it said it is up; raises if it exited instead."""
@@ -65,7 +67,7 @@ class UpProcess:
 
     def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "hiclaw", *args], env=self.env, capture_output=True, text=True,
-                              timeout=timeout)
+                              timeout=timeout, check=False)
 
     def kill(self) -> None:
         assert self.proc is not None

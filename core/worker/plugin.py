@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from hiclaw import hookimpl
+from hiclaw.protocols import RegisterTools
 
 
 def _factory(ctx: Any) -> list[Any]:
@@ -17,5 +18,5 @@ def _factory(ctx: Any) -> list[Any]:
 
 
 @hookimpl
-def hiclaw_register_tools(register: Any) -> None:
+def hiclaw_register_tools(register: RegisterTools) -> None:
     register("worker", _factory, description="a worker's file, command, skill and reporting tools")

@@ -13,6 +13,7 @@ from hiclaw.agent import AgentLoop
 from hiclaw.agent.prompt import system_prompt, user_turn
 from hiclaw.host import ComponentContext, PluginHost, RuntimeContext
 from hiclaw.models import ChatMessage, ModelRequest
+from hiclaw.protocols import ResyncingChannel
 from hiclaw.registry.errors import UnsafeSkillError
 from hiclaw.registry.frontmatter import split_frontmatter
 from hiclaw.storage import layout
@@ -89,7 +90,8 @@ class WorkerRuntime:
     def __init__(self, spec: WorkerRuntimeSpec, *, host: PluginHost | None = None) -> None:
         self.spec = spec
         self.name = spec.name
-        self.host = host or PluginHost(disabled=spec.disabled_plugins, default_plugins=worker_default_plugins(spec))
+        self.host = host or PluginHost(disabled=spec.disabled_plugins, default_plugins=worker_default_plugins(spec),
+                                       entry_point_plugins=spec.entry_point_plugins)
         self.scratch = Path(spec.scratch_dir)
         self.channel: Any = None
         self.storage: Any = None
@@ -177,8 +179,7 @@ class WorkerRuntime:
         log.info("worker %s: the control plane is back; reconnecting", self.name)
         self.gateway.wake()
         self.control.wake()
-        resync = getattr(self.channel, "resync", None)
-        if resync is not None and not await resync():
+        if isinstance(self.channel, ResyncingChannel) and not await self.channel.resync():
             log.warning("worker %s: the channel is not syncing yet", self.name)
         try:
             await self.control.ready({"name": self.name, "reconnected": True, "busy": not await self.idle()})
@@ -222,7 +223,7 @@ class WorkerRuntime:
         for task_id in dict.fromkeys(TASK_REF.findall(message.body)):
             try:
                 raw = await self.storage.get(layout.task_spec(task_id))
-            except Exception:  # noqa: BLE001 - not granted to us or absent: not our task
+            except Exception:  # noqa: BLE001, S112 - not granted to us or absent: not our task
                 continue
             meta = front_matter(raw.decode("utf-8", errors="replace"))
             if meta.get("assignee") == self.name:
@@ -272,7 +273,7 @@ class WorkerRuntime:
             model = (task.model if task and task.model else None) or self.spec.model
             try:
                 await self.channel.set_typing(message.room_id, True)
-            except Exception:  # noqa: BLE001 - typing is cosmetic
+            except Exception:  # noqa: BLE001, S110 - typing is cosmetic
                 pass
             try:
                 loop = AgentLoop(self.gateway, self.tools, agent=self.name, max_steps=self.spec.max_steps,
@@ -284,7 +285,7 @@ class WorkerRuntime:
                 if turn.final_text and not reported:
                     await self.channel.send(message.room_id, turn.final_text, mentions=[message.sender],
                                             idempotency_key=f"reply:{self.name}:{message.event_id}")
-            except Exception as exc:  # noqa: BLE001 - say what went wrong where the human sees it
+            except Exception as exc:
                 log.exception("worker %s: turn failed", self.name)
                 text = f"I could not finish this turn: {exc}"
                 await self.channel.send(message.room_id, text, mentions=[message.sender],
@@ -292,7 +293,7 @@ class WorkerRuntime:
             finally:
                 try:
                     await self.channel.set_typing(message.room_id, False)
-                except Exception:  # noqa: BLE001
+                except Exception:  # noqa: BLE001, S110 - typing is cosmetic
                     pass
                 self.current = None
                 release_memory()

@@ -44,8 +44,11 @@ class WorkerRuntimeSpec(BaseModel):
     orphan_timeout_seconds: float = Field(default=1800, gt=0)
     disabled_plugins: list[str] = Field(default_factory=list)
     #: Default plugins the worker loads (the ones providing its channel, storage and tools);
-    #: ``None`` loads them all. Third-party plugins (entry points) always load.
+    #: ``None`` loads them all.
     default_plugins: list[str] | None = None
+    #: Installed (entry-point) plugins the worker loads: the ones the control plane loaded, so
+    #: both sides run the same plugins. ``None`` loads every installed one.
+    entry_point_plugins: list[str] | None = None
 
     def to_env(self) -> str:
         data = self.model_dump(mode="json")

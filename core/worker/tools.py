@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ import yaml
 
 from hiclaw.errors import InvalidInputError
 from hiclaw.models import ResultStatus, ToolSpec
+from hiclaw.protocols import LocalPaths
 from hiclaw.storage import layout
 
 MAX_OUTPUT_CHARS = 12000
@@ -31,7 +32,7 @@ def _obj(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
 
 
 def _stamp() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
 
 
 def _cap(text: str, limit: int = MAX_OUTPUT_CHARS) -> str:
@@ -80,10 +81,9 @@ class WorkerTools:
     def local_dir(self) -> Path:
         """Where commands run: the current task's workspace (or the home's) when storage is a disk."""
         key = layout.task_workspace(self.rt.current.task_id) if self.rt.current else layout.agent_workspace(self.name)
-        local_path = getattr(self.rt.storage, "local_path", None)
-        if local_path is not None:
+        if isinstance(self.rt.storage, LocalPaths):
             try:
-                path = Path(local_path(key.rstrip("/")))
+                path = Path(self.rt.storage.local_path(key.rstrip("/")))
                 path.mkdir(parents=True, exist_ok=True)
                 return path
             except OSError:
@@ -122,7 +122,7 @@ class WorkerTools:
         try:
             output, _ = await asyncio.wait_for(proc.communicate(), timeout=timeout)
             timed_out = False
-        except asyncio.TimeoutError:
+        except TimeoutError:
             os.killpg(proc.pid, signal.SIGKILL)
             output, _ = await proc.communicate()
             timed_out = True
@@ -157,7 +157,7 @@ class WorkerTools:
             raise InvalidInputError(f"unknown status {status!r}", hint=f"use one of {', '.join(REPORTABLE)}")
         summary = " ".join(str(args.get("summary", "")).split())[:300]
         meta = {"task": task_id, "status": status, "summary": summary, "worker": self.name,
-                "attempt": context.attempt, "reported_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                "attempt": context.attempt, "reported_at": datetime.now(UTC).isoformat(timespec="seconds")}
         body = str(args.get("result_markdown") or summary)
         text = "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n\n" + body.strip() + "\n"
         key = layout.task_result(task_id)
@@ -176,7 +176,7 @@ class WorkerTools:
             current = (await self.rt.storage.get(key)).decode("utf-8", errors="replace")
         except Exception:  # noqa: BLE001 - first memory
             current = "# Memory\n"
-        line = f"- {datetime.now(timezone.utc).date().isoformat()}: {' '.join(str(args['text']).split())}"
+        line = f"- {datetime.now(UTC).date().isoformat()}: {' '.join(str(args['text']).split())}"
         await self.rt.storage.put(key, (current.rstrip("\n") + "\n" + line + "\n").encode())
         return {"remembered": line}
 

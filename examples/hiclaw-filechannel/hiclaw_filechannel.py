@@ -2,14 +2,18 @@
 
 Rooms are directories under ``root``; each holds ``events.jsonl`` (one JSON message per line)
 and ``members.json``. ``send`` appends a line under an exclusive lock; a polling task reads new
-lines and calls the handlers for messages from others. Mentions are the agent names listed in a
-message's ``mentions``.
+lines of the rooms this agent is a member of and calls the handlers for messages from others.
+Agents are identified by their names, and mentions are the names listed in a message's
+``mentions``. It runs a whole team (``hiclaw up`` with ``[channel] plugin = "file"``) when every
+agent can see ``root``: with ``[sandbox] plugin = "process"``, not inside bubblewrap sandboxes,
+which see only their own folders.
 
 Quick start for plugin authors:
 
-1. implement the capability (here :class:`FileChannel`, satisfying ``hiclaw.protocols.Channel``);
+1. implement the capability (here :class:`FileChannel`, satisfying ``hiclaw.protocols.TeamChannel``);
 2. declare its settings as a pydantic model (:class:`FileChannelSettings`);
-3. register a factory from ``hiclaw_register_channels``;
+3. register a factory from ``hiclaw_register_channels``, typed with ``RegisterChannel`` so that
+   mypy checks the channel against the protocol;
 4. add an entry point in the ``hiclaw`` group of your ``pyproject.toml``.
 """
 from __future__ import annotations
@@ -18,6 +22,7 @@ import asyncio
 import fcntl
 import json
 import os
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -27,9 +32,12 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from hiclaw import hookimpl
+from hiclaw.host import ComponentContext
 from hiclaw.models import ChatMessage
+from hiclaw.protocols import RegisterChannel
 
 Handler = Callable[[ChatMessage], Awaitable[None]]
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 class FileChannelSettings(BaseModel):
@@ -49,13 +57,12 @@ class FileChannel:
         self._handlers: list[Handler] = []
         self._offsets: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
-        self._sent_keys: set[str] = set()
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         for room in self._rooms():  # only messages sent from now on are delivered
-            self._offsets[room.name] = (room / "events.jsonl").stat().st_size
+            self._offsets.setdefault(room.name, (room / "events.jsonl").stat().st_size)
         if self._task is None:
             self._task = asyncio.create_task(self._poll())
 
@@ -69,22 +76,35 @@ class FileChannel:
             self._task = None
 
     # -- control-plane operations ------------------------------------------------------------
-    async def ensure_account(self, name: str, *, display_name: str | None = None) -> dict[str, Any]:
+    async def ensure_account(
+        self, name: str, *, display_name: str | None = None, password: str | None = None, admin: bool = False
+    ) -> dict[str, Any]:
+        # Files need no account: the name is the identity (a real chat system creates one here).
         return {"user_id": name, "access_token": "", "homeserver_url": self.root.as_uri(), "device_id": "file"}
+
+    def user_id(self, name: str) -> str:
+        return name
 
     async def ensure_room(
         self, key: str, *, name: str, members: Sequence[str], admins: Sequence[str] = (), topic: str = ""
     ) -> str:
-        room = self.root / key
+        room_id = _UNSAFE.sub("_", key)
+        room = self.root / room_id
         room.mkdir(parents=True, exist_ok=True)
         (room / "events.jsonl").touch()
-        members_file = room / "members.json"
-        current = set(json.loads(members_file.read_text())["members"]) if members_file.exists() else set()
-        data = {"name": name, "topic": topic, "members": sorted(current | set(members) | set(admins))}
-        tmp = members_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, members_file)
-        return key
+        self._update_members(room, lambda current: current | set(members) | set(admins), name=name, topic=topic)
+        return room_id
+
+    async def remove_member(self, room_id: str, member: str) -> None:
+        room = self.root / room_id
+        if (room / "members.json").exists():
+            self._update_members(room, lambda current: current - {member})
+
+    async def set_typing(self, room_id: str, typing: bool) -> None:
+        return None  # files have no typing notifications
+
+    def worker_settings(self, name: str) -> dict[str, Any]:
+        return {"root": str(self.root), "poll_seconds": self.poll_seconds}
 
     # -- messaging ---------------------------------------------------------------------------
     async def send(
@@ -115,10 +135,31 @@ class FileChannel:
     def _rooms(self) -> list[Path]:
         return sorted(p for p in self.root.iterdir() if (p / "events.jsonl").exists()) if self.root.exists() else []
 
+    @staticmethod
+    def _members(room: Path) -> dict[str, Any]:
+        try:
+            return dict(json.loads((room / "members.json").read_text()))
+        except (OSError, ValueError):
+            return {"name": room.name, "topic": "", "members": []}
+
+    def _update_members(self, room: Path, change: Callable[[set[str]], set[str]], **fields: str) -> None:
+        with (room / ".lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            data = self._members(room)
+            data.update(fields)
+            data["members"] = sorted(change(set(data.get("members", []))))
+            tmp = room / "members.json.tmp"
+            tmp.write_text(json.dumps(data))
+            os.replace(tmp, room / "members.json")
+
     async def _poll(self) -> None:
         while True:
             for room in self._rooms():
-                offset = self._offsets.get(room.name, 0)
+                info = self._members(room)
+                members = info.get("members", [])
+                offset = self._offsets.setdefault(room.name, 0)  # a room made after start: from its beginning
+                if self.agent not in members:
+                    continue
                 with (room / "events.jsonl").open("rb") as fh:
                     fh.seek(offset)
                     data = fh.read()
@@ -128,19 +169,20 @@ class FileChannel:
                     record = json.loads(raw)
                     if record["sender"] == self.agent:
                         continue
-                    message = ChatMessage(room_id=room.name, event_id=record["event_id"], sender=record["sender"],
-                                          body=record["body"], mentions=tuple(record["mentions"]))
+                    message = ChatMessage(room_id=room.name, room_name=info.get("name", room.name),
+                                          event_id=record["event_id"], sender=record["sender"], body=record["body"],
+                                          mentions=tuple(record["mentions"]), is_direct=len(members) == 2)
                     for handler in self._handlers:
                         await handler(message)
             await asyncio.sleep(self.poll_seconds)
 
 
-def make_channel(settings: FileChannelSettings, ctx: Any) -> FileChannel:
+def make_channel(settings: FileChannelSettings, ctx: ComponentContext) -> FileChannel:
     root = settings.root or Path(ctx.home) / "filechannel"
     return FileChannel(root, ctx.agent, settings.poll_seconds)
 
 
 @hookimpl
-def hiclaw_register_channels(register: Any) -> None:
+def hiclaw_register_channels(register: RegisterChannel) -> None:
     register("file", make_channel, settings_model=FileChannelSettings,
              description="rooms as JSON-lines files in a shared directory")

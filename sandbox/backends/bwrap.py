@@ -39,12 +39,17 @@ _ETC = ("/etc/ssl", "/etc/ca-certificates", "/etc/pki", "/etc/ld.so.cache", "/et
 _ETC_NETWORK = ("/etc/resolv.conf", "/etc/hosts", "/etc/gai.conf")
 
 _PATHS_SCRIPT = r"""
-import json, sys
+import json, os, sys
 paths = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix] + [p for p in sys.path if p]
 for module in list(sys.modules.values()):  # setuptools editable installs map packages to source folders
     mapping = getattr(module, "MAPPING", None)
     if getattr(module, "__name__", "").startswith("__editable__") and isinstance(mapping, dict):
         paths.extend(mapping.values())
+for entry in list(sys.path):  # a strict editable install: a tree of links to the source files
+    if os.path.basename(entry).startswith("__editable__.") and os.path.isdir(entry):
+        for folder, _, files in os.walk(entry):
+            paths.extend(os.path.dirname(os.path.realpath(os.path.join(folder, f))) for f in files
+                         if os.path.islink(os.path.join(folder, f)))
 print(json.dumps(paths))
 """
 _python_paths_cache: dict[str, list[Path]] = {}
@@ -54,7 +59,7 @@ def python_paths(python: str) -> list[Path]:
     """Folders ``python`` imports from (prefixes, ``sys.path``, editable source folders), minimal."""
     if python not in _python_paths_cache:
         result = subprocess.run([python, "-c", _PATHS_SCRIPT], capture_output=True, text=True, cwd="/",
-                                env={"PATH": "/usr/bin:/bin"}, timeout=60)
+                                env={"PATH": "/usr/bin:/bin"}, timeout=60, check=False)
         if result.returncode != 0:
             raise SandboxError(f"cannot inspect the Python at {python}: {result.stderr.strip()[-300:]}")
         found: set[Path] = set()
@@ -170,13 +175,13 @@ class BwrapBackend(LocalSandboxBackend):
         if spec.home is not None:
             binds.append((spec.home, spec.home, False))
         binds += [(m.host_path, m.target, m.read_only) for m in spec.mounts]
-        for source, target, read_only in sorted(binds, key=lambda b: len(b[1].parts)):  # parents first
-            args += ["--ro-bind" if read_only else "--bind", str(source), str(target)]
+        for host_path, inside, read_only in sorted(binds, key=lambda b: len(b[1].parts)):  # parents first
+            args += ["--ro-bind" if read_only else "--bind", str(host_path), str(inside)]
         if spec.working_dir is not None:
             args += ["--chdir", str(spec.working_dir)]
         by_name = {b.name: b for b in spec.bridges}
         forwards = [format_target(by_name[name].port, unix=f"{SANDBOX_RUN_DIR}/{sock.name}") for name, sock in sockets.items()]
-        return args + ["--", *self._launcher_args(forwards, ready_fd), "--", *spec.argv]
+        return [*args, "--", *self._launcher_args(forwards, ready_fd), "--", *spec.argv]
 
     def _plan(self, spec: WorkerSpec, run_dir: Path, sockets: dict[str, Path], ready_fd: int) -> LaunchPlan:
         read_fd, write_fd = os.pipe()

@@ -58,6 +58,7 @@ class _ContainerRun:
     bridges: HostBridges | None
     done: asyncio.Event = field(default_factory=asyncio.Event)
     exit_code: int | None = None
+    watcher: asyncio.Task[None] | None = None  # a reference keeps the task from being garbage-collected
 
 
 class DockerBackend(BackendBase):
@@ -161,7 +162,7 @@ class DockerBackend(BackendBase):
         run = _ContainerRun(spec, container, utcnow(), log_path, bridges)
         self._runs[spec.name] = run
         threading.Thread(target=self._pump_logs, args=(container, log_path), daemon=True).start()
-        asyncio.create_task(self._watch(run))
+        run.watcher = asyncio.create_task(self._watch(run))
         return SandboxHandle(name=spec.name, backend=self.name, pid=None, started_at=run.started_at, log_path=log_path)
 
     @staticmethod
@@ -184,7 +185,7 @@ class DockerBackend(BackendBase):
 
     @staticmethod
     def _pump_logs(container: Any, log_path: Path) -> None:
-        with contextlib.suppress(Exception), open(log_path, "ab") as fh:  # noqa: BLE001 - ends with the container
+        with contextlib.suppress(Exception), open(log_path, "ab") as fh:
             for chunk in container.logs(stream=True, follow=True, stdout=True, stderr=True):
                 fh.write(chunk)
                 fh.flush()
@@ -204,10 +205,10 @@ class DockerBackend(BackendBase):
         if run is None:
             return
         if not run.done.is_set():
-            with contextlib.suppress(Exception):  # noqa: BLE001 - already gone is fine
+            with contextlib.suppress(Exception):
                 await asyncio.to_thread(run.container.stop, timeout=int(max(timeout, 1)))
             await run.done.wait()
-        with contextlib.suppress(Exception):  # noqa: BLE001
+        with contextlib.suppress(Exception):
             await asyncio.to_thread(run.container.remove, force=True)
 
     async def status(self, name: str) -> dict[str, Any]:
@@ -217,7 +218,7 @@ class DockerBackend(BackendBase):
         state = "exited" if run.done.is_set() else "running"
         pid = None
         if not run.done.is_set():
-            with contextlib.suppress(Exception):  # noqa: BLE001
+            with contextlib.suppress(Exception):
                 await asyncio.to_thread(run.container.reload)
                 pid = run.container.attrs.get("State", {}).get("Pid") or None
         return status_dict(name, self.name, state, pid=pid, exit_code=run.exit_code,

@@ -262,7 +262,7 @@ class KubernetesBackend(BackendBase):
 
     def _pump_logs(self, name: str, log_path: Path) -> None:
         core, _ = self.api
-        with contextlib.suppress(Exception), open(log_path, "ab") as fh:  # noqa: BLE001 - ends with the pod
+        with contextlib.suppress(Exception), open(log_path, "ab") as fh:
             stream = core.read_namespaced_pod_log(resource_name(name), self.settings.namespace, follow=True,
                                                   _preload_content=False)
             for chunk in stream.stream():

@@ -76,7 +76,7 @@ def read_fd_async(fd: int, parse: Callable[[bytes], T | None], *, timeout: float
     async def result() -> T | None:
         try:
             return await asyncio.wait_for(future, timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return None
 
     return result()
@@ -137,7 +137,7 @@ async def wait_foreign_exit(pid: int, start_time: int | None) -> None:
     try:
         fd = os.pidfd_open(pid)
     except (OSError, AttributeError):  # no pidfds (kernel < 5.3): poll instead
-        while same_process(pid, start_time):
+        while same_process(pid, start_time):  # noqa: ASYNC110 - no pidfd: nothing to wait on but polling
             await asyncio.sleep(0.5)  # watching a process we cannot wait for
         return
     try:
@@ -145,7 +145,11 @@ async def wait_foreign_exit(pid: int, start_time: int | None) -> None:
             return
         loop = asyncio.get_running_loop()
         exited = loop.create_future()
-        loop.add_reader(fd, lambda: exited.done() or exited.set_result(None))
+        def on_exit() -> None:
+            if not exited.done():
+                exited.set_result(None)
+
+        loop.add_reader(fd, on_exit)
         try:
             await exited
         finally:
@@ -433,7 +437,7 @@ class LocalSandboxBackend(BackendBase):
             os.kill(run.signal_pid, signal.SIGTERM)
         try:
             await asyncio.wait_for(run.done.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(run.pid, signal.SIGKILL)
             if run.record is not None:

@@ -38,6 +38,7 @@ from typing import Any
 from hiclaw import hookimpl
 from hiclaw.errors import ConfigError
 from hiclaw.plugins.channels.matrix.settings import SECRET_NAMES, MatrixSettings
+from hiclaw.protocols import RegisterChannel
 
 __all__ = ["MatrixSettings", "make_channel"]
 
@@ -62,6 +63,6 @@ def make_channel(settings: MatrixSettings, ctx: Any) -> Any:
 
 
 @hookimpl
-def hiclaw_register_channels(register: Any) -> None:
+def hiclaw_register_channels(register: RegisterChannel) -> None:
     register("matrix", make_channel, settings_model=MatrixSettings, secrets=SECRET_NAMES,
              description="Matrix rooms via matrix-nio; embedded Synapse or any homeserver")

@@ -15,7 +15,7 @@ import hashlib
 import logging
 import random
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -138,7 +138,7 @@ class MatrixChannel:
         self._fatal = None
         self._sync_task = asyncio.create_task(self._sync_loop(), name=f"matrix-sync-{self.agent}")
         waiter = asyncio.create_task(self._ready.wait())
-        done, _ = await asyncio.wait({waiter, self._sync_task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({waiter, self._sync_task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         waiter.cancel()
         if self._fatal is not None or not self._ready.is_set():
             error = self._fatal or MatrixError(f"no answer from the homeserver at {self.settings.url} within {timeout:.0f}s",
@@ -152,7 +152,7 @@ class MatrixChannel:
             task.cancel()
             try:
                 await task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - already reported by the loop
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001, S110 - already reported by the loop
                 pass
         if self.client is not None:
             await self.client.close()
@@ -175,7 +175,7 @@ class MatrixChannel:
         recovered = self._recovered
         try:
             await asyncio.wait_for(recovered.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
         return True
 
@@ -321,7 +321,7 @@ class MatrixChannel:
             formatted_body=formatted if isinstance(formatted, str) else None,
             mentions=detect_mentions(content, self._resolve_local),
             is_direct=room is not None and len(room.users) == 2,
-            timestamp=datetime.fromtimestamp(ev.get("origin_server_ts", 0) / 1000, tz=timezone.utc),
+            timestamp=datetime.fromtimestamp(ev.get("origin_server_ts", 0) / 1000, tz=UTC),
         )
 
     async def _deliver(self, room_id: str, events: list[dict[str, Any]]) -> None:
@@ -344,7 +344,7 @@ class MatrixChannel:
             for handler in list(self._handlers):
                 try:
                     await handler(message)
-                except Exception:  # noqa: BLE001 - one failing handler must not stop delivery
+                except Exception:
                     log.exception("%s: message handler failed for %s", self.agent, event_id)
             self.store.mark_seen(event_id)
             self.counters["delivered"] += 1

@@ -43,6 +43,7 @@ class ControlMatrixChannel(MatrixChannel):
         self.secrets = dict(secrets or {})
         self.accounts = ChannelStore(home / "channel")
         self._registrar: AccountRegistrar | None = None
+        self._homeserver: EmbeddedHomeserver | None = None
         self._room_locks: dict[str, asyncio.Lock] = {}
 
     # ------------------------------------------------------------------ accounts
@@ -88,11 +89,9 @@ class ControlMatrixChannel(MatrixChannel):
     async def stop_services(self) -> None:
         """Stop the homeserver :meth:`start_services` started; one that was reused (a daemon from
         `hiclaw homeserver start`) keeps running."""
-        server = getattr(self, "_homeserver", None)
-        if server is not None:
-            if server.owned:
-                await asyncio.to_thread(server.stop)
-            self._homeserver = None
+        server, self._homeserver = self._homeserver, None
+        if server is not None and server.owned:
+            await asyncio.to_thread(server.stop)
 
     def known_room(self, key: str, members: Sequence[str] = ()) -> str | None:
         """The id of room ``key`` if this channel made it and already counts ``members`` in it
@@ -121,23 +120,23 @@ class ControlMatrixChannel(MatrixChannel):
         registrar = self.registrar()
         user_id = self.user_id(name)
         record = self.accounts.account(name)
-        if record is not None and (password is None or password == record["password"]):
-            if await registrar.token_valid(record["access_token"]):
-                await self._set_display_name(record, display_name)
-                return self._public(record)
-        if record is not None and password is not None and password != record["password"]:
-            if await registrar.change_password(user_id, record["access_token"], record["password"], password):
-                record = {**record, "password": password}
-                self.accounts.save_account(name, record)
-                return await self.ensure_account(name, display_name=display_name, password=password, admin=admin)
+        if (record is not None and (password is None or password == record["password"])
+                and await registrar.token_valid(record["access_token"])):
+            await self._set_display_name(record, display_name)
+            return self._public(record)
+        if (record is not None and password is not None and password != record["password"]
+                and await registrar.change_password(user_id, record["access_token"], record["password"], password)):
+            record = {**record, "password": password}
+            self.accounts.save_account(name, record)
+            return await self.ensure_account(name, display_name=display_name, password=password, admin=admin)
         password = password or (record or {}).get("password") or random_secrets.token_urlsafe(24)
         device_id = (record or {}).get("device_id")
         creds = await registrar.register(user_id, password, admin=admin)
         if creds is None:  # the account exists: log in, or repair its password with an admin token
             creds = await registrar.login(user_id, password, device_id)
-            if creds is None and (admin_token := self._admin_token(exclude=name)):
-                if await registrar.reset_password(user_id, password, admin_token):
-                    creds = await registrar.login(user_id, password, device_id)
+            if (creds is None and (admin_token := self._admin_token(exclude=name))
+                    and await registrar.reset_password(user_id, password, admin_token)):
+                creds = await registrar.login(user_id, password, device_id)
             if creds is None:
                 raise MatrixError(
                     f"the account {user_id} exists on {self.settings.url} but hiclaw does not know its password",

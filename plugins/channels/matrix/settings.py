@@ -87,7 +87,7 @@ class MatrixSettings(BaseModel):
         """The client-server base URL the channel talks to."""
         if self.homeserver_url:
             return self.homeserver_url
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host  # noqa: S104 - a comparison, not a bind
         return f"http://{host}:{self.port}"
 
     def user_id_of(self, name_or_id: str) -> str:

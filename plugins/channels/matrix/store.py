@@ -10,6 +10,7 @@ Calls are synchronous: each is well under a millisecond.
 """
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import sqlite3
@@ -83,11 +84,11 @@ class ChannelStore:
         )
 
     # -- sender allow-lists ----------------------------------------------------------------------
-    def allowed_senders(self, room_id: str) -> set[str] | None:
+    def allowed_senders(self, room_id: str) -> builtins.set[str] | None:
         row = self._db.execute("SELECT senders FROM allow WHERE room_id = ?", (room_id,)).fetchone()
         return set(json.loads(row[0])) if row else None
 
-    def set_allowed_senders(self, room_id: str, senders: set[str]) -> None:
+    def set_allowed_senders(self, room_id: str, senders: builtins.set[str]) -> None:
         self._db.execute(
             "INSERT OR REPLACE INTO allow (room_id, senders) VALUES (?, ?)", (room_id, json.dumps(sorted(senders)))
         )

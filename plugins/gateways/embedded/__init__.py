@@ -21,6 +21,7 @@ from typing import Any
 
 from hiclaw import hookimpl
 from hiclaw.plugins.gateways.embedded.settings import EmbeddedGatewaySettings, provider_secret_names
+from hiclaw.protocols import RegisterGateway
 
 
 def make_embedded_gateway(settings: EmbeddedGatewaySettings, ctx: Any) -> Any:
@@ -30,7 +31,7 @@ def make_embedded_gateway(settings: EmbeddedGatewaySettings, ctx: Any) -> Any:
 
 
 @hookimpl
-def hiclaw_register_gateways(register: Any) -> None:
+def hiclaw_register_gateways(register: RegisterGateway) -> None:
     register(
         "embedded",
         make_embedded_gateway,

@@ -11,7 +11,7 @@ import logging
 import re
 import time
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from hiclaw.errors import InvalidInputError
@@ -31,7 +31,7 @@ def parse_since(since: str | float | datetime | None) -> float | None:
     if since is None or isinstance(since, int | float):
         return since
     if isinstance(since, datetime):
-        return (since if since.tzinfo else since.replace(tzinfo=timezone.utc)).timestamp()
+        return (since if since.tzinfo else since.replace(tzinfo=UTC)).timestamp()
     text = str(since).strip()
     relative = _RELATIVE.match(text)
     if relative:
@@ -41,7 +41,7 @@ def parse_since(since: str | float | datetime | None) -> float | None:
     except ValueError:
         raise InvalidInputError(f"--since {text!r} is neither a duration nor a date",
                                 hint="use e.g. 30m, 24h, 7d, 2025-01-31 or 2025-01-31T12:00") from None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
 class EmbeddedGateway:

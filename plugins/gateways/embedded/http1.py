@@ -183,7 +183,7 @@ class UpstreamResponse:
     async def drain(self, timeout: float) -> None:
         """Read what is left of the body (e.g. after an SSE ``[DONE]``) so the connection can be
         reused; gives up after ``timeout`` and the connection is closed instead."""
-        if self._done or self._conn is None:  # type: ignore[comparison-overlap]
+        if self._done or self._conn is None:
             return
         self._timeout = timeout
         try:
@@ -194,11 +194,11 @@ class UpstreamResponse:
 
     def release(self) -> None:
         """Give the connection back to the pool if the body was fully read, else close it."""
-        if self._conn is None:  # type: ignore[comparison-overlap]
+        if self._conn is None:
             return
         conn, self._conn = self._conn, None  # type: ignore[assignment]
         if self._done and self._keep_alive and not conn.closed and not conn.buffer:
-            self._pool._give_back(self._origin, conn)
+            self._pool.give_back(self._origin, conn)
         else:
             conn.close()
 
@@ -223,13 +223,14 @@ class Http1Pool:
             _, conn = await asyncio.wait_for(loop.create_connection(
                 lambda: _Connection(loop), origin.host, origin.port, ssl=context,
                 server_hostname=origin.host if context else None), self.connect_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise UpstreamHTTPError(f"connecting to {origin.host}:{origin.port} timed out", timeout=True) from None
         except (OSError, ssl.SSLError) as exc:
             raise UpstreamHTTPError(f"cannot connect to {origin.host}:{origin.port}: {exc.strerror or exc}") from None
         return conn
 
-    def _give_back(self, origin: Origin, conn: _Connection) -> None:
+    def give_back(self, origin: Origin, conn: _Connection) -> None:
+        """Keep a reusable connection (its response fully read) for the next request to ``origin``."""
         self._idle.setdefault(origin, deque()).append(conn)
 
     async def request(self, method: str, url: str, headers: Mapping[str, str], body: bytes) -> UpstreamResponse:

@@ -16,13 +16,13 @@ import sqlite3
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from hiclaw.errors import InvalidInputError, NotFoundError
 
-TOKEN_PREFIX = "hc-"
+TOKEN_PREFIX = "hc-"  # noqa: S105 - the public prefix of tokens, not a secret
 TOKEN_BYTES = 32
 CONSUMER_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
@@ -75,7 +75,7 @@ def hash_token(token: str) -> str:
 
 
 def _now_iso() -> str:
-    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+    return datetime.now(UTC).replace(microsecond=0).isoformat()
 
 
 def check_consumer_name(name: str) -> str:
@@ -154,6 +154,7 @@ class GatewayStore:
         self._by_name: dict[str, Consumer] = {}
         self._projects: dict[str, Project] = {}
         self._version: int | None = None
+        self._checkpointer: _Checkpointer | None = None
 
     def close(self) -> None:
         self.stop_background_checkpoints()
@@ -164,13 +165,13 @@ class GatewayStore:
     def start_background_checkpoints(self, interval: float = 1.0) -> None:
         """For the serving process: commits stay on the event loop (no fsync with synchronous=NORMAL),
         while WAL checkpoints — the only fsyncs — run in a thread instead of stalling a request."""
-        if getattr(self, "_checkpointer", None) is not None:
+        if self._checkpointer is not None:
             return
         self._db.execute("PRAGMA wal_autocheckpoint=0")
         self._checkpointer = _Checkpointer(self.path, interval)
 
     def stop_background_checkpoints(self) -> None:
-        checkpointer, self._checkpointer = getattr(self, "_checkpointer", None), None
+        checkpointer, self._checkpointer = self._checkpointer, None
         if checkpointer is not None:
             checkpointer.stop()
             self._db.execute("PRAGMA wal_autocheckpoint=1000")
@@ -291,8 +292,9 @@ class GatewayStore:
                 raise InvalidInputError(f"cannot group usage by {dim!r}", hint=f"use one of: {', '.join(USAGE_DIMENSIONS)}")
         columns = ", ".join(by)
         where, params = ("WHERE ts >= ?", (since,)) if since is not None else ("", ())
-        sql = (f"SELECT {columns}, COUNT(*), SUM(status != 200), SUM(prompt_tokens), SUM(completion_tokens), "
-               f"SUM(cost_usd), AVG(latency_ms) FROM ledger {where} GROUP BY {columns} ORDER BY SUM(cost_usd) DESC, {columns}")
+        sql = (f"SELECT {columns}, COUNT(*), SUM(status != 200), SUM(prompt_tokens), "  # noqa: S608 - columns allowlisted
+               "SUM(completion_tokens), SUM(cost_usd), AVG(latency_ms) "
+               f"FROM ledger {where} GROUP BY {columns} ORDER BY SUM(cost_usd) DESC, {columns}")
         rows = []
         for row in self._db.execute(sql, params):
             keys = dict(zip(by, row[: len(by)], strict=True))

@@ -104,7 +104,7 @@ class DirectStream(ChunkStream):
         self._timeout = timeout
         self._finished = False
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:  # type: ignore[override]
+    async def __aiter__(self) -> AsyncIterator[bytes]:
         buffer = b""
         try:
             async for piece in self._response.iter_body():
@@ -198,7 +198,7 @@ class LitellmStream(ChunkStream):
         self._upstream = upstream
         self._route = route
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:  # type: ignore[override]
+    async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
             async for chunk in self._wrapper:
                 data = chunk.model_dump(exclude_none=True)

@@ -24,6 +24,7 @@ from typing import Any
 
 from hiclaw import hookimpl
 from hiclaw.plugins.gateways.higress.settings import HigressSettings, higress_secret_names
+from hiclaw.protocols import RegisterGateway
 
 
 def make_higress_gateway(settings: HigressSettings, ctx: Any) -> Any:
@@ -33,7 +34,7 @@ def make_higress_gateway(settings: HigressSettings, ctx: Any) -> Any:
 
 
 @hookimpl
-def hiclaw_register_gateways(register: Any) -> None:
+def hiclaw_register_gateways(register: RegisterGateway) -> None:
     register(
         "higress",
         make_higress_gateway,

@@ -117,7 +117,7 @@ def _check_provider(body: Any) -> dict[str, Any]:
 class HigressConsoleContract:
     """The recorded console API over in-memory state. ``calls`` logs ``(method, path)``."""
 
-    def __init__(self, *, username: str = "admin", password: str = "admin") -> None:
+    def __init__(self, *, username: str = "admin", password: str = "admin") -> None:  # noqa: S107 - an in-memory fake
         self.username = username
         self.password = password
         self.consumers: dict[str, dict[str, Any]] = {}

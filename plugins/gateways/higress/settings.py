@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hiclaw.plugins.gateways.embedded.settings import provider_secret_names
 
-PASSWORD_SECRET = "higress_console_password"
+PASSWORD_SECRET = "higress_console_password"  # noqa: S105 - the name of a secret, not its value
 
 
 class HigressSettings(BaseModel):

@@ -22,6 +22,7 @@ from typing import Any
 
 from hiclaw import hookimpl
 from hiclaw.plugins.storage.local.settings import LocalStorageSettings
+from hiclaw.protocols import RegisterStorage
 
 
 def make_local_storage(settings: LocalStorageSettings, ctx: Any) -> Any:
@@ -31,7 +32,7 @@ def make_local_storage(settings: LocalStorageSettings, ctx: Any) -> Any:
 
 
 @hookimpl
-def hiclaw_register_storage(register: Any) -> None:
+def hiclaw_register_storage(register: RegisterStorage) -> None:
     register(
         "local",
         make_local_storage,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 import errno
 import os
 import shutil
@@ -92,7 +93,7 @@ class LocalStorage(SyncMixin):
 
     # ------------------------------------------------------------------ atomic writes
 
-    def _write(self, key: str, path: Path, fill: Callable[[IO[bytes]], None]) -> None:
+    def _write(self, key: str, path: Path, fill: Callable[[IO[bytes]], object]) -> None:
         if path.is_dir() and not path.is_symlink():
             raise InvalidInputError(f"cannot write {key!r}: a folder with that name exists", hint="pick another name")
         try:
@@ -126,7 +127,7 @@ class LocalStorage(SyncMixin):
     async def put_file(self, key: str, path: str | os.PathLike[str], *, content_type: str | None = None) -> None:
         target = self._check(key, write=True)
         source = Path(path)
-        if not source.exists() or source.is_dir():  # pipes and devices stream fine
+        if not source.exists() or source.is_dir():  # noqa: ASYNC240 - local stats; pipes and devices stream fine
             raise InvalidInputError(f"cannot upload {str(source)!r}: not a file", hint="give an existing file")
 
         def fill(fh: IO[bytes]) -> None:
@@ -151,7 +152,7 @@ class LocalStorage(SyncMixin):
             return None
         except NotADirectoryError:
             return None
-        if not os.path.isfile(path) or path.is_symlink():
+        if not os.path.isfile(path) or path.is_symlink():  # noqa: ASYNC240 - a local stat, like lstat above
             return None
         return _info(key, st)
 
@@ -159,7 +160,7 @@ class LocalStorage(SyncMixin):
         prefix = layout.validate_prefix(prefix)
         return await asyncio.to_thread(self._list, prefix, recursive)
 
-    def _list(self, prefix: str, recursive: bool) -> list[ObjectInfo]:
+    def _list(self, prefix: str, recursive: bool) -> builtins.list[ObjectInfo]:
         name_start = "" if prefix == "" or prefix.endswith("/") else prefix.rsplit("/", 1)[-1]
         dir_key = prefix[: len(prefix) - len(name_start)]
         base = self.root / dir_key if dir_key else self.root
@@ -184,7 +185,7 @@ class LocalStorage(SyncMixin):
                 entries.append(_info(key, entry.stat()))
         return sorted(entries, key=lambda e: e["key"])
 
-    def _walk(self, folder: Path, key_prefix: str) -> list[ObjectInfo]:
+    def _walk(self, folder: Path, key_prefix: str) -> builtins.list[ObjectInfo]:
         found: list[ObjectInfo] = []
         for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
             rel = Path(dirpath).relative_to(folder).as_posix()

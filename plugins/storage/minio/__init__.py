@@ -30,6 +30,7 @@ from typing import Any
 from hiclaw import hookimpl
 from hiclaw.errors import ConfigError
 from hiclaw.plugins.storage.minio.settings import ROOT_SECRETS, S3StorageSettings
+from hiclaw.protocols import RegisterStorage
 
 
 def make_s3_storage(settings: S3StorageSettings, ctx: Any) -> Any:
@@ -56,7 +57,7 @@ def make_s3_storage(settings: S3StorageSettings, ctx: Any) -> Any:
 
 
 @hookimpl
-def hiclaw_register_storage(register: Any) -> None:
+def hiclaw_register_storage(register: RegisterStorage) -> None:
     register(
         "minio",
         make_s3_storage,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from urllib.parse import quote, unquote, urlsplit
 
 ALGORITHM = "AWS4-HMAC-SHA256"
@@ -70,7 +70,7 @@ def sign(
 ) -> dict[str, str]:
     """Headers to send: ``headers`` plus ``Host``, ``X-Amz-Date``, ``X-Amz-Content-Sha256`` and
     ``Authorization``."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     parts = urlsplit(url)
     amz_date = now.strftime("%Y%m%dT%H%M%SZ")
     payload_hash = hashlib.sha256(body).hexdigest()
@@ -114,10 +114,10 @@ def verify(
         raise SignatureError("InvalidAccessKeyId", "The Access Key Id you provided does not exist in our records.")
     amz_date = lowered.get("x-amz-date", "")
     try:
-        when = datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+        when = datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
     except ValueError:
         raise SignatureError("AccessDenied", "X-Amz-Date is missing or malformed.") from None
-    if abs(((now or datetime.now(timezone.utc)) - when).total_seconds()) > max_skew_seconds or amz_date[:8] != date:
+    if abs(((now or datetime.now(UTC)) - when).total_seconds()) > max_skew_seconds or amz_date[:8] != date:
         raise SignatureError("RequestTimeTooSkewed", "The difference between the request time and the server's time is too large.")
     payload_hash = lowered.get("x-amz-content-sha256", EMPTY_SHA256)
     if payload_hash != "UNSIGNED-PAYLOAD" and payload_hash != hashlib.sha256(body).hexdigest():
