@@ -87,8 +87,24 @@ class SkillsConfig(_Section):
     download_url: str | None = None
     registry: str = "skills-sh"
     allowed_sources: list[str] = Field(default_factory=lambda: ["*"])
+    #: Origins (``scheme://host[:port]``) the control plane may fetch from for workers even on
+    #: internal addresses — registries you run on the LAN; ``api_url``/``download_url`` are implied.
+    trusted_origins: list[str] = Field(default_factory=list)
     max_files: int = Field(default=1000, ge=1)
     max_bytes: int = Field(default=25 * 1024 * 1024, ge=1)
+
+    @field_validator("trusted_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        from urllib.parse import urlsplit
+
+        for origin in value:
+            parts = urlsplit(origin)
+            _ = parts.port  # raises ValueError on a bad port
+            if parts.scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc \
+                    or parts.path not in ("", "/") or parts.query or parts.fragment:
+                raise ValueError(f"{origin!r} is not an origin: write scheme://host[:port], e.g. https://skills.lan:8443")
+        return value
 
 
 class TeamConfig(_Section):
@@ -100,7 +116,32 @@ class TeamConfig(_Section):
     #: A worker whose control plane has been unreachable this long (a crash nobody restarted)
     #: stops itself; `hiclaw up` within that time adopts it instead.
     orphan_timeout_seconds: float = Field(default=1800, gt=0)
-    worker_budget_usd: float | None = Field(default=None, ge=0)
+    #: The budget (USD) of every worker created without ``--budget``: the gateway warns at 80 %
+    #: and refuses its calls at 100 %. ``"unlimited"`` for none.
+    worker_budget_usd: float | Literal["unlimited"] = 5.0
+    #: At most this many agent turns per room per minute started by others than the admin
+    #: (a worker's own task assignments do not count); beyond it the agent stays silent there
+    #: and the admin is told once in the Manager room. Stops mention loops.
+    max_turns_per_room_per_minute: int = Field(default=10, ge=1)
+
+    @field_validator("worker_budget_usd", mode="before")
+    @classmethod
+    def _budget(cls, value: Any) -> Any:
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("unlimited", "none")):
+            return "unlimited"
+        return value
+
+    @field_validator("worker_budget_usd")
+    @classmethod
+    def _budget_not_negative(cls, value: float | str) -> float | str:
+        if isinstance(value, float | int) and value < 0:
+            raise ValueError("a budget is >= 0 USD, or \"unlimited\"")
+        return value
+
+    @property
+    def default_worker_budget(self) -> float | None:
+        """``worker_budget_usd`` as a number, ``None`` for unlimited."""
+        return None if self.worker_budget_usd == "unlimited" else float(self.worker_budget_usd)
 
 
 class PluginsConfig(_Section):

@@ -9,7 +9,7 @@ get their secrets (only the ones they declared) through ``ctx.secrets``.
 """
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, runtime_checkable
 
@@ -224,6 +224,20 @@ class ResyncingChannel(Protocol):
 
 
 @runtime_checkable
+class AccountRemoval(Protocol):
+    """A channel that can take a removed worker's chat account away: every token of it invalid,
+    out of every room, never invited back. Without it, removing a worker only takes it out of
+    its own room (:meth:`TeamChannel.remove_member`), and the chat token it held stays valid."""
+
+    def account_removed(self, name: str) -> bool:
+        """Whether :meth:`remove_account` has finished for agent ``name`` (or it has no account)."""
+
+    async def remove_account(self, name: str) -> str:
+        """Take agent ``name``'s account away (idempotent); returns how, in a word or two (e.g.
+        ``deactivated``). Creating the agent again later restores it."""
+
+
+@runtime_checkable
 class RoomDirectory(Protocol):
     """A channel that remembers the rooms it made. Without it the control plane keeps its own
     in-memory map and asks :meth:`Channel.ensure_room` once per room and member set."""
@@ -239,6 +253,20 @@ class TokenChecker(Protocol):
 
     async def check_token(self, name: str, token: str) -> bool:
         """Whether ``token`` is consumer ``name``'s current token."""
+
+
+@runtime_checkable
+class TaskAssignments(Protocol):
+    """A gateway that attributes spend from the control plane's assignments. The control plane
+    tells it, whenever a worker's tasks change (dispatch, finish, cancel, boot), which tasks the
+    worker has and the project of each; the gateway then honours a worker's task tag only if it
+    names one of those, takes the project from the assignment, and counts an untagged call toward
+    every project the worker is on. Without it, a gateway can only go by the tags a worker sends,
+    and a worker can charge its calls to any project, or to none."""
+
+    async def set_assignments(self, consumer: str, assignments: Mapping[str, str | None]) -> None:
+        """Replace what consumer ``consumer`` works on: ``{task id: project id, or None for a task
+        outside any project}`` (empty: nothing now). Takes effect on its next request."""
 
 
 @runtime_checkable
@@ -278,6 +306,19 @@ class AdoptingSandbox(Protocol):
 
     async def stop_leftovers(self, keep: set[str] | frozenset[str] = frozenset(), timeout: float = 10.0) -> list[str]:
         """Stop every recorded run not in ``keep``; returns their names."""
+
+
+@runtime_checkable
+class NeutralPaths(Protocol):
+    """A sandbox backend that shows the storage and the worker's home at neutral paths inside
+    (``/data/…``, ``/home/<name>``), so a worker does not learn where the control plane keeps
+    its files. Without it, the paths inside are the host's."""
+
+    #: Where storage mounts (those with ``beneath``) appear inside: ``<storage_root_inside>/<key>``.
+    storage_root_inside: Path
+
+    def home_inside(self, name: str) -> Path:
+        """Where worker ``name``'s own folder appears inside."""
 
 
 @runtime_checkable

@@ -10,6 +10,15 @@ Chatter therefore costs zero model calls, and nothing said in the room is hidden
 
 While the wrapped handler runs, ``typing(room_id, True)`` is sent (and refreshed), then
 ``typing(room_id, False)``. With ``state_path`` the buffers survive a restart (atomic JSON file).
+
+Who may wake the agent is checked in code, not asked of the model:
+
+- ``trusted`` (user ids): a mention or DM from anyone else starts no turn — the message is kept
+  as context like unmentioned chatter (and ``on_refused`` is told), so one worker can never
+  wake another (a worker ↔ worker mention loop cannot start);
+- ``limiter`` (a :class:`TurnLimiter`): at most N turns per room per window started by senders
+  outside ``unlimited`` (the admin) and not ``exempt`` (e.g. a worker's own assignments); beyond
+  it the message is kept as context and ``on_limited`` is told once, until a turn fits again.
 """
 from __future__ import annotations
 
@@ -18,8 +27,9 @@ import contextlib
 import json
 import logging
 import os
+import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from pathlib import Path
 
 from hiclaw.models import ChatMessage
@@ -28,8 +38,37 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[ChatMessage], Awaitable[None]]
 Typing = Callable[[str, bool], Awaitable[None]]
+Exempt = Callable[[ChatMessage], Awaitable[bool]]
 DEFAULT_BUFFER = 50
 TYPING_REFRESH_SECONDS = 20.0  # clients drop a typing notice after ~30 s unless renewed
+
+
+class TurnLimiter:
+    """At most ``max_turns`` turns per room in any ``window_seconds`` (a sliding window).
+
+    A loop between agents that keep mentioning each other makes turns as fast as the models
+    answer; a person, or a team doing real work, does not. Past the limit the agent stays silent
+    in that room until the window has room again."""
+
+    def __init__(self, max_turns: int, window_seconds: float = 60.0, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if max_turns < 1 or window_seconds <= 0:
+            raise ValueError("max_turns must be >= 1 and window_seconds > 0")
+        self.max_turns = max_turns
+        self.window_seconds = window_seconds
+        self.clock = clock
+        self._turns: dict[str, deque[float]] = {}
+
+    def allow(self, room_id: str) -> bool:
+        """Count a turn in ``room_id`` if it fits in the window; False (nothing counted) if not."""
+        now = self.clock()
+        turns = self._turns.setdefault(room_id, deque())
+        while turns and turns[0] <= now - self.window_seconds:
+            turns.popleft()
+        if len(turns) >= self.max_turns:
+            return False
+        turns.append(now)
+        return True
 
 
 class MentionGate:
@@ -43,6 +82,12 @@ class MentionGate:
         buffer_size: int = DEFAULT_BUFFER,
         typing: Typing | None = None,
         state_path: Path | None = None,
+        trusted: Collection[str] | None = None,
+        on_refused: Handler | None = None,
+        limiter: TurnLimiter | None = None,
+        unlimited: Collection[str] = (),
+        exempt: Exempt | None = None,
+        on_limited: Handler | None = None,
     ) -> None:
         if buffer_size < 0:
             raise ValueError("buffer_size must be >= 0")
@@ -51,21 +96,47 @@ class MentionGate:
         self.buffer_size = buffer_size
         self.typing = typing
         self.state_path = state_path
+        #: User ids whose mentions and DMs wake the agent (``None``: everyone's).
+        self.trusted = frozenset(trusted) if trusted is not None else None
+        self.on_refused = on_refused
+        self.limiter = limiter
+        self.unlimited = frozenset(unlimited)
+        self.exempt = exempt
+        self.on_limited = on_limited
         self.buffers: dict[str, deque[ChatMessage]] = {}
         self.woken = 0  # turns run
         self.buffered = 0  # messages kept as context instead of waking the agent
+        self.refused = 0  # mentions from senders not trusted to wake the agent
+        self.limited = 0  # mentions past the per-room turn limit
+        self._silenced: set[str] = set()  # rooms over the limit whose admin notice was given
         self._load()
 
     def wakes_for(self, message: ChatMessage) -> bool:
         return message.is_direct or self.agent_user_id in message.mentions
 
+    def trusts(self, sender: str) -> bool:
+        return self.trusted is None or sender in self.trusted
+
     async def __call__(self, message: ChatMessage) -> None:
         if message.sender == self.agent_user_id:
             return
         if not self.wakes_for(message):
-            self._buffer(message.room_id).append(message)
-            self.buffered += 1
-            self._save()
+            self._keep(message)
+            return
+        if not self.trusts(message.sender):
+            self._keep(message)
+            self.refused += 1
+            log.info("%s: a mention by %s in %s starts no turn (not a trusted sender)", self.agent_user_id,
+                     message.sender, message.room_id)
+            await self._tell(self.on_refused, message)
+            return
+        if not await self._within_limit(message):
+            self._keep(message)
+            self.limited += 1
+            if message.room_id not in self._silenced:
+                self._silenced.add(message.room_id)
+                log.warning("%s: turn limit reached in %s; staying silent there", self.agent_user_id, message.room_id)
+                await self._tell(self.on_limited, message)
             return
         context = tuple(self.buffers.pop(message.room_id, ()))
         self._save()
@@ -83,6 +154,30 @@ class MentionGate:
             with contextlib.suppress(asyncio.CancelledError):
                 await refresher
             await self._typing(message.room_id, False)
+
+    async def _within_limit(self, message: ChatMessage) -> bool:
+        """Whether this turn fits the room's turn limit (counting it if it is one that counts)."""
+        if self.limiter is None or message.sender in self.unlimited:
+            return True
+        if self.exempt is not None and await self.exempt(message):
+            return True
+        if not self.limiter.allow(message.room_id):
+            return False
+        self._silenced.discard(message.room_id)  # under the limit again: a new excess is reported again
+        return True
+
+    def _keep(self, message: ChatMessage) -> None:
+        self._buffer(message.room_id).append(message)
+        self.buffered += 1
+        self._save()
+
+    async def _tell(self, callback: Handler | None, message: ChatMessage) -> None:
+        if callback is None:
+            return
+        try:
+            await callback(message)
+        except Exception:  # a notice failing must not stop the channel's sync loop
+            log.exception("%s: handling a message that started no turn failed", self.agent_user_id)
 
     def pending(self, room_id: str) -> tuple[ChatMessage, ...]:
         """Messages buffered for the next turn in ``room_id``."""

@@ -13,9 +13,9 @@ from urllib.parse import quote, urlparse
 
 from hiclaw.registry import safety
 from hiclaw.registry.disk import GitCheckout, list_tree, read_folder, skill_md_path
-from hiclaw.registry.errors import RegistryError, SkillNotFoundError, UnsafeSkillError
+from hiclaw.registry.errors import RegistryError, SkillNotFoundError, SkillPolicyError, UnsafeSkillError
 from hiclaw.registry.frontmatter import NAME_RE, parse_skill_md, strip_controls
-from hiclaw.registry.http import HttpFetcher
+from hiclaw.registry.http import FetchPolicy, HttpFetcher
 from hiclaw.registry.models import FetchedSkill, Limits, Provenance, SearchResult
 from hiclaw.registry.safety import validated_skill
 from hiclaw.registry.sources import SourceSpec, parse_source
@@ -67,12 +67,24 @@ class RegistryClient:
         fetcher: HttpFetcher | None = None,
         timeout: float = 15.0,
         retries: int = 3,
+        policy: FetchPolicy | None = None,
     ) -> None:
+        """``policy``: every fetch (HTTP and git) obeys it — the control plane fetching for a
+        worker (see :mod:`hiclaw.registry.http`); ``fetcher`` must then carry the same policy."""
         self.api_url = (api_url or DEFAULT_API_URL).rstrip("/")
         self.download_url = (download_url or self.api_url).rstrip("/")
         self.limits = limits or Limits()
+        self.timeout, self.retries = timeout, retries
+        if fetcher is not None and policy is not None and fetcher.policy is not policy:
+            raise ValueError("the fetcher of a guarded registry client must carry its policy")
+        self.policy = policy if policy is not None else (fetcher.policy if fetcher is not None else None)
         self._own_fetcher = fetcher is None
-        self.http = fetcher or HttpFetcher(timeout=timeout, retries=retries)
+        self.http = fetcher or HttpFetcher(timeout=timeout, retries=retries, policy=policy)
+
+    def guarded(self, policy: FetchPolicy) -> RegistryClient:
+        """The same registry, every fetch under ``policy`` (a new client with its own connections)."""
+        return RegistryClient(self.api_url, self.download_url, limits=self.limits, timeout=self.timeout,
+                              retries=self.retries, policy=policy)
 
     async def aclose(self) -> None:
         if self._own_fetcher:
@@ -117,6 +129,8 @@ class RegistryClient:
             return await self._fetch_archive(spec)
         if spec.kind == "git":
             return await self._fetch_repo(spec)
+        if self.policy is not None:
+            raise SkillPolicyError("a guarded registry client reads no local folders", hint="name a registry skill or a URL")
         return await asyncio.to_thread(self._fetch_local, spec)
 
     async def _fetch_repo(self, spec: SourceSpec) -> list[FetchedSkill]:
@@ -192,7 +206,7 @@ class RegistryClient:
     def _fetch_git(self, spec: SourceSpec) -> list[FetchedSkill]:
         assert spec.url is not None
         github = spec.owner_repo is not None and "github.com" in spec.url
-        with GitCheckout(spec.url, spec.ref) as checkout:
+        with GitCheckout(spec.url, spec.ref, policy=self.policy) as checkout:
             root = checkout.root / spec.subpath if spec.subpath else checkout.root
             if not root.is_dir():
                 raise SkillNotFoundError(f"{spec.url} has no folder {spec.subpath!r}")

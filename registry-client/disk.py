@@ -6,6 +6,8 @@ reading, so a huge repository costs nothing beyond its listing.
 """
 from __future__ import annotations
 
+import ipaddress
+import logging
 import os
 import stat
 import subprocess
@@ -14,7 +16,10 @@ from pathlib import Path
 
 from hiclaw.registry.errors import RegistryError, UnsafeSkillError
 from hiclaw.registry.frontmatter import SKILL_FILE
+from hiclaw.registry.http import NOT_REACHABLE, NOT_REACHABLE_HINT, FetchPolicy, FetchRefused, parse_origin
 from hiclaw.registry.models import Limits
+
+log = logging.getLogger(__name__)
 
 SKIP_DIRS = frozenset({".git", "node_modules", "__pycache__"})
 GIT_TIMEOUT = 120.0
@@ -62,8 +67,11 @@ def read_folder(folder: Path, limits: Limits, *, where: str) -> dict[str, bytes]
     return files
 
 
-def _git(args: list[str], *, cwd: Path | None = None, what: str) -> str:
-    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true", "GIT_LFS_SKIP_SMUDGE": "1"}
+def _git(args: list[str], *, cwd: Path | None = None, what: str, env: dict[str, str] | None = None,
+         guarded: str | None = None) -> str:
+    """Run git; ``guarded``: the URL a worker chose — network failures then read like every other
+    refused fetch (:data:`NOT_REACHABLE`), with git's own words in the log only."""
+    env = env or {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true", "GIT_LFS_SKIP_SMUDGE": "1"}
     try:
         result = subprocess.run(
             ["git", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=GIT_TIMEOUT, check=False
@@ -71,20 +79,32 @@ def _git(args: list[str], *, cwd: Path | None = None, what: str) -> str:
     except FileNotFoundError:
         raise RegistryError(f"cannot {what}: git is not installed", hint="install git, or use a registry source") from None
     except subprocess.TimeoutExpired:
+        if guarded is not None:
+            log.warning("skills: git clone of %r for a worker timed out", guarded)
+            raise RegistryError(f"cannot fetch {guarded}: {NOT_REACHABLE}", hint=NOT_REACHABLE_HINT) from None
         raise RegistryError(f"cannot {what}: git timed out after {GIT_TIMEOUT:.0f}s") from None
     if result.returncode != 0:
         lines = [ln.strip() for ln in result.stderr.splitlines() if ln.strip()]
         reason = next((ln for ln in reversed(lines) if ln.lower().startswith(("fatal", "error"))), lines[-1] if lines else "")
+        if guarded is not None and "unable to access" in result.stderr:
+            log.warning("skills: git clone of %r for a worker failed: %s", guarded, reason[:300])
+            raise RegistryError(f"cannot fetch {guarded}: {NOT_REACHABLE}", hint=NOT_REACHABLE_HINT)
         raise RegistryError(f"cannot {what}: {reason[:300]}", hint="check the URL, the ref and your network access")
     return result.stdout.strip()
 
 
 class GitCheckout:
-    """A shallow clone in a temporary folder (removed on exit)."""
+    """A shallow clone in a temporary folder (removed on exit).
 
-    def __init__(self, url: str, ref: str | None = None) -> None:
+    ``policy`` (a fetch a worker chose): the URL must pass it — http(s) only, and unless its
+    origin is trusted, a host resolving to public addresses only, which git is then pinned to
+    (``http.curloptResolve``); git runs without the control plane's git configuration
+    (credential helpers, ``insteadOf``, proxies), with only that protocol allowed and no redirects."""
+
+    def __init__(self, url: str, ref: str | None = None, *, policy: FetchPolicy | None = None) -> None:
         self.url = url
         self.ref = ref
+        self.policy = policy
         self._tmp = tempfile.TemporaryDirectory(prefix="hiclaw-skill-git-")
         self.root = Path(self._tmp.name) / "repo"
 
@@ -99,16 +119,40 @@ class GitCheckout:
     def __exit__(self, *exc: object) -> None:
         self._tmp.cleanup()
 
+    def _guarded(self) -> tuple[list[str], dict[str, str]]:
+        """The ``-c`` options and environment of a clone under :attr:`policy`; refuses the URL
+        (one line, the same as any unreachable fetch) when the policy does."""
+        assert self.policy is not None
+        try:
+            trusted = self.policy.check_url(self.url)
+            scheme, host, port = parse_origin(self.url)
+            pinned = [] if trusted else self.policy.addresses_sync(host, port)
+        except FetchRefused as exc:
+            log.warning("skills: refusing to clone %r for a worker: %s", self.url, exc)
+            raise RegistryError(f"cannot fetch {self.url}: {NOT_REACHABLE}", hint=NOT_REACHABLE_HINT) from None
+        options = ["-c", "protocol.allow=never", "-c", f"protocol.{scheme}.allow=always",
+                   "-c", "http.followRedirects=false", "-c", "credential.helper=", "-c", "http.proxy=",
+                   "-c", "core.hooksPath=/dev/null"]
+        if pinned and not _is_ip(host):
+            addresses = ",".join(f"[{a}]" if ":" in a else a for a in pinned)
+            options += ["-c", f"http.curloptResolve={host}:{port}:{addresses}"]
+        env = {"PATH": os.environ.get("PATH", os.defpath), "HOME": self._tmp.name, "LANG": "C",
+               "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull, "GIT_TERMINAL_PROMPT": "0",
+               "GIT_ASKPASS": "true", "GIT_LFS_SKIP_SMUDGE": "1", "GIT_ALLOW_PROTOCOL": scheme}
+        return options, env
+
     def clone(self) -> None:
         what = f"clone {self.url}" + (f" at {self.ref}" if self.ref else "")
-        base = ["-c", "core.symlinks=true", "clone", "--quiet", "--no-tags", "--single-branch"]
+        options, env = self._guarded() if self.policy is not None else ([], None)
+        guarded = self.url if self.policy is not None else None
+        base = [*options, "-c", "core.symlinks=true", "clone", "--quiet", "--no-tags", "--single-branch"]
         is_sha = self.ref is not None and len(self.ref) >= 7 and all(c in "0123456789abcdef" for c in self.ref.lower())
         if self.ref and is_sha:
-            _git([*base, "--no-checkout", self.url, str(self.root)], what=what)
-            _git(["checkout", "--quiet", self.ref], cwd=self.root, what=what)
+            _git([*base, "--no-checkout", "--", self.url, str(self.root)], what=what, env=env, guarded=guarded)
+            _git([*options, "checkout", "--quiet", self.ref], cwd=self.root, what=what, env=env, guarded=guarded)
             return
         branch = ["--branch", self.ref] if self.ref else []
-        _git([*base, "--depth", "1", *branch, "--", self.url, str(self.root)], what=what)
+        _git([*base, "--depth", "1", *branch, "--", self.url, str(self.root)], what=what, env=env, guarded=guarded)
 
     def tree_sha(self, folder: str) -> str:
         """Git tree SHA of ``folder`` (what the global lock calls ``skillFolderHash``)."""
@@ -117,6 +161,14 @@ class GitCheckout:
             return _git(["rev-parse", spec], cwd=self.root, what="read the tree hash")
         except RegistryError:
             return ""
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def skill_md_path(folder: str) -> str:

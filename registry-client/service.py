@@ -8,9 +8,14 @@ Policy, from ``[skills]``:
     a URL or its host, e.g. ``["acme/*", "https://skills.internal.example/*"]``. ``["*"]``
     (default) allows any public source. Local paths and non-HTTPS git transports (``file://``,
     ``ssh://``, ``git@``) are never allowed for workers: they would read the control plane's
-    files or use its keys. URLs on internal addresses (loopback, private, link-local) are allowed
-    only for the configured registry or when a pattern other than ``*`` names them, so a worker
-    cannot make the control plane probe internal services.
+    files or use its keys.
+``trusted_origins``
+    Every fetch for a worker goes through one :class:`hiclaw.registry.http.FetchPolicy`: a host
+    must resolve to globally routable addresses only, checked once and connected to as checked,
+    on every redirect too — except the admin's own origins (exact scheme, host and port): the
+    configured ``api_url``/``download_url``, ``trusted_origins``, and ``allowed_sources``
+    patterns whose ``scheme://host[:port]`` part is literal. A worker sees every refused or
+    failed fetch as the same one line (``cannot fetch URL: not reachable from the team``).
 ``max_files`` / ``max_bytes``
     Limits of one skill, unpacked.
 
@@ -21,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
-import ipaddress
 import logging
 import re
 from collections.abc import Callable, Sequence
@@ -30,13 +34,14 @@ from typing import Any
 from urllib.parse import urlparse
 
 from hiclaw.config import SkillsConfig
-from hiclaw.errors import InvalidInputError
+from hiclaw.errors import HiclawError, InvalidInputError
 from hiclaw.protocols import Closeable
 from hiclaw.registry.client import RegistryClient
 from hiclaw.registry.disk import read_folder
 from hiclaw.registry.errors import SkillNotFoundError, SkillPolicyError, UnsafeSkillError
 from hiclaw.registry.frontmatter import NAME_RE, SKILL_FILE, parse_skill_md
 from hiclaw.registry.hashing import files_hash
+from hiclaw.registry.http import NOT_REACHABLE, NOT_REACHABLE_HINT, FetchPolicy
 from hiclaw.registry.installer import install, installed
 from hiclaw.registry.models import Limits, Provenance
 from hiclaw.registry.safety import validated_skill
@@ -50,16 +55,19 @@ MAX_RESULTS = 20
 MAX_LISTED_FILES = 200
 
 
-def _internal(url: str) -> bool:
-    """Loopback, private, link-local or unspecified literal addresses (and ``localhost``)."""
-    host = (urlparse(url).hostname or "").lower()
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return address.is_loopback or address.is_private or address.is_link_local or address.is_unspecified or address.is_reserved
+_GLOB = frozenset("*?[")
+
+
+def trusted_origins(config: SkillsConfig) -> list[str]:
+    """The admin's own origins, which workers' fetches may reach even on internal addresses:
+    the registry (``api_url``, ``download_url``), ``trusted_origins``, and every
+    ``allowed_sources`` pattern that is a URL whose ``scheme://host[:port]`` has no wildcard."""
+    origins = [config.api_url, *([config.download_url] if config.download_url else []), *config.trusted_origins]
+    for pattern in config.allowed_sources:
+        parts = urlparse(pattern.strip())
+        if parts.scheme in ("http", "https") and parts.netloc and not _GLOB & set(f"{parts.scheme}{parts.netloc}"):
+            origins.append(f"{parts.scheme}://{parts.netloc}")
+    return origins
 
 
 def _worker(worker: str) -> str:
@@ -83,26 +91,26 @@ class SkillService:
         self.config = config or SkillsConfig()
         self.worker_skills_dir = worker_skills_dir
         self.limits = Limits(max_files=self.config.max_files, max_bytes=self.config.max_bytes)
-        self.registry = registry or RegistryClient(self.config.api_url, self.config.download_url, limits=self.limits)
+        #: Where fetches for workers may go (module docstring, ``trusted_origins``).
+        self.policy = FetchPolicy(trusted_origins(self.config))
+        self._unguarded: Any = None
+        if registry is None:
+            registry = RegistryClient(self.config.api_url, self.config.download_url, limits=self.limits, policy=self.policy)
+        elif isinstance(registry, RegistryClient) and registry.policy is None:
+            self._unguarded, registry = registry, registry.guarded(self.policy)  # workers' fetches are guarded
+        self.registry = registry
         self._locks: dict[Path, asyncio.Lock] = {}
 
     async def aclose(self) -> None:
-        if isinstance(self.registry, Closeable):
-            await self.registry.aclose()
+        for registry in (self.registry, self._unguarded):
+            if isinstance(registry, Closeable):
+                await registry.aclose()
 
     # ------------------------------------------------------------------ policy
 
     def allowed(self, spec: SourceSpec) -> bool:
         patterns = [p.lower() for p in self.config.allowed_sources]
         return any(fnmatch.fnmatchcase(name.lower(), pattern) for name in spec.identifiers() for pattern in patterns)
-
-    def _internal_allowed(self, spec: SourceSpec) -> bool:
-        """Internal URLs: only the configured registry, or an explicit (non-``*``) pattern."""
-        netloc = urlparse(spec.url or "").netloc
-        if netloc in {urlparse(self.config.api_url).netloc, urlparse(self.config.download_url or "").netloc}:
-            return True
-        patterns = [p.lower() for p in self.config.allowed_sources if p.strip() != "*"]
-        return any(fnmatch.fnmatchcase(name.lower(), p) for name in spec.identifiers() for p in patterns)
 
     def check_source(self, source: str, skill: str | None = None) -> SourceSpec:
         """Parse ``source`` and apply the policy; raises :class:`SkillPolicyError` when refused."""
@@ -111,11 +119,10 @@ class SkillService:
             raise SkillPolicyError("workers may not install skills from local paths", hint="name a registry skill (owner/repo@skill) or an https URL")
         if spec.kind == "git" and not (spec.url or "").startswith("https://"):
             raise SkillPolicyError(f"workers may install git sources over https only (got {source!r})")
-        if spec.url and _internal(spec.url) and not self._internal_allowed(spec):
-            raise SkillPolicyError(
-                f"workers may not point the control plane at internal address {urlparse(spec.url).netloc!r}",
-                hint="list it explicitly in [skills] allowed_sources (\"*\" does not cover internal addresses)",
-            )
+        refused = self.policy.literal_refusal(spec.url) if spec.url else None
+        if refused is not None:  # on its face (a name is resolved, checked and pinned when fetched)
+            log.warning("skills: refusing source %r for a worker: %s", spec.url, refused)
+            raise SkillPolicyError(f"cannot fetch {spec.url}: {NOT_REACHABLE}", hint=NOT_REACHABLE_HINT)
         if not self.allowed(spec):
             raise SkillPolicyError(
                 f"source {spec.display!r} is not allowed by [skills] allowed_sources",
@@ -156,7 +163,11 @@ class SkillService:
         if skill is not None and not NAME_RE.match(skill):
             raise InvalidInputError(f"invalid skill name {skill!r}", hint="skill names are like 'pdf-tools'")
         spec = self.check_source(source, skill)
-        fetched = await self.registry.fetch(spec)
+        try:
+            fetched = await self.registry.fetch(spec)
+        except HiclawError as exc:
+            log.info("skills: worker %s could not install %s: %s", worker, spec.display, exc)
+            raise
         if len(fetched) != 1:
             names = ", ".join(s.name for s in fetched[:20])
             raise InvalidInputError(f"{spec.display} has {len(fetched)} skills ({names})", hint="name the one you want")

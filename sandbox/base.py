@@ -57,7 +57,7 @@ class SandboxHandle(BaseModel):
 def worker_environment(spec: WorkerSpec, defaults: dict[str, str] | None = None) -> dict[str, str]:
     """The whole environment of a sandboxed worker: a few defaults plus the spec's own variables."""
     env = {**BASE_ENV, **(defaults or {})}
-    env["HOME"] = str(spec.home) if spec.home else "/tmp"
+    env["HOME"] = str(spec.home_inside) if spec.home_inside else "/tmp"
     env["USER"] = env["LOGNAME"] = spec.name
     env.update(spec.env)
     return env
@@ -87,11 +87,20 @@ def status_dict(name: str, backend: str, state: str, **extra: Any) -> dict[str, 
     return base
 
 
-def launcher_argv(python: str, forwards: list[str], settings: BackendSettings, extra: tuple[str, ...] = ()) -> list[str]:
-    """``python -m hiclaw.sandbox.launch`` with ``--bridge`` forwards and resource limits (no ``--``)."""
+def launcher_argv(python: str, forwards: list[str], settings: BackendSettings, extra: tuple[str, ...] = (),
+                  rlimits: dict[str, int] | None = None) -> list[str]:
+    """``python -m hiclaw.sandbox.launch`` with ``--bridge`` forwards and resource limits (no ``--``).
+    ``rlimits`` (launcher option → value, from :func:`hiclaw.sandbox.limits.plan_limits`) replaces
+    the limits derived from ``settings``."""
     args = [python, "-m", "hiclaw.sandbox.launch", *extra]
     for forward in forwards:
         args += ["--bridge", forward]
+    if forwards:
+        args += ["--max-connections", str(settings.bridge_max_connections)]
+    if rlimits is not None:
+        for option, value in rlimits.items():
+            args += [option, str(value)]
+        return args
     if settings.memory_mb:
         args += ["--rlimit-as", str(settings.memory_mb * 1024 * 1024)]
     if settings.max_open_files:

@@ -11,8 +11,10 @@ Configure in ``config.toml``::
 
     [sandbox.settings]
     extra_ro_paths = ["/opt/toolchain"]   # more read-only folders
-    memory_mb = 2048                      # address-space limit per worker
-    max_open_files = 4096
+    memory_mb = 2048                      # per worker (cgroup where possible, else RLIMIT_AS); the default
+    max_processes = 512                   # per worker (cgroup pids, else RLIMIT_NPROC); the default
+    max_open_files = 4096                 # RLIMIT_NOFILE; the default
+    seccomp = true                        # the syscall filter; the default
 
 Verify the isolation on your machine with ``hiclaw sandbox check``. Details: ``docs/sandbox.md``.
 This module only registers the backend; the implementation is :mod:`hiclaw.sandbox.backends.bwrap`.

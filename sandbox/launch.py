@@ -3,11 +3,15 @@
 Usage (the backends build this line; it is not meant for people)::
 
     python -m hiclaw.sandbox.launch [--bridge PORT=unix:PATH | PORT=tcp:HOST:PORT]...
-        [--rlimit-as BYTES] [--rlimit-nofile N] [--parent-pid PID] [--ready-fd FD] -- PROGRAM [ARGS...]
+        [--rlimit-as BYTES] [--rlimit-nofile N] [--rlimit-nproc N] [--max-connections N]
+        [--parent-pid PID] [--ready-fd FD] -- PROGRAM [ARGS...]
 
-1. Applies resource limits (inherited by the worker).
+1. Applies resource limits (inherited by the worker; soft = hard, so it cannot raise them).
+   ``--rlimit-nproc`` is given only inside a sandbox's own user namespace, where the kernel
+   counts the processes of that namespace alone (see :mod:`hiclaw.sandbox.limits`).
 2. Listens on ``127.0.0.1:PORT`` for every ``--bridge`` (see :mod:`hiclaw.sandbox.bridge`), so
-   the listeners are up before the worker starts — no readiness race.
+   the listeners are up before the worker starts — no readiness race. ``--max-connections``:
+   connections per bridge relayed at once (more are closed on arrival, as the host would).
 3. Spawns PROGRAM as its child (then writes one byte to ``--ready-fd`` and closes it, so the
    host knows the sandbox is set up and the worker runs), forwards SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2
    to it, and exits with its exit code (``128 + N`` if killed by signal N). PROGRAM starts with
@@ -42,8 +46,8 @@ def _parse(argv: list[str]) -> tuple[dict[str, list[str]], list[str]]:
     if "--" not in argv:
         raise ValueError("missing '--' before the program to run")
     split = argv.index("--")
-    options: dict[str, list[str]] = {"--bridge": [], "--rlimit-as": [], "--rlimit-nofile": [], "--parent-pid": [],
-                                     "--ready-fd": []}
+    options: dict[str, list[str]] = {"--bridge": [], "--rlimit-as": [], "--rlimit-nofile": [], "--rlimit-nproc": [],
+                                     "--max-connections": [], "--parent-pid": [], "--ready-fd": []}
     head = argv[:split]
     i = 0
     while i < len(head):
@@ -71,7 +75,8 @@ def _die_with_parent(parent_pid: int) -> None:
 def _limits(options: dict[str, list[str]]) -> None:
     import resource
 
-    for option, which in (("--rlimit-as", resource.RLIMIT_AS), ("--rlimit-nofile", resource.RLIMIT_NOFILE)):
+    for option, which in (("--rlimit-as", resource.RLIMIT_AS), ("--rlimit-nofile", resource.RLIMIT_NOFILE),
+                          ("--rlimit-nproc", resource.RLIMIT_NPROC)):
         for value in options[option]:
             limit = int(value)
             _, hard = resource.getrlimit(which)
@@ -91,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         options, program = _parse(list(sys.argv[1:] if argv is None else argv))
         targets = [parse_target(text) for text in options["--bridge"]]
         ready_fds = [int(fd) for fd in options["--ready-fd"]]
+        cap = int(options["--max-connections"][-1]) if options["--max-connections"] else None
         for fd in ready_fds:
             os.set_inheritable(fd, False)  # the worker must not hold it
         _limits(options)
@@ -121,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     forwarders = []
     for port, target in targets:
         try:
-            forwarders.append(SandboxForwarder(port, target).start())
+            forwarders.append(SandboxForwarder(port, target, max_connections=cap).start())
         except OSError as exc:
             return _fail(EXIT_USAGE, f"cannot listen on 127.0.0.1:{port} for a bridge: {exc.strerror}")
 

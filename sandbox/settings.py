@@ -14,16 +14,42 @@ class BackendSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    #: Memory limit per worker in MiB (bwrap/process: address-space rlimit; docker: mem_limit;
-    #: kubernetes: resources.limits.memory). ``None``: no limit.
+    #: Memory limit per worker in MiB (bwrap/process: a cgroup memory limit on the whole sandbox
+    #: where the control plane can create cgroups, else the address-space rlimit of each process;
+    #: docker: mem_limit; kubernetes: resources.limits.memory). ``None``: no limit.
     memory_mb: int | None = Field(default=None, ge=16)
     #: Open-file limit per worker (RLIMIT_NOFILE). ``None``: inherited.
     max_open_files: int | None = Field(default=None, ge=16)
     #: Where the bridges' unix sockets live (default ``$HICLAW_HOME/run/sandbox``).
     run_dir: Path | None = None
+    #: Connections one worker may hold open at once on each of its bridges (backends with host
+    #: bridges: bwrap, docker); more are closed as soon as they arrive.
+    bridge_max_connections: int = Field(default=64, ge=1)
+    #: Seconds a new bridged connection may take to send its first byte before it is closed.
+    bridge_header_timeout: float = Field(default=10.0, gt=0)
+    #: Seconds a bridged connection may stay silent (both directions) before it is closed.
+    bridge_idle_timeout: float = Field(default=600.0, gt=0)
 
 
-class BwrapSettings(BackendSettings):
+class LocalSettings(BackendSettings):
+    """Keys of the backends that run workers as local processes (bwrap, process)."""
+
+    #: Processes (and threads) per worker: a cgroup ``pids.max`` where the control plane can
+    #: create cgroups, else ``RLIMIT_NPROC`` inside the sandbox's user namespace (bwrap, not as
+    #: root), else none. ``None``: no limit.
+    max_processes: int | None = Field(default=None, ge=8)
+    #: Use cgroups for ``memory_mb`` and ``max_processes`` when the control plane can create
+    #: them (``false``: rlimits only).
+    cgroups: bool = True
+
+
+class BwrapSettings(LocalSettings):
+    #: Defaults a normal worker never reaches, but a fork bomb or a memory hog does.
+    memory_mb: int | None = Field(default=2048, ge=16)
+    max_open_files: int | None = Field(default=4096, ge=16)
+    max_processes: int | None = Field(default=512, ge=8)
+    #: A seccomp filter denying the syscalls no worker needs (keyctl, bpf, io_uring, mount, ptrace…).
+    seccomp: bool = True
     #: The bubblewrap executable.
     bwrap: str = "bwrap"
     #: More host paths made visible read-only at the same path (e.g. a tool chain in /opt).
@@ -34,7 +60,7 @@ class BwrapSettings(BackendSettings):
     survive_crash: bool = True
 
 
-class ProcessSettings(BackendSettings):
+class ProcessSettings(LocalSettings):
     pass
 
 

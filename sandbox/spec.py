@@ -42,8 +42,12 @@ class Mount(_Model):
     host_path: Path
     sandbox_path: Path | None = None  # None: the same path as on the host
     read_only: bool = True
+    #: If set, ``host_path`` lies under this trusted folder and is reached from it without
+    #: following any link (opened by descriptor and bound by descriptor where the backend can),
+    #: because what is between them can be changed by an untrusted worker.
+    beneath: Path | None = None
 
-    @field_validator("host_path", "sandbox_path")
+    @field_validator("host_path", "sandbox_path", "beneath")
     @classmethod
     def _check(cls, value: Path | None) -> Path | None:
         return None if value is None else _absolute(value, "a mount path")
@@ -97,6 +101,9 @@ class WorkerSpec(_Model):
     env: dict[str, str] = Field(default_factory=dict)
     #: The worker's own directory: bound read-write, ``$HOME`` inside, default ``cwd``.
     home: Path | None = None
+    #: Where ``home`` appears inside the sandbox (``None``: the same path) — a neutral path, so a
+    #: worker does not learn where the control plane keeps its files.
+    home_target: Path | None = None
     cwd: Path | None = None
     mounts: list[Mount] = Field(default_factory=list)
     bridges: list[Bridge] = Field(default_factory=list)
@@ -136,10 +143,10 @@ class WorkerSpec(_Model):
                 raise ValueError(f"environment variable {key} must not contain NUL characters")
         return value
 
-    @field_validator("home", "cwd", "log_path")
+    @field_validator("home", "home_target", "cwd", "log_path")
     @classmethod
     def _paths(cls, value: Path | None) -> Path | None:
-        return None if value is None else _absolute(value, "home, cwd and log_path")
+        return None if value is None else _absolute(value, "home, home_target, cwd and log_path")
 
     @model_validator(mode="after")
     def _consistent(self) -> WorkerSpec:
@@ -149,16 +156,21 @@ class WorkerSpec(_Model):
         names = [b.name for b in self.bridges]
         if len(names) != len(set(names)):
             raise ValueError("two bridges have the same name; bridge names must be unique")
-        targets = [m.target for m in self.mounts] + ([self.home] if self.home else [])
+        targets = [m.target for m in self.mounts] + ([self.home_inside] if self.home_inside else [])
         if len(targets) != len(set(targets)):
             raise ValueError("two mounts (or a mount and home) use the same sandbox path")
         return self
 
     @property
+    def home_inside(self) -> Path | None:
+        """The home's path inside the sandbox."""
+        return self.home_target or self.home
+
+    @property
     def working_dir(self) -> Path | None:
-        return self.cwd or self.home
+        return self.cwd or self.home_inside
 
     def writable_paths(self) -> list[Path]:
         """Sandbox paths the worker may write: its home and read-write mounts."""
-        paths = [self.home] if self.home else []
+        paths = [self.home_inside] if self.home_inside else []
         return paths + [m.target for m in self.mounts if not m.read_only]

@@ -105,7 +105,6 @@ pip_quiet() {
 if [[ $need -eq 1 ]]; then
   say "installing hiclaw ($kind) into $VENV — the first time takes a few minutes"
   pip_quiet --require-hashes -r "$ROOT/locks/build.txt"
-  rm -rf "$ROOT"/build/__editable__.hiclaw-*
   editable=(--no-build-isolation --config-settings editable_mode=strict -e)
   if [[ $LATEST -eq 1 ]]; then
     pip_quiet --upgrade --upgrade-strategy eager "${editable[@]}" "$ROOT$extras"

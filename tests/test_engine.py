@@ -62,9 +62,9 @@ def team(tmp_path):
         state.upsert_worker(Worker(name=name, role=name, model="smart"))
     wakes = []
 
-    async def wake(room, text, key):
+    async def wake(room, text, key, *, origin=None):
         if key not in {w[2] for w in wakes}:
-            wakes.append((room, text, key))
+            wakes.append((room, text, key, origin))
 
     engine = TaskEngine(state=state, storage=MemoryStorage(), chat=FakeChat(), access=Access(), wake_manager=wake)
     engine.wakes = wakes
@@ -116,6 +116,8 @@ async def test_full_project_flow_with_revision(team):
 
     assert await report(engine, "task-001", "SUCCESS", "PRD done")
     assert engine.wakes[-1][1].startswith("alex reported **task-001**")
+    origin = engine.wakes[-1][3]
+    assert (origin.kind, origin.name) == ("worker", "alex") and not origin.is_admin  # a review is not the admin's turn
     assert states(engine)["task-001"] == "review"
     await engine.accept_task("task-001")
     assert states(engine)["task-002"] == "in_progress" and states(engine)["task-005"] == "in_progress"
@@ -145,7 +147,7 @@ async def test_full_project_flow_with_revision(team):
     assert set(states(engine).values()) == {"done"}
     assert engine.state.project(project.id).state == "done"
     assert set(plan_markers(engine, project.id).values()) == {"[x]"}
-    assert "is complete" in engine.wakes[-1][1]
+    assert "is complete" in engine.wakes[-1][1] and engine.wakes[-1][3].kind == "code"
     assigned = [p[1].split("**")[1] for p in engine.chat.posts if "is yours" in p[1]]
     assert sorted(assigned) == sorted(["task-001", "task-002", "task-003", "task-004", "task-005", "task-006", "task-004"])
 

@@ -122,3 +122,44 @@ async def test_restart_reconciles_rooms_and_memberships(synapse, matrix_control)
     members = set(synapse.http.get(f"/_matrix/client/v3/rooms/{room}/joined_members",
                                    headers={"Authorization": f"Bearer {admin['access_token']}"}).json()["joined"])
     assert members == {restarted.user_id("admin"), restarted.user_id("manager"), restarted.user_id("alice")}
+
+
+@pytest.mark.parametrize(("mode", "how"), [("admin_api", "deactivated"), ("token", "logged out")])
+async def test_a_removed_account_is_out_of_every_room_and_its_token_is_dead(synapse, tmp_path, mode, how):
+    """With a server admin's token the account is deactivated; on a server where hiclaw has none
+    (registration token only) it leaves every room — also one hiclaw does not manage — and logs
+    out all its devices. Either way the name can be used again afterwards."""
+    secrets = ({"matrix_registration_token": synapse.create_registration_token()} if mode == "token"
+               else {"matrix_admin_token": synapse.admin.access_token})
+    control = control_for(synapse, tmp_path, synapse.unique_prefix(), secrets, registration=mode)
+    await control.start()
+    try:
+        alice = await control.ensure_account("alice")
+        headers = {"Authorization": f"Bearer {alice['access_token']}"}
+        room = await control.ensure_room("worker-alice", name="Worker: alice", members=["alice"])
+        own = synapse.http.post("/_matrix/client/v3/createRoom", headers=headers, json={"name": "hers"}).json()["room_id"]
+        assert not control.account_removed("alice")
+
+        assert await control.remove_account("alice") == how
+        assert await control.remove_account("alice") == how  # idempotent
+        assert control.account_removed("alice")
+        assert synapse.http.get("/_matrix/client/v3/account/whoami", headers=headers).status_code == 401
+        assert alice["user_id"] not in (await control.joined_members(room) or set())
+        assert alice["user_id"] not in control.accounts.room("worker-alice")["members"]
+        admin = {"Authorization": f"Bearer {synapse.admin.access_token}"}
+        gone = synapse.http.get(f"/_synapse/admin/v1/rooms/{own}/members", headers=admin).json()["members"]
+        if how == "deactivated":  # Synapse parts a deactivated account from its rooms in the background
+            assert synapse.http.get(f"/_synapse/admin/v2/users/{alice['user_id']}", headers=admin).json()["deactivated"]
+        else:
+            assert alice["user_id"] not in gone
+        await control.ensure_room("worker-alice", name="Worker: alice", members=["alice"])  # never invited back
+        assert alice["user_id"] not in (await control.joined_members(room) or set())
+
+        again = await control.ensure_account("alice")  # a new worker of that name
+        assert again["access_token"] != alice["access_token"] and not control.account_removed("alice")
+        assert synapse.http.get("/_matrix/client/v3/account/whoami",
+                                headers={"Authorization": f"Bearer {again['access_token']}"}).status_code == 200
+        await control.ensure_room("worker-alice", name="Worker: alice", members=["alice"])
+        assert alice["user_id"] in (await control.joined_members(room) or set())
+    finally:
+        await control.stop()

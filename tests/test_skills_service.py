@@ -6,7 +6,7 @@ import json
 import pytest
 
 from hiclaw.config import SkillsConfig
-from hiclaw.errors import InvalidInputError, NotFoundError
+from hiclaw.errors import HiclawError, InvalidInputError, NotFoundError
 from hiclaw.host import ComponentContext
 from hiclaw.registry.client import RegistryClient
 from hiclaw.registry.errors import SkillNotFoundError, SkillPolicyError, UnsafeSkillError
@@ -150,7 +150,7 @@ async def test_install_bundled_is_idempotent(tmp_path):
 async def test_internal_addresses_need_an_explicit_pattern(registry, tmp_path):
     svc = service("https://skills.example", allowed_sources=["*"])
     for url in (registry.url, "http://localhost:8080", "http://169.254.169.254/latest", "http://10.0.0.5", "http://[::1]:9"):
-        with pytest.raises(SkillPolicyError, match="internal address"):
+        with pytest.raises(HiclawError, match="not reachable from the team"):  # more: tests/test_hostile_skills_fetch.py
             await svc.add("alice", url, "pdf-forms", tmp_path / "s")
     # the configured registry itself is fine, by URL or by owner/repo
     own = service(registry.url)

@@ -71,8 +71,11 @@ def test_bad_task_ids_are_refused(task_id):
 def test_grant_always_includes_the_home_and_carves_read_only_out_of_read_write():
     grant = grants.normalize_grant("alice", rw=["shared/tasks/t1/"], ro=["shared/tasks/t1/spec.md"])
     assert grant.read_write == ("agents/alice/", "shared/tasks/t1/")
-    assert grant.read_only == ("shared/tasks/t1/spec.md",)
+    assert grant.read_only == ("agents/alice/skills/", "shared/tasks/t1/spec.md")
     rw, ro = grant.read_write, grant.read_only
+    assert grants.may_write("agents/alice/MEMORY.md", rw, ro)
+    assert not grants.may_write("agents/alice/skills/evil/SKILL.md", rw, ro)  # the control plane installs skills
+    assert grants.may_read("agents/alice/skills/pdf/SKILL.md", rw, ro)
     assert grants.may_write("shared/tasks/t1/result.md", rw, ro)
     assert not grants.may_write("shared/tasks/t1/spec.md", rw, ro)
     assert grants.may_read("shared/tasks/t1/spec.md", rw, ro)
@@ -117,6 +120,7 @@ def test_worker_policy_scopes_objects_listing_and_denies_writes_to_read_only_key
     assert by_sid["ReadWrite"]["Resource"] == ["arn:aws:s3:::team/agents/alice/*", "arn:aws:s3:::team/shared/tasks/t1/*"]
     assert by_sid["ReadOnly"]["Action"] == ["s3:GetObject"]
     assert by_sid["ReadOnlyInsideReadWrite"]["Effect"] == "Deny"
-    assert by_sid["ReadOnlyInsideReadWrite"]["Resource"] == ["arn:aws:s3:::team/shared/tasks/t1/spec.md"]
+    assert by_sid["ReadOnlyInsideReadWrite"]["Resource"] == ["arn:aws:s3:::team/agents/alice/skills/*",
+                                                             "arn:aws:s3:::team/shared/tasks/t1/spec.md"]
     assert by_sid["ListGranted"]["Condition"]["StringLike"]["s3:prefix"] == [
-        "agents/alice/*", "shared/tasks/t1/*", "shared/tasks/t1/spec.md", "shared/projects/p1/*"]
+        "agents/alice/*", "shared/tasks/t1/*", "agents/alice/skills/*", "shared/tasks/t1/spec.md", "shared/projects/p1/*"]

@@ -43,13 +43,15 @@ async def test_grant_returns_identical_path_mounts_parents_first(control):
     root = control.root
     assert [(str(m.host_path), m.read_only) for m in access.mounts] == [
         (str(root / "agents/alice"), False),
+        (str(root / "agents/alice/skills"), True),  # skills are installed by the control plane only
         (str(root / "shared/tasks/t1"), False),
         (str(root / "shared/tasks/t1/spec.md"), True),
     ]
-    assert all(m.host_path == m.sandbox_path for m in access.mounts)
+    assert all(m.host_path == m.sandbox_path and m.beneath == root for m in access.mounts)  # bound by descriptor
     assert (root / "agents/alice").is_dir()  # created so it can be bound
     assert access.settings["root"] == str(root) and access.plugin == "local"
-    assert access.read_write == ["agents/alice/", "shared/tasks/t1/"] and access.read_only == ["shared/tasks/t1/spec.md"]
+    assert access.read_write == ["agents/alice/", "shared/tasks/t1/"]
+    assert access.read_only == ["agents/alice/skills/", "shared/tasks/t1/spec.md"]
     with pytest.raises(InvalidInputError, match="no such file yet"):
         await control.grant("alice", ro=["shared/tasks/t9/spec.md"])
     with pytest.raises(InvalidInputError, match="invalid agent name"):
@@ -166,7 +168,7 @@ async def test_paths_never_escape_the_root_through_links(control, tmp_path):
     outside.mkdir()
     (control.root / "agents/alice").mkdir(parents=True)
     (control.root / "agents/alice/escape").symlink_to(outside)  # as a worker could plant in its home
-    with pytest.raises(AccessDeniedError, match="outside the storage root"):
+    with pytest.raises(AccessDeniedError, match="a symbolic link is on its path, and links are never followed"):
         await control.put("agents/alice/escape/pwned.txt", b"x")
     assert list(outside.iterdir()) == []
     (control.root / "agents/alice/passwd").symlink_to("/etc/passwd")

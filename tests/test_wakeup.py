@@ -96,3 +96,51 @@ async def test_buffers_survive_a_restart_with_state_path(tmp_path):
     await again(msg(9, mentions=(ME,)))
     assert [m.event_id for m in turns.turns[0].context] == ["$e0", "$e1", "$e2"]
     assert MentionGate(ME, Turns(), state_path=path).pending("!r") == ()
+
+
+MANAGER = "@manager:hiclaw.local"
+ADMIN = "@admin:hiclaw.local"
+
+
+async def test_mentions_by_untrusted_senders_start_no_turn_and_stay_as_context():
+    """Issue 14, attack 4 at its root: another worker's mention (or DM) never wakes the agent."""
+    turns, refused = Turns(), []
+
+    async def on_refused(message: ChatMessage) -> None:
+        refused.append(message.event_id)
+
+    gate = MentionGate(ME, turns, trusted={ADMIN, MANAGER}, on_refused=on_refused)
+    await gate(msg(1, mentions=(ME,)))  # bob is a worker: not trusted
+    await gate(msg(2, direct=True))
+    assert turns.turns == [] and gate.refused == 2 and refused == ["$e1", "$e2"]
+    await gate(msg(3, mentions=(ME,), sender=MANAGER))
+    (turn,) = turns.turns
+    assert [m.event_id for m in turn.context] == ["$e1", "$e2"]  # handed over as context, never answered
+
+
+async def test_turn_limit_per_room_keeps_the_agent_silent_and_tells_once():
+    now = [0.0]
+    turns, told = Turns(), []
+
+    async def on_limited(message: ChatMessage) -> None:
+        told.append(message.event_id)
+
+    async def assignment(message: ChatMessage) -> bool:
+        return "task-" in message.body
+
+    from hiclaw.wakeup import TurnLimiter
+
+    gate = MentionGate(ME, turns, limiter=TurnLimiter(2, 60, clock=lambda: now[0]), unlimited={ADMIN},
+                       exempt=assignment, on_limited=on_limited)
+    for n in range(5):
+        await gate(msg(n, mentions=(ME,), sender=MANAGER))
+    assert [t.event_id for t in turns.turns] == ["$e0", "$e1"] and gate.limited == 3 and told == ["$e2"]
+    await gate(msg(10, mentions=(ME,), sender=ADMIN))  # the admin is never limited
+    await gate(ChatMessage(room_id="!r", event_id="$a", sender=MANAGER, body="task-007 is yours", mentions=(ME,)))
+    await gate(msg(11, room="!other", mentions=(ME,), sender=MANAGER))  # per room
+    assert [t.event_id for t in turns.turns][2:] == ["$e10", "$a", "$e11"]
+    assert [m.event_id for m in turns.turns[2].context] == ["$e2", "$e3", "$e4"]  # kept, not lost
+    now[0] = 61.0  # the window has room again: turns run, and a new excess is reported again
+    for n in range(20, 24):
+        await gate(msg(n, mentions=(ME,), sender=MANAGER))
+    assert [t.event_id for t in turns.turns][5:] == ["$e20", "$e21"] and told == ["$e2", "$e22"]

@@ -100,6 +100,8 @@ class GatewayClient:
         if tools:
             body["tools"] = tools
         headers = {"Authorization": f"Bearer {self._token}"}
+        # Tags for the ledger. For a worker they only pick one of its own tasks: the gateway takes
+        # the project (and the budgets a call counts toward) from the control plane, never from here.
         if task_id:
             headers["X-Hiclaw-Task"] = task_id
         if project_id:

@@ -4,9 +4,17 @@ Room history enters a prompt only as the bounded buffer of unmentioned messages;
 referenced by path; skills by name and description until the agent reads one (progressive
 disclosure). Each woken turn starts a fresh conversation, so a worker's prompt at its 50th task
 is about as long as at its first.
+
+Chat text is untrusted (a worker, a skill, a prompt-injected model may have written it), so it
+is quoted *structurally*: each buffered message is one JSON object on one line, its real sender
+(from the channel, never from the text) beside its text — a newline inside the text stays inside
+the JSON string and cannot start a new speaker — and the message that woke the agent sits
+between fence lines longer than any run of ``~`` inside it, so it cannot close its own quote.
 """
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Callable, Sequence
 
 from hiclaw.models import ChatMessage
@@ -45,16 +53,35 @@ def system_prompt(*, identity: str, rules: str = "", skills: Sequence[tuple[str,
     return "\n\n".join(parts)
 
 
+def quote(text: str) -> str:
+    """``text`` as a JSON string: one line, every newline and control character escaped."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+def quoted_message(sender: str, text: str) -> str:
+    """One chat message as one line of JSON: ``{"from": sender, "text": text}``."""
+    return json.dumps({"from": sender, "text": text}, ensure_ascii=False)
+
+
+def fence_for(text: str) -> str:
+    """A fence line that no line of ``text`` can equal (longer than its longest run of ``~``)."""
+    longest = max((len(run) for run in re.findall(r"~+", text)), default=0)
+    return "~" * max(4, longest + 1)
+
+
 def user_turn(message: ChatMessage, *, display: Callable[[str], str] = lambda user_id: user_id) -> str:
-    """The woken turn's user message: buffered context first (oldest first), then the mention."""
+    """The woken turn's user message: buffered context first (oldest first), then the mention —
+    every message quoted with its real sender (see the module docstring)."""
     lines: list[str] = []
     if message.context:
-        lines.append("Messages in this room since you last spoke (you were not mentioned):")
+        lines.append("Messages in this room since you last spoke (you were not mentioned), oldest first, one JSON "
+                     "object per line with its real sender:")
         for earlier in message.context:
             body = earlier.body if len(earlier.body) <= CONTEXT_MESSAGE_CHARS else earlier.body[:CONTEXT_MESSAGE_CHARS] + "…"
-            lines.append(f"- {display(earlier.sender)}: {body}")
+            lines.append(quoted_message(display(earlier.sender), body))
         lines.append("")
-    room = f" in {message.room_name}" if message.room_name else ""
-    lines.append(f"{display(message.sender)} wrote to you{room}:")
-    lines.append(message.body)
+    room = f" in room {quote(message.room_name)}" if message.room_name else ""
+    fence = fence_for(message.body)
+    lines.append(f"{display(message.sender)} wrote to you{room} (their message is between the {fence} lines):")
+    lines += [fence, message.body, fence]
     return "\n".join(lines)

@@ -74,6 +74,7 @@ class ControlAPI:
         app.add_routes([
             web.get("/v1/health", self._health),
             web.post("/v1/ready", self._ready),
+            web.post("/v1/notice", self._notice),
             web.post("/v1/skills/find", self._skills_find),
             web.post("/v1/skills/add", self._skills_add),
             web.get("/v1/status", self._status),
@@ -119,6 +120,16 @@ class ControlAPI:
         except (json.JSONDecodeError, UnicodeDecodeError):
             info = {}
         await self.plane.provisioner.mark_ready(name, info if isinstance(info, dict) else {})
+        return web.json_response({"ok": True})
+
+    async def _notice(self, request: web.Request) -> web.Response:
+        kind, name = self._caller(request)
+        if kind != "worker":
+            raise web.HTTPForbidden()
+        body = await request.json()
+        if not isinstance(body, dict):
+            raise HiclawError("a notice is a JSON object")
+        await self.plane.worker_notice(name, body)
         return web.json_response({"ok": True})
 
     async def _skills_find(self, request: web.Request) -> web.Response:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from hiclaw.agent import GatewayClient
+from hiclaw.agent.prompt import quote
 from hiclaw.config import HiclawConfig, Secrets
 from hiclaw.control.api import ControlAPI
 from hiclaw.control.chat import ControlChat
@@ -28,6 +29,8 @@ from hiclaw.errors import HiclawError, InvalidInputError
 from hiclaw.host import ComponentContext, PluginHost, RuntimeContext
 from hiclaw.manager.agent import ManagerAgent
 from hiclaw.manager.engine import TaskEngine
+from hiclaw.manager.origin import ADMIN as ADMIN_ORIGIN
+from hiclaw.manager.origin import Origin
 from hiclaw.models import ChatMessage, ModelRequest, TaskRecord, TaskResult, TaskState, ToolSpec
 from hiclaw.protocols import ChannelServices, Lifecycle, Stoppable, StorageEndpoint, TeamChannel, missing_members
 from hiclaw.state import StateDB
@@ -127,6 +130,9 @@ class ControlPlane:
         started = time.perf_counter()
         self.started_at = time.time()
         self.check_config()
+        from hiclaw.sandbox.limits import raise_fd_limit
+
+        raise_fd_limit()  # it holds every worker's bridged connections: the soft default (1024) is too few
         await asyncio.to_thread(ensure_bytecode)
         self.progress("state: opening the state database")
         self.state = StateDB(self.home / "state.db")
@@ -193,13 +199,16 @@ class ControlPlane:
         self.manager = ManagerAgent(
             client=self.manager_client, tools=self._manager_tools, send=self._manager_send,
             model=self.config.team.manager_model, read_text=self._manager_file, facts=self._manager_facts,
-            skills=self._manager_skills, display=self.display, admin=ADMIN, before_call=self._before_call)
+            skills=self._manager_skills, display=self.speaker, admin=ADMIN, before_call=self._before_call)
         await self._seed_manager_home()
 
         from hiclaw.wakeup import MentionGate
 
+        # Only the admin's mentions start Manager turns; anyone else's (a worker reporting, asking,
+        # or attacking) is handled by code in _on_untrusted_mention and kept as context.
         self.gate = MentionGate(self.channel.user_id(MANAGER), self._on_mention,
-                                state_path=self.home / "channel" / "manager-gate.json")
+                                state_path=self.home / "channel" / "manager-gate.json",
+                                trusted={self.channel.user_id(ADMIN)}, on_refused=self._on_untrusted_mention)
         self.channel.on_message(self._on_message)
         self.progress("channel: connecting as the Manager")
         await self.channel.start()
@@ -319,6 +328,15 @@ class ControlPlane:
         local = user_id.split(":", 1)[0].lstrip("@")
         return local or user_id
 
+    def speaker(self, user_id: str) -> str:
+        """How a sender is named in the Manager's prompts: the agent name for one of the team's
+        own accounts, the full user id for anyone else (``@admin:elsewhere`` is not the admin)."""
+        name = self.display(user_id)
+        try:
+            return name if self.channel.user_id(name) == user_id else user_id
+        except ValueError:
+            return user_id
+
     def _manager_tools(self) -> list[ToolSpec]:
         return self.host.tools(self._ctx(agent=MANAGER, runtime=self))
 
@@ -345,19 +363,71 @@ class ControlPlane:
         await self.gate(message)
 
     async def _on_mention(self, message: ChatMessage) -> None:
-        worker = self._is_worker(message.sender)
-        if worker is not None:
-            # A worker @mentions the Manager to report: code checks its tasks' result files.
-            await self.collect_results_of(worker)
-            return
+        """The admin mentioned the Manager (the gate lets no one else through): queue a turn."""
         self.state.inbox_add(f"message:{message.event_id}", "message", message.model_dump(mode="json"))
         self._inbox_wakeup.set()
 
-    async def wake_manager(self, room_id: str, text: str, key: str) -> None:
-        """Queue a Manager turn for a judgement; the same key is queued once, ever."""
-        if self.state.inbox_add(f"wake:{key}", "wake", {"room_id": room_id, "text": text, "key": key}):
+    async def _on_untrusted_mention(self, message: ChatMessage) -> None:
+        """Someone other than the admin mentioned the Manager. It starts no Manager turn (the
+        message stays in the room's context for the admin's next mention); code handles it."""
+        worker = self._is_worker(message.sender)
+        if worker is None:
+            log.warning("a mention of the Manager by %s starts no turn (not the admin, not a worker)", message.sender)
+            self.state.log_event("manager.mention_ignored", message.sender, room=message.room_id)
+            return
+        if await self.collect_results_of(worker):
+            return  # a report: code picked its result up and queued the review
+        self.state.log_event("manager.worker_mention", worker, room=message.room_id)
+        excerpt = message.body if len(message.body) <= 200 else message.body[:200] + "…"
+        await self.chat.post(
+            self.chat.manager_room,
+            f"@{ADMIN} {worker} mentioned me in {await self._room_label(message.room_id, worker)}: {quote(excerpt)} "
+            f"— only your messages start my turns; mention me there if it needs me.",
+            mentions=[ADMIN], key=f"worker-mention:{worker}:{int(time.time() // 600)}")
+
+    async def _room_label(self, room_id: str, worker: str | None = None) -> str:
+        if room_id == self.chat.manager_room:
+            return "the Manager room"
+        for project in self.state.projects():
+            if project.room_id == room_id:
+                return f"the room of {project.id}"
+        if worker is not None and room_id == await self.chat.worker_room(worker):
+            return f"Worker: {worker}"
+        return "another room"
+
+    async def worker_notice(self, worker: str, body: dict[str, Any]) -> None:
+        """A worker's runtime reports something the admin must know (control API ``/v1/notice``).
+        A fixed vocabulary, no text of the worker's, at most one notice per worker and hour."""
+        kind = body.get("kind")
+        if kind != "turn-limit":
+            raise InvalidInputError(f"unknown notice {kind!r}", hint="the only notice is 'turn-limit'")
+        key = f"turn-limit:{worker}:{int(time.time() // 3600)}"
+        if self.state.outbox_get(key) is not None:
+            return  # told already this hour
+        room = await self._room_label(str(body.get("room_id") or ""), worker)
+        limit = self.config.team.max_turns_per_room_per_minute
+        self.state.log_event("worker.turn_limit", worker, room=room)
+        await self.chat.post(
+            self.chat.manager_room,
+            f"@{ADMIN} {worker} stopped answering in {room}: more than {limit} turns in a minute were started there "
+            f"by others than you (a loop?). Your own messages still reach it; the others wait as context.",
+            mentions=[ADMIN], key=key)
+
+    async def wake_manager(self, room_id: str, text: str, key: str, *, origin: Origin | None = None) -> None:
+        """Queue a Manager turn for a judgement; the same key is queued once, ever. ``origin``:
+        who caused it (never the admin: the admin's turns come from their messages)."""
+        payload = {"room_id": room_id, "text": text, "key": key,
+                   "origin": (origin or Origin.code("control plane")).to_dict()}
+        if self.state.inbox_add(f"wake:{key}", "wake", payload):
             self.state.log_event("manager.wake", key, room=room_id)
         self._inbox_wakeup.set()
+
+    def message_origin(self, message: ChatMessage) -> Origin:
+        """The origin of a queued chat turn, from its real sender: only the admin's account is the admin."""
+        if message.sender == self.channel.user_id(ADMIN):
+            return ADMIN_ORIGIN
+        worker = self._is_worker(message.sender)
+        return Origin.worker(worker, "a chat message") if worker else Origin.code("channel", f"a message by {message.sender}")
 
     async def _inbox_loop(self) -> None:
         """The Manager's turns, one at a time, from a durable queue (nothing lost on a crash)."""
@@ -366,9 +436,11 @@ class ControlPlane:
                 payload = item["payload"]
                 try:
                     if item["kind"] == "message":
-                        await self.manager.handle(ChatMessage.model_validate(payload))
+                        message = ChatMessage.model_validate(payload)
+                        await self.manager.handle(message, origin=self.message_origin(message))
                     else:
-                        await self.manager.wake(payload["room_id"], payload["text"], key=f"manager-{payload['key']}")
+                        await self.manager.wake(payload["room_id"], payload["text"], key=f"manager-{payload['key']}",
+                                                origin=Origin.from_dict(payload.get("origin")))
                 except Exception:
                     log.exception("manager turn for %s failed", item["key"])
                 self.state.inbox_done(item["id"])
@@ -382,9 +454,12 @@ class ControlPlane:
 
     # ------------------------------------------------------------------ results
 
-    async def collect_results_of(self, worker: str) -> None:
+    async def collect_results_of(self, worker: str) -> int:
+        """Pick up the worker's reported results; how many there were."""
+        collected = 0
         for task in self.state.tasks(assignee=worker, states=[TaskState.IN_PROGRESS]):
-            await self.engine.collect_result(task.id)
+            collected += bool(await self.engine.collect_result(task.id))
+        return collected
 
     async def collect_pending_results(self) -> None:
         for task in self.state.tasks(states=[TaskState.IN_PROGRESS]):

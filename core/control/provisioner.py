@@ -12,12 +12,12 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlparse
 
-from hiclaw.errors import HiclawError, InvalidInputError
+from hiclaw.errors import HiclawError, InvalidInputError, NotFoundError
 from hiclaw.models import TaskState
-from hiclaw.protocols import AdoptingSandbox, TokenChecker
+from hiclaw.protocols import AccountRemoval, AdoptingSandbox, NeutralPaths, TaskAssignments, TokenChecker
 from hiclaw.state import Worker
 from hiclaw.storage import layout
 
@@ -27,6 +27,8 @@ RESERVED = {"manager", "admin"}
 #: Bumped when what a running worker expects of the control plane changes: older runs are not adopted.
 ADOPTION_PROTOCOL = 1
 BUSY = (TaskState.IN_PROGRESS, TaskState.REVIEW)
+#: A worker's tasks in these states are done with: the gateway stops counting them as its assignments.
+FINISHED = (TaskState.DONE, TaskState.CANCELLED)
 
 RULES = """# Rules (written by hiclaw; edits are overwritten)
 
@@ -40,6 +42,13 @@ RULES = """# Rules (written by hiclaw; edits are overwritten)
   (`skills_read`) before using it.
 - Remember durable lessons with `memory_append`; your memory is yours alone.
 """
+
+
+@runtime_checkable
+class BudgetEnforcing(Protocol):
+    """A gateway that refuses a consumer's calls past its budget (the embedded one does)."""
+
+    async def set_budget(self, *, consumer: str | None = None, project: str | None = None, usd: float | None) -> None: ...
 
 
 def soul_for(name: str, role: str) -> str:
@@ -65,6 +74,7 @@ class Provisioner:
         self.start_times: dict[str, float] = {}
         self.ready_at: dict[str, float] = {}  # epoch seconds of each worker's latest "ready" (watchdog)
         self._locks: dict[str, asyncio.Lock] = {}
+        self._warned_budget = False
 
     def lock(self, name: str) -> asyncio.Lock:
         """The lock held while worker ``name`` is created, (re)started or removed."""
@@ -86,11 +96,26 @@ class Provisioner:
         worker = state.upsert_worker(Worker(
             name=name, role=role.strip(), model=model, skills=sorted(set(skills or (existing.skills if existing else []))),
             state="active", network=network,
-            budget_usd=budget_usd if budget_usd is not None else self.plane.config.team.worker_budget_usd,
+            # Only an explicit budget is stored; without one, [team] worker_budget_usd applies at mint time.
+            budget_usd=budget_usd if budget_usd is not None else (existing.budget_usd if existing else None),
         ))
         state.log_event("worker.created" if existing is None or existing.state == "removed" else "worker.updated", name)
         await self.ensure(worker, restart=existing is not None and existing.model != model)
         return state.worker(name)
+
+    def budget_of(self, worker: Worker) -> float | None:
+        """The budget a worker's token is minted with: its own (``--budget``), else ``[team]
+        worker_budget_usd`` — unless the gateway cannot enforce budgets (it would refuse the mint)."""
+        if worker.budget_usd is not None:
+            return worker.budget_usd
+        default = self.plane.config.team.default_worker_budget
+        if default is not None and not isinstance(self.plane.gateway, BudgetEnforcing):
+            if not self._warned_budget:
+                self._warned_budget = True
+                log.warning("gateway %s cannot enforce budgets: workers run without [team] worker_budget_usd = %s "
+                            "(set it to \"unlimited\" to silence this)", self.plane.config.gateway.plugin, default)
+            return None
+        return default
 
     def check_model(self, model: str) -> None:
         aliases = self.plane.config.models
@@ -106,26 +131,48 @@ class Provisioner:
     async def remove_worker(self, name: str) -> None:
         worker = self.plane.state.worker(name)
         async with self.lock(name):
-            await self.plane.supervisor.stop(name)
-            await self.plane.gateway.revoke_token(name)
-            await self.plane.storage.revoke(name)
-            self.plane.api.revoke(name)
-            self.run_record_path(name).unlink(missing_ok=True)
-            room = await self.plane.chat.worker_room(name)
-            try:
-                await self.plane.channel.remove_member(room, name)
-            except Exception as exc:  # noqa: BLE001 - leaving the room is best effort; access is already gone
-                log.warning("could not remove %s from its room: %s", name, exc)
+            # The desired state first: a crash half-way is finished by reconcile at the next boot.
             self.plane.state.set_worker_state(worker.name, "removed")
+            await self._take_access_away(name)
             self.plane.state.log_event("worker.removed", name)
-            self.mounts.pop(name, None)
-            self.storage_settings.pop(name, None)
+
+    async def _take_access_away(self, name: str) -> None:
+        """Everything a removed worker held, taken back — process, gateway token, storage grants,
+        control token, run record, chat account — each step idempotent, the chat account last
+        (so :meth:`AccountRemoval.account_removed` means all of it is done)."""
+        plane = self.plane
+        await plane.supervisor.stop(name)
+        try:
+            await plane.gateway.revoke_token(name)
+        except NotFoundError:
+            pass  # it never had a token
+        await plane.storage.revoke(name)
+        plane.api.revoke(name)
+        self.run_record_path(name).unlink(missing_ok=True)
+        self.mounts.pop(name, None)
+        self.storage_settings.pop(name, None)
+        channel = plane.channel
+        if isinstance(channel, AccountRemoval):
+            try:
+                how = await channel.remove_account(name)
+            except HiclawError as exc:
+                raise HiclawError(f"worker {name} is removed, but its chat account is not: {exc}",
+                                  hint="it is retried when the team starts again; or deactivate it on the homeserver") \
+                    from None
+            plane.state.log_event("worker.account_removed", name, how=how)
+            return
+        room = await plane.chat.worker_room(name)
+        try:
+            await channel.remove_member(room, name)
+        except Exception as exc:  # noqa: BLE001 - leaving the room is best effort; access is already gone
+            log.warning("could not remove %s from its room: %s", name, exc)
 
     # ------------------------------------------------------------------ converge
 
     async def ensure(self, worker: Worker, *, restart: bool = False) -> None:
         """Account, room, home and process — each idempotent."""
         plane = self.plane
+        await self.sync_assignments(worker.name)  # before its process (and token) exists
         await plane.channel.ensure_account(worker.name, display_name=worker.name.title())
         await plane.chat.worker_room(worker.name)
         await self.seed_home(worker)
@@ -170,8 +217,17 @@ class Provisioner:
     def busy(self, name: str) -> bool:
         return bool(self.plane.state.tasks(assignee=name, states=list(BUSY)))
 
+    async def sync_assignments(self, name: str) -> None:
+        """Tell the gateway which tasks (and their projects) worker ``name`` has now: it attributes
+        and budgets the worker's calls from this, never from headers the worker sends."""
+        gateway = self.plane.gateway
+        if isinstance(gateway, TaskAssignments):
+            await gateway.set_assignments(name, {t.id: t.project_id for t in self.plane.state.tasks(assignee=name)
+                                                 if t.state not in FINISHED})
+
     async def refresh_access(self, name: str) -> None:
         """Re-grant; restart the sandbox only if its mounts must change and it is not mid-task."""
+        await self.sync_assignments(name)
         worker = self.plane.state.worker(name)
         if worker.state == "sleeping":  # idle sleep: start it (with fresh grants) before work reaches it
             await self.plane.idle.wake(name, reason="assignment")
@@ -181,12 +237,23 @@ class Provisioner:
             # on it right now: start or adopt it (never restart a run that is being adopted).
             await self.start_process(worker)
         rw, ro = self.desired_grants(name)
-        access = await self.plane.storage.grant(name, rw=rw, ro=ro)
+        access = await self.grant(name, rw, ro)
         if access.mounts == self.mounts.get(name) and access.settings == self.storage_settings.get(name):
             return  # S3: the new policy applies to the keys the worker holds; local: nothing to remount
         if self.busy(name):
             return  # applied when its current task is done (the next dispatch calls us again)
         await self.start_process(worker, restart=True)
+
+    async def grant(self, name: str, rw: list[str], ro: list[str]) -> Any:
+        """The worker's storage access, shown at the sandbox's neutral paths where it has them."""
+        access = await self.plane.storage.grant(name, rw=rw, ro=ro)
+        backend = self.plane.supervisor.backend
+        return access.relocated(backend.storage_root_inside) if isinstance(backend, NeutralPaths) else access
+
+    def home_inside(self, name: str) -> Path:
+        """Where the worker's own folder (:meth:`state_dir`) is, as the worker sees it."""
+        backend = self.plane.supervisor.backend
+        return backend.home_inside(name) if isinstance(backend, NeutralPaths) else self.state_dir(name)
 
     def bridges(self) -> list[Any]:
         from hiclaw.sandbox.spec import Bridge
@@ -210,11 +277,12 @@ class Provisioner:
         channel = {k: v for k, v in self.plane.channel.worker_settings(worker.name).items()
                    if k not in ("homeserver_url", "access_token")}
         doc = {"version": hiclaw.__version__, "protocol": ADOPTION_PROTOCOL, "python": sys.executable,
-               "model": worker.model, "budget": worker.budget_usd, "network": worker.network,
+               "model": worker.model, "budget": self.budget_of(worker), "network": worker.network,
                "models": sorted(config.models), "rw": rw, "ro": ro, "channel": [config.channel.plugin, channel],
                "storage": config.storage.plugin, "sandbox": [config.sandbox.plugin, config.sandbox.settings],
                "plugins": [config.plugins.disabled, self.worker_plugins(config.storage.plugin), self.installed_plugins()],
                "orphan_timeout": config.team.orphan_timeout_seconds,
+               "turn_limit": config.team.max_turns_per_room_per_minute,
                "bridges": sorted(self.plane.bridge_urls())}
         return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
@@ -259,20 +327,22 @@ class Provisioner:
             control_url=plane.api.url, control_token=control_token,
             # The worker's own persistent state (sync token, seen events, mention buffers): it
             # survives restarts of the sandbox, so nothing is replayed and nothing is lost.
-            scratch_dir=str(self.state_dir(worker.name)), disabled_plugins=plane.config.plugins.disabled,
+            scratch_dir=str(self.home_inside(worker.name)), disabled_plugins=plane.config.plugins.disabled,
             default_plugins=self.worker_plugins(access.plugin), entry_point_plugins=self.installed_plugins(),
             orphan_timeout_seconds=plane.config.team.orphan_timeout_seconds,
+            max_turns_per_room_per_minute=plane.config.team.max_turns_per_room_per_minute,
         )
 
     def _sandbox_spec(self, worker: Worker, runtime: Any, access: Any, fingerprint: str) -> Any:
         from hiclaw.sandbox.spec import Mount, WorkerSpec
 
-        mounts = [Mount(host_path=m.host_path, sandbox_path=m.sandbox_path, read_only=m.read_only)
+        mounts = [Mount(host_path=m.host_path, sandbox_path=m.sandbox_path, read_only=m.read_only, beneath=m.beneath)
                   for m in access.mounts]
         return WorkerSpec(
             name=worker.name, argv=[sys.executable, "-X", "no_debug_ranges", "-m", "hiclaw.worker"],
             env={"HICLAW_WORKER_SPEC": runtime.to_env(), "PYTHONUNBUFFERED": "1", "MALLOC_ARENA_MAX": "2"},
-            home=self.state_dir(worker.name), mounts=mounts, bridges=self.bridges(), network=worker.network,
+            home=self.state_dir(worker.name), home_target=self.home_inside(worker.name), mounts=mounts,
+            bridges=self.bridges(), network=worker.network,
             log_path=self.plane.home / "logs" / "workers" / f"{worker.name}.log", fingerprint=fingerprint,
         )
 
@@ -316,9 +386,10 @@ class Provisioner:
             event = None if running or restart else await self._adopt(worker, fingerprint)
             if event is None:
                 self.adopted.discard(worker.name)
-                access = await plane.storage.grant(worker.name, rw=rw, ro=ro)
+                access = await self.grant(worker.name, rw, ro)
                 token = await plane.gateway.mint_token(worker.name, models=sorted(plane.config.models) or None,
-                                                       budget_usd=worker.budget_usd)
+                                                       budget_usd=self.budget_of(worker))
+                await self.sync_assignments(worker.name)  # no run of a worker without its assignments
                 runtime = self._runtime_spec(worker, access, token, plane.api.issue(worker.name))
                 spec = self._sandbox_spec(worker, runtime, access, fingerprint)
                 self._save_run(worker.name, fingerprint, runtime, access)
@@ -379,6 +450,16 @@ class Provisioner:
 
     async def reconcile(self) -> list[str]:
         """Bring every active worker to its desired state (after a restart or a crash)."""
+        channel = self.plane.channel
+        if isinstance(channel, AccountRemoval):  # removals a crash (or an outage) left half done
+            for gone in self.plane.state.workers(include_removed=True):
+                if gone.state == "removed" and not channel.account_removed(gone.name):
+                    try:
+                        async with self.lock(gone.name):
+                            await self._take_access_away(gone.name)
+                        log.info("finished removing worker %s", gone.name)
+                    except HiclawError as exc:
+                        log.error("worker %s: %s", gone.name, exc)
         workers = [w for w in self.plane.state.workers() if w.state == "active"]
         results = await asyncio.gather(*(self.ensure(w) for w in workers), return_exceptions=True)
         failed = []

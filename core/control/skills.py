@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from hiclaw.host import ComponentContext
-from hiclaw.protocols import LocalPaths
 from hiclaw.storage import layout
 
 #: Bundled skills every worker starts with.
@@ -36,22 +35,19 @@ class TeamSkills:
     async def aclose(self) -> None:
         await self.service.aclose()
 
-    def _local_dir(self, worker: str) -> Path | None:
-        if not isinstance(self.plane.storage, LocalPaths):
-            return None
-        path = Path(self.plane.storage.local_path(layout.agent_skills_dir(worker) + "x")).parent
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-
     async def _in_worker_dir(self, worker: str, action: Any) -> Any:
-        local = self._local_dir(worker)
-        if local is not None:
-            return await action(local)
+        """Run ``action(folder)`` on a private copy of the worker's skills folder, then upload it.
+
+        Never in place, even on local storage: the worker's home is the worker's to change, so the
+        installer's renames and removals must not run along paths in it. The copy lives in the
+        control plane's own temporary folder; storage reads and writes it without following
+        links, and the worker sees its skills folder read-only."""
+        prefix = layout.agent_skills_dir(worker)
         with tempfile.TemporaryDirectory(prefix="hiclaw-skills-") as tmp:
             staging = Path(tmp)
-            await self.plane.storage.sync(staging, layout.agent_skills_dir(worker), direction="down")
+            await self.plane.storage.sync(staging, prefix, direction="down")
             result = await action(staging)
-            await self.plane.storage.sync(staging, layout.agent_skills_dir(worker), direction="up")
+            await self.plane.storage.sync(staging, prefix, direction="up", delete=True)
             return result
 
     async def find(self, worker: str, query: str, limit: int = 10) -> list[dict[str, Any]]:

@@ -3,6 +3,10 @@
 It never does the work itself: its tools are management operations only. Simple requests it
 answers directly (mode 1); complex ones become projects (mode 2). Turns are serialised: one at a
 time, in arrival order, so two wake-ups cannot interleave their bookkeeping.
+
+Every turn has an origin (:mod:`hiclaw.manager.origin`): only the admin's own messages get the
+full set of tools; turns started by code for a worker's report, the engine or the watchdog get
+the judgement tools only, whatever the text they carry says.
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from typing import Any
 
 from hiclaw.agent import AgentLoop, GatewayClient
 from hiclaw.agent.prompt import system_prompt, user_turn
+from hiclaw.manager.origin import JUDGEMENT_TOOLS, Origin, tools_for, turn_origin
 from hiclaw.models import ChatMessage, ModelRequest, ToolSpec
 
 log = logging.getLogger(__name__)
@@ -58,14 +63,18 @@ class ManagerAgent:
         return system_prompt(identity=soul or IDENTITY, rules=rules, skills=await self.skills(), memory=memory,
                              facts=await self.facts())
 
-    async def _turn(self, room_id: str, user_text: str, *, reply_to: str, key: str) -> str:
+    async def _turn(self, room_id: str, user_text: str, *, reply_to: str, key: str, origin: Origin) -> str:
         async with self._lock:
             self.turns += 1
+            if not origin.is_admin:
+                user_text += (f"\n\n(This turn was started by {origin.describe()}, not by the admin: only "
+                              f"{', '.join(sorted(JUDGEMENT_TOOLS))} work in it; tell the admin what else is needed.)")
             messages = [{"role": "system", "content": await self._system()}, {"role": "user", "content": user_text}]
-            loop = AgentLoop(self.client, self.tools(), agent="manager", max_steps=self.max_steps,
+            loop = AgentLoop(self.client, tools_for(origin, self.tools()), agent="manager", max_steps=self.max_steps,
                              before_call=self.before_call)
             try:
-                turn = await loop.run(messages, model=self.model)
+                with turn_origin(origin):
+                    turn = await loop.run(messages, model=self.model)
                 text = turn.final_text
             except Exception as exc:
                 log.exception("manager turn failed")
@@ -74,11 +83,13 @@ class ManagerAgent:
                 await self.send(room_id, text, [reply_to], key)
             return text
 
-    async def handle(self, message: ChatMessage) -> str:
-        """A mention from the admin (or anyone trusted) in a room the Manager is in."""
+    async def handle(self, message: ChatMessage, *, origin: Origin) -> str:
+        """A mention from the admin in a room the Manager is in (``origin``: who sent it, as the
+        channel says — the control plane lets only the admin's mentions through)."""
         return await self._turn(message.room_id, user_turn(message, display=self.display),
-                                reply_to=message.sender, key=f"manager-reply:{message.event_id}")
+                                reply_to=message.sender if origin.is_admin else self.admin,
+                                key=f"manager-reply:{message.event_id}", origin=origin)
 
-    async def wake(self, room_id: str, text: str, *, key: str) -> str:
+    async def wake(self, room_id: str, text: str, *, key: str, origin: Origin) -> str:
         """Code wakes the Manager for a judgement (a result to review, a finished project)."""
-        return await self._turn(room_id, text, reply_to=self.admin, key=key)
+        return await self._turn(room_id, text, reply_to=self.admin, key=key, origin=origin)

@@ -15,11 +15,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import yaml
 
+from hiclaw.agent.prompt import quote
 from hiclaw.errors import InvalidInputError
+from hiclaw.manager.origin import Origin
 from hiclaw.manager.plan import PlannedTask, parse_plan, render_plan, validate_plan
 from hiclaw.models import ResultStatus, TaskRecord, TaskResult, TaskState
 from hiclaw.state import Project, StateDB, Task
@@ -51,7 +53,19 @@ class WorkerAccess(Protocol):
         """Grant the worker its tasks' folders (and restart its sandbox if mounts changed)."""
 
 
-WakeManager = Callable[[str, str, str], Awaitable[None]]  # (room_id, text, idempotency key)
+@runtime_checkable
+class AssignmentSync(Protocol):
+    """Optional on the provisioner: keeps the gateway's view of a worker's tasks current (it
+    attributes and budgets the worker's model calls by them, never by the worker's headers)."""
+
+    async def sync_assignments(self, worker: str) -> None:
+        """Tell the gateway the worker's current tasks and their projects."""
+
+
+class WakeManager(Protocol):
+    """Queue a Manager turn for a judgement: ``(room_id, text, idempotency key)`` and who caused it."""
+
+    async def __call__(self, room_id: str, text: str, key: str, *, origin: Origin | None = None) -> None: ...
 
 
 def parse_result(text: str) -> tuple[dict[str, Any], str]:
@@ -220,6 +234,7 @@ class TaskEngine:
         await self.access.refresh_access(task.assignee)
         self.state.update_task(task.id, state=TaskState.IN_PROGRESS, dispatch_count=attempt,
                                result_status=None, result_summary=None)
+        await self._sync_assignments(task.assignee)  # before the mention wakes the worker
         lines = [f"@{task.assignee} **{task.id}** is yours: {task.title}" + (" (re-check)" if attempt > 1 else ""),
                  f"Spec: `{layout.task_spec(task.id)}`"]
         inputs = self.task_inputs(task)
@@ -229,6 +244,10 @@ class TaskEngine:
         room = project.room_id if project and project.room_id else await self.chat.worker_room(task.assignee)
         await self.chat.post(room, "\n".join(lines), mentions=[task.assignee], key=f"assign:{task.id}:{attempt}")
         self.state.log_event("task.dispatched", task.id, assignee=task.assignee, attempt=attempt)
+
+    async def _sync_assignments(self, worker: str) -> None:
+        if isinstance(self.access, AssignmentSync):
+            await self.access.sync_assignments(worker)
 
     # ------------------------------------------------------------------ results
 
@@ -278,11 +297,13 @@ class TaskEngine:
         project = self.state.project(task.project_id) if task.project_id else None
         room = project.room_id if project and project.room_id else await self.chat.worker_room(task.assignee)
         status = task.result_status.value if task.result_status else "?"
+        # The summary is the worker's text: quoted as one JSON string, it cannot pass for anything else.
         await self.wake_manager(room, (
-            f"{task.assignee} reported **{task.id}** ({task.title}): {status} — {task.result_summary or ''}\n"
+            f"{task.assignee} reported **{task.id}** ({task.title}): {status} — its summary, quoted: "
+            f"{quote(task.result_summary or '')}\n"
             f"Result: `{layout.task_result(task.id)}`. Judge it: call `accept_task` if it is good enough, or "
             f"`request_revision` with concrete feedback (and the worker who should revise)."
-        ), f"review:{task.id}:{task.dispatch_count}")
+        ), f"review:{task.id}:{task.dispatch_count}", origin=Origin.worker(task.assignee, f"its report of {task.id}"))
 
     async def _rerender(self, task: Task) -> None:
         if task.project_id:
@@ -311,6 +332,7 @@ class TaskEngine:
     async def accept_task(self, task_id: str, note: str = "") -> Task:
         task = self._judgeable(task_id)
         task = self.state.update_task(task_id, state=TaskState.DONE)
+        await self._sync_assignments(task.assignee)
         self.state.log_event("task.accepted", task_id, note=note)
         # A finished revision sends its original back for a re-check.
         for original in [t for t in self.state.tasks() if t.id == task.revision_of and t.state is TaskState.REVISION]:
@@ -358,6 +380,7 @@ class TaskEngine:
         if task.state in FINAL:
             raise InvalidInputError(f"{task_id} is already {task.state.value}")
         self.state.update_task(task_id, state=TaskState.CANCELLED)
+        await self._sync_assignments(task.assignee)
         self.state.log_event("task.cancelled", task_id)
         await self._rerender(task)
         if task.project_id:
@@ -383,7 +406,7 @@ class TaskEngine:
         await self.wake_manager(self.chat.manager_room, (
             f"Project **{project.title}** ({project_id}) is complete: every task is accepted.\n{rows}\n"
             f"Plan: `{layout.project_plan(project_id)}`. Write the final report to {self.admin} now."
-        ), f"project-done:{project_id}")
+        ), f"project-done:{project_id}", origin=Origin.code("task engine", f"{project_id} is complete"))
 
     # ------------------------------------------------------------------ after a restart
 

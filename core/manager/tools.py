@@ -3,6 +3,8 @@
 Registered by the default plugin ``manager-tools`` (:mod:`hiclaw.manager.plugin`). Every tool is a thin call into code (the
 provisioner, the task engine, the state DB); the model decides *what* to call, code does it.
 The tools reach the control plane through ``ctx.runtime`` (a :class:`hiclaw.control.plane.ControlPlane`).
+The :class:`hiclaw.manager.agent.ManagerAgent` hands a turn not started by the admin only the
+judgement tools (:data:`hiclaw.manager.origin.JUDGEMENT_TOOLS`); the others refuse in that turn.
 """
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ def manager_tools(plane: Any) -> list[ToolSpec]:
     async def create_worker(args: dict[str, Any]) -> Any:
         worker = await provisioner.create_worker(
             args["name"], role=args["role"], model=args.get("model") or plane.config.team.worker_model,
-            skills=args.get("skills") or [],
+            skills=args.get("skills") or [], budget_usd=args.get("budget_usd"),
         )
         return {"created": _worker_dict(worker), "room": f"Worker: {worker.name}"}
 
@@ -108,7 +110,10 @@ def manager_tools(plane: Any) -> list[ToolSpec]:
                  parameters=_obj({"name": {"type": "string", "pattern": "^[a-z][a-z0-9-]{0,30}$"},
                                   "role": {"type": "string", "description": "role and responsibilities, becomes SOUL.md"},
                                   "model": {"type": "string", "description": "model alias, e.g. smart, fast, cheap"},
-                                  "skills": {"type": "array", "items": STRING}}, ["name", "role"])),
+                                  "skills": {"type": "array", "items": STRING},
+                                  "budget_usd": {"type": "number", "minimum": 0,
+                                                 "description": "spending limit in USD (default: the team's "
+                                                                "worker_budget_usd)"}}, ["name", "role"])),
         ToolSpec(name="list_workers", handler=list_workers, description="List workers with role, model and state.",
                  parameters=_obj({}, [])),
         ToolSpec(name="remove_worker", handler=remove_worker,

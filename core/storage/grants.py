@@ -1,8 +1,9 @@
 """What a worker may touch: normalising grants and checking keys against them (all backends).
 
 A grant entry is a folder (ends with ``/``: everything under it) or one key (exactly that
-object). A worker always gets its own home ``agents/<self>/`` read-write; other entries must lie
-under ``shared/`` — a worker is never granted another agent's home. Read-only entries are carved
+object). A worker always gets its own home ``agents/<self>/`` read-write, except its skills folder
+``agents/<self>/skills/``, always read-only (the control plane installs skills); other entries
+must lie under ``shared/`` — a worker is never granted another agent's home. Read-only entries are carved
 out of read-write folders (``spec.md`` inside a read-write task folder stays read-only); a
 read-write entry inside a read-only folder is refused.
 """
@@ -49,7 +50,10 @@ def normalize_grant(worker: str, rw: Iterable[str] = (), ro: Iterable[str] = ())
         raise InvalidInputError("grant: rw and ro must be lists of paths, not a single string", hint="wrap it in a list")
     home = layout.agent_home(worker)
     read_write = list(dict.fromkeys([home, *(_entry(v, worker) for v in rw)]))
-    read_only = [e for e in dict.fromkeys(_entry(v, worker) for v in ro) if e not in read_write]
+    # A worker's skills are installed by the control plane only (a skill is code the team runs):
+    # its skills folder is always read-only to it, carved out of its read-write home.
+    skills = layout.agent_skills_dir(worker)
+    read_only = [e for e in dict.fromkeys([skills, *(_entry(v, worker) for v in ro)]) if e not in read_write]
     for ro_entry in read_only:
         inner = [e for e in read_write if e != ro_entry and covers(ro_entry, e)]
         if inner:

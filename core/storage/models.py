@@ -33,6 +33,10 @@ class Mount(BaseModel):
     host_path: Path
     sandbox_path: Path
     read_only: bool
+    #: The storage root ``host_path`` lies under: the sandbox opens ``host_path`` from it without
+    #: following any link and binds the descriptor, so a worker that swapped a folder or file
+    #: for a link between two runs cannot have anything else bound in its place.
+    beneath: Path | None = None
 
 
 class WorkerStorageAccess(BaseModel):
@@ -48,6 +52,21 @@ class WorkerStorageAccess(BaseModel):
     mounts: list[Mount] = Field(default_factory=list)
     read_write: list[str] = Field(default_factory=list)  # prefixes/keys the worker may change
     read_only: list[str] = Field(default_factory=list)  # prefixes/keys it may only read
+
+    def relocated(self, inside: Path) -> WorkerStorageAccess:
+        """The same access with the storage shown at ``inside`` in the sandbox: each mount under
+        a storage root (``beneath``) appears at ``inside/<its key>``, and a ``root`` setting that
+        names that storage root (the local backend's) becomes ``inside``, so the worker finds its
+        files there — and never learns the host path."""
+        roots = {m.beneath for m in self.mounts if m.beneath is not None}
+        if not roots:
+            return self
+        mounts = [m if m.beneath is None else m.model_copy(update={"sandbox_path": inside / m.host_path.relative_to(m.beneath)})
+                  for m in self.mounts]
+        settings = dict(self.settings)
+        if settings.get("root") in {str(r) for r in roots}:
+            settings["root"] = str(inside)
+        return self.model_copy(update={"mounts": mounts, "settings": settings})
 
 
 class SyncResult(BaseModel):

@@ -26,7 +26,7 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from hiclaw.errors import InvalidInputError
 from hiclaw.storage import layout
@@ -99,11 +99,15 @@ def scan_local(root: Path) -> tuple[dict[str, _Entry], list[str]]:
     return files, sorted(links)
 
 
-def file_digest(path: Path, algorithm: str = "sha256") -> str:
-    """``"<algorithm>:<hex>"`` of a local file."""
+def file_digest(source: Path | IO[bytes], algorithm: str = "sha256") -> str:
+    """``"<algorithm>:<hex>"`` of a local file (a path, or a binary file object read to its end)."""
     digest = hashlib.new(algorithm)
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
+    if isinstance(source, Path):
+        with open(source, "rb") as fh:
+            while chunk := fh.read(_CHUNK):
+                digest.update(chunk)
+    else:
+        while chunk := source.read(_CHUNK):
             digest.update(chunk)
     return f"{algorithm}:{digest.hexdigest()}"
 

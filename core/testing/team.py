@@ -57,9 +57,11 @@ def default_sandbox() -> str:
 
 def team_config(model_url: str, *, registry_url: str = "https://skills.sh", sandbox: str | None = None,
                 server_name: str = SERVER_NAME, homeserver_port: int | None = None, key_secret: str | None = None,
-                storage: StorageConfig | None = None, **team: Any) -> HiclawConfig:
+                storage: StorageConfig | None = None, gateway_settings: dict[str, Any] | None = None,
+                **team: Any) -> HiclawConfig:
     """The configuration of a team whose models are all served by the scripted model at ``model_url``
-    (with the provider key from the secret ``key_secret``, if given); local storage unless ``storage``."""
+    (with the provider key from the secret ``key_secret``, if given); local storage unless ``storage``;
+    ``gateway_settings`` are more ``[gateway.settings]`` (e.g. ``{"direct_openai": False}``: via litellm)."""
     models = {alias: ModelAlias(model=f"openai/scripted-{alias}", api_base=model_url, input_cost_per_mtok=price[0],
                                 output_cost_per_mtok=price[1], fallback="fast" if alias == "smart" else None,
                                 api_key_secret=key_secret)
@@ -67,7 +69,7 @@ def team_config(model_url: str, *, registry_url: str = "https://skills.sh", sand
     return HiclawConfig(
         channel=ChannelConfig(settings={"embedded": True, "server_name": server_name,
                                         "port": homeserver_port or free_port()}),
-        gateway=GatewayConfig(settings={"port": 0}),
+        gateway=GatewayConfig(settings={"port": 0, **(gateway_settings or {})}),
         sandbox=SandboxConfig(plugin=sandbox or default_sandbox()),
         storage=storage or StorageConfig(),
         models=models,
@@ -135,11 +137,12 @@ async def start_plane(home: Path, config: HiclawConfig, *, progress: Callable[[s
 async def running_team(home: Path, scenario: Any, *, registry_url: str = "https://skills.sh",
                        sandbox: str | None = None, provider_key: str | None = None,
                        storage: StorageConfig | None = None, secrets: dict[str, str] | None = None,
-                       **team: Any) -> AsyncIterator[Team]:
+                       gateway_settings: dict[str, Any] | None = None, **team: Any) -> AsyncIterator[Team]:
     """``provider_key``: the scripted model requires it (``Authorization: Bearer …``), and the team
     keeps it as a real provider key — the secret ``scripted_api_key`` in ``secrets.toml``, named by
     every model alias, sent upstream by the gateway only. ``storage`` and ``secrets`` (more entries
-    of ``secrets.toml``, e.g. S3 root keys) run the team on other storage than the local default."""
+    of ``secrets.toml``, e.g. S3 root keys) run the team on other storage than the local default.
+    ``gateway_settings``: more ``[gateway.settings]`` of the embedded gateway."""
     from hiclaw.demo.admin import AdminClient
     from hiclaw.scripted import Scenario, parse_scenario
     from hiclaw.scripted.server import ScriptedModelServer
@@ -148,7 +151,8 @@ async def running_team(home: Path, scenario: Any, *, registry_url: str = "https:
                                 api_key=provider_key)
     await model.start()
     config = team_config(model.base_url, registry_url=registry_url, sandbox=sandbox,
-                         key_secret=PROVIDER_KEY_SECRET if provider_key else None, storage=storage, **team)
+                         key_secret=PROVIDER_KEY_SECRET if provider_key else None, storage=storage,
+                         gateway_settings=gateway_settings, **team)
     extra = {**(secrets or {}), **({PROVIDER_KEY_SECRET: provider_key} if provider_key else {})}
     if extra:
         home.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - test helper: one local mkdir

@@ -68,6 +68,10 @@ class ControlClient:
     async def ready(self, info: dict[str, Any]) -> None:
         await self._post("/v1/ready", info)
 
+    async def notice(self, info: dict[str, Any]) -> None:
+        """Something the admin must know (``{"kind": "turn-limit", "room_id": …}``)."""
+        await self._post("/v1/notice", info)
+
     async def skills_find(self, query: str, limit: int = 10) -> Any:
         return (await self._post("/v1/skills/find", {"query": query, "limit": limit}))["skills"]
 

@@ -29,6 +29,8 @@ TASK_REF = re.compile(r"\btask-\d{3,}\b")
 OUTAGE_GRACE_SECONDS = 120.0
 #: The control plane's "I am back" signal (sent through the launcher to an adopted worker).
 RECONNECT_SIGNAL = signal.SIGUSR1
+#: The admin's agent name (the control plane's ``ADMIN``): mentions by it are never turn-limited.
+ADMIN = "admin"
 
 
 def front_matter(text: str) -> dict[str, Any]:
@@ -109,6 +111,7 @@ class WorkerRuntime:
         self._queue: asyncio.Queue[ChatMessage] = asyncio.Queue()
         self._stop = asyncio.Event()
         self._reconnecting: asyncio.Task[None] | None = None
+        self._notices: set[asyncio.Task[None]] = set()
         self.turns = 0
 
     # ------------------------------------------------------------------ lifecycle
@@ -121,15 +124,21 @@ class WorkerRuntime:
                               components={"channel": self.channel, "storage": self.storage})
 
     async def start(self) -> None:
-        from hiclaw.wakeup import MentionGate
+        from hiclaw.wakeup import MentionGate, TurnLimiter
 
         started = time.perf_counter()
         self.scratch.mkdir(parents=True, exist_ok=True)
         self.storage = self.host.create("storage", self.spec.storage.plugin, self.spec.storage.settings, self._ctx())
         self.channel = self.host.create("channel", self.spec.channel.plugin, self.spec.channel.settings, self._ctx())
         self.tools = self.host.tools(self._ctx(runtime=self))
+        # Who may wake this worker is enforced here: only its trusted senders (the admin and the
+        # Manager), and others than the admin at most N times per room and minute.
         self.gate = MentionGate(self.channel.user_id(self.name), self._enqueue,
-                                state_path=self.scratch / "mention-gate.json")
+                                state_path=self.scratch / "mention-gate.json",
+                                trusted={self.channel.user_id(who) for who in self.spec.trusted},
+                                limiter=TurnLimiter(self.spec.max_turns_per_room_per_minute),
+                                unlimited={self.channel.user_id(ADMIN)}, exempt=self._is_assignment,
+                                on_limited=self._on_turn_limit)
         self.channel.on_message(self._on_message)
         self._consumer = asyncio.create_task(self._consume(), name=f"worker-{self.name}-turns")
         self._orphan_watch = asyncio.create_task(self._watch_control_plane(), name=f"worker-{self.name}-orphan")
@@ -212,12 +221,40 @@ class WorkerRuntime:
             message = await self._queue.get()
             await self._on_mention(message)
 
+    async def _is_assignment(self, message: ChatMessage) -> bool:
+        """Whether the message hands this worker one of its own tasks (by its spec.md): the
+        engine posts each assignment once, so these never count toward the turn limit."""
+        return await self.task_context(message) is not None
+
+    async def _on_turn_limit(self, message: ChatMessage) -> None:
+        """Over the turn limit in a room: the control plane tells the admin (without waiting:
+        the channel's sync loop must go on)."""
+        async def tell() -> None:
+            try:
+                await self.control.notice({"kind": "turn-limit", "room_id": message.room_id})
+            except Exception as exc:  # noqa: BLE001 - the limit holds anyway; only the notice is lost
+                log.warning("worker %s: could not report the turn limit: %s", self.name, exc)
+
+        task = asyncio.create_task(tell(), name=f"worker-{self.name}-turn-limit")
+        self._notices.add(task)
+        task.add_done_callback(self._notices.discard)
+
+    def reply_mentions(self, sender: str) -> list[str]:
+        """Whom a reply mentions: its sender if that is the admin or the Manager — never a
+        worker, so two workers' replies cannot keep waking each other."""
+        return [sender] if sender in {self.channel.user_id(ADMIN), self.channel.user_id(self.spec.manager)} else []
+
     async def idle(self) -> bool:
         return self._queue.empty() and not self._turn_lock.locked()
 
     def display(self, user_id: str) -> str:
+        """How a sender is named in prompts: the agent name for one of the team's own accounts,
+        the full user id for anyone else (``@admin:elsewhere`` is not the admin)."""
         local = user_id.split(":", 1)[0].lstrip("@")
-        return local or user_id
+        try:
+            return local if local and self.channel.user_id(local) == user_id else user_id
+        except ValueError:
+            return user_id
 
     async def task_context(self, message: ChatMessage) -> TaskContext | None:
         for task_id in dict.fromkeys(TASK_REF.findall(message.body)):
@@ -283,12 +320,12 @@ class WorkerRuntime:
                                       project_id=task.project_id if task else None)
                 reported = any(c.name == "report_result" and not c.error for c in turn.tool_calls)
                 if turn.final_text and not reported:
-                    await self.channel.send(message.room_id, turn.final_text, mentions=[message.sender],
+                    await self.channel.send(message.room_id, turn.final_text, mentions=self.reply_mentions(message.sender),
                                             idempotency_key=f"reply:{self.name}:{message.event_id}")
             except Exception as exc:
                 log.exception("worker %s: turn failed", self.name)
                 text = f"I could not finish this turn: {exc}"
-                await self.channel.send(message.room_id, text, mentions=[message.sender],
+                await self.channel.send(message.room_id, text, mentions=self.reply_mentions(message.sender),
                                         idempotency_key=f"error:{self.name}:{message.event_id}")
             finally:
                 try:

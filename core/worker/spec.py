@@ -35,8 +35,12 @@ class WorkerRuntimeSpec(BaseModel):
     control_url: str
     control_token: SecretStr
     manager: str = "manager"
-    #: Senders whose mentions wake this worker (others are ignored, not just buffered).
+    #: Senders (names or user ids) whose mentions wake this worker; anyone else's — another
+    #: worker's above all — start no turn (the message is kept as context, never answered).
     trusted: list[str] = Field(default_factory=lambda: ["admin", "manager"])
+    #: At most this many turns per room per minute started by others than the admin
+    #: (``[team] max_turns_per_room_per_minute``; its own task assignments do not count).
+    max_turns_per_room_per_minute: int = Field(default=10, ge=1)
     scratch_dir: str = "/tmp/hiclaw-work"
     command_timeout_seconds: float = Field(default=120, gt=0)
     max_steps: int = Field(default=24, ge=1)

@@ -11,7 +11,12 @@ Filesystem view inside (everything else of the host is absent, not just unreadab
 
 Namespaces: user (no capabilities, no nested user namespaces), pid (the launcher is PID 1),
 ipc, uts (hostname = worker name), cgroup, mount and net. Without ``spec.network`` the sandbox
-has only its own loopback, where the launcher's forwarders serve the bridges.
+has only its own loopback, where the launcher's forwarders serve the bridges; with it, the
+host's network, where the services are reached at their own URLs (no forwarder: it could not
+listen on a port the service holds).
+
+Syscalls: the seccomp filter of :mod:`hiclaw.sandbox.seccomp` (``--seccomp FD``), unless
+``seccomp = false``. Limits: :mod:`hiclaw.sandbox.limits` (a cgroup per run, or rlimits).
 """
 from __future__ import annotations
 
@@ -23,9 +28,10 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from hiclaw.sandbox import seccomp
 from hiclaw.sandbox.backends.local import LaunchPlan, LocalSandboxBackend, read_fd_async
 from hiclaw.sandbox.base import SandboxError, exposes_control_plane, last_error
-from hiclaw.sandbox.bridge import format_target
+from hiclaw.sandbox.bridge import format_target, reached_directly
 from hiclaw.sandbox.settings import BwrapSettings
 from hiclaw.sandbox.spec import WorkerSpec
 
@@ -72,6 +78,33 @@ def python_paths(python: str) -> list[Path]:
     return _python_paths_cache[python]
 
 
+def open_mount_fds(spec: WorkerSpec) -> dict[int, int]:
+    """Descriptors of the mounts that lie under an untrusted folder (``Mount.beneath``), each
+    opened from its trusted root without following any link: a worker that replaced a folder or
+    a file of a grant with a link between two runs gets its start refused, not the link's target."""
+    from hiclaw.storage.safefs import Beneath, LinkRefused
+
+    fds: dict[int, int] = {}
+    try:
+        for index, mount in enumerate(spec.mounts):
+            if mount.beneath is None:
+                continue
+            rel = mount.host_path.relative_to(mount.beneath).as_posix()
+            try:
+                fds[index] = Beneath(mount.beneath).open_path(rel)
+            except LinkRefused:
+                raise SandboxError(f"cannot start {spec.name}: {rel!r} in the storage is (or lies under) a symbolic link",
+                                   hint="links are never bound into a sandbox; remove the link") from None
+            except FileNotFoundError:
+                raise SandboxError(f"cannot start {spec.name}: {rel!r} is missing from the storage",
+                                   hint="it was granted but is gone; grant again") from None
+    except BaseException:
+        for fd in fds.values():
+            os.close(fd)
+        raise
+    return fds
+
+
 def minimal_roots(paths: set[Path] | list[Path]) -> list[Path]:
     """Drop every path that lies inside another one of ``paths``."""
     ordered = sorted(set(paths), key=lambda p: (len(p.parts), str(p)))
@@ -88,6 +121,12 @@ class BwrapBackend(LocalSandboxBackend):
     name = "bwrap"
     settings_model = BwrapSettings
     settings: BwrapSettings
+    user_namespace = True
+    #: Neutral paths inside (``hiclaw.protocols.NeutralPaths``): the sandbox's root is its own.
+    storage_root_inside = Path("/data")
+
+    def home_inside(self, name: str) -> Path:
+        return Path("/home") / name
 
     @property
     def adoptable(self) -> bool:  # type: ignore[override]
@@ -112,6 +151,9 @@ class BwrapBackend(LocalSandboxBackend):
     def _prepare(self, spec: WorkerSpec) -> None:
         super()._prepare(spec)
         self.bwrap  # noqa: B018 - fail early with the install hint
+        if self.settings.seccomp and not seccomp.supported():
+            raise SandboxError(f"the seccomp filter has no syscall table for this machine ({os.uname().machine})",
+                               hint="set [sandbox.settings] seccomp = false (and report the machine type)")
         for path in self.settings.extra_ro_paths:
             if exposes_control_plane(path, self.control_home):
                 raise SandboxError(f"[sandbox.settings] extra_ro_paths: {path} would expose the control plane's files",
@@ -119,6 +161,23 @@ class BwrapBackend(LocalSandboxBackend):
 
     async def _before_start(self, spec: WorkerSpec) -> None:
         await asyncio.to_thread(python_paths, self.python)  # runs the interpreter once; cached
+
+    def _relayed_bridges(self, spec: WorkerSpec) -> list[Any]:
+        if not spec.network:
+            return list(spec.bridges)
+        # With the host's network a worker reaches a host-loopback service at the same URL itself;
+        # a forwarder of its own could not listen on that port (the service holds it).
+        return [b for b in spec.bridges if not reached_directly(b)]
+
+    def confinement(self) -> dict[str, str]:
+        return {**super().confinement(), "seccomp": seccomp.describe() if self.settings.seccomp
+                else "OFF ([sandbox.settings] seccomp = false)"}
+
+    def _add_seccomp(self, plan: LaunchPlan) -> None:
+        """``--seccomp FD``: bwrap reads the filter from the fd and installs it before the launcher runs."""
+        fd = seccomp.program_fd()
+        plan.pass_fds += (fd,)
+        plan.argv[1:1] = ["--seccomp", str(fd)]
 
     def readonly_paths(self) -> list[Path]:
         """Python, virtual environment and source folders bound read-only (identical paths)."""
@@ -135,7 +194,7 @@ class BwrapBackend(LocalSandboxBackend):
     def _write_identity_files(self, spec: WorkerSpec, run_dir: Path) -> dict[str, Path]:
         etc = run_dir / "etc"
         etc.mkdir(exist_ok=True)
-        uid, gid, home = os.getuid(), os.getgid(), spec.home or "/tmp"
+        uid, gid, home = os.getuid(), os.getgid(), spec.home_inside or "/tmp"
         files = {
             "/etc/passwd": f"{spec.name}:x:{uid}:{gid}:hiclaw worker:{home}:/bin/sh\n",
             "/etc/group": f"{spec.name}:x:{gid}:\n",
@@ -150,8 +209,9 @@ class BwrapBackend(LocalSandboxBackend):
         return written
 
     def command(self, spec: WorkerSpec, run_dir: Path, sockets: dict[str, Path], status_fd: int,
-                ready_fd: int | None = None) -> list[str]:
-        """The full bwrap command line for ``spec`` (public so tests and docs can show it)."""
+                ready_fd: int | None = None, mount_fds: dict[int, int] | None = None) -> list[str]:
+        """The full bwrap command line for ``spec`` (public so tests and docs can show it).
+        ``mount_fds``: index in ``spec.mounts`` → descriptor to bind instead of the path."""
         args = [self.bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--cap-drop", "ALL",
                 "--new-session", "--as-pid-1", "--json-status-fd", str(status_fd), "--hostname", spec.name]
         if not self.adoptable:  # else it outlives a crash of the control plane, for the next to adopt
@@ -169,14 +229,16 @@ class BwrapBackend(LocalSandboxBackend):
         for target, source in self._write_identity_files(spec, run_dir).items():
             args += ["--ro-bind", str(source), target]
         args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]  # /tmp before any bind under it
-        binds: list[tuple[Path, Path, bool]] = [(p, p, True) for p in self.readonly_paths()]
+        binds: list[tuple[Path | int, Path, bool]] = [(p, p, True) for p in self.readonly_paths()]
         if sockets:
             binds.append((run_dir, Path(SANDBOX_RUN_DIR), True))
-        if spec.home is not None:
-            binds.append((spec.home, spec.home, False))
-        binds += [(m.host_path, m.target, m.read_only) for m in spec.mounts]
-        for host_path, inside, read_only in sorted(binds, key=lambda b: len(b[1].parts)):  # parents first
-            args += ["--ro-bind" if read_only else "--bind", str(host_path), str(inside)]
+        if spec.home is not None and spec.home_inside is not None:
+            binds.append((spec.home, spec.home_inside, False))
+        fds = mount_fds or {}
+        binds += [(fds.get(i, m.host_path), m.target, m.read_only) for i, m in enumerate(spec.mounts)]
+        for origin, inside, read_only in sorted(binds, key=lambda b: len(b[1].parts)):  # parents first
+            by_fd = "-fd" if isinstance(origin, int) else ""  # bound by descriptor: what was checked
+            args += [("--ro-bind" if read_only else "--bind") + by_fd, str(origin), str(inside)]
         if spec.working_dir is not None:
             args += ["--chdir", str(spec.working_dir)]
         by_name = {b.name: b for b in spec.bridges}
@@ -187,10 +249,14 @@ class BwrapBackend(LocalSandboxBackend):
         read_fd, write_fd = os.pipe()
         plan = LaunchPlan(argv=[], pass_fds=(write_fd,), keep_fds=(read_fd,))
         try:
-            plan.argv = self.command(spec, run_dir, sockets, write_fd, ready_fd=ready_fd)
+            mount_fds = open_mount_fds(spec)
+            plan.pass_fds += tuple(mount_fds.values())
+            plan.argv = self.command(spec, run_dir, sockets, write_fd, ready_fd=ready_fd, mount_fds=mount_fds)
         except BaseException:
             plan.close()
             raise
+        if self.settings.seccomp:
+            self._add_seccomp(plan)
         return plan
 
     async def _signal_pid(self, process: asyncio.subprocess.Process, plan: LaunchPlan, log_path: Path) -> int:

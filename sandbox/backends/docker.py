@@ -80,7 +80,7 @@ class DockerBackend(BackendBase):
         forwards = [format_target(by_name[n].port, unix=f"{SANDBOX_RUN_DIR}/{p.name}") for n, p in sockets.items()]
         volumes = []
         if spec.home is not None:
-            volumes.append(f"{spec.home}:{spec.home}:rw")
+            volumes.append(f"{spec.home}:{spec.home_inside}:rw")
         volumes += [f"{m.host_path}:{m.target}:{'ro' if m.read_only else 'rw'}" for m in spec.mounts]
         if sockets:
             run_dir = next(iter(sockets.values())).parent
@@ -149,7 +149,7 @@ class DockerBackend(BackendBase):
         self._refuse_running(spec.name)
         check_mounts_safe(spec, self.control_home)
         client = self.client
-        bridges = HostBridges(self._socket_dir(spec.name), spec.bridges) if spec.bridges else None
+        bridges = HostBridges.from_settings(self._socket_dir(spec.name), spec.bridges, self.settings) if spec.bridges else None
         sockets = await bridges.start() if bridges else {}
         log_path = self.log_path(spec.name, spec)
         os.close(open_log(log_path, f"starting worker {spec.name} (docker sandbox, image {self.settings.image})"))

@@ -144,7 +144,7 @@ class KubernetesBackend(BackendBase):
         if spec.home is not None:
             source = {"hostPath": {"path": str(spec.home), "type": "Directory"}} if s.allow_host_paths else {"emptyDir": {}}
             volumes.append({"name": "home", **source})
-            mounts.append({"name": "home", "mountPath": str(spec.home)})
+            mounts.append({"name": "home", "mountPath": str(spec.home_inside)})
         for i, mount in enumerate(spec.mounts):
             volumes.append({"name": f"mount-{i}", "hostPath": {"path": str(mount.host_path)}})
             mounts.append({"name": f"mount-{i}", "mountPath": str(mount.target), "readOnly": mount.read_only})

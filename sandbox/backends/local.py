@@ -12,6 +12,10 @@ so a reused pid is never mistaken for the worker, and the spec's fingerprint), a
 control plane adopts (:meth:`~LocalSandboxBackend.adopt`) a run whose fingerprint still matches — new
 host bridges on the same socket paths, exit watched through a pidfd — or stops it.
 :meth:`~LocalSandboxBackend.stop_leftovers` stops the runs nobody adopted (``hiclaw down``).
+
+Limits (:mod:`hiclaw.sandbox.limits`): each run gets its own cgroup where the control plane can
+create one — its first process enters it before it runs anything, and whatever is left in it
+when the run ends is killed — and rlimits through the launcher otherwise.
 """
 from __future__ import annotations
 
@@ -38,6 +42,7 @@ from hiclaw.sandbox.base import (
     worker_environment,
 )
 from hiclaw.sandbox.bridge import HostBridges
+from hiclaw.sandbox.limits import LimitPlan, WorkerCgroup, plan_limits
 from hiclaw.sandbox.logs import append_log, open_log, utcnow
 from hiclaw.sandbox.settings import BackendSettings
 from hiclaw.sandbox.spec import WorkerSpec
@@ -205,6 +210,7 @@ class _Run:
     done: asyncio.Event = field(default_factory=asyncio.Event)
     exit_code: int | None = None
     watcher: asyncio.Task[None] | None = None
+    cgroup: WorkerCgroup | None = None
 
 
 class LocalSandboxBackend(BackendBase):
@@ -215,17 +221,31 @@ class LocalSandboxBackend(BackendBase):
     log_note: ClassVar[str] = ""
     #: Whether runs outlive a control-plane crash and can be adopted by the next one.
     adoptable: ClassVar[bool] = False
+    #: Whether a sandbox has its own user namespace (``RLIMIT_NPROC`` then counts only its processes).
+    user_namespace: ClassVar[bool] = False
 
     def __init__(self, settings: BackendSettings | None = None, ctx: Any = None) -> None:
         super().__init__(settings, ctx)
         self.python = sys.executable
         self._starts: dict[str, int] = {}
+        self._limits: LimitPlan | None = None
+
+    @property
+    def limits(self) -> LimitPlan:
+        """How memory, processes and open files are limited here (decided once per backend)."""
+        if self._limits is None:
+            self._limits = plan_limits(self.settings, self.control_home, user_namespace=self.user_namespace)
+        return self._limits
 
     # ------------------------------------------------------------------ subclass hooks
 
+    def confinement(self) -> dict[str, str]:
+        """How a worker is limited here, one line per limit (``hiclaw sandbox check`` prints them)."""
+        return dict(self.limits.how)
+
     def _launcher_args(self, forwards: list[str], ready_fd: int | None = None) -> list[str]:
         extra = ("--ready-fd", str(ready_fd)) if ready_fd is not None else ()
-        return launcher_argv(self.python, forwards, self.settings, extra)
+        return launcher_argv(self.python, forwards, self.settings, extra, rlimits=self.limits.rlimits)
 
     def _environment(self, spec: WorkerSpec) -> dict[str, str]:
         path = os.pathsep.join([str(Path(self.python).parent), "/usr/local/bin", "/usr/bin", "/bin"])
@@ -249,6 +269,37 @@ class LocalSandboxBackend(BackendBase):
     def _uses_bridges(self, spec: WorkerSpec) -> bool:
         return True
 
+    def _relayed_bridges(self, spec: WorkerSpec) -> list[Any]:
+        """The bridges that need a host relay (a unix socket the sandbox connects to)."""
+        return list(spec.bridges) if self._uses_bridges(spec) else []
+
+    def _cgroup(self, spec: WorkerSpec) -> WorkerCgroup | None:
+        """The run's cgroup, created with its limits (``None``: rlimits only)."""
+        tree = self.limits.tree
+        if tree is None:
+            return None
+        cgroup = tree.worker(spec.name)
+        try:
+            tree.ensure()
+            cgroup.create(self.limits.memory_bytes, self.limits.processes)
+        except OSError as exc:
+            raise SandboxError(f"cannot set the limits of worker {spec.name!r} in its cgroup "
+                               f"{cgroup.paths[0]}: {exc.strerror or exc}",
+                               hint="set [sandbox.settings] cgroups = false to use rlimits instead") from None
+        return cgroup
+
+    async def _remove_cgroup(self, cgroup: WorkerCgroup | None, timeout: float = 5.0) -> None:
+        """Kill what a finished run left in its cgroup, then remove it."""
+        if cgroup is None:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while cgroup.processes() and loop.time() < deadline:
+            cgroup.kill()
+            await asyncio.sleep(0.02)  # SIGKILLed processes leave their cgroup as they exit
+        if cgroup.remove() and self.limits.tree is not None:
+            self.limits.tree.remove()  # the last worker's: nothing is left behind
+
     async def _before_start(self, spec: WorkerSpec) -> None:
         """Slow preparation, off the event loop's thread (subclasses)."""
 
@@ -266,13 +317,21 @@ class LocalSandboxBackend(BackendBase):
                 raise SandboxError(f"worker {spec.name!r}: {path} does not exist", hint="create it before starting the worker")
         log_path = self.log_path(spec.name, spec)
         run_dir = self._socket_dir(spec.name)
-        host_bridges = HostBridges(run_dir, spec.bridges) if spec.bridges and self._uses_bridges(spec) else None
-        sockets = await host_bridges.start() if host_bridges else {}
+        relayed = self._relayed_bridges(spec)
+        host_bridges = HostBridges.from_settings(run_dir, relayed, self.settings) if relayed else None
+        cgroup = self._cgroup(spec)
+        try:
+            sockets = await host_bridges.start() if host_bridges else {}
+        except BaseException:
+            await self._remove_cgroup(cgroup)
+            raise
         log_fd = open_log(log_path, f"starting worker {spec.name} ({self.name} sandbox){self.log_note}")
         plan: LaunchPlan | None = None
         ready_read, ready_write = os.pipe()  # the launcher writes one byte once the worker runs
         try:
             plan = self._plan(spec, run_dir, sockets, ready_write)
+            if cgroup is not None:
+                plan.argv = cgroup.wrap(plan.argv)
             plan.pass_fds += (ready_write,)
             plan.keep_fds += (ready_read,)
             process = await asyncio.create_subprocess_exec(
@@ -287,6 +346,7 @@ class LocalSandboxBackend(BackendBase):
                 os.close(ready_write)
             if host_bridges:
                 await host_bridges.close()
+            await self._remove_cgroup(cgroup)
             raise
         finally:
             os.close(log_fd)
@@ -306,9 +366,10 @@ class LocalSandboxBackend(BackendBase):
             plan.close()
             if host_bridges:
                 await host_bridges.close()
+            await self._remove_cgroup(cgroup)
             raise
         run = _Run(spec, process.pid, signal_pid, utcnow(), log_path, host_bridges, self._starts[spec.name],
-                   process=process, plan=plan)
+                   process=process, plan=plan, cgroup=cgroup)
         if self.adoptable:
             run.record = RunRecord(
                 name=spec.name, pid=process.pid, pid_start=process_start_time(process.pid), signal_pid=signal_pid,
@@ -339,6 +400,7 @@ class LocalSandboxBackend(BackendBase):
             self._remove_record(run.record)
         if run.bridges:
             await run.bridges.close()
+        await self._remove_cgroup(run.cgroup)
         run.exit_code = code
         self._finished(run)
 
@@ -383,14 +445,16 @@ class LocalSandboxBackend(BackendBase):
         if not record.alive() or spec.fingerprint is None or record.fingerprint != spec.fingerprint:
             await self._stop_record(record)
             return None
-        host_bridges = HostBridges(self._socket_dir(spec.name), spec.bridges) if spec.bridges else None
+        relayed = self._relayed_bridges(spec)
+        host_bridges = HostBridges.from_settings(self._socket_dir(spec.name), relayed, self.settings) if relayed else None
         if host_bridges:
             await host_bridges.start()  # same socket paths: the sandbox's forwarders reach us again
         log_path = Path(record.log_path)
         with contextlib.suppress(OSError):
             append_log(log_path, f"worker {spec.name} adopted by a new control plane (pid {os.getpid()})")
         started = datetime.fromisoformat(record.started_at)
-        run = _Run(spec, record.pid, record.signal_pid, started, log_path, host_bridges, record.starts, record=record)
+        run = _Run(spec, record.pid, record.signal_pid, started, log_path, host_bridges, record.starts, record=record,
+                   cgroup=self.limits.cgroup(spec.name))  # the run stays in the cgroup it was started in
         self._starts[spec.name] = record.starts
         run.watcher = asyncio.create_task(self._watch(run), name=f"sandbox-{spec.name}")
         self._runs[spec.name] = run
@@ -419,6 +483,7 @@ class LocalSandboxBackend(BackendBase):
             with contextlib.suppress(OSError):
                 append_log(Path(record.log_path), f"worker {record.name} (left by a crashed control plane) stopped")
         self._remove_record(record)
+        await self._remove_cgroup(self.limits.cgroup(record.name))
         return alive
 
     async def stop_leftovers(self, keep: set[str] | frozenset[str] = frozenset(), timeout: float = 10.0) -> list[str]:

@@ -6,10 +6,15 @@ tokens, completion = the request's ``max_tokens``/``max_completion_tokens`` or t
 refused with 429 when the budget is already spent, or when spent + reserved-in-flight + this
 reservation would exceed it. The reservation is released when the call ends and the real cost
 is recorded. A reply longer than the reserved completion tokens is the only way to go over.
+
+A call counts toward its consumer's budget and toward the budget of every project given: the
+project it is attributed to, or — for a call of a managed consumer without a valid task tag —
+every project the consumer currently works on, so leaving a tag out never escapes a budget.
 """
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +37,8 @@ def estimate_cost(chain: list[Route], payload: dict[str, Any], body_bytes: int, 
     prompt = body_bytes // BYTES_PER_TOKEN + 1
     limit = payload.get("max_completion_tokens") or payload.get("max_tokens")
     completion = limit if isinstance(limit, int) and limit > 0 else default_completion
+    choices = payload.get("n")
+    completion *= choices if isinstance(choices, int) and choices > 1 else 1  # n replies, each up to the limit
     return max((route.price.cost(prompt, completion) for route in chain), default=0.0)
 
 
@@ -47,13 +54,15 @@ class BudgetGuard:
         self.store = store
         self._reserved: dict[tuple[str, str], float] = defaultdict(float)
 
-    def reserve(self, consumer: Consumer, project: str | None, amount: float) -> Reservation:
-        """Reserve ``amount`` USD against every budget the call counts toward, or raise 429."""
+    def reserve(self, consumer: Consumer, projects: Sequence[str], amount: float) -> Reservation:
+        """Reserve ``amount`` USD against every budget the call counts toward (the consumer's and
+        those of ``projects``), or raise 429."""
         holders: list[tuple[str, str, float | None, float]] = [
             ("consumer", consumer.name, consumer.budget_usd, consumer.spent_usd)]
-        found = self.store.project(project) if project is not None else None
-        if found is not None:
-            holders.append(("project", found.name, found.budget_usd, found.spent_usd))
+        for project in dict.fromkeys(projects):
+            found = self.store.project(project)
+            if found is not None:
+                holders.append(("project", found.name, found.budget_usd, found.spent_usd))
         keys = []
         for scope, name, budget, spent in holders:
             if budget is None:
@@ -69,6 +78,17 @@ class BudgetGuard:
         for key in keys:
             self._reserved[key] += amount
         return Reservation(tuple(keys), amount)
+
+    def tightest(self, projects: Sequence[str]) -> str | None:
+        """The project with the least budget left (spent and in flight counted); the first one
+        when none has a budget. Where an untagged call of a consumer on several projects is charged."""
+        def left(name: str) -> float:
+            found = self.store.project(name)
+            if found is None or found.budget_usd is None:
+                return float("inf")
+            return found.budget_usd - found.spent_usd - self._reserved.get(("project", name), 0.0)
+
+        return min(projects, key=left, default=None)
 
     def release(self, reservation: Reservation) -> None:
         for key in reservation.keys:

@@ -10,7 +10,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -156,6 +156,13 @@ class EmbeddedGateway:
 
     async def list_tokens(self) -> list[dict[str, Any]]:
         return [c.as_dict() for c in self.store.consumers()]
+
+    # ------------------------------------------------------------------ assignments
+
+    async def set_assignments(self, consumer: str, assignments: Mapping[str, str | None]) -> None:
+        """What ``consumer`` works on now, from the control plane (``{task id: project id or None}``).
+        From then on its calls are attributed from this, never from its own headers."""
+        self.store.set_assignments(consumer, dict(assignments))
 
     # ------------------------------------------------------------------ budgets and usage
 

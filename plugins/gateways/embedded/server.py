@@ -1,9 +1,15 @@
 """The gateway's HTTP handlers: ``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /healthz``.
 
 Order of checks for a completion (each answered OpenAI-style): token (401) → body size (413) →
-JSON and fields (400) → model exists (404) and is allowed (403) → budgets (429) → upstream
-(retries, then fallbacks; 502/504). Every call that presented a valid token is written to the
-ledger, refused or not.
+JSON and the parameter allow-list (400, :mod:`~hiclaw.plugins.gateways.embedded.params`) → model
+exists (404) and is allowed (403) → budgets (429) → upstream (retries, then fallbacks; 502/504).
+Every call that presented a valid token is written to the ledger, refused or not.
+
+Attribution: a consumer the control plane assigns work (every worker) is tagged from those
+assignments, never from its own headers — ``X-Hiclaw-Task`` only picks one of its current tasks,
+whose project comes from the assignment; a call without such a tag counts toward every project
+it currently works on. A consumer with no assignments on record (a token minted by hand) tags
+its calls with the headers as it likes.
 """
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ from aiohttp import web
 
 from hiclaw.plugins.gateways.embedded.budget import BudgetGuard, estimate_cost
 from hiclaw.plugins.gateways.embedded.errors import GatewayHTTPError, UpstreamError, bad_request, unauthorized
+from hiclaw.plugins.gateways.embedded.params import check_request
 from hiclaw.plugins.gateways.embedded.routing import Route, Router
 from hiclaw.plugins.gateways.embedded.settings import EmbeddedGatewaySettings
 from hiclaw.plugins.gateways.embedded.store import BudgetCrossing, Consumer, GatewayStore, LedgerEntry
@@ -43,6 +50,7 @@ class Call:
     stream: bool = False
     task: str | None = None
     project: str | None = None
+    budget_projects: tuple[str, ...] = ()  # the project budgets the call is checked against
     route: Route | None = None
 
 
@@ -89,6 +97,20 @@ class GatewayServer:
                               "invalid_header", header)
         return value
 
+    def _attribute(self, request: web.Request, consumer: Consumer, call: Call) -> None:
+        """Set the call's task, project and the project budgets it counts toward."""
+        task, project = self._tag(request, TASK_HEADER), self._tag(request, PROJECT_HEADER)
+        assigned = self.store.assignments(consumer.name)
+        if assigned is None:  # not managed by a control plane: the holder's own tags
+            call.task, call.project = task, project
+        elif task is not None and task in assigned:  # one of its own tasks; the project is the control plane's
+            call.task, call.project = task, assigned[task]
+        else:  # no tag, or one naming no task of its own (headers are never trusted): every project it is on
+            call.budget_projects = tuple(sorted({p for p in assigned.values() if p is not None}))
+            call.project = self.budget.tightest(call.budget_projects)
+            return
+        call.budget_projects = (call.project,) if call.project is not None else ()
+
     async def _read(self, request: web.Request) -> tuple[dict[str, Any], int]:
         limit = self.settings.max_body_bytes
         too_large = GatewayHTTPError(413, f"request body is larger than {limit} bytes (gateway max_body_bytes)",
@@ -103,18 +125,7 @@ class GatewayServer:
             payload = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
             raise bad_request(f"request body is not valid JSON: {exc}", "invalid_json") from None
-        if not isinstance(payload, dict):
-            raise bad_request("request body must be a JSON object", "invalid_json")
-        if not isinstance(payload.get("model"), str) or not payload["model"]:
-            raise bad_request("missing required field `model` (a model alias, see GET /v1/models)", "missing_field", "model")
-        messages = payload.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise bad_request("missing required field `messages` (a non-empty list)", "missing_field", "messages")
-        if not all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in messages):
-            raise bad_request("every message needs a `role`", "invalid_field", "messages")
-        if not isinstance(payload.get("stream", False), bool):
-            raise bad_request("`stream` must be true or false", "invalid_field", "stream")
-        return payload, len(raw)
+        return check_request(payload), len(raw)
 
     def _allowed(self, consumer: Consumer) -> list[str]:
         return [alias for alias in self.router.aliases() if consumer.allows(alias)]
@@ -184,13 +195,12 @@ class GatewayServer:
             return exc.response()
         call = Call(consumer.name, started)
         try:
-            call.task = self._tag(request, TASK_HEADER)
-            call.project = self._tag(request, PROJECT_HEADER)
+            self._attribute(request, consumer, call)
             payload, size = await self._read(request)
             call.stream = bool(payload.get("stream"))
             chain = self._route_chain(payload, consumer)
             call.route = chain[0]
-            reservation = self.budget.reserve(consumer, call.project, estimate_cost(
+            reservation = self.budget.reserve(consumer, call.budget_projects, estimate_cost(
                 chain, payload, size, self.settings.reserve_completion_tokens))
         except GatewayHTTPError as exc:
             self._record(call, exc.status, error=exc.code)

@@ -57,6 +57,12 @@ CREATE TABLE IF NOT EXISTS ledger (
     error TEXT,                       -- error code when status != 200
     stream INTEGER NOT NULL DEFAULT 0
 );
+-- What the control plane has assigned each consumer it manages: {task id: project id or null}.
+-- A consumer with a row here is tagged by the gateway from it, never by its own headers.
+CREATE TABLE IF NOT EXISTS assignments (
+    consumer TEXT PRIMARY KEY,
+    tasks TEXT NOT NULL               -- JSON object
+);
 CREATE INDEX IF NOT EXISTS ledger_ts ON ledger(ts);
 CREATE INDEX IF NOT EXISTS ledger_consumer ON ledger(consumer);
 -- Spending follows from the ledger inside the same statement: one INSERT per call is atomic.
@@ -153,6 +159,7 @@ class GatewayStore:
         self._by_hash: dict[str, Consumer] = {}
         self._by_name: dict[str, Consumer] = {}
         self._projects: dict[str, Project] = {}
+        self._assignments: dict[str, dict[str, str | None]] = {}
         self._version: int | None = None
         self._checkpointer: _Checkpointer | None = None
 
@@ -188,6 +195,7 @@ class GatewayStore:
         self._by_hash = {c.token_hash: c for c in consumers}
         self._by_name = {c.name: c for c in consumers}
         self._projects = {r[0]: Project(r[0], r[1], r[2]) for r in self._db.execute("SELECT name, budget_usd, spent_usd FROM projects")}
+        self._assignments = {r[0]: json.loads(r[1]) for r in self._db.execute("SELECT consumer, tasks FROM assignments")}
         self._version = version
 
     def _changed(self) -> None:
@@ -235,6 +243,25 @@ class GatewayStore:
     def consumers(self) -> list[Consumer]:
         self._refresh()
         return sorted(self._by_name.values(), key=lambda c: c.name)
+
+    # ------------------------------------------------------------------ assignments
+
+    def set_assignments(self, consumer: str, tasks: dict[str, str | None]) -> None:
+        """Replace what consumer ``consumer`` works on (``{task id: project id or None}``)."""
+        check_consumer_name(consumer)
+        for task, project in tasks.items():
+            if not isinstance(task, str) or not task or not (project is None or (isinstance(project, str) and project)):
+                raise InvalidInputError(f"invalid assignment {task!r} -> {project!r} for {consumer!r}",
+                                        hint="task ids and project ids are non-empty strings (project: or None)")
+        self._db.execute("INSERT INTO assignments(consumer, tasks) VALUES (?, ?) "
+                         "ON CONFLICT(consumer) DO UPDATE SET tasks=excluded.tasks",
+                         (consumer, json.dumps(dict(sorted(tasks.items())))))
+        self._changed()
+
+    def assignments(self, consumer: str) -> dict[str, str | None] | None:
+        """What the control plane assigned ``consumer``; ``None`` if it manages no assignments for it."""
+        self._refresh()
+        return self._assignments.get(consumer)
 
     # ------------------------------------------------------------------ budgets
 

@@ -1,6 +1,8 @@
 """Calling providers: directly for OpenAI-compatible ones, through litellm for every other.
 
-Both upstreams take the caller's OpenAI request (already validated), set ``model`` to the
+Both upstreams take the caller's OpenAI request (already checked by
+:func:`~hiclaw.plugins.gateways.embedded.params.check_request`), pass on only its allowed
+parameters (:func:`~hiclaw.plugins.gateways.embedded.params.forwarded`), set ``model`` to the
 provider's model and ``user`` to the consumer name, and return either a :class:`Completion`
 or a stream of chunk JSON documents that remembers the usage it saw. Errors become
 :class:`UpstreamError` with any secret redacted from their text.
@@ -16,11 +18,10 @@ from typing import Any
 from hiclaw import __version__
 from hiclaw.plugins.gateways.embedded.errors import UpstreamError
 from hiclaw.plugins.gateways.embedded.http1 import Http1Pool, UpstreamHTTPError, UpstreamResponse
+from hiclaw.plugins.gateways.embedded.params import forwarded
 from hiclaw.plugins.gateways.embedded.routing import Route
 
 Redact = Callable[[str], str]
-# Fields the gateway decides itself; everything else in the caller's request is passed on.
-OWN_FIELDS = ("model", "messages", "stream", "stream_options", "user")
 CONSUMER_HEADER = "X-Hiclaw-Consumer"
 USER_AGENT = f"hiclaw-gateway/{__version__}"
 
@@ -148,11 +149,11 @@ class DirectUpstream:
         await self._pool.close()
 
     async def _post(self, route: Route, payload: dict[str, Any], consumer: str, stream: bool) -> UpstreamResponse:
-        body = dict(payload)
-        body["model"] = route.provider_model
-        body["user"] = consumer
+        # The allow-listed parameters only: nothing a caller adds reaches the provider.
+        body = {"model": route.provider_model, "messages": payload["messages"], **forwarded(payload), "user": consumer}
         if stream:
-            body["stream_options"] = {**(payload.get("stream_options") or {}), "include_usage": True}
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
         headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
         if route.api_key is not None:
             headers["Authorization"] = f"Bearer {route.api_key.get_secret_value()}"
@@ -226,18 +227,24 @@ class LitellmUpstream:
         """Nothing to release: litellm keeps its own client cache."""
 
     def _kwargs(self, route: Route, payload: dict[str, Any], consumer: str, stream: bool) -> dict[str, Any]:
-        kwargs = {k: v for k, v in payload.items() if k not in OWN_FIELDS}
-        # litellm forwards `user` only where it knows the provider takes it; the header always
-        # reaches the provider (the scripted server reads either).
-        headers = {**(kwargs.pop("extra_headers", None) or {}), CONSUMER_HEADER: consumer}
+        # The allow-listed OpenAI parameters only: litellm also reads api_base, api_key,
+        # extra_headers, custom_llm_provider… from its keyword arguments, and none of those may
+        # ever come from a caller. litellm forwards `user` only where it knows the provider takes
+        # it; the header always reaches the provider (the scripted server reads either).
+        kwargs = forwarded(payload)
         kwargs.update(model=route.model, messages=payload["messages"], user=consumer, timeout=self.timeout,
-                      num_retries=0, drop_params=True, stream=stream, extra_headers=headers)
+                      num_retries=0, drop_params=True, stream=stream, extra_headers={CONSUMER_HEADER: consumer})
         if stream:
             kwargs["stream_options"] = {"include_usage": True}
         if route.api_base:
             kwargs["api_base"] = route.api_base
         if route.api_key is not None:
             kwargs["api_key"] = route.api_key.get_secret_value()
+        if route.price.known:
+            # Our price (the ledger's): litellm then prices the call itself instead of failing to
+            # look up a custom model and formatting a traceback in its logging thread on every call.
+            kwargs.update(input_cost_per_token=route.price.input_per_token,
+                          output_cost_per_token=route.price.output_per_token)
         return kwargs
 
     def map_error(self, route: Route, exc: Exception) -> UpstreamError:

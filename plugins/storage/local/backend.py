@@ -16,6 +16,7 @@ from hiclaw.storage import grants, layout
 from hiclaw.storage.errors import AccessDeniedError, StorageError
 from hiclaw.storage.files import prepare_local_target, write_atomically
 from hiclaw.storage.models import Mount, ObjectInfo, WorkerStorageAccess
+from hiclaw.storage.safefs import Beneath, LinkRefused, NotRegularFile
 from hiclaw.storage.sync import SyncMixin, file_digest
 
 _CHUNK = 1024 * 1024
@@ -33,6 +34,10 @@ def _valid_name(name: str) -> bool:
     return True
 
 
+def _valid_key(key: str) -> bool:
+    return all(_valid_name(part) for part in key.split("/"))
+
+
 class LocalStorage(SyncMixin):
     """Objects are files under ``root``; keys map 1:1 to relative paths."""
 
@@ -48,6 +53,7 @@ class LocalStorage(SyncMixin):
         read_only: Sequence[str] | None = None,
     ) -> None:
         self.root = Path(os.path.realpath(root))
+        self._fs = Beneath(self.root)
         self.side = side
         self.fsync = fsync
         # Worker side: the grant, for clear errors (the bind mounts are the enforcement).
@@ -69,42 +75,50 @@ class LocalStorage(SyncMixin):
     # ------------------------------------------------------------------ paths
 
     def local_path(self, key: str) -> Path:
-        """The file that holds ``key`` (validated; symbolic links never lead outside the root)."""
-        path = self.root / layout.validate_key(key)
-        parent = os.path.realpath(path.parent)
-        if parent != str(self.root) and not parent.startswith(str(self.root) + os.sep):
-            raise AccessDeniedError(f"refusing {key!r}: a folder on its path is a link leading outside the storage root")
-        return path
+        """The path of ``key`` under the root (validated). For the worker side and for display:
+        the control plane never opens this path string — every operation below goes through
+        :class:`~hiclaw.storage.safefs.Beneath`, which follows no link."""
+        return self.root / layout.validate_key(key)
 
-    def _check(self, key: str, *, write: bool) -> Path:
-        path = self.local_path(key)
+    def _check(self, key: str, *, write: bool) -> str:
+        key = layout.validate_key(key)
         if self._scope is not None:
             allowed = grants.may_write if write else grants.may_read
             if not allowed(key, *self._scope):
                 verb = "write" if write else "read"
                 raise AccessDeniedError(f"access denied: this worker may not {verb} {key!r}", hint="it is not granted to it")
-        return path
+        return key
 
-    def _readable(self, key: str) -> Path:
-        path = self._check(key, write=False)
-        if path.is_symlink() or not path.is_file():
-            raise NotFoundError(f"no object {key!r} in storage", hint="check the path with `hiclaw fs ls`")
-        return path
+    @staticmethod
+    def _link_refused(key: str) -> AccessDeniedError:
+        return AccessDeniedError(f"refusing {key!r}: a symbolic link is on its path, and links are never followed",
+                                 hint="replace the link with the file or folder itself")
+
+    def _open_read(self, key: str) -> IO[bytes]:
+        """A file object of object ``key`` (a regular file, reached without following links)."""
+        try:
+            return self._fs.open_read(key)
+        except LinkRefused:
+            raise self._link_refused(key) from None
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError, NotRegularFile):
+            raise NotFoundError(f"no object {key!r} in storage", hint="check the path with `hiclaw fs ls`") from None
+
+    def _read(self, key: str) -> bytes:
+        with self._open_read(key) as fh:
+            return fh.read()
 
     # ------------------------------------------------------------------ atomic writes
 
-    def _write(self, key: str, path: Path, fill: Callable[[IO[bytes]], object]) -> None:
-        if path.is_dir() and not path.is_symlink():
-            raise InvalidInputError(f"cannot write {key!r}: a folder with that name exists", hint="pick another name")
+    def _write(self, key: str, fill: Callable[[IO[bytes]], object]) -> None:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            self._fs.write_atomic(key, fill, fsync=self.fsync)
+        except LinkRefused:
+            raise self._link_refused(key) from None
+        except IsADirectoryError:
+            raise InvalidInputError(f"cannot write {key!r}: a folder with that name exists", hint="pick another name") from None
         except (FileExistsError, NotADirectoryError):
             raise InvalidInputError(f"cannot write {key!r}: a file stands where a folder of its path should be",
                                     hint="pick another name") from None
-        except OSError as exc:
-            raise self._os_error(key, exc) from None
-        try:
-            write_atomically(path, fill, fsync=self.fsync)
         except OSError as exc:
             raise self._os_error(key, exc) from None
 
@@ -121,11 +135,11 @@ class LocalStorage(SyncMixin):
     async def put(self, key: str, data: bytes, *, content_type: str | None = None) -> None:
         if not isinstance(data, bytes | bytearray | memoryview):
             raise InvalidInputError(f"put {key!r}: data must be bytes, not {type(data).__name__}", hint="encode text first")
-        path = self._check(key, write=True)
-        await asyncio.to_thread(self._write, key, path, lambda fh: fh.write(data))
+        key = self._check(key, write=True)
+        await asyncio.to_thread(self._write, key, lambda fh: fh.write(data))
 
     async def put_file(self, key: str, path: str | os.PathLike[str], *, content_type: str | None = None) -> None:
-        target = self._check(key, write=True)
+        key = self._check(key, write=True)
         source = Path(path)
         if not source.exists() or source.is_dir():  # noqa: ASYNC240 - local stats; pipes and devices stream fine
             raise InvalidInputError(f"cannot upload {str(source)!r}: not a file", hint="give an existing file")
@@ -134,27 +148,26 @@ class LocalStorage(SyncMixin):
             with open(source, "rb") as src:
                 shutil.copyfileobj(src, fh, _CHUNK)
 
-        await asyncio.to_thread(self._write, key, target, fill)
+        await asyncio.to_thread(self._write, key, fill)
 
     async def get(self, key: str) -> bytes:
-        path = self._readable(key)
-        return await asyncio.to_thread(path.read_bytes)
+        return await asyncio.to_thread(self._read, self._check(key, write=False))
 
     async def get_file(self, key: str, path: str | os.PathLike[str]) -> None:
-        source = self._readable(key)
-        await asyncio.to_thread(_copy_to_local_file, source, path)
+        key = self._check(key, write=False)
+        await asyncio.to_thread(self._copy_out, key, path)
+
+    def _copy_out(self, key: str, dest: str | os.PathLike[str]) -> None:
+        with self._open_read(key) as src:
+            write_atomically(prepare_local_target(dest), lambda fh: shutil.copyfileobj(src, fh, _CHUNK))
 
     async def stat(self, key: str) -> ObjectInfo | None:
-        path = self._check(key, write=False)
+        key = self._check(key, write=False)
         try:
-            st = path.lstat()
-        except FileNotFoundError:
+            st = await asyncio.to_thread(self._fs.stat, key)
+        except LinkRefused:
             return None
-        except NotADirectoryError:
-            return None
-        if not os.path.isfile(path) or path.is_symlink():  # noqa: ASYNC240 - a local stat, like lstat above
-            return None
-        return _info(key, st)
+        return None if st is None else _info(key, st)
 
     async def list(self, prefix: str = "", *, recursive: bool = True) -> list[ObjectInfo]:
         prefix = layout.validate_prefix(prefix)
@@ -163,57 +176,48 @@ class LocalStorage(SyncMixin):
     def _list(self, prefix: str, recursive: bool) -> builtins.list[ObjectInfo]:
         name_start = "" if prefix == "" or prefix.endswith("/") else prefix.rsplit("/", 1)[-1]
         dir_key = prefix[: len(prefix) - len(name_start)]
-        base = self.root / dir_key if dir_key else self.root
-        real = os.path.realpath(base)
-        if real != str(self.root) and not real.startswith(str(self.root) + os.sep):
-            return []
         entries: list[ObjectInfo] = []
-        try:
-            scan = list(os.scandir(base))
-        except (FileNotFoundError, NotADirectoryError):
-            return []
-        for entry in scan:
-            if not entry.name.startswith(name_start) or entry.is_symlink() or not _valid_name(entry.name):
+        for name, is_dir, st in self._fs.scandir(dir_key):
+            if not name.startswith(name_start) or not _valid_name(name):
                 continue
-            key = dir_key + entry.name
-            if entry.is_dir():
-                if recursive:
-                    entries.extend(self._walk(Path(entry.path), key + "/"))
-                elif _has_files(Path(entry.path)):
-                    entries.append({"key": key + "/", "size": 0, "mtime": None, "etag": None, "is_dir": True})
-            elif entry.is_file():
-                entries.append(_info(key, entry.stat()))
+            key = dir_key + name
+            if not is_dir:
+                entries.append(_info(key, st))
+            elif recursive:
+                entries.extend(_info(rel, fst) for rel, fst in self._fs.walk(key) if _valid_key(rel))
+            elif any(_valid_key(rel) for rel, _ in self._fs.walk(key)):
+                entries.append({"key": key + "/", "size": 0, "mtime": None, "etag": None, "is_dir": True})
         return sorted(entries, key=lambda e: e["key"])
 
-    def _walk(self, folder: Path, key_prefix: str) -> builtins.list[ObjectInfo]:
-        found: list[ObjectInfo] = []
-        for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
-            rel = Path(dirpath).relative_to(folder).as_posix()
-            base_key = key_prefix if rel == "." else f"{key_prefix}{rel}/"
-            dirnames[:] = [d for d in dirnames if _valid_name(d) and not os.path.islink(os.path.join(dirpath, d))]
-            for name in filenames:
-                full = os.path.join(dirpath, name)
-                if _valid_name(name) and not os.path.islink(full):
-                    found.append(_info(base_key + name, os.lstat(full)))
-        return found
-
     async def delete(self, key: str) -> None:
-        path = self._check(key, write=True)
-        if path.is_dir() and not path.is_symlink():
-            raise InvalidInputError(f"cannot delete {key!r}: it is a folder", hint="delete the files in it (`hiclaw fs rm -r`)")
+        key = self._check(key, write=True)
         try:
-            await asyncio.to_thread(path.unlink, missing_ok=True)
-        except NotADirectoryError:
-            return
+            await asyncio.to_thread(self._fs.unlink, key)
+        except IsADirectoryError:
+            raise InvalidInputError(f"cannot delete {key!r}: it is a folder", hint="delete the files in it (`hiclaw fs rm -r`)") from None
+        except LinkRefused:
+            return  # a link on the path: nothing of ours is there to delete
         except OSError as exc:
             raise self._os_error(key, exc) from None
 
     async def copy(self, src: str, dst: str) -> None:
-        self._check(dst, write=True)
-        await self.put_file(dst, self._readable(src))
+        src = self._check(src, write=False)
+        dst = self._check(dst, write=True)
+
+        def run() -> None:
+            with self._open_read(src) as fh:
+                self._write(dst, lambda out: shutil.copyfileobj(fh, out, _CHUNK))
+
+        await asyncio.to_thread(run)
 
     async def checksum(self, key: str) -> str:
-        return await asyncio.to_thread(file_digest, self._readable(key))
+        key = self._check(key, write=False)
+
+        def run() -> str:
+            with self._open_read(key) as fh:
+                return file_digest(fh)
+
+        return await asyncio.to_thread(run)
 
     # ------------------------------------------------------------------ control side
 
@@ -236,14 +240,17 @@ class LocalStorage(SyncMixin):
                                    read_write=list(grant.read_write), read_only=list(grant.read_only))
 
     def _mount(self, entry: str, *, read_only: bool) -> Mount:
-        if entry.endswith("/"):
-            path = self.local_path(entry + "x").parent
-            path.mkdir(parents=True, exist_ok=True)
-        else:
-            path = self.local_path(entry)
-            if not path.is_file():
+        rel = entry.rstrip("/")
+        try:
+            if entry.endswith("/"):
+                self._fs.makedirs(rel)
+            elif self._fs.stat(rel) is None:
                 raise InvalidInputError(f"cannot grant {entry!r}: no such file yet", hint="write it first, or grant its folder")
-        return Mount(host_path=path, sandbox_path=path, read_only=read_only)
+        except LinkRefused:
+            raise self._link_refused(entry) from None
+        path = self.root / rel
+        # ``beneath``: the sandbox opens the path from the root without following links.
+        return Mount(host_path=path, sandbox_path=path, read_only=read_only, beneath=self.root)
 
     async def revoke(self, worker: str) -> None:
         """Nothing to take back here: a worker's access exists only as its sandbox's bind mounts,
@@ -256,25 +263,10 @@ class LocalStorage(SyncMixin):
         sign and no expiry (``expires_seconds`` is only validated)."""
         if not isinstance(expires_seconds, int) or expires_seconds <= 0:
             raise InvalidInputError(f"invalid expiry {expires_seconds!r}", hint="give a positive number of seconds")
-        return self._readable(key).as_uri()
+        key = self._check(key, write=False)
+        with self._open_read(key):  # exists, and is a regular file reached without links
+            pass
+        return self.local_path(key).as_uri()
 
     async def stop(self) -> None:
         """Nothing is held open between calls."""
-
-
-def _has_files(folder: Path) -> bool:
-    for _dirpath, _dirnames, filenames in os.walk(folder, followlinks=False):
-        if any(not n.startswith(layout.TEMP_PREFIX) for n in filenames):
-            return True
-    return False
-
-
-def _copy_to_local_file(source: Path, dest: str | os.PathLike[str]) -> None:
-    """Copy to ``dest`` atomically: a temporary file beside it, then rename."""
-    target = prepare_local_target(dest)
-
-    def fill(fh: IO[bytes]) -> None:
-        with open(source, "rb") as src:
-            shutil.copyfileobj(src, fh, _CHUNK)
-
-    write_atomically(target, fill)
