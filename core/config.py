@@ -294,6 +294,51 @@ def _deep_copy(data: Any) -> Any:
 # --------------------------------------------------------------------------- writing
 
 
+#: Files directly under ``$HICLAW_HOME`` that only its owner may read: the configuration, the
+#: secrets, the state database (and SQLite's companions of it).
+PRIVATE_FILES = (CONFIG_FILE, SECRETS_FILE, "state.db", "state.db-wal", "state.db-shm")
+#: Folders of ``$HICLAW_HOME`` holding credentials (run records, tokens, the gateway's database).
+PRIVATE_DIRS = ("run", "run/workers", "channel", "gateway", "workers")
+
+
+def secure_home(home: Path) -> Path:
+    """Make ``home`` private whatever the umask: this process (and every process it starts)
+    creates files 0600 and folders 0700 from now on (umask 077); ``home`` itself is 0700; the
+    files of :data:`PRIVATE_FILES` and the folders of :data:`PRIVATE_DIRS` (with the files
+    directly in them) that already exist are made 0600 / 0700. Links are never followed.
+
+    Workers run as the same user, so they still read what is bound into their sandboxes."""
+    os.umask(0o077)
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _chmod_nofollow(home, 0o700)
+    for name in PRIVATE_FILES:
+        _chmod_nofollow(home / name, 0o600)
+    for name in PRIVATE_DIRS:
+        folder = home / name
+        if _chmod_nofollow(folder, 0o700):
+            for entry in os.scandir(folder):
+                if entry.is_file(follow_symlinks=False):
+                    _chmod_nofollow(Path(entry.path), 0o600)
+    return home
+
+
+def _chmod_nofollow(path: Path, mode: int) -> bool:
+    """``chmod`` ``path`` if it exists and is a file or folder of ours, not a link; True if done."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False  # absent, a link, or not ours to open
+    try:
+        info = os.fstat(fd)
+        if info.st_uid != os.getuid() or not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)):
+            return False
+        if stat.S_IMODE(info.st_mode) != mode:
+            os.fchmod(fd, mode)
+        return True
+    finally:
+        os.close(fd)
+
+
 def atomic_write(path: Path, content: str, *, mode: int = 0o600) -> None:
     """Write ``path`` all at once (temporary file, fsync, rename), created with ``mode``."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -326,7 +371,7 @@ def save_config(config: HiclawConfig, home: Path | None = None) -> Path:
     home = home or hiclaw_home()
     path = home / CONFIG_FILE
     header = "# hiclaw configuration — see docs/configuration.md. Secrets belong in secrets.toml.\n"
-    atomic_write(path, header + tomli_w.dumps(config_to_dict(config)), mode=0o644)
+    atomic_write(path, header + tomli_w.dumps(config_to_dict(config)), mode=0o600)
     return path
 
 
@@ -345,7 +390,7 @@ def update_config_file(home: Path | None, mutate: Any) -> Path:
     except ValidationError as exc:
         raise _format_validation(exc, source=str(path), text=None) from None
     header = "# hiclaw configuration — see docs/configuration.md. Secrets belong in secrets.toml.\n"
-    atomic_write(path, header + tomli_w.dumps(data), mode=0o644)
+    atomic_write(path, header + tomli_w.dumps(data), mode=0o600)
     return path
 
 

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 from hiclaw.config import save_config
 from hiclaw.testing import clean_env
@@ -59,10 +58,10 @@ async def test_up_status_worker_commands_and_ctrl_c(tmp_path):
             bad = hiclaw(home, "worker", "create", "Bad Name", "--role", "x")
             assert bad.returncode == 1 and bad.stderr.startswith("error: invalid agent name")
 
-            worker_pids = [int(line.split()[0]) for line in subprocess.run(
-                ["pgrep", "-f", "-a", "hiclaw.worker"], capture_output=True, text=True, check=False).stdout.splitlines()
-                if str(home) in Path(f"/proc/{line.split()[0]}/environ").read_bytes().decode(errors="replace")]
-            assert worker_pids, "bob's process is visible on the host"
+            # bob's sandbox, as its run record names it (the worker itself sees only neutral paths).
+            record = json.loads((home / "run" / "sandbox" / "bob.run.json").read_text())
+            worker_pids = [record["pid"], record["signal_pid"]]
+            assert all(alive(pid) for pid in worker_pids), "bob's sandbox is visible on the host"
         finally:
             up.send_signal(signal.SIGINT)
             code = up.wait(60)

@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from hiclaw import __version__
-from hiclaw.cli.app import App
+from hiclaw.cli.app import App, terminal_safe
 from hiclaw.errors import HiclawError
 
 #: noun -> "module:attribute" of its click command. Add a line here for a new built-in noun.
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> Any:
     try:
         return cli.main(args=argv, prog_name="hiclaw", standalone_mode=False)
     except HiclawError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {terminal_safe(exc, one_line=True)}", err=True)  # may quote a worker's words
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from collections.abc import Iterable, Sequence
@@ -81,6 +82,21 @@ def terminal_safe(text: Any, *, one_line: bool = False) -> str:
 def echo_safe(text: Any, *, nl: bool = True, err: bool = False) -> None:
     """``click.echo`` of text that holds anything agent-controlled (see :func:`terminal_safe`)."""
     click.echo(terminal_safe(text), nl=nl, err=err)
+
+
+def root_warning(euid: int | None = None) -> str | None:
+    """The one-line warning for running the team as root (``euid``: default, this process's)."""
+    if (os.geteuid() if euid is None else euid) != 0:
+        return None
+    return ("warning: running as root: a worker that escaped its sandbox would be root on this machine "
+            "— run hiclaw as an ordinary user (e.g. `sudo -u <user> hiclaw up`)")
+
+
+def warn_if_root() -> None:
+    """Print :func:`root_warning` on stderr if it applies; the command goes on (not an error)."""
+    warning = root_warning()
+    if warning:
+        click.echo(warning, err=True)
 
 
 def table(rows: Iterable[Sequence[Any]], headers: Sequence[str], *, file: Any = None) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from hiclaw.cli.app import App, emit_json, pass_app, table
+from hiclaw.cli.app import App, echo_safe, emit_json, pass_app, table, terminal_safe
 from hiclaw.cli.homeserver import matrix_settings
 from hiclaw.errors import ConfigError, HiclawError, InvalidInputError
 
@@ -32,11 +32,17 @@ class LineReader:
         self.fd = sys.stdin.fileno()
         self.queue: asyncio.Queue[str | None] = asyncio.Queue()
         self._buffer = b""
-        asyncio.get_running_loop().add_reader(self.fd, self._readable)
+        self._eof = False
+        try:
+            asyncio.get_running_loop().add_reader(self.fd, self._readable)
+            self._polled = True
+        except PermissionError:  # a file or /dev/null (`hiclaw chat < commands.txt`): reads never block
+            self._polled = False
 
     def _readable(self) -> None:
         data = os.read(self.fd, 4096)
         if not data:
+            self._eof = True
             asyncio.get_running_loop().remove_reader(self.fd)
             if self._buffer:
                 self.queue.put_nowait(self._buffer.decode(errors="replace"))
@@ -48,6 +54,8 @@ class LineReader:
             self.queue.put_nowait(line.decode(errors="replace").rstrip("\r"))
 
     async def readline(self) -> str | None:
+        while not self._polled and not self._eof and self.queue.empty():
+            self._readable()
         return await self.queue.get()
 
     def close(self) -> None:
@@ -67,19 +75,20 @@ class ChatSession:
 
     def show(self, message: Any) -> None:
         stamp = message.timestamp.astimezone().strftime("%H:%M")
-        body = message.body.replace("\n", "\n        ")  # continuation lines under the text, not the stamp
-        click.echo(f"[{stamp}] {self.who(message.sender)}: {body}")
+        # What others write reaches the terminal without escape sequences or control characters.
+        body = terminal_safe(message.body).replace("\n", "\n        ")  # continuation lines under the text
+        click.echo(f"[{stamp}] {terminal_safe(self.who(message.sender), one_line=True)}: {body}")
 
     async def on_message(self, message: Any) -> None:
         if self.current and message.room_id == self.current["room_id"]:
             self.show(message)
         elif self.channel.me in message.mentions:
-            click.echo(f"(you were mentioned in {message.room_name or message.room_id} — /rooms to switch)")
+            echo_safe(f"(you were mentioned in {message.room_name or message.room_id} — /rooms to switch)")
 
     def list_rooms(self) -> None:
         self.rooms = self.channel.rooms()
         for number, room in enumerate(self.rooms, start=1):
-            click.echo(f"  {number:>2}  {room['name']}  ({len(room['members'])} members)")
+            echo_safe(f"  {number:>2}  {terminal_safe(room['name'], one_line=True)}  ({len(room['members'])} members)")
 
     def pick(self, choice: str) -> dict[str, Any] | None:
         choice = choice.strip()
@@ -92,7 +101,7 @@ class ChatSession:
 
     async def enter(self, room: dict[str, Any], history: int) -> None:
         self.current = room
-        click.echo(f"── {room['name']} ── {HELP}")
+        echo_safe(f"── {terminal_safe(room['name'], one_line=True)} ── {HELP}")
         for message in await self.channel.history(room["room_id"], history):
             self.show(message)
 
@@ -111,7 +120,7 @@ class ChatSession:
     async def say(self, text: str) -> None:
         assert self.current is not None
         await self.channel.send(self.current["room_id"], text, mentions=self.mentions_in(text))
-        click.echo(f"[{datetime.now().strftime('%H:%M')}] you: {text}")
+        echo_safe(f"[{datetime.now().strftime('%H:%M')}] you: {text}")
 
 
 async def _login(app: App, settings: Any, user: str, password: str | None) -> dict[str, Any]:
@@ -213,16 +222,16 @@ async def _input_loop(session: ChatSession, reader: LineReader, history: int) ->
         elif text.startswith("/room "):
             room = session.pick(text[6:])
             if room is None:
-                click.echo(f"no room {text[6:].strip()!r} (see /rooms)")
+                echo_safe(f"no room {text[6:].strip()!r} (see /rooms)")
             else:
                 await session.enter(room, history)
         elif text.startswith("/") and not text.startswith("//"):
-            click.echo(f"unknown command {text.split()[0]} — {HELP}")
+            echo_safe(f"unknown command {text.split()[0]} — {HELP}")
         else:
             try:
                 await session.say(text[1:] if text.startswith("//") else text)
             except HiclawError as exc:
-                click.echo(f"error: {exc}")
+                echo_safe(f"error: {exc}")
 
 
 @click.command("chat")

@@ -29,10 +29,15 @@ def demo_command(keep: bool, home: Path | None, sandbox: str | None, timeout: fl
 
         click.echo(yaml.safe_dump(demo_scenario(), sort_keys=False, allow_unicode=True, width=120))
         return
+    from hiclaw.cli.app import echo_safe, warn_if_root
     from hiclaw.config import hiclaw_home
     from hiclaw.demo.runner import Demo
 
-    demo = Demo(home=home, keep=keep, sandbox=sandbox, timeout=timeout, real_model=real_model, real_home=hiclaw_home())
+    warn_if_root()
+
+    # It prints what the agents say as they say it: through echo_safe, like every agent text.
+    demo = Demo(home=home, keep=keep, sandbox=sandbox, timeout=timeout, real_model=real_model, real_home=hiclaw_home(),
+                echo=echo_safe)
 
     async def main() -> int:
         loop = asyncio.get_running_loop()

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import click
 
-from hiclaw.cli.app import App, emit_json, pass_app, table
+from hiclaw.cli.app import App, echo_safe, emit_json, pass_app, table
 from hiclaw.errors import InvalidInputError, NotFoundError
 from hiclaw.protocols import Stoppable
 
@@ -73,7 +73,7 @@ def _report_sync(result: Any, as_json: bool, verb: str) -> None:
     click.echo(f"{len(result.transferred)} file(s) {would}{verb} ({result.bytes} bytes), "
                f"{result.unchanged} unchanged, {len(result.deleted)} {would}deleted")
     if result.skipped_links:
-        click.echo(f"skipped {len(result.skipped_links)} symbolic link(s): {', '.join(result.skipped_links[:5])}", err=True)
+        echo_safe(f"skipped {len(result.skipped_links)} symbolic link(s): {', '.join(result.skipped_links[:5])}", err=True)
 
 
 @click.group("fs")

@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from hiclaw.cli.app import App, pass_app
-from hiclaw.config import CONFIG_FILE, HiclawConfig, ModelAlias, Secrets, save_config
+from hiclaw.config import CONFIG_FILE, HiclawConfig, ModelAlias, Secrets, save_config, secure_home
 from hiclaw.errors import ConfigError
 
 
@@ -66,6 +66,7 @@ def _ask(interactive: bool, value: object, prompt: str, **kwargs: Any) -> Any:
 def init_command(app: App, non_interactive: bool, force: bool, **answers: object) -> None:
     """Create the configuration in $HICLAW_HOME (default ~/.hiclaw)."""
     interactive = not non_interactive
+    secure_home(app.home)  # 0700, and what it writes 0600, whatever the umask
     path = app.home / CONFIG_FILE
     if path.exists() and not force and (
             not interactive or not click.confirm(f"{path} exists. Overwrite it?", default=False)):

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from hiclaw.cli.app import App, emit_json, pass_app, table
+from hiclaw.cli.app import App, echo_safe, emit_json, pass_app, table, terminal_safe
 from hiclaw.errors import NotFoundError
 from hiclaw.host import ComponentContext
 from hiclaw.protocols import Stoppable
@@ -93,7 +93,7 @@ def project_show(app: App, project_id: str, as_json: bool) -> None:
     if as_json:
         emit_json(project.model_dump() | {"tasks": [task_dict(t) for t in tasks]})
         return
-    click.echo(render_plan(project, tasks).rstrip())
+    echo_safe(render_plan(project, tasks).rstrip())  # titles and notes are the agents' words
 
 
 @click.group("task")
@@ -149,7 +149,7 @@ def task_show(app: App, task_id: str, as_json: bool) -> None:
     if as_json:
         emit_json(task_dict(task) | {"spec": spec, "result_markdown": result})
         return
-    click.echo(f"{task.state.marker} {task.id}: {task.title}")
+    echo_safe(f"{task.state.marker} {task.id}: {terminal_safe(task.title, one_line=True)}")
     click.echo(f"  assignee {task.assignee} · state {task.state.value} · model {task.model or 'default'} · "
                f"attempts {task.dispatch_count}")
     if task.depends_on:
@@ -158,4 +158,4 @@ def task_show(app: App, task_id: str, as_json: bool) -> None:
         click.echo(f"  revision of {task.revision_of}")
     for title, text, key in (("spec", spec, layout.task_spec(task_id)), ("result", result, layout.task_result(task_id))):
         click.echo(f"\n── {title} ({key}) " + "─" * 20)
-        click.echo(text.rstrip() if text else "(not written yet)")
+        echo_safe(text.rstrip() if text else "(not written yet)")  # result.md is the worker's

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import click
 
-from hiclaw.cli.app import App, emit_json, pass_app, table
+from hiclaw.cli.app import App, echo_safe, emit_json, pass_app, table
 from hiclaw.errors import HiclawError
 from hiclaw.protocols import Closeable
 
@@ -112,7 +112,7 @@ def add_command(app: App, source: str, skills: tuple[str, ...], global_: bool, d
         emit_json({"installed": [r.as_dict() for r in results], "scope": scope.label, "lock": str(scope.lock_path)})
         return
     for r in results:
-        click.echo(f"installed {r.name} ({r.files} file{'s' * (r.files != 1)}) into {r.path} from {r.source} [{r.source_type}]")
+        echo_safe(f"installed {r.name} ({r.files} file{'s' * (r.files != 1)}) into {r.path} from {r.source} [{r.source_type}]")
     click.echo(f"locked in {scope.lock_path}")
 
 
@@ -171,7 +171,7 @@ def update_command(app: App, names: tuple[str, ...], global_: bool, directory: P
         if not results:
             click.echo(f"no locked skills in {scope.lock_path}")
         for r in results:
-            click.echo(f"{r.name}: {r.status}" + (f" ({r.detail})" if r.detail else ""))
+            echo_safe(f"{r.name}: {r.status}" + (f" ({r.detail})" if r.detail else ""))
     failed = [r for r in results if r.status == "failed"]
     if failed:
         raise HiclawError(f"{len(failed)} skill(s) could not be updated: {', '.join(r.name for r in failed)}")
@@ -192,7 +192,7 @@ def check_command(global_: bool, directory: Path | None, as_json: bool) -> None:
         for r in results:
             files = [f"changed {p}" for p in r.changed] + [f"added {p}" for p in r.added] + [f"missing {p}" for p in r.removed]
             detail = "; ".join(files) or r.detail
-            click.echo(f"{r.name}: {r.status}" + (f" — {detail}" if detail else ""))
+            echo_safe(f"{r.name}: {r.status}" + (f" — {detail}" if detail else ""))
         if not results:
             click.echo(f"no skills in {scope.lock_path}")
     bad = [r for r in results if r.failed]

@@ -11,7 +11,7 @@ from typing import Any
 import click
 import httpx
 
-from hiclaw.cli.app import App, emit_json, pass_app, table
+from hiclaw.cli.app import App, echo_safe, emit_json, pass_app, table, warn_if_root
 from hiclaw.errors import HiclawError
 from hiclaw.protocols import AdoptingSandbox
 
@@ -71,6 +71,7 @@ def up_command(app: App, lan: bool, yolo: bool) -> None:
         click.echo("starting hiclaw …")
         try:
             await plane.start()
+            warn_if_root()  # once the team runs (a start that fails says only why)
             print_login(plane, lan=lan)
             await plane.run_forever()
         finally:
@@ -155,7 +156,7 @@ def status_command(app: App, as_json: bool) -> None:
         return
     click.echo("team: " + ("running" if data["running"] else "stopped"))
     for name, value in data.get("components", {}).items():
-        click.echo(f"  {name}: {value}")
+        echo_safe(f"  {name}: {value}")
     click.echo("")
     table([[w["name"], w["model"], w["state"], w.get("process", "-"), w.get("tokens", "-"), w.get("cost_usd", "-")]
            for w in data["workers"]], ["worker", "model", "state", "process", "tokens", "cost_usd"])

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from hiclaw.cli.app import App, pass_app
+from hiclaw.cli.app import App, echo_safe, pass_app
 from hiclaw.errors import NotFoundError
 
 
@@ -35,4 +35,4 @@ def logs_command(app: App, name: str, follow: bool, lines: int | None) -> None:
                             hint="check the name with `hiclaw worker list`; a worker has a log once it has started")
     for line in read_log_lines(path, follow=follow, tail=lines):
         if line is not None:
-            click.echo(line)
+            echo_safe(line)  # the worker writes its log: no escape sequences reach the terminal

@@ -54,6 +54,6 @@ def list_command(app: App, as_json: bool) -> None:
 @click.argument("name")
 @pass_app
 def remove_command(app: App, name: str) -> None:
-    """Stop a worker and revoke its token and storage access."""
+    """Stop a worker; revoke its gateway token, storage access and chat account (deactivated)."""
     control_request(app, "POST", "/v1/admin/remove-worker", {"name": name})
     click.echo(f"removed {name}")

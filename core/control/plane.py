@@ -129,6 +129,9 @@ class ControlPlane:
     async def start(self) -> None:
         started = time.perf_counter()
         self.started_at = time.time()
+        from hiclaw.config import secure_home
+
+        secure_home(self.home)  # umask 077 from here on (and in what it starts); the home 0700, secrets 0600
         self.check_config()
         from hiclaw.sandbox.limits import raise_fd_limit
 

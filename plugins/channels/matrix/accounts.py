@@ -207,6 +207,51 @@ class AccountRegistrar:
         resp = await self._request("GET", f"{CLIENT}/account/whoami", headers={"Authorization": f"Bearer {token}"})
         return resp.status_code == 200
 
+    # ------------------------------------------------------------------ taking an account away
+
+    async def deactivate(self, user_id: str, admin_token: str) -> tuple[bool, str]:
+        """Synapse's admin ``POST /_synapse/admin/v1/deactivate/<user>`` (``erase: false``): every
+        device logged out, every token invalid, the account parted from every room, no login
+        again until an admin reactivates it. Returns (done, why not): an already deactivated
+        account is done; a server without the admin API, or a token that is not a server
+        admin's, is not."""
+        resp = await self._request("POST", f"/_synapse/admin/v1/deactivate/{quote(user_id)}",
+                                   headers={"Authorization": f"Bearer {admin_token}"}, json={"erase": False})
+        if resp.status_code == 200:
+            return True, ""
+        code, message = _error(resp)
+        return False, f"{code or resp.status_code} {message}".strip()
+
+    async def reactivate(self, user_id: str, password: str, admin_token: str) -> str:
+        """Undo :meth:`deactivate` (Synapse admin API), with ``password`` as the new password.
+        Returns ``""`` when done, else the server's reason."""
+        resp = await self._request("PUT", f"/_synapse/admin/v2/users/{quote(user_id)}",
+                                   headers={"Authorization": f"Bearer {admin_token}"},
+                                   json={"deactivated": False, "password": password})
+        if resp.status_code in (200, 201):
+            return ""
+        code, message = _error(resp)
+        return f"{code or resp.status_code} {message}".strip()
+
+    async def log_out_everywhere(self, token: str) -> list[str]:
+        """As the account itself (standard client-server API, any homeserver): leave every room
+        it is in, then log out all its devices (every token of it becomes invalid). Returns the
+        rooms it left. A token that is already invalid has nothing left to do."""
+        joined = await self.as_user(token, "GET", "/joined_rooms")
+        if joined.status_code != 200:
+            return []
+        left = []
+        for room_id in joined.json().get("joined_rooms", []):
+            resp = await self.as_user(token, "POST", f"/rooms/{quote(room_id)}/leave", {})
+            if resp.status_code == 200:
+                left.append(room_id)
+        resp = await self.as_user(token, "POST", "/logout/all", {})
+        if resp.status_code not in (200, 401):
+            code, message = _error(resp)
+            raise MatrixError(f"logging out every device failed: {code or resp.status_code} {message}",
+                              hint="check the homeserver's log")
+        return left
+
     # ------------------------------------------------------------------ acting as a user
 
     async def as_user(self, token: str, method: str, path: str, json: Any = None) -> httpx.Response:

@@ -120,6 +120,8 @@ class ControlMatrixChannel(MatrixChannel):
         registrar = self.registrar()
         user_id = self.user_id(name)
         record = self.accounts.account(name)
+        if record is not None and record.get("removed"):
+            record = await self._restore(name, record)
         if (record is not None and (password is None or password == record["password"])
                 and await registrar.token_valid(record["access_token"])):
             await self._set_display_name(record, display_name)
@@ -151,6 +153,80 @@ class ControlMatrixChannel(MatrixChannel):
         self.accounts.save_account(name, record)
         await self._set_display_name(record, display_name)
         return self._public(record)
+
+    async def _restore(self, name: str, record: dict[str, Any]) -> dict[str, Any]:
+        """An account :meth:`remove_account` took away, wanted again (a worker re-created under
+        the same name): reactivated with a server admin's token if it was deactivated."""
+        if record["removed"] == "deactivated":
+            admin_token = self._admin_token(exclude=name)
+            why = ("no server admin's token" if admin_token is None
+                   else await self.registrar().reactivate(record["user_id"], record["password"], admin_token))
+            if why:
+                raise MatrixError(f"the account {record['user_id']} was deactivated when worker {name} was removed, "
+                                  f"and hiclaw cannot reactivate it ({why})",
+                                  hint="set the secret matrix_admin_token (a server admin's token), or pick another name")
+        record = {k: v for k, v in record.items() if k != "removed"} | {"display_name": None}
+        self.accounts.save_account(name, record)
+        log.info("account %s of %s restored", record["user_id"], name)
+        return record
+
+    def _removed_ids(self) -> set[str]:
+        return {str(r["user_id"]) for r in self.accounts.accounts().values() if r.get("removed")}
+
+    def account_removed(self, name: str) -> bool:
+        """Whether :meth:`remove_account` finished for ``name`` (or hiclaw never made its account)."""
+        record = self.accounts.account(name)
+        return record is None or bool(record.get("removed"))
+
+    async def remove_account(self, name: str) -> str:
+        """Take agent ``name``'s account away for good; returns how (``deactivated``,
+        ``logged out`` or ``no account``). Idempotent, and safe to repeat after a crash.
+
+        First it is dropped from the members of every room hiclaw manages (so no reconcile
+        invites it back) and kicked from them by the Manager. Then, with a server admin's token
+        (the embedded server's admin account, or the secret ``matrix_admin_token``), the account
+        is deactivated (Synapse admin API): all devices logged out, all tokens invalid, parted
+        from every room, no login. Where that is not possible (an external server without the
+        admin API) it leaves every room it is in and logs out all its devices, as itself; it
+        never knew its password, so it cannot log in again."""
+        record = self.accounts.account(name)
+        if record is None:
+            return "no account"
+        user_id = str(record["user_id"])
+        rooms = [r["room_id"] for r in self.accounts.rooms().values() if user_id in r["members"]]
+        for room_id in rooms:
+            self._forget_member(room_id, user_id)
+        if record.get("removed"):
+            return str(record["removed"])
+        client = self._require_client()
+        for room_id in rooms:
+            resp = await client.room_kick(room_id, user_id, reason="worker removed")
+            if isinstance(resp, ErrorResponse):
+                log.info("kicking %s from %s: %s", user_id, room_id, resp)
+        how = ""
+        admin_token = self._admin_token(exclude=name)
+        if admin_token is not None:
+            done, why = await self.registrar().deactivate(user_id, admin_token)
+            if done:
+                how = "deactivated"
+            else:
+                log.warning("the homeserver did not deactivate %s (%s): logging its devices out instead", user_id, why)
+        if not how:
+            left = await self.registrar().log_out_everywhere(record["access_token"])
+            how = "logged out"
+            log.info("%s left %d room(s) and was logged out everywhere", user_id, len(left))
+        self.accounts.save_account(name, {**record, "removed": how})
+        return how
+
+    def _forget_member(self, room_id: str, user_id: str) -> None:
+        """Drop ``user_id`` from the desired members (and admins) of the managed room ``room_id``."""
+        for key, room in self.accounts.rooms().items():
+            if room["room_id"] == room_id and (user_id in room["members"] or user_id in room["admins"]):
+                members = [m for m in room["members"] if m != user_id]
+                data = {k: v for k, v in room.items() if k != "room_id"}
+                self.accounts.save_room(key, room_id, {**data, "members": members,
+                                                       "admins": [a for a in room["admins"] if a != user_id]})
+                self.store.set_allowed_senders(room_id, set(members))
 
     def _public(self, record: dict[str, Any]) -> dict[str, Any]:
         return {"user_id": record["user_id"], "access_token": record["access_token"],
@@ -201,8 +277,9 @@ class ControlMatrixChannel(MatrixChannel):
         client = self._require_client()
         alias_local = self.settings.room_alias(key)
         alias = f"#{alias_local}:{self.settings.server_name}"
-        admin_ids = sorted({self.user_id(a) for a in admins} - {self.me})
-        member_ids = sorted({self.user_id(m) for m in members} | set(admin_ids) | {self.me})
+        removed = self._removed_ids()  # accounts taken away (removed workers) are never invited back
+        admin_ids = sorted({self.user_id(a) for a in admins} - {self.me} - removed)
+        member_ids = sorted(({self.user_id(m) for m in members} | set(admin_ids) | {self.me}) - removed)
         async with self._room_locks.setdefault(key, asyncio.Lock()):  # one creation per key at a time
             room_id = await self._resolve(alias)
             if room_id is None:
@@ -275,8 +352,9 @@ class ControlMatrixChannel(MatrixChannel):
         """Invite whoever is missing; make members whose credentials we hold join now."""
         client = self._require_client()
         joined = await self.joined_members(room_id) or set()
+        removed = self._removed_ids()
         for user_id in member_ids:
-            if user_id in joined:
+            if user_id in joined or user_id in removed:
                 continue
             resp = await client.room_invite(room_id, user_id)
             if isinstance(resp, ErrorResponse) and "already" not in (resp.message or ""):
@@ -294,13 +372,7 @@ class ControlMatrixChannel(MatrixChannel):
         resp = await self._require_client().room_kick(room_id, user_id, reason="removed by hiclaw")
         if isinstance(resp, ErrorResponse) and resp.status_code not in ("M_NOT_FOUND",) and "not in" not in resp.message:
             raise MatrixError(f"cannot remove {user_id} from {room_id}: {resp}", hint="check the Manager's power level")
-        for key, room in self.accounts.rooms().items():
-            if room["room_id"] == room_id and user_id in room["members"]:
-                members = [m for m in room["members"] if m != user_id]
-                data = {k: v for k, v in room.items() if k != "room_id"}
-                self.accounts.save_room(key, room_id, {**data, "members": members,
-                                                       "admins": [a for a in room["admins"] if a != user_id]})
-                self.store.set_allowed_senders(room_id, set(members))
+        self._forget_member(room_id, user_id)
 
     async def reconcile(self) -> dict[str, int]:
         """Re-derive memberships of every room hiclaw manages (run on every start)."""

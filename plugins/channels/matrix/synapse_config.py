@@ -129,6 +129,10 @@ def homeserver_config(
         "enable_metrics": False,
         "url_preview_enabled": False,
         "user_directory": {"enabled": True, "search_all_users": True},
+        # A new database's schema updates run at once instead of a batch a second: until the
+        # one indexing profiles has run, Synapse cannot reactivate an account (a worker removed,
+        # then created again).
+        "background_updates": {"sleep_enabled": False},
         **RATE_LIMITS,
     }
     return deep_merge(config, overrides)

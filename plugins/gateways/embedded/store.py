@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import re
 import secrets
 import sqlite3
@@ -149,10 +150,14 @@ class GatewayStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fresh = not path.exists()
+        # Token hashes and who spent what: the control plane's business only. 0600 before SQLite
+        # opens it (never readable, even briefly, whatever the umask; -wal/-shm get its mode).
+        fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+        finally:
+            os.close(fd)
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
-        if fresh:
-            path.chmod(0o600)  # token hashes and who spent what: the control plane's business only
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes; fsync at checkpoints
         self._db.executescript(SCHEMA)
