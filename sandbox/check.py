@@ -13,6 +13,12 @@ How it works (nothing here is inferred from configuration):
    cannot do (e.g. no DNS server here) proves nothing, so its verdict is ``unverified``, never
    ``isolated``.
 4. Writes count only if the file really appears on the host.
+5. Unless ``--no-services``: the same sandbox then attacks the services a worker reaches — a
+   task folder granted from a real local storage, its skills folder, the embedded gateway, a
+   flooded bridge — while the check's host side drives those real components, and probes the
+   control plane's own guards (the skill fetch policy, the mention gate) directly: see
+   :mod:`hiclaw.sandbox.service_probes`. Each is judged by its outcome (did the canary reach
+   the attacker, did anything land outside, did the service keep answering).
 
 Verdicts: ``isolated`` (blocked inside, possible on the host), ``EXPOSED`` (got through),
 ``unverified`` (the baseline could not do it either); controls: ``works`` / ``BROKEN``.
@@ -36,6 +42,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from hiclaw.sandbox.probes import RESULT_PREFIX
+from hiclaw.sandbox.service_probes import SERVICE_PROBES, ServiceOptions
 from hiclaw.sandbox.spec import Bridge, Mount, WorkerSpec
 
 CHECK_WORKER = "sandbox-check"
@@ -68,7 +75,7 @@ CONTROL_PROBES = [
 class ProbeResult:
     name: str
     description: str
-    kind: str  # "isolation" | "control"
+    kind: str  # "isolation" | "control" | "service"
     sandbox: dict[str, Any]
     baseline: dict[str, Any]
     verdict: str
@@ -83,6 +90,8 @@ class CheckReport:
     backend: str
     probes: list[ProbeResult] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    #: How the backend limits a worker (memory, processes, open files, seccomp): which mechanism applies.
+    confinement: dict[str, str] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -90,7 +99,7 @@ class CheckReport:
 
     def as_dict(self) -> dict[str, Any]:
         return {"backend": self.backend, "passed": self.passed, "warnings": self.warnings,
-                "probes": [p.as_dict() for p in self.probes]}
+                "confinement": self.confinement, "probes": [p.as_dict() for p in self.probes]}
 
 
 def verdict(kind: str, sandbox: dict[str, Any], baseline: dict[str, Any]) -> str:
@@ -111,7 +120,7 @@ class _Canaries:
         self.tag = secrets.token_hex(6)
         self.scratch = Path(tempfile.mkdtemp(prefix="hiclaw-check-"))
         self.control = self.scratch / "control"
-        self.worker_home = self.control / "data" / "agents" / CHECK_WORKER
+        self.worker_home = self.control / "workers" / CHECK_WORKER  # like a worker's state folder
         self.other_home = self.control / "data" / "agents" / "other-worker"
         self.granted = self.control / "data" / "shared" / "granted"
         self.real_home = real_home
@@ -254,13 +263,34 @@ def _settle_writes(result: dict[str, Any], canaries: _Canaries) -> None:
         canaries.remove_written(landed)
 
 
+async def _run_inside(backend: Any, spec: WorkerSpec, timeout: float,
+                      on_started: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Start the probe program in a sandbox of ``backend``; its result."""
+    await backend.start(spec)
+    if on_started is not None:
+        on_started()
+    try:
+        code = await asyncio.wait_for(backend.wait(CHECK_WORKER), timeout)
+    finally:
+        await backend.stop(CHECK_WORKER, 5)
+    log_text = backend.log_path(CHECK_WORKER).read_text(errors="replace")
+    inside = _parse_result(log_text)
+    if inside is None:
+        tail = " | ".join(log_text.strip().splitlines()[-3:])
+        raise RuntimeError(f"the probe program did not report from inside the sandbox (exit code {code}): {tail}")
+    return inside
+
+
 async def run_check(
-    backend_name: str, make_backend: Callable[[SimpleNamespace], Any], *, real_control_home: Path, timeout: float = 120.0
+    backend_name: str, make_backend: Callable[[SimpleNamespace], Any], *, real_control_home: Path, timeout: float = 120.0,
+    config: Any = None, services: bool | ServiceOptions = True,
 ) -> CheckReport:
     """Run the probes inside a sandbox and on the host; return the report (see module doc).
 
     ``make_backend(ctx)`` creates the backend; ``ctx.home`` is the scratch control home, so
-    the check's sockets and logs never touch your real ``$HICLAW_HOME``."""
+    the check's sockets and logs never touch your real ``$HICLAW_HOME``. ``config`` (the team's
+    :class:`~hiclaw.config.HiclawConfig`) shapes the service probes (``[skills]``, ``[team]``);
+    ``services=False`` skips them, a :class:`ServiceOptions` selects or swaps their components."""
     report = CheckReport(backend=backend_name)
     canaries = _Canaries(Path.home())
     backend = None
@@ -272,33 +302,52 @@ async def run_check(
         plan = canaries.plan(unbridged_port, bridge_port, real_control_home)
         plan_path = canaries.worker_home / "probe-plan.json"
         plan_path.write_text(json.dumps(plan))
-        baseline = await _run_baseline(plan_path, plan)
-        _settle_writes(baseline, canaries)
         backend = make_backend(check_backend_context(canaries.control))
         if not getattr(backend, "isolates", True):
             report.warnings.append(f"WARNING: {getattr(backend, 'warning', 'this backend does not isolate workers')}")
-        spec = WorkerSpec(
-            name=CHECK_WORKER,
-            argv=[sys.executable, "-m", "hiclaw.sandbox.probes", str(plan_path)],
-            home=canaries.worker_home,
-            mounts=[Mount(host_path=canaries.granted, read_only=True)],
-            bridges=[Bridge(name="probe", port=bridge_port)],
-        )
-        await backend.start(spec)
-        try:
-            code = await asyncio.wait_for(backend.wait(CHECK_WORKER), timeout)
-        finally:
-            await backend.stop(CHECK_WORKER, 5)
-        log_text = backend.log_path(CHECK_WORKER).read_text(errors="replace")
-        inside = _parse_result(log_text)
-        if inside is None:
-            tail = " | ".join(log_text.strip().splitlines()[-3:])
-            raise RuntimeError(f"the probe program did not report from inside the sandbox (exit code {code}): {tail}")
+        if callable(describe := getattr(backend, "confinement", None)):
+            report.confinement = describe()
+            report.warnings += [f"WARNING: {what}: {how}" for what, how in report.confinement.items()
+                                if how.startswith(("NONE", "OFF"))]
+        spec: dict[str, Any] = dict(name=CHECK_WORKER, argv=[sys.executable, "-m", "hiclaw.sandbox.probes",
+                                                             str(plan_path)],
+                                    home=canaries.worker_home, mounts=[Mount(host_path=canaries.granted, read_only=True)],
+                                    bridges=[Bridge(name="probe", port=bridge_port)])
+        baseline = await _run_baseline(plan_path, plan)
+        _settle_writes(baseline, canaries)
+        judged: dict[str, Any] = {}
+        options = ServiceOptions() if services is True else services or None
+        if options is None:
+            inside = await _run_inside(backend, WorkerSpec(**spec), timeout)
+        else:
+            from hiclaw.sandbox.service_probes import service_rig
+
+            async with service_rig(canaries, config, options, backend, CHECK_WORKER) as rig:
+                plan["services"] = rig.plan()  # the host's baseline never runs these: they attack live services
+                (canaries.worker_home / "probe-plan-services.json").write_text(json.dumps(plan))
+                spec.update(argv=[*spec["argv"][:-1], str(canaries.worker_home / "probe-plan-services.json")],
+                            mounts=[*spec["mounts"], *rig.mounts], bridges=[*spec["bridges"], *rig.bridges])
+                host_side: list[asyncio.Task[None]] = []
+
+                def started() -> None:  # only once the sandbox runs: a backend that cannot start fails fast
+                    rig.sandbox_started()
+                    host_side.append(asyncio.create_task(rig.host_only()))
+
+                try:
+                    inside = await _run_inside(backend, WorkerSpec(**spec), timeout, on_started=started)
+                finally:
+                    for task in host_side:
+                        await task
+                judged = rig.results(inside.get("services"))
         _settle_writes(inside, canaries)
         for kind, probes in (("isolation", ISOLATION_PROBES), ("control", CONTROL_PROBES)):
             for name, description in probes:
                 report.probes.append(ProbeResult(name, description, kind, inside[name], baseline[name],
                                                  verdict(kind, inside[name], baseline[name])))
+        for name, description in SERVICE_PROBES:
+            if name in judged:
+                got, control = judged[name]
+                report.probes.append(ProbeResult(name, description, "service", got, control, verdict("service", got, control)))
     finally:
         if backend is not None:
             await backend.close()

@@ -1,13 +1,13 @@
 """The team's skills: workers' `skills_find`/`skills_add` run here, in the control plane.
 
 Workers never fetch skills themselves (DESIGN section 5). The control plane fetches, verifies and
-installs into the worker's ``agents/<name>/skills/`` — directly on disk for local storage, or
-through a staging folder uploaded to the bucket for S3 storage.
+installs into the worker's ``agents/<name>/skills/`` through a private staging folder, uploaded
+with the storage API (:func:`in_worker_skills`), whatever the storage.
 """
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,23 @@ from hiclaw.storage import layout
 
 #: Bundled skills every worker starts with.
 WORKER_BASE_SKILLS = ("find-skills", "task-reporting", "project-work")
+
+
+async def in_worker_skills(storage: Any, worker: str, action: Callable[[Path], Awaitable[Any]]) -> Any:
+    """Run ``action(folder)`` on a private copy of ``worker``'s skills folder, then upload it.
+
+    Never in place, even on local storage: the worker's home is the worker's to change, so the
+    installer's renames and removals must not run along paths in it. The copy lives in the
+    control plane's own temporary folder; storage reads and writes it without following
+    links, and the worker sees its skills folder read-only. (``hiclaw sandbox check`` installs
+    through here too, after a sandboxed probe tried to swap that folder for a link.)"""
+    prefix = layout.agent_skills_dir(worker)
+    with tempfile.TemporaryDirectory(prefix="hiclaw-skills-") as tmp:
+        staging = Path(tmp)
+        await storage.sync(staging, prefix, direction="down")
+        result = await action(staging)
+        await storage.sync(staging, prefix, direction="up", delete=True)
+        return result
 
 
 class TeamSkills:
@@ -36,19 +53,7 @@ class TeamSkills:
         await self.service.aclose()
 
     async def _in_worker_dir(self, worker: str, action: Any) -> Any:
-        """Run ``action(folder)`` on a private copy of the worker's skills folder, then upload it.
-
-        Never in place, even on local storage: the worker's home is the worker's to change, so the
-        installer's renames and removals must not run along paths in it. The copy lives in the
-        control plane's own temporary folder; storage reads and writes it without following
-        links, and the worker sees its skills folder read-only."""
-        prefix = layout.agent_skills_dir(worker)
-        with tempfile.TemporaryDirectory(prefix="hiclaw-skills-") as tmp:
-            staging = Path(tmp)
-            await self.plane.storage.sync(staging, prefix, direction="down")
-            result = await action(staging)
-            await self.plane.storage.sync(staging, prefix, direction="up", delete=True)
-            return result
+        return await in_worker_skills(self.plane.storage, worker, action)
 
     async def find(self, worker: str, query: str, limit: int = 10) -> list[dict[str, Any]]:
         return await self.service.find(worker, query, limit)

@@ -6,6 +6,7 @@ import logging
 import re
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from hiclaw.protocols import ResyncingChannel
 from hiclaw.registry.errors import UnsafeSkillError
 from hiclaw.registry.frontmatter import split_frontmatter
 from hiclaw.storage import layout
+from hiclaw.wakeup import Exempt, Handler, MentionGate, TurnLimiter
 from hiclaw.worker.control import ControlClient
 from hiclaw.worker.http import WorkerGatewayClient
 from hiclaw.worker.spec import WorkerRuntimeSpec
@@ -65,6 +67,20 @@ def worker_default_plugins(spec: WorkerRuntimeSpec) -> list[tuple[str, str]] | N
     if spec.default_plugins is None:
         return None
     return [(name, module) for name, module in DEFAULT_PLUGINS if name in spec.default_plugins]
+
+
+def worker_gate(spec: WorkerRuntimeSpec, user_id: Callable[[str], str], handler: Handler, *,
+                state_path: Path | None = None, exempt: Exempt | None = None,
+                on_limited: Handler | None = None) -> MentionGate:
+    """The mention gate of worker ``spec`` (``user_id(name)``: the channel's id of an agent).
+
+    Who may wake a worker is enforced here: only its trusted senders (the admin and the
+    Manager), and others than the admin at most N times per room and minute (``exempt``: turns
+    that never count, its own task assignments). ``hiclaw sandbox check`` attacks this same gate."""
+    return MentionGate(user_id(spec.name), handler, state_path=state_path,
+                       trusted={user_id(who) for who in spec.trusted},
+                       limiter=TurnLimiter(spec.max_turns_per_room_per_minute),
+                       unlimited={user_id(ADMIN)}, exempt=exempt, on_limited=on_limited)
 
 
 class TaskContext:
@@ -124,20 +140,13 @@ class WorkerRuntime:
                               components={"channel": self.channel, "storage": self.storage})
 
     async def start(self) -> None:
-        from hiclaw.wakeup import MentionGate, TurnLimiter
-
         started = time.perf_counter()
         self.scratch.mkdir(parents=True, exist_ok=True)
         self.storage = self.host.create("storage", self.spec.storage.plugin, self.spec.storage.settings, self._ctx())
         self.channel = self.host.create("channel", self.spec.channel.plugin, self.spec.channel.settings, self._ctx())
         self.tools = self.host.tools(self._ctx(runtime=self))
-        # Who may wake this worker is enforced here: only its trusted senders (the admin and the
-        # Manager), and others than the admin at most N times per room and minute.
-        self.gate = MentionGate(self.channel.user_id(self.name), self._enqueue,
-                                state_path=self.scratch / "mention-gate.json",
-                                trusted={self.channel.user_id(who) for who in self.spec.trusted},
-                                limiter=TurnLimiter(self.spec.max_turns_per_room_per_minute),
-                                unlimited={self.channel.user_id(ADMIN)}, exempt=self._is_assignment,
+        self.gate = worker_gate(self.spec, self.channel.user_id, self._enqueue,
+                                state_path=self.scratch / "mention-gate.json", exempt=self._is_assignment,
                                 on_limited=self._on_turn_limit)
         self.channel.on_message(self._on_message)
         self._consumer = asyncio.create_task(self._consume(), name=f"worker-{self.name}-turns")

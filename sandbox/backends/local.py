@@ -380,6 +380,12 @@ class LocalSandboxBackend(BackendBase):
         self._runs[spec.name] = run
         return self._handle(run)
 
+    def bridge_stats(self, name: str) -> dict[str, dict[str, int]] | None:
+        """Per bridge of worker ``name``'s current run: connections ``open`` now, ``refused`` over
+        the cap, ``timed_out`` (:attr:`HostBridges.stats`); ``None`` if it has no host bridges."""
+        run = self._runs.get(name)
+        return None if run is None or run.bridges is None else run.bridges.stats
+
     def _handle(self, run: _Run) -> SandboxHandle:
         return SandboxHandle(name=run.spec.name, backend=self.name, pid=run.pid, started_at=run.started_at,
                              log_path=run.log_path)
