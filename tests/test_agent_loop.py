@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 
 import httpx
-import pytest
 
 from hiclaw.agent import AgentLoop, GatewayClient, GatewayError
 from hiclaw.agent.prompt import system_prompt, user_turn
@@ -86,10 +85,42 @@ async def test_tool_errors_are_shown_to_the_model_not_raised():
     assert all(r.error for r in turn.tool_calls)
 
 
-async def test_step_limit():
-    script = Script(*[reply(tool_calls=[("double", '{"x": 1}')]) for _ in range(3)])
+async def test_step_limit_ends_with_a_readable_account():
+    script = Script(*[reply(content="working <tool_call>", tool_calls=[("double", f'{{"x": {i}}}')]) for i in range(3)])
     turn = await make(script, TOOLS, max_steps=3).run([{"role": "user", "content": "loop"}], model="smart")
-    assert turn.stopped and "(stopped after 3 steps)" in turn.final_text
+    assert turn.stopped and turn.outcome == "step_limit" and not turn.failed
+    assert turn.account == "I stopped after 3 steps without finishing: the last steps kept calling double."
+    assert turn.reply == turn.account and turn.final_text == "working"  # no raw tag, no "(stopped after …)"
+
+
+async def test_repeated_identical_calls_get_one_nudge_then_end_the_turn():
+    calls = []
+
+    async def read_file(args):
+        calls.append(args)
+        return "line 1"
+
+    tools = [ToolSpec(name="read_file", description="r", handler=read_file)]
+    same = [("read_file", '{"path": "a.md", "n": 1}'), ("read_file", '{"n": 1, "path": "a.md"}')]  # same, canonically
+    script = Script(*[reply(tool_calls=[same[i % 2]]) for i in range(10)])
+    turn = await make(script, tools, max_steps=24).run([{"role": "user", "content": "go"}], model="smart")
+    assert turn.outcome == "repeated_call" and turn.steps == 4 and len(script.requests) == 4
+    assert len(calls) == 2  # the third identical call was not run: the model got the nudge instead
+    nudge = script.requests[3][1]["messages"][-1]["content"]
+    assert "already called read_file with exactly these arguments 2 times" in nudge and "line 1" in nudge
+    assert turn.account == ("I stopped after 4 steps without finishing: I kept calling read_file with the same "
+                            "arguments (4 times), even after being told it would not change anything.")
+    assert turn.messages[-1]["role"] == "tool"  # every call has its result, even the one not run
+
+
+async def test_a_model_that_only_writes_unrunnable_calls_ends_the_turn_early():
+    script = Script(*[reply(tool_calls=[("nope", "{}"), ("double", "{not json")]) for _ in range(10)])
+    turn = await make(script, TOOLS, max_steps=24, max_invalid_steps=3).run([{"role": "user", "content": "x"}],
+                                                                             model="smart")
+    assert turn.outcome == "invalid_calls" and turn.steps == 3
+    assert all(r.invalid and r.error for r in turn.tool_calls)
+    assert turn.account == ("I stopped after 3 steps without finishing: my last 3 steps only produced tool calls that "
+                            "could not be run (an unknown tool nope and unreadable arguments for double).")
 
 
 async def test_gateway_errors_are_clear_and_retried_on_5xx():
@@ -97,9 +128,15 @@ async def test_gateway_errors_are_clear_and_retried_on_5xx():
     turn = await make(script, TOOLS).run([{"role": "user", "content": "x"}], model="smart")
     assert turn.final_text == "ok" and len(script.requests) == 2
     script = Script(httpx.Response(429, json={"error": {"message": "budget of alice exhausted", "code": "budget_exceeded"}}))
-    with pytest.raises(GatewayError, match="gateway answered 429: budget of alice exhausted") as info:
-        await make(script, TOOLS).run([{"role": "user", "content": "x"}], model="smart")
-    assert "tok-secret" not in str(info.value)
+    turn = await make(script, TOOLS).run([{"role": "user", "content": "x"}], model="smart")
+    assert turn.outcome == "budget" and turn.failed and len(script.requests) == 1  # a spent budget is not retried
+    assert isinstance(turn.error, GatewayError) and str(turn.error) == "gateway answered 429: budget of alice exhausted"
+    assert turn.reply == "I cannot go on: the model budget is used up (budget of alice exhausted)."
+    assert "tok-secret" not in turn.account
+    script = Script(httpx.Response(400, json={"error": {"message": "temperature must be <= 2"}}))
+    turn = await make(script, TOOLS).run([{"role": "user", "content": "x"}], model="smart")
+    assert turn.outcome == "model_error" and len(script.requests) == 1
+    assert turn.account == "I could not finish this turn: the model call failed (temperature must be <= 2)."
 
 
 def test_prompts_are_bounded():

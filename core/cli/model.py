@@ -1,4 +1,5 @@
-"""``hiclaw model``: the scripted model server (the provider used by tests and the demo)."""
+"""``hiclaw model``: the scripted model server (the provider used by tests and the demo) and the
+unruly one (the same, misbehaving on purpose)."""
 from __future__ import annotations
 
 import os
@@ -15,7 +16,7 @@ DEFAULT_SCRIPTED_PORT = 18090
 
 @click.group("model")
 def model_group() -> None:
-    """Model providers for testing: the scripted OpenAI-compatible server."""
+    """Model providers for testing: the scripted OpenAI-compatible server, and the unruly one."""
 
 
 @model_group.command("serve-scripted")
@@ -34,16 +35,66 @@ def serve_scripted(scenario: Path, host: str, port: int, api_key_env: str | None
     from hiclaw.cli.gateway import serve_until_signal
     from hiclaw.scripted import ScriptedModelServer, load_scenario
 
-    api_key = None
-    if api_key_env:
-        api_key = os.environ.get(api_key_env)
-        if not api_key:
-            raise ConfigError(f"--api-key-env {api_key_env}: the variable is not set", hint=f"export {api_key_env}=…")
     loaded = load_scenario(scenario)
-    server = ScriptedModelServer(loaded, host=host, port=port, api_key=api_key)
+    server = ScriptedModelServer(loaded, host=host, port=port, api_key=_api_key(api_key_env))
 
     def banner() -> str:
         return f"scripted model server ({loaded.name!r}, {len(loaded.agents)} agent(s)) listening on {server.base_url}"
+
+    serve_until_signal(server, banner)
+
+
+def _api_key(variable: str | None) -> str | None:
+    if not variable:
+        return None
+    api_key = os.environ.get(variable)
+    if not api_key:
+        raise ConfigError(f"--api-key-env {variable}: the variable is not set", hint=f"export {variable}=…")
+    return api_key
+
+
+@model_group.command("serve-unruly")
+@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--scenario", type=click.Path(dir_okay=False, path_type=Path),
+              help="The base scenario played when the model behaves (default: CONFIG's `scenario`, "
+                   "else every agent answers \"ok\").")
+@click.option("--seed", type=int, help="Seed of the random mix (default: CONFIG's `seed`, else 0).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=DEFAULT_SCRIPTED_PORT, show_default=True,
+              help="Port to listen on (0 picks a free one; the URL is printed).")
+@click.option("--api-key-env", metavar="VAR",
+              help="Require `Authorization: Bearer $VAR` (the key is read from this environment variable).")
+def serve_unruly(config: Path, scenario: Path | None, seed: int | None, host: str, port: int,
+                 api_key_env: str | None) -> None:
+    """Serve a model provider that misbehaves on purpose, as CONFIG (YAML or JSON) says.
+
+    Each call is first answered by the base scenario; then, per agent and per call, a seeded
+    random mix and/or a schedule may replace the reply: text instead of tools, tools written as
+    text, malformed arguments, unknown tools, loops, questions, refusals, long output, HTTP 429
+    (with Retry-After), 500/502/503, timeouts, context-length errors, empty replies. Every call is
+    logged: GET /_unruly/log?agent=NAME and GET /_unruly/stats. Format: docs/scripted-model.md,
+    "The unruly model".
+
+    \b
+    Example CONFIG:
+      seed: 7
+      agents:
+        sam: {kinds: {text_instead_of_tools: 0.3, http_429: {rate: 0.1, retry_after: 2}}}
+        alex: {schedule: {2: http_429, 5: http_429}}
+        "*": {kinds: {http_503: 0.05}}
+    """
+    from hiclaw.cli.gateway import serve_until_signal
+    from hiclaw.scripted import load_scenario
+    from hiclaw.scripted.unruly import UnrulyModelServer, load_unruly_config
+
+    loaded = load_unruly_config(config)
+    base = load_scenario(scenario) if scenario is not None else None
+    server = UnrulyModelServer(loaded, base, seed=seed, host=host, port=port, api_key=_api_key(api_key_env))
+    agents = ", ".join(sorted(loaded.agents)) or "none"
+
+    def banner() -> str:
+        return (f"unruly model server ({loaded.name!r}, scenario {server.engine.scenario.name!r}, seed "
+                f"{server.unruly.seed}, misbehaving for: {agents}) listening on {server.base_url}")
 
     serve_until_signal(server, banner)
 

@@ -75,7 +75,7 @@ class ManagerAgent:
             try:
                 with turn_origin(origin):
                     turn = await loop.run(messages, model=self.model)
-                text = turn.final_text
+                text = turn.reply  # the answer, or one line saying why the turn ended early
             except Exception as exc:
                 log.exception("manager turn failed")
                 text = f"I could not complete that: {exc}"

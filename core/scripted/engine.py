@@ -54,6 +54,7 @@ class ScriptedReply:
     finish_reason: str
     delay_ms: int = 0
     error: ErrorReply | None = None
+    refusal: str | None = None  # OpenAI's ``message.refusal`` (set by the unruly model only)
 
 
 @dataclass(frozen=True)
@@ -101,8 +102,8 @@ def latest_input(messages: list[dict[str, Any]]) -> LatestInput:
     return LatestInput("", "", ())
 
 
-def _match(when: Match, latest: LatestInput, model: str) -> dict[str, str] | None:
-    """Captured variables if ``when`` holds, else ``None``."""
+def match_when(when: Match, latest: LatestInput, model: str) -> dict[str, str] | None:
+    """Captured variables if ``when`` holds for this latest input, else ``None``."""
     if when.model is not None and when.model != model:
         return None
     if when.role is not None and when.role != latest.role:
@@ -124,6 +125,12 @@ def _match(when: Match, latest: LatestInput, model: str) -> dict[str, str] | Non
 def estimate_tokens(text: str) -> int:
     """About four characters per token, at least one — deterministic, provider-agnostic."""
     return max(1, math.ceil(len(text) / 4))
+
+
+def prompt_tokens_of(request: dict[str, Any]) -> int:
+    """The estimated prompt size: the request's ``messages`` and ``tools`` as compact JSON."""
+    return estimate_tokens(json.dumps(request.get("messages") or [], ensure_ascii=False, separators=(",", ":"))
+                           + json.dumps(request.get("tools") or [], separators=(",", ":")))
 
 
 def jittered_delay(delay_ms: int, jitter_ms: int, agent: str, call: int) -> int:
@@ -174,19 +181,19 @@ class ScriptEngine:
     def _pick(self, script: AgentScript, state: AgentState, latest: LatestInput, model: str) -> tuple[str, Turn | None, dict[str, str]]:
         if state.next_turn < len(script.turns):
             turn = script.turns[state.next_turn]
-            captured = _match(turn.when, latest, model)
+            captured = match_when(turn.when, latest, model)
             if captured is not None:
                 state.next_turn += 1
                 return f"turn {state.next_turn}", turn, captured
         for index, rule in enumerate(script.rules):
             if rule.times is not None and state.rule_uses.get(index, 0) >= rule.times:
                 continue
-            captured = _match(rule.when, latest, model)
+            captured = match_when(rule.when, latest, model)
             if captured is not None:
                 state.rule_uses[index] = state.rule_uses.get(index, 0) + 1
                 return f"rule {index + 1}", rule, captured
         if script.default is not None:
-            captured = _match(script.default.when, latest, model)
+            captured = match_when(script.default.when, latest, model)
             return "default", script.default, captured or {}
         return "unmatched", None, {}
 
@@ -207,8 +214,7 @@ class ScriptEngine:
         source, turn, captured = self._pick(script, state, latest, model)
         state.variables.update(captured)
         variables = {**state.variables, "agent": name, "call": str(state.calls), "model": model, "input": latest.text}
-        prompt_tokens = estimate_tokens(json.dumps(messages, ensure_ascii=False, separators=(",", ":"))
-                                        + json.dumps(request.get("tools") or [], separators=(",", ":")))
+        prompt_tokens = prompt_tokens_of(request)
         if turn is None:
             state.unmatched += 1
             text = f"[scripted] no turn of scenario {self.scenario.name!r} matched call {state.calls} of agent {name!r}"
@@ -239,7 +245,7 @@ class ScriptEngine:
             })
         error = None
         if turn.error is not None:
-            error = ErrorReply(status=turn.error.status, message=_render(turn.error.message, variables))
+            error = turn.error.model_copy(update={"message": _render(turn.error.message, variables)})
         completion_text = (text or "") + "".join(c["function"]["name"] + c["function"]["arguments"] for c in tool_calls)
         usage = turn.usage
         return ScriptedReply(

@@ -90,6 +90,9 @@ class ErrorReply(_Strict):
 
     status: int = Field(default=500, ge=400, le=599)
     message: str = "scripted upstream error"
+    code: str | None = None  # the error's `code` (default "scripted_error"), e.g. context_length_exceeded
+    type: str | None = None  # the error's `type` (default "server_error"), e.g. insufficient_quota
+    headers: dict[str, str | int | float] = Field(default_factory=dict)  # e.g. {"Retry-After": 1}
 
 
 class Turn(_Strict):

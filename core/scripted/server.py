@@ -21,6 +21,7 @@ import asyncio
 import json
 import time
 from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -32,12 +33,20 @@ CONSUMER_HEADER = "X-Hiclaw-Consumer"
 _PIECE = 16  # characters per streamed content/argument piece
 
 
-def _error(status: int, message: str, *, code: str, kind: str = "invalid_request_error") -> web.Response:
-    return web.json_response({"error": {"message": message, "type": kind, "param": None, "code": code}}, status=status)
+def error_body(message: str, *, code: str | None, kind: str = "invalid_request_error",
+               param: str | None = None) -> dict[str, Any]:
+    """OpenAI's error document: ``{"error": {"message", "type", "param", "code"}}``."""
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
-def _pieces(text: str) -> list[str]:
-    return [text[i:i + _PIECE] for i in range(0, len(text), _PIECE)] or [""]
+def error_response(status: int, message: str, *, code: str | None, kind: str = "invalid_request_error",
+                   param: str | None = None, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response(error_body(message, code=code, kind=kind, param=param), status=status, headers=headers)
+
+
+
+def _pieces(text: str, size: int = _PIECE) -> list[str]:
+    return [text[i:i + size] for i in range(0, len(text), size)] or [""]
 
 
 def _usage(reply: ScriptedReply) -> dict[str, int]:
@@ -47,6 +56,8 @@ def _usage(reply: ScriptedReply) -> dict[str, int]:
 
 def completion_body(reply: ScriptedReply, model: str) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": reply.text}
+    if reply.refusal is not None:
+        message["refusal"] = reply.refusal
     if reply.tool_calls:
         message["tool_calls"] = reply.tool_calls
     return {
@@ -59,8 +70,9 @@ def completion_body(reply: ScriptedReply, model: str) -> dict[str, Any]:
     }
 
 
-def stream_chunks(reply: ScriptedReply, model: str, *, include_usage: bool) -> list[dict[str, Any]]:
-    """The chunk objects of a streamed reply, in order (without the final ``[DONE]``)."""
+def stream_chunks(reply: ScriptedReply, model: str, *, include_usage: bool, piece: int = _PIECE) -> list[dict[str, Any]]:
+    """The chunk objects of a streamed reply, in order (without the final ``[DONE]``);
+    content and arguments are cut into ``piece``-character deltas."""
     base = {"id": f"chatcmpl-scripted-{reply.agent}-{reply.call}", "object": "chat.completion.chunk",
             "created": int(time.time()), "model": model}
 
@@ -69,17 +81,50 @@ def stream_chunks(reply: ScriptedReply, model: str, *, include_usage: bool) -> l
 
     chunks = [chunk({"role": "assistant", "content": ""})]
     if reply.text:
-        chunks.extend(chunk({"content": piece}) for piece in _pieces(reply.text))
+        chunks.extend(chunk({"content": part}) for part in _pieces(reply.text, piece))
+    if reply.refusal:
+        chunks.extend(chunk({"refusal": part}) for part in _pieces(reply.refusal, piece))
     for index, call in enumerate(reply.tool_calls):
         head = {"index": index, "id": call["id"], "type": "function",
                 "function": {"name": call["function"]["name"], "arguments": ""}}
         chunks.append(chunk({"tool_calls": [head]}))
-        chunks.extend(chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
-                      for piece in _pieces(call["function"]["arguments"]))
+        chunks.extend(chunk({"tool_calls": [{"index": index, "function": {"arguments": part}}]})
+                      for part in _pieces(call["function"]["arguments"], piece))
     chunks.append(chunk({}, reply.finish_reason))
     if include_usage:
         chunks.append({**base, "choices": [], "usage": _usage(reply)})
     return chunks
+
+
+def sse_event(data: dict[str, Any]) -> bytes:
+    """One server-sent event carrying ``data`` as JSON."""
+    return b"data: " + json.dumps(data, ensure_ascii=False).encode() + b"\n\n"
+
+
+SSE_DONE = b"data: [DONE]\n\n"
+SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """A parsed ``POST /v1/chat/completions``: the body, who is calling, and how to answer."""
+
+    body: dict[str, Any]
+    agent: str | None  # the `user` field, else the X-Hiclaw-Consumer header
+    model: str
+
+    @property
+    def stream(self) -> bool:
+        return bool(self.body.get("stream"))
+
+    @property
+    def include_usage(self) -> bool:
+        return bool((self.body.get("stream_options") or {}).get("include_usage"))
+
+
+def scenario_error_response(exc: ScenarioError) -> web.Response:
+    """The scenario cannot answer: 400 for an agent it has no script for, else 500."""
+    return error_response(400 if exc.code == "unknown_agent" else 500, str(exc), code=exc.code, kind="scenario_error")
 
 
 class ScriptedModelServer:
@@ -111,7 +156,11 @@ class ScriptedModelServer:
         app.router.add_get("/_scripted/requests", self._requests)
         app.router.add_post("/_scripted/reset", self._reset)
         app.router.add_get("/healthz", self._health)
+        self.add_routes(app)
         return app
+
+    def add_routes(self, app: web.Application) -> None:
+        """More routes of a subclass (the unruly model adds its test hooks here)."""
 
     async def start(self) -> None:
         if self._runner is not None:
@@ -130,44 +179,59 @@ class ScriptedModelServer:
 
     # ------------------------------------------------------------------ routes
 
-    async def _chat(self, request: web.Request) -> web.StreamResponse:
+    async def read_chat(self, request: web.Request) -> ChatRequest | web.Response:
+        """Check the key and parse the body; an error response when either fails."""
         if self._api_key is not None and request.headers.get("Authorization") != f"Bearer {self._api_key}":
-            return _error(401, "Incorrect API key provided to the scripted model server.", code="invalid_api_key",
-                          kind="authentication_error")
+            return error_response(401, "Incorrect API key provided to the scripted model server.",
+                                  code="invalid_api_key", kind="authentication_error")
         try:
             body = json.loads(await request.read())
         except (json.JSONDecodeError, UnicodeDecodeError):
-            return _error(400, "request body is not valid JSON", code="invalid_json")
+            return error_response(400, "request body is not valid JSON", code="invalid_json")
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
-            return _error(400, "`messages` must be a list", code="missing_field")
+            return error_response(400, "`messages` must be a list", code="missing_field")
         agent = body.get("user") or request.headers.get(CONSUMER_HEADER) or None
-        model = str(body.get("model", "scripted"))
-        try:
-            reply = self.engine.reply(body, agent=agent)
-        except ScenarioError as exc:
-            status = 400 if exc.code == "unknown_agent" else 500
-            return _error(status, str(exc), code=exc.code, kind="scenario_error")
-        latest = latest_input(body["messages"])
+        return ChatRequest(body, agent, str(body.get("model", "scripted")))
+
+    def remember(self, chat: ChatRequest, reply: ScriptedReply, **extra: Any) -> None:
+        """Add the request to :attr:`recent` (never headers or keys)."""
+        latest = latest_input(chat.body["messages"])
         self.recent.append({
-            "agent": reply.agent, "call": reply.call, "source": reply.source, "model": model,
-            "stream": bool(body.get("stream")), "latest_input": latest.text[:500], "latest_role": latest.role,
-            "tools": [t.get("function", {}).get("name") for t in body.get("tools") or [] if isinstance(t, dict)],
-            "error": reply.error.status if reply.error else None,
+            "agent": reply.agent, "call": reply.call, "source": reply.source, "model": chat.model,
+            "stream": chat.stream, "latest_input": latest.text[:500], "latest_role": latest.role,
+            "tools": [t.get("function", {}).get("name") for t in chat.body.get("tools") or [] if isinstance(t, dict)],
+            "error": reply.error.status if reply.error else None, **extra,
         })
+
+    async def send_reply(self, request: web.Request, chat: ChatRequest, reply: ScriptedReply, *,
+                         piece: int = _PIECE) -> web.StreamResponse:
+        """Answer with ``reply``: one JSON completion, or SSE chunks when the request streams."""
+        if not chat.stream:
+            return web.json_response(completion_body(reply, chat.model))
+        response = web.StreamResponse(headers=SSE_HEADERS)
+        await response.prepare(request)
+        for chunk in stream_chunks(reply, chat.model, include_usage=chat.include_usage, piece=piece):
+            await response.write(sse_event(chunk))
+        await response.write(SSE_DONE)
+        await response.write_eof()
+        return response
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        chat = await self.read_chat(request)
+        if isinstance(chat, web.Response):
+            return chat
+        try:
+            reply = self.engine.reply(chat.body, agent=chat.agent)
+        except ScenarioError as exc:
+            return scenario_error_response(exc)
+        self.remember(chat, reply)
         if reply.delay_ms:
             await asyncio.sleep(reply.delay_ms / 1000)  # simulated model latency, part of the script
         if reply.error is not None:
-            return _error(reply.error.status, reply.error.message, code="scripted_error", kind="server_error")
-        if not body.get("stream"):
-            return web.json_response(completion_body(reply, model))
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-        await response.prepare(request)
-        for chunk in stream_chunks(reply, model, include_usage=include_usage):
-            await response.write(b"data: " + json.dumps(chunk, ensure_ascii=False).encode() + b"\n\n")
-        await response.write(b"data: [DONE]\n\n")
-        await response.write_eof()
-        return response
+            error = reply.error
+            return error_response(error.status, error.message, code=error.code or "scripted_error",
+                                  kind=error.type or "server_error", headers={k: str(v) for k, v in error.headers.items()})
+        return await self.send_reply(request, chat, reply)
 
     async def _models(self, request: web.Request) -> web.Response:
         data = [{"id": m, "object": "model", "created": 0, "owned_by": "scripted"} for m in self.engine.scenario.models]
@@ -181,9 +245,13 @@ class ScriptedModelServer:
         items = [r for r in self.recent if agent is None or r["agent"] == agent]
         return web.json_response({"requests": items})
 
-    async def _reset(self, request: web.Request) -> web.Response:
+    def reset(self) -> None:
+        """Forget every agent's progress and the recent requests."""
         self.engine.reset()
         self.recent.clear()
+
+    async def _reset(self, request: web.Request) -> web.Response:
+        self.reset()
         return web.json_response({"ok": True})
 
     async def _health(self, request: web.Request) -> web.Response:

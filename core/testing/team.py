@@ -97,7 +97,7 @@ class Team:
     home: Path
     plane: Any  # hiclaw.control.plane.ControlPlane
     admin: Any  # hiclaw.demo.admin.AdminClient
-    model: Any  # hiclaw.scripted.server.ScriptedModelServer
+    model: Any  # hiclaw.scripted.server.ScriptedModelServer (or its unruly subclass)
     config: HiclawConfig
 
     def user_id(self, name: str) -> str:
@@ -115,7 +115,9 @@ class Team:
                                 what=f"{sender} to say {needle!r}")
 
     def model_calls(self, agent: str) -> int:
-        return int(self.model.engine.stats()["agents"].get(agent, {}).get("calls", 0))
+        """Model calls of ``agent`` — on an unruly model every call, the misbehaving ones too."""
+        stats = self.model.stats() if hasattr(self.model, "unruly") else self.model.engine.stats()
+        return int(stats["agents"].get(agent, {}).get("calls", 0))
 
 
 async def start_plane(home: Path, config: HiclawConfig, *, progress: Callable[[str], None] | None = None) -> Any:
@@ -137,18 +139,26 @@ async def start_plane(home: Path, config: HiclawConfig, *, progress: Callable[[s
 async def running_team(home: Path, scenario: Any, *, registry_url: str = "https://skills.sh",
                        sandbox: str | None = None, provider_key: str | None = None,
                        storage: StorageConfig | None = None, secrets: dict[str, str] | None = None,
-                       gateway_settings: dict[str, Any] | None = None, **team: Any) -> AsyncIterator[Team]:
+                       gateway_settings: dict[str, Any] | None = None, unruly: Any = None,
+                       **team: Any) -> AsyncIterator[Team]:
     """``provider_key``: the scripted model requires it (``Authorization: Bearer …``), and the team
     keeps it as a real provider key — the secret ``scripted_api_key`` in ``secrets.toml``, named by
     every model alias, sent upstream by the gateway only. ``storage`` and ``secrets`` (more entries
     of ``secrets.toml``, e.g. S3 root keys) run the team on other storage than the local default.
-    ``gateway_settings``: more ``[gateway.settings]`` of the embedded gateway."""
+    ``gateway_settings``: more ``[gateway.settings]`` of the embedded gateway. ``unruly``: an
+    unruly-model config (an UnrulyConfig, a dict or a file; docs/scripted-model.md) — the model
+    plays ``scenario`` but misbehaves as it says; ``team.model.log(agent)`` shows how."""
     from hiclaw.demo.admin import AdminClient
     from hiclaw.scripted import Scenario, parse_scenario
     from hiclaw.scripted.server import ScriptedModelServer
 
-    model = ScriptedModelServer(scenario if isinstance(scenario, Scenario) else parse_scenario(scenario),
-                                api_key=provider_key)
+    base = scenario if isinstance(scenario, Scenario) else parse_scenario(scenario)
+    if unruly is None:
+        model = ScriptedModelServer(base, api_key=provider_key)
+    else:
+        from hiclaw.testing.unruly import unruly_server
+
+        model = unruly_server(base, unruly, api_key=provider_key)
     await model.start()
     config = team_config(model.base_url, registry_url=registry_url, sandbox=sandbox,
                          key_secret=PROVIDER_KEY_SECRET if provider_key else None, storage=storage,

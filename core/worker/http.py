@@ -14,7 +14,7 @@ from typing import Any
 
 import aiohttp
 
-from hiclaw.agent.client import GatewayClient, Unreachable
+from hiclaw.agent.client import Answer, GatewayClient, Unreachable
 
 #: What "no answer" looks like in aiohttp (refused, reset, cut off, timed out).
 NO_ANSWER = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
@@ -35,11 +35,17 @@ class LazySession:
 
     async def post_json(self, url: str, body: Any, headers: dict[str, str] | None = None) -> tuple[int, str, str]:
         """(status, body text, reason); :class:`Unreachable` if nothing answered."""
+        status, text, reason, _ = await self.post(url, body, headers)
+        return status, text, reason
+
+    async def post(self, url: str, body: Any, headers: dict[str, str] | None = None) -> tuple[int, str, str, dict[str, str]]:
+        """(status, body text, reason, headers with lower-case names); :class:`Unreachable` if nothing answered."""
         data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
         try:
             async with self.get().post(url, data=data, headers={"Content-Type": "application/json",
                                                                 **(headers or {})}) as response:
-                return response.status, await response.text(errors="replace"), response.reason or ""
+                return (response.status, await response.text(errors="replace"), response.reason or "",
+                        {name.lower(): value for name, value in response.headers.items()})
         except NO_ANSWER as exc:
             raise Unreachable(type(exc).__name__) from None
 
@@ -52,16 +58,17 @@ class LazySession:
 class WorkerGatewayClient(GatewayClient):
     """:class:`hiclaw.agent.GatewayClient` (same calls, retries and errors) over aiohttp."""
 
-    def __init__(self, base_url: str, token: str, *, timeout: float = 300.0, retries: int = 2,
-                 outage_grace: float = 0.0) -> None:
+    def __init__(self, base_url: str, token: str, *, timeout: float = 300.0, retries: int = 4,
+                 outage_grace: float = 0.0, max_retry_wait: float = 60.0) -> None:
         self.base_url = base_url.rstrip("/")
         self._token = token
         self.retries = retries
         self.outage_grace = outage_grace
+        self.max_retry_wait = max_retry_wait
         self._session = LazySession(timeout)
 
-    async def _post(self, url: str, body: dict[str, Any], headers: dict[str, str]) -> tuple[int, str, str]:
-        return await self._session.post_json(url, body, headers)
+    async def _post(self, url: str, body: dict[str, Any], headers: dict[str, str]) -> Answer:
+        return await self._session.post(url, body, headers)
 
     async def aclose(self) -> None:
         await self._session.aclose()

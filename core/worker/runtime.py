@@ -328,8 +328,8 @@ class WorkerRuntime:
                                       task_id=task.task_id if task else None,
                                       project_id=task.project_id if task else None)
                 reported = any(c.name == "report_result" and not c.error for c in turn.tool_calls)
-                if turn.final_text and not reported:
-                    await self.channel.send(message.room_id, turn.final_text, mentions=self.reply_mentions(message.sender),
+                if turn.reply and not reported:  # the answer, or one line saying why the turn ended early
+                    await self.channel.send(message.room_id, turn.reply, mentions=self.reply_mentions(message.sender),
                                             idempotency_key=f"reply:{self.name}:{message.event_id}")
             except Exception as exc:
                 log.exception("worker %s: turn failed", self.name)

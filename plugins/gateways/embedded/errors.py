@@ -12,19 +12,21 @@ class GatewayHTTPError(Exception):
     """An error answered to the caller as ``{"error": {"message", "type", "param", "code"}}``."""
 
     def __init__(self, status: int, message: str, *, code: str, kind: str = "invalid_request_error",
-                 param: str | None = None) -> None:
+                 param: str | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.code = code
         self.kind = kind
         self.param = param
+        self.headers = headers or {}
 
     def body(self) -> dict[str, object]:
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
 
     def response(self) -> web.Response:
-        return web.Response(status=self.status, body=json.dumps(self.body()).encode(), content_type="application/json")
+        return web.Response(status=self.status, body=json.dumps(self.body()).encode(), content_type="application/json",
+                            headers=self.headers)
 
     def sse_event(self) -> bytes:
         return b"data: " + json.dumps(self.body()).encode() + b"\n\n"
@@ -34,13 +36,20 @@ class UpstreamError(Exception):
     """The provider failed. ``retryable`` errors (5xx, timeouts, connection errors) are retried
     and then fall back to the next alias; the others are answered at once."""
 
-    def __init__(self, status: int, message: str, *, code: str, retryable: bool, kind: str = "upstream_error") -> None:
+    def __init__(self, status: int, message: str, *, code: str, retryable: bool, kind: str = "upstream_error",
+                 retry_after: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.code = code
         self.retryable = retryable
         self.kind = kind
+        self.retry_after = retry_after  # the provider's Retry-After, passed on to the caller
+
+    def answer(self) -> GatewayHTTPError:
+        """What the caller gets: the error, with the provider's ``Retry-After`` when it sent one."""
+        headers = {"Retry-After": self.retry_after} if self.retry_after else None
+        return GatewayHTTPError(self.status, self.message, code=self.code, kind=self.kind, headers=headers)
 
 
 class Redactor:

@@ -218,7 +218,7 @@ class GatewayServer:
                 call, chain, lambda route: self._upstream(route).complete(route, payload, call.consumer))
         except UpstreamError as exc:
             self._record(call, exc.status, error=exc.code)
-            return GatewayHTTPError(exc.status, exc.message, code=exc.code, kind=exc.kind).response()
+            return exc.answer().response()
         self._record(call, 200, prompt=result.prompt_tokens, completion=result.completion_tokens)
         assert call.route is not None
         return web.Response(body=result.body, content_type="application/json", headers={MODEL_HEADER: call.route.alias})
@@ -229,7 +229,7 @@ class GatewayServer:
                 call, chain, lambda route: self._upstream(route).stream(route, payload, call.consumer))
         except UpstreamError as exc:  # nothing sent yet: a plain JSON error
             self._record(call, exc.status, error=exc.code)
-            return GatewayHTTPError(exc.status, exc.message, code=exc.code, kind=exc.kind).response()
+            return exc.answer().response()
         assert call.route is not None
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                                MODEL_HEADER: call.route.alias})

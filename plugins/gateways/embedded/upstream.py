@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hiclaw import __version__
+from hiclaw.agent.recovery import is_budget_refusal, is_context_overflow
 from hiclaw.plugins.gateways.embedded.errors import UpstreamError
 from hiclaw.plugins.gateways.embedded.http1 import Http1Pool, UpstreamHTTPError, UpstreamResponse
 from hiclaw.plugins.gateways.embedded.params import forwarded
@@ -59,9 +60,20 @@ def _usage_of(data: Any) -> tuple[int, int]:
     return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
 
 
-def status_error(route: Route, status: int, message: str) -> UpstreamError:
-    """Map a provider's HTTP status to what the caller gets (and whether to retry/fall back)."""
+def status_error(route: Route, status: int, message: str, *, code: str | None = None,
+                 retry_after: str | None = None) -> UpstreamError:
+    """Map a provider's HTTP status to what the caller gets (and whether to retry/fall back).
+
+    What an agent can act on is kept: a rate limit's ``Retry-After``, a spent quota
+    (``insufficient_quota``: not worth retrying) and a context-window overflow
+    (``context_length_exceeded``: the agent trims its conversation and tries again)."""
     where = f"model alias {route.alias!r} ({route.model})"
+    if is_budget_refusal(status, code):
+        return UpstreamError(429, f"the provider's quota is used up for {where}: {message}", code="insufficient_quota",
+                             kind="insufficient_quota", retryable=False)
+    if status in (400, 413, 422) and is_context_overflow(status, code, message):
+        return UpstreamError(400, f"the conversation is too long for {where}: {message}", code="context_length_exceeded",
+                             kind="invalid_request_error", retryable=False)
     if status >= 500 or status == 408:
         return UpstreamError(502, f"the provider failed for {where}: HTTP {status}: {message}", code="upstream_error",
                              retryable=True)
@@ -71,7 +83,7 @@ def status_error(route: Route, status: int, message: str) -> UpstreamError:
                              code="upstream_auth_failed", retryable=False)
     if status == 429:
         return UpstreamError(429, f"the provider is rate-limiting {where}: {message}", code="upstream_rate_limited",
-                             kind="rate_limit_error", retryable=False)
+                             kind="rate_limit_error", retryable=False, retry_after=retry_after)
     return UpstreamError(status, f"the provider refused the request for {where}: {message}", code="upstream_rejected",
                          kind="invalid_request_error", retryable=False)
 
@@ -93,6 +105,21 @@ def _error_message(raw: bytes, redact: Redact) -> str:
     except (ValueError, KeyError, TypeError, AttributeError):
         message = raw.decode("utf-8", "replace")
     return redact(" ".join(str(message).split())[:500])
+
+
+def _error_code(raw: bytes) -> str | None:
+    """The provider's error ``code`` (else its ``type``), e.g. ``context_length_exceeded``."""
+    try:
+        error = json.loads(raw).get("error")
+        value = (error.get("code") or error.get("type")) if isinstance(error, dict) else None
+    except (ValueError, TypeError, AttributeError):
+        return None
+    return str(value)[:64] if value is not None else None
+
+
+def _response_error(route: Route, response: UpstreamResponse, raw: bytes, redact: Redact) -> UpstreamError:
+    return status_error(route, response.status, _error_message(raw, redact), code=_error_code(raw),
+                        retry_after=response.headers.get("retry-after"))
 
 
 # --------------------------------------------------------------------------- direct (OpenAI-compatible)
@@ -174,7 +201,7 @@ class DirectUpstream:
         response = await self._post(route, payload, consumer, False)
         raw = await self._body(route, response)
         if response.status != 200:
-            raise status_error(route, response.status, _error_message(raw, self.redact))
+            raise _response_error(route, response, raw, self.redact)
         try:
             data = json.loads(raw)
         except ValueError:
@@ -186,7 +213,7 @@ class DirectUpstream:
         response = await self._post(route, payload, consumer, True)
         if response.status != 200:
             raw = await self._body(route, response)
-            raise status_error(route, response.status, _error_message(raw, self.redact))
+            raise _response_error(route, response, raw, self.redact)
         return DirectStream(response, route, self.timeout)
 
 
@@ -257,7 +284,10 @@ class LitellmUpstream:
         if isinstance(exc, litellm.APIConnectionError):
             return connection_error(route, message)
         status = getattr(exc, "status_code", None)
-        return status_error(route, status if isinstance(status, int) and status >= 400 else 502, message)
+        headers = getattr(getattr(exc, "response", None), "headers", None) or {}
+        code = "context_length_exceeded" if isinstance(exc, litellm.ContextWindowExceededError) else getattr(exc, "code", None)
+        return status_error(route, status if isinstance(status, int) and status >= 400 else 502, message,
+                            code=code if isinstance(code, str) else None, retry_after=headers.get("retry-after"))
 
     async def complete(self, route: Route, payload: dict[str, Any], consumer: str) -> Completion:
         try:
