@@ -1,20 +1,24 @@
 """The control plane's state: SQLite under ``$HICLAW_HOME/state.db``.
 
 Desired state lives here (DESIGN principle 6): workers, projects, tasks and their dependencies,
-schedules, an event log, and an outbox of idempotency keys for messages already posted. Files in
-storage (plan.md, spec.md) are *views* rendered from it, never parsed back.
+schedules, an event log, the messages still to post (``pending_messages``: the transactional
+outbox, see :mod:`hiclaw.control.outbox`) and the idempotency keys of messages already posted
+(``outbox``). Files in storage (plan.md, spec.md) are *views* rendered from it, never parsed back.
 
-One process writes (the control plane); every change is one transaction. Reads from the CLI
+One process writes (the control plane); every change is one transaction, and nested
+:meth:`StateDB.transaction` blocks join the outermost one, so a state change and the message it
+causes commit together or not at all. Reads from the CLI
 (`hiclaw status`, `hiclaw task list`) open the same file read-only; WAL mode keeps them from
 blocking the writer.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,7 +29,7 @@ from pydantic import BaseModel, Field
 from hiclaw.errors import InvalidInputError, NotFoundError
 from hiclaw.models import ResultStatus, TaskState
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: pending_messages (created on open of a version-1 database)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -85,6 +89,19 @@ CREATE TABLE IF NOT EXISTS outbox (
     event_id TEXT,
     ts TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS pending_messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,      -- delivery order
+    key TEXT NOT NULL UNIQUE,                  -- idempotency key; moves to outbox once delivered
+    room TEXT NOT NULL,                        -- a room id, or a room key resolved at delivery (ROOM_MANAGER, ...)
+    text TEXT NOT NULL,
+    mentions TEXT NOT NULL DEFAULT '[]',
+    created_at TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,       -- failed deliveries so far
+    failing_since REAL,                        -- epoch seconds of the first failed delivery
+    next_attempt_at REAL,                      -- back-off: not before (epoch seconds)
+    last_error TEXT,
+    alerted INTEGER NOT NULL DEFAULT 0         -- the admin was told it is stuck
+);
 CREATE TABLE IF NOT EXISTS schedules (
     name TEXT PRIMARY KEY,
     cron TEXT NOT NULL,
@@ -99,7 +116,7 @@ CREATE TABLE IF NOT EXISTS inbox (
     key TEXT NOT NULL UNIQUE,            -- event id of a message, or a wake-up key
     kind TEXT NOT NULL,                  -- message | wake
     payload TEXT NOT NULL,
-    status TEXT NOT NULL DEFAULT 'pending',   -- pending | done
+    status TEXT NOT NULL DEFAULT 'pending',   -- pending | done | failed (after its last attempt)
     created_at TEXT NOT NULL,
     done_at TEXT
 );
@@ -108,8 +125,32 @@ CREATE INDEX IF NOT EXISTS tasks_by_assignee ON tasks(assignee, state);
 """
 
 
+#: Columns of ``inbox`` for retrying failed turns (added to databases created before them).
+INBOX_RETRY_COLUMNS = (("attempts", "INTEGER NOT NULL DEFAULT 0"), ("next_attempt_at", "REAL"), ("last_error", "TEXT"))
+
+
+#: Room keys of pending messages, resolved when the message is delivered (the room may not exist
+#: when the message is recorded); a room id (``!…``) is used as it is.
+ROOM_MANAGER = "manager"
+
+
+def room_of_worker(name: str) -> str:
+    return f"worker:{name}"
+
+
+def room_of_project(project_id: str) -> str:
+    return f"project:{project_id}"
+
+
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _current_task() -> object:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:  # no event loop in this thread
+        return None
 
 
 class Worker(BaseModel):
@@ -148,10 +189,27 @@ class Task(BaseModel):
     dispatch_count: int = 0
     last_progress_at: str | None = None
     stalled_at: str | None = None  # no progress for two heartbeat intervals (hiclaw.control.watchdog)
+    stuck: str | None = None  # why its owner cannot move it on, e.g. a judgement that keeps failing (plan.md note)
     depends_on: list[str] = Field(default_factory=list)
     created_at: str = ""
     updated_at: str = ""
     position: int = 0
+
+
+class PendingMessage(BaseModel):
+    """A message recorded with a state change and not yet accepted by the homeserver."""
+
+    id: int
+    key: str
+    room: str
+    text: str
+    mentions: list[str] = Field(default_factory=list)
+    created_at: str = ""
+    attempts: int = 0
+    failing_since: float | None = None
+    next_attempt_at: float | None = None
+    last_error: str | None = None
+    alerted: bool = False
 
 
 class Schedule(BaseModel):
@@ -171,6 +229,11 @@ class StateDB:
         self.path = path
         self.readonly = readonly
         self._lock = threading.RLock()
+        self._depth = 0  # nesting of transaction() blocks
+        self._owner: object = None  # the asyncio task (or None) that opened the outermost one
+        self._new_messages: list[str] = []  # keys enqueued in the open transaction
+        #: Called with each enqueued message's key once its transaction has committed.
+        self.on_message_committed: Callable[[str], None] | None = None
         if readonly:
             if not path.exists():
                 raise NotFoundError(f"no state at {path}", hint="start the team with `hiclaw up` first")
@@ -189,8 +252,10 @@ class StateDB:
             self._conn.execute("PRAGMA foreign_keys=ON")
             self._conn.executescript(SCHEMA)
             self._add_missing_columns()
-            self._conn.execute(
-                "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            self._conn.execute(  # raised to this version, never lowered (a newer one may have opened it)
+                "INSERT INTO meta(key, value) VALUES ('schema_version', ?) ON CONFLICT(key) DO UPDATE SET"
+                " value = excluded.value WHERE CAST(value AS INTEGER) < CAST(excluded.value AS INTEGER)",
+                (str(SCHEMA_VERSION),),
             )
         self._conn.row_factory = sqlite3.Row
         self._conn.execute("PRAGMA busy_timeout=5000")
@@ -203,17 +268,43 @@ class StateDB:
         columns = {row[1] for row in self._conn.execute("PRAGMA table_info(tasks)")}
         if "stalled_at" not in columns:
             self._conn.execute("ALTER TABLE tasks ADD COLUMN stalled_at TEXT")
+        if "stuck" not in columns:  # why its owner cannot move it on (plan.md note; hiclaw.control.ownership)
+            self._conn.execute("ALTER TABLE tasks ADD COLUMN stuck TEXT")
+        inbox = {row[1] for row in self._conn.execute("PRAGMA table_info(inbox)")}
+        for column, kind in INBOX_RETRY_COLUMNS:  # failed Manager turns retried (hiclaw.control.turns)
+            if column not in inbox:
+                self._conn.execute(f"ALTER TABLE inbox ADD COLUMN {column} {kind}")
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One transaction. Blocks nested in it (the methods below open their own) join it: all of
+        it commits, or none (an exception leaving the outermost block rolls everything back).
+        Never ``await`` inside: the transaction belongs to the asyncio task that opened it."""
         with self._lock:
+            if self._depth:
+                if _current_task() is not self._owner:
+                    raise RuntimeError("a state transaction is open in another asyncio task "
+                                       "(never await inside `with state.transaction()`)")
+                self._depth += 1
+                try:
+                    yield self._conn
+                finally:
+                    self._depth -= 1
+                return
             self._conn.execute("BEGIN IMMEDIATE")
+            self._depth, self._owner = 1, _current_task()
             try:
                 yield self._conn
             except BaseException:
+                self._depth, self._owner, self._new_messages = 0, None, []
                 self._conn.execute("ROLLBACK")
                 raise
+            self._depth, self._owner = 0, None
             self._conn.execute("COMMIT")
+            committed, self._new_messages = self._new_messages, []
+        if self.on_message_committed is not None:
+            for key in committed:
+                self.on_message_committed(key)
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -252,6 +343,46 @@ class StateDB:
                 (key, room_id, event_id, now_iso()),
             )
 
+    # ------------------------------------------------------------------ the transactional outbox
+
+    def enqueue_message(self, key: str, room: str, text: str, mentions: Sequence[str] = ()) -> bool:
+        """Record a message to post (delivered by :class:`hiclaw.control.outbox.Outbox`), in the
+        caller's transaction: ``with state.transaction(): state.update_task(...);
+        state.enqueue_message(...)``. ``room``: a room id or a room key (:data:`ROOM_MANAGER`,
+        :func:`room_of_worker`, :func:`room_of_project`). False if ``key`` was recorded or sent before."""
+        with self.transaction() as conn:
+            if conn.execute("SELECT 1 FROM outbox WHERE key = ?", (key,)).fetchone():
+                return False
+            cursor = conn.execute(
+                "INSERT OR IGNORE INTO pending_messages(key, room, text, mentions, created_at) VALUES (?, ?, ?, ?, ?)",
+                (key, room, text, json.dumps(list(mentions)), now_iso()),
+            )
+            if cursor.rowcount != 1:
+                return False
+            self._new_messages.append(key)
+            return True
+
+    def pending_messages(self) -> list[PendingMessage]:
+        rows = self._query("SELECT * FROM pending_messages ORDER BY id")
+        return [PendingMessage(**dict(r) | {"mentions": json.loads(r["mentions"]), "alerted": bool(r["alerted"])})
+                for r in rows]
+
+    def message_delivered(self, message_id: int, key: str, room_id: str, event_id: str) -> None:
+        """The homeserver accepted a pending message: its key moves to the sent outbox."""
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM pending_messages WHERE id = ?", (message_id,))
+            conn.execute("INSERT OR REPLACE INTO outbox(key, room_id, event_id, ts) VALUES (?, ?, ?, ?)",
+                         (key, room_id, event_id, now_iso()))
+
+    def message_failed(self, message_id: int, *, error: str, failing_since: float, next_attempt_at: float) -> None:
+        with self.transaction() as conn:
+            conn.execute("UPDATE pending_messages SET attempts = attempts + 1, last_error = ?, failing_since = ?,"
+                         " next_attempt_at = ? WHERE id = ?", (error, failing_since, next_attempt_at, message_id))
+
+    def message_alerted(self, message_id: int) -> None:
+        with self.transaction() as conn:
+            conn.execute("UPDATE pending_messages SET alerted = 1 WHERE id = ?", (message_id,))
+
     # ------------------------------------------------------------------ the Manager's inbox
 
     def inbox_add(self, key: str, kind: str, payload: dict[str, Any]) -> bool:
@@ -264,8 +395,35 @@ class StateDB:
             return cursor.rowcount == 1
 
     def inbox_pending(self) -> list[dict[str, Any]]:
-        rows = self._query("SELECT id, key, kind, payload FROM inbox WHERE status = 'pending' ORDER BY id")
+        """Queued turns not done yet, in order; ``attempts`` failed so far, ``next_attempt_at``
+        (epoch seconds) when the next may start (``None``: now)."""
+        rows = self._query("SELECT id, key, kind, payload, attempts, next_attempt_at, last_error FROM inbox"
+                           " WHERE status = 'pending' ORDER BY id")
         return [dict(r) | {"payload": json.loads(r["payload"])} for r in rows]
+
+    def inbox_retry(self, item_id: int, *, error: str, next_attempt_at: float) -> None:
+        """A turn failed: count the attempt; it stays pending, not before ``next_attempt_at``."""
+        with self.transaction() as conn:
+            conn.execute("UPDATE inbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ? WHERE id = ?",
+                         (error, next_attempt_at, item_id))
+
+    def inbox_failed(self, item_id: int, *, error: str) -> None:
+        """A turn failed for the last time: no more attempts (the admin is told by the caller)."""
+        with self.transaction() as conn:
+            conn.execute("UPDATE inbox SET status = 'failed', attempts = attempts + 1, last_error = ?, done_at = ?"
+                         " WHERE id = ?", (error, now_iso(), item_id))
+
+    def inbox_status(self, key: str) -> str | None:
+        """``pending``, ``done`` or ``failed`` for a queued key; ``None`` if never queued."""
+        rows = self._query("SELECT status FROM inbox WHERE key = ?", (key,))
+        return str(rows[0]["status"]) if rows else None
+
+    def inbox_pending_like(self, prefix: str) -> bool:
+        """Whether a turn whose key starts with ``prefix`` is still queued (or being retried)."""
+        escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        rows = self._query("SELECT 1 FROM inbox WHERE status = 'pending' AND key LIKE ? ESCAPE '\\' LIMIT 1",
+                           (escaped + "%",))
+        return bool(rows)
 
     def inbox_done(self, item_id: int) -> None:
         with self.transaction() as conn:
@@ -404,7 +562,7 @@ class StateDB:
 
     def update_task(self, task_id: str, **fields: Any) -> Task:
         allowed = {"state", "result_status", "result_summary", "dispatch_count", "last_progress_at", "assignee", "model",
-                   "stalled_at"}
+                   "stalled_at", "stuck"}
         if not set(fields) <= allowed:
             raise ValueError(f"cannot update {set(fields) - allowed}")
         values = [v.value if hasattr(v, "value") else v for v in fields.values()]

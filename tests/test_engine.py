@@ -1,13 +1,14 @@
 """The task engine's bookkeeping, step by step through the demo's project flow.
 
 Channel, storage and provisioner are small in-memory fakes here because only the engine's own
-logic is under test; the same flow runs on the real components in the team integration test
-and in `hiclaw demo`.
+logic is under test (the outbox that delivers the engine's messages is the real one); the same
+flow runs on the real components in the team integration test and in `hiclaw demo`.
 """
 from __future__ import annotations
 
 import pytest
 
+from hiclaw.control.outbox import Outbox
 from hiclaw.errors import InvalidInputError
 from hiclaw.manager.engine import TaskEngine, parse_result
 from hiclaw.models import TaskState
@@ -29,9 +30,10 @@ class MemoryStorage:
 class FakeChat:
     manager_room = "!manager"
 
-    def __init__(self):
+    def __init__(self, state):
         self.posts = []
         self.keys = set()
+        self.outbox = Outbox(state, self)
 
     async def post(self, room_id, text, *, mentions=(), key=None):
         if key in self.keys:
@@ -39,6 +41,15 @@ class FakeChat:
         self.keys.add(key)
         self.posts.append((room_id, text, tuple(mentions)))
         return f"$e{len(self.posts)}"
+
+    send = post
+
+    async def flush(self):
+        await self.outbox.deliver_pending()
+
+    async def resolve(self, room):
+        kind, _, name = room.partition(":")
+        return {"manager": self.manager_room, "worker": f"!worker-{name}", "project": f"!project-{name}"}[kind]
 
     async def project_room(self, project, members):
         return f"!project-{project.id}"
@@ -66,7 +77,7 @@ def team(tmp_path):
         if key not in {w[2] for w in wakes}:
             wakes.append((room, text, key, origin))
 
-    engine = TaskEngine(state=state, storage=MemoryStorage(), chat=FakeChat(), access=Access(), wake_manager=wake)
+    engine = TaskEngine(state=state, storage=MemoryStorage(), chat=FakeChat(state), access=Access(), wake_manager=wake)
     engine.wakes = wakes
     yield engine
     state.close()

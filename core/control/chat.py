@@ -1,11 +1,13 @@
-"""The engine's view of the channel: idempotent posts and the team's rooms."""
+"""The engine's view of the channel: idempotent posts, the transactional outbox's delivery, and
+the team's rooms."""
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
+from hiclaw.errors import InvalidInputError
 from hiclaw.protocols import RoomDirectory
-from hiclaw.state import Project
+from hiclaw.state import ROOM_MANAGER, Project
 
 
 class ControlChat:
@@ -22,6 +24,36 @@ class ControlChat:
         return [self.plane.admin, "manager"]
 
     async def post(self, room_id: str, text: str, *, mentions: Sequence[str] = (), key: str | None = None) -> str:
+        """Post now — a message no state change waits for (those go through the outbox:
+        ``state.enqueue_message`` then :meth:`flush`). What the outbox holds is posted first."""
+        await self.flush()
+        return await self.send(room_id, text, mentions=mentions, key=key)
+
+    async def flush(self) -> None:
+        """Deliver the messages recorded with state changes (:mod:`hiclaw.control.outbox`)."""
+        outbox = getattr(self.plane, "outbox", None)
+        if outbox is not None:
+            await outbox.deliver_pending()
+
+    async def resolve(self, room: str) -> str:
+        """The room id of a pending message's room key (``manager``, ``worker:<name>``,
+        ``project:<id>``), creating the room if needed; a room id is returned as it is."""
+        if room.startswith("!"):
+            return room
+        if room == ROOM_MANAGER:
+            return self.manager_room or await self.ensure_manager_room()
+        kind, _, name = room.partition(":")
+        if kind == "worker" and name:
+            return await self.worker_room(name)
+        if kind == "project" and name:
+            room_id = self.plane.state.project(name).room_id
+            if room_id:
+                return str(room_id)
+            raise InvalidInputError(f"{name} has no room yet", hint="it is created when the plan is confirmed")
+        raise InvalidInputError(f"unknown room key {room!r}")
+
+    async def send(self, room_id: str, text: str, *, mentions: Sequence[str] = (), key: str | None = None) -> str:
+        """Post now, once per ``key`` (recorded in the state DB's outbox of sent keys)."""
         state = self.plane.state
         if key is not None:
             sent = state.outbox_get(key)

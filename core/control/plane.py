@@ -1,9 +1,10 @@
 """The control plane: one asyncio process that runs the team (`hiclaw up`).
 
 Start order: state DB → channel services (embedded homeserver) → gateway → storage → sandbox
-supervisor → control API → Manager account, token and room → channel sync → reconcile workers
-→ pick up results reported while it was down. Ctrl-C (or SIGTERM) stops everything it started,
-workers included. Restart = reconcile: nothing is recreated that exists, nothing posted twice.
+supervisor → control API → Manager account, token and room → channel sync → the messages a crash
+left in the outbox (before anything else posts) → reconcile workers → pick up results reported
+while it was down. Ctrl-C (or SIGTERM) stops everything it started, workers included.
+Restart = reconcile: nothing is recreated that exists, nothing posted twice, nothing lost.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from hiclaw.agent.prompt import quote
 from hiclaw.config import HiclawConfig, Secrets
 from hiclaw.control.api import ControlAPI
 from hiclaw.control.chat import ControlChat
+from hiclaw.control.outbox import Outbox, crash_hook_for_tests
 from hiclaw.control.provisioner import Provisioner
 from hiclaw.control.scheduler import Scheduler
 from hiclaw.control.scheduler import admin_action as schedule_admin_action
@@ -185,6 +187,8 @@ class ControlPlane:
 
         self.skills = TeamSkills(self)
         self.chat = ControlChat(self)
+        self.outbox = Outbox(self.state, self.chat, admin=ADMIN)
+        self.state.on_message_committed = crash_hook_for_tests(self.home)
         self.provisioner = Provisioner(self)
         self.engine = TaskEngine(state=self.state, storage=self.storage, chat=self.chat, access=self.provisioner,
                                  wake_manager=self.wake_manager, yolo=self.config.team.yolo, admin=ADMIN,
@@ -216,6 +220,10 @@ class ControlPlane:
         self.progress("channel: connecting as the Manager")
         await self.channel.start()
         await self.chat.ensure_manager_room()
+        delivered = await self.outbox.deliver_pending()  # what a crash left between a state change and its post
+        if delivered:
+            self.progress(f"outbox: delivered {delivered} message(s) a crash had left pending")
+        self.outbox.start()
         self._inbox_task = asyncio.create_task(self._inbox_loop(), name="manager-inbox")
 
         workers = [w for w in self.state.workers() if w.state == "active"]
@@ -243,6 +251,7 @@ class ControlPlane:
         started = self.__dict__
         steps = (  # (attribute that must exist, what to call)
             ("watchdog", lambda: self.watchdog.stop()),  # noqa: PLW0108 - lazy; first: it would restart stopping workers
+            ("outbox", lambda: self.outbox.stop()),  # noqa: PLW0108 - lazy: may be unset
             ("scheduler", lambda: self.scheduler.stop()),  # noqa: PLW0108 - lazy: may be unset
             ("state", lambda: self.host.shutdown(self.runtime_context())),
             ("supervisor", lambda: self.supervisor.close()),  # noqa: PLW0108 - lazy: may be unset

@@ -7,8 +7,11 @@ propose → (admin confirms | YOLO) → project room → dispatch ready tasks (s
 worker reports (result.md) → Manager judges → accept (dispatch newly ready) | revision task |
 blocked (escalate) → all done → report.
 
-Restart safety: state lives in the DB; every message carries an idempotency key derived from
-what it announces (``assign:<task>:<n>``), so re-running a step after a crash never posts twice.
+Restart safety: state lives in the DB; a message that announces a state change is recorded in
+the same transaction as the change (the transactional outbox, :mod:`hiclaw.control.outbox`) and
+posted by ``chat.flush()`` — or, after a crash, at the next boot — so neither is ever lost without
+the other. Every message carries an idempotency key derived from what it announces
+(``assign:<task>:<n>``), so re-running a step after a crash never posts twice.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ from hiclaw.errors import InvalidInputError
 from hiclaw.manager.origin import Origin
 from hiclaw.manager.plan import PlannedTask, parse_plan, render_plan, validate_plan
 from hiclaw.models import ResultStatus, TaskRecord, TaskResult, TaskState
-from hiclaw.state import Project, StateDB, Task
+from hiclaw.state import ROOM_MANAGER, Project, StateDB, Task, room_of_project, room_of_worker
 from hiclaw.storage import layout
 
 log = logging.getLogger(__name__)
@@ -40,6 +43,9 @@ class TeamChat(Protocol):
     manager_room: str
 
     async def post(self, room_id: str, text: str, *, mentions: Sequence[str] = (), key: str | None = None) -> str: ...
+
+    async def flush(self) -> None:
+        """Post the messages recorded with state changes (``StateDB.enqueue_message``), in order."""
 
     async def project_room(self, project: Project, members: Sequence[str]) -> str: ...
 
@@ -145,22 +151,25 @@ class TaskEngine:
         existing = [t.id for t in self.state.tasks()]
         number = int(self.state.next_task_id().rsplit("-", 1)[1])
         validated = validate_plan(planned, workers=workers, next_id=number, existing=existing)
-        created = self.state.add_tasks(project_id, validated)
-        self.state.update_project(project_id, state="awaiting_confirmation")
-        plan_text = await self.render(project_id)
-        self.state.log_event("plan.proposed", project_id, tasks=[t.id for t in created])
+        with self.state.transaction():
+            created = self.state.add_tasks(project_id, validated)
+            project = self.state.update_project(project_id, state="awaiting_confirmation")
+            plan_text = render_plan(project, self.state.tasks(project_id=project_id))
+            self.state.log_event("plan.proposed", project_id, tasks=[t.id for t in created])
+            if self.yolo:
+                self.state.enqueue_message(f"plan:{project_id}:{len(existing)}", ROOM_MANAGER,
+                                           f"Plan for **{project.title}** (YOLO mode, starting now):\n\n"
+                                           + _plan_lines(plan_text))
+            else:
+                self.state.enqueue_message(
+                    f"plan:{project_id}:{len(existing)}", ROOM_MANAGER,
+                    f"@{self.admin} here is the plan for **{project.title}** ({project_id}). "
+                    f"Reply to me with *confirm* to start it, or tell me what to change.\n\n" + _plan_lines(plan_text)
+                    + f"\n\nFull plan: `{layout.project_plan(project_id)}`", [self.admin])
+        await self.render(project_id)
+        await self.chat.flush()
         if self.yolo:
-            await self.chat.post(self.chat.manager_room, f"Plan for **{project.title}** (YOLO mode, starting now):\n\n"
-                                 + _plan_lines(plan_text), key=f"plan:{project_id}:{len(existing)}")
             await self.confirm_plan(project_id)
-        else:
-            await self.chat.post(
-                self.chat.manager_room,
-                f"@{self.admin} here is the plan for **{project.title}** ({project_id}). "
-                f"Reply to me with *confirm* to start it, or tell me what to change.\n\n" + _plan_lines(plan_text)
-                + f"\n\nFull plan: `{layout.project_plan(project_id)}`",
-                mentions=[self.admin], key=f"plan:{project_id}:{len(existing)}",
-            )
         return created
 
     async def confirm_plan(self, project_id: str) -> Project:
@@ -172,11 +181,13 @@ class TaskEngine:
                                     hint="propose a plan first with propose_plan")
         assignees = sorted({t.assignee for t in self.state.tasks(project_id=project_id)})
         room_id = await self.chat.project_room(project, assignees)
-        project = self.state.update_project(project_id, state="running", room_id=room_id)
-        self.state.log_event("plan.confirmed", project_id)
+        with self.state.transaction():
+            project = self.state.update_project(project_id, state="running", room_id=room_id)
+            self.state.log_event("plan.confirmed", project_id)
+            self.state.enqueue_message(f"project-start:{project_id}", room_of_project(project_id),
+                                       f"Project **{project.title}** started. Plan: `{layout.project_plan(project_id)}`")
         await asyncio.gather(*(self.access.refresh_access(worker) for worker in assignees))
-        await self.chat.post(room_id, f"Project **{project.title}** started. Plan: `{layout.project_plan(project_id)}`",
-                             key=f"project-start:{project_id}")
+        await self.chat.flush()
         await self.dispatch_ready(project_id)
         return project
 
@@ -232,18 +243,20 @@ class TaskEngine:
         spec = render_spec(task, project, self.task_inputs(task), attempt=attempt)
         await self.storage.put(layout.task_spec(task.id), spec.encode())
         await self.access.refresh_access(task.assignee)
-        self.state.update_task(task.id, state=TaskState.IN_PROGRESS, dispatch_count=attempt,
-                               result_status=None, result_summary=None)
-        await self._sync_assignments(task.assignee)  # before the mention wakes the worker
         lines = [f"@{task.assignee} **{task.id}** is yours: {task.title}" + (" (re-check)" if attempt > 1 else ""),
                  f"Spec: `{layout.task_spec(task.id)}`"]
         inputs = self.task_inputs(task)
         if inputs:
             lines.append("Inputs: " + ", ".join(f"`{p}`" for p in inputs))
         lines.append(f"Report with `report_result` when done (writes `{layout.task_result(task.id)}`).")
-        room = project.room_id if project and project.room_id else await self.chat.worker_room(task.assignee)
-        await self.chat.post(room, "\n".join(lines), mentions=[task.assignee], key=f"assign:{task.id}:{attempt}")
-        self.state.log_event("task.dispatched", task.id, assignee=task.assignee, attempt=attempt)
+        room = room_of_project(project.id) if project and project.room_id else room_of_worker(task.assignee)
+        with self.state.transaction():
+            self.state.update_task(task.id, state=TaskState.IN_PROGRESS, dispatch_count=attempt,
+                                   result_status=None, result_summary=None)
+            self.state.enqueue_message(f"assign:{task.id}:{attempt}", room, "\n".join(lines), [task.assignee])
+            self.state.log_event("task.dispatched", task.id, assignee=task.assignee, attempt=attempt)
+        await self._sync_assignments(task.assignee)  # before the mention wakes the worker
+        await self.chat.flush()
 
     async def _sync_assignments(self, worker: str) -> None:
         if isinstance(self.access, AssignmentSync):
@@ -278,13 +291,14 @@ class TaskEngine:
             status = ResultStatus.SUCCESS_WITH_NOTES
         summary = str(meta.get("summary") or (body.strip().splitlines()[0] if body.strip() else ""))[:300]
         if status is ResultStatus.BLOCKED:
-            self.state.update_task(task_id, state=TaskState.BLOCKED, result_status=status, result_summary=summary)
+            with self.state.transaction():
+                self.state.update_task(task_id, state=TaskState.BLOCKED, result_status=status, result_summary=summary)
+                self.state.enqueue_message(f"blocked:{task_id}:{task.dispatch_count}", ROOM_MANAGER,
+                                           f"@{self.admin} **{task_id}** ({task.title}) is blocked — {task.assignee} "
+                                           f"says: {summary}\nResult: `{layout.task_result(task_id)}`", [self.admin])
+                self.state.log_event("task.blocked", task_id, summary=summary)
             await self._rerender(task)
-            await self.chat.post(self.chat.manager_room,
-                                 f"@{self.admin} **{task_id}** ({task.title}) is blocked — {task.assignee} says: "
-                                 f"{summary}\nResult: `{layout.task_result(task_id)}`",
-                                 mentions=[self.admin], key=f"blocked:{task_id}:{task.dispatch_count}")
-            self.state.log_event("task.blocked", task_id, summary=summary)
+            await self.chat.flush()
             await self._after(task_id, status, summary)
             return True
         self.state.update_task(task_id, state=TaskState.REVIEW, result_status=status, result_summary=summary)
@@ -331,13 +345,14 @@ class TaskEngine:
 
     async def accept_task(self, task_id: str, note: str = "") -> Task:
         task = self._judgeable(task_id)
-        task = self.state.update_task(task_id, state=TaskState.DONE)
+        with self.state.transaction():
+            task = self.state.update_task(task_id, state=TaskState.DONE)
+            self.state.log_event("task.accepted", task_id, note=note)
+            # A finished revision sends its original back for a re-check.
+            for original in [t for t in self.state.tasks() if t.id == task.revision_of and t.state is TaskState.REVISION]:
+                if not [t for t in self.state.tasks() if t.revision_of == original.id and t.state not in FINAL]:
+                    self.state.update_task(original.id, state=TaskState.PENDING)
         await self._sync_assignments(task.assignee)
-        self.state.log_event("task.accepted", task_id, note=note)
-        # A finished revision sends its original back for a re-check.
-        for original in [t for t in self.state.tasks() if t.id == task.revision_of and t.state is TaskState.REVISION]:
-            if not [t for t in self.state.tasks() if t.revision_of == original.id and t.state not in FINAL]:
-                self.state.update_task(original.id, state=TaskState.PENDING)
         await self._after(task_id, task.result_status or ResultStatus.SUCCESS, task.result_summary or "")
         if task.project_id:
             await self.render(task.project_id)
@@ -354,9 +369,10 @@ class TaskEngine:
         revision = Task(id=self.state.next_task_id(), title=f"Revise: {original.title}", assignee=who,
                         spec=f"Revision requested for {original.id} ({original.title}).\n\nFeedback:\n{feedback.strip()}",
                         revision_of=original.id, model=original.model)
-        self.state.add_tasks(original.project_id, [revision])
-        self.state.update_task(original.id, state=TaskState.REVISION)
-        self.state.log_event("task.revision", original.id, revision=revision.id, assignee=who)
+        with self.state.transaction():
+            self.state.add_tasks(original.project_id, [revision])
+            self.state.update_task(original.id, state=TaskState.REVISION)
+            self.state.log_event("task.revision", original.id, revision=revision.id, assignee=who)
         if original.project_id:
             await self.render(original.project_id)
             await self.access.refresh_access(who)
@@ -367,11 +383,13 @@ class TaskEngine:
         task = self.state.task(task_id)
         if task.state in FINAL:
             raise InvalidInputError(f"{task_id} is already {task.state.value}")
-        self.state.update_task(task_id, state=TaskState.BLOCKED, result_summary=reason[:300])
+        with self.state.transaction():
+            self.state.update_task(task_id, state=TaskState.BLOCKED, result_summary=reason[:300])
+            self.state.enqueue_message(f"blocked-by-manager:{task_id}:{task.dispatch_count}", ROOM_MANAGER,
+                                       f"@{self.admin} **{task_id}** ({task.title}) is blocked: {reason}", [self.admin])
+            self.state.log_event("task.blocked", task_id, reason=reason)
         await self._rerender(task)
-        await self.chat.post(self.chat.manager_room, f"@{self.admin} **{task_id}** ({task.title}) is blocked: {reason}",
-                             mentions=[self.admin], key=f"blocked-by-manager:{task_id}:{task.dispatch_count}")
-        self.state.log_event("task.blocked", task_id, reason=reason)
+        await self.chat.flush()
         await self._after(task_id, ResultStatus.BLOCKED, reason)
         return self.state.task(task_id)
 
@@ -393,9 +411,10 @@ class TaskEngine:
         project = self.state.project(project_id)
         if project.state != "running" or not tasks or any(t.state not in FINAL for t in tasks):
             return
-        self.state.update_project(project_id, state="done")
+        with self.state.transaction():
+            self.state.update_project(project_id, state="done")
+            self.state.log_event("project.done", project_id)
         await self.render(project_id)
-        self.state.log_event("project.done", project_id)
         await self.wake_for_report(project_id)
 
     async def wake_for_report(self, project_id: str) -> None:
@@ -412,17 +431,15 @@ class TaskEngine:
 
     async def reconcile(self) -> None:
         """Finish every step a crash may have interrupted. Each step is keyed, so whatever had
-        already happened is not done again: a queued review is not queued twice, an escalation is
-        not posted twice, a ready task is dispatched once."""
+        already happened is not done again: a queued review is not queued twice, a ready task is
+        dispatched once. (Messages recorded with a state change — assignments, escalations, plans
+        — need nothing here: the outbox delivered them before this runs.)"""
         for task in self.state.tasks(states=[TaskState.REVIEW]):
             await self.wake_for_review(task)
-        for task in self.state.tasks(states=[TaskState.BLOCKED]):
-            await self.chat.post(self.chat.manager_room,
-                                 f"@{self.admin} **{task.id}** ({task.title}) is blocked — {task.assignee} says: "
-                                 f"{task.result_summary}\nResult: `{layout.task_result(task.id)}`",
-                                 mentions=[self.admin], key=f"blocked:{task.id}:{task.dispatch_count}")
         for project in self.state.projects():
-            if project.state == "running":
+            if project.state == "awaiting_confirmation":
+                await self.render(project.id)
+            elif project.state == "running":
                 await self.render(project.id)
                 await self.dispatch_ready(project.id)
                 await self._maybe_finish(project.id)

@@ -6,6 +6,7 @@ markers always match the tasks' states: ``[ ]`` pending, ``[~]`` in progress, ``
 """
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Sequence
 
@@ -16,6 +17,22 @@ from hiclaw.models import TaskState
 from hiclaw.state import Project, Task
 
 TASK_ID = re.compile(r"^task-\d{3,}$")
+
+
+def stuck_value(task: Task, note: str) -> str:
+    """What to store in ``Task.stuck``: the note, for the task's current state and dispatch only."""
+    return json.dumps({"state": task.state.value, "dispatch": task.dispatch_count, "note": note}, ensure_ascii=False)
+
+
+def stuck_note(task: Task) -> str | None:
+    """The task's stuck note if it was made for its current state and dispatch (else it is stale)."""
+    try:
+        data = json.loads(task.stuck or "")
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or (data.get("state"), data.get("dispatch")) != (task.state.value, task.dispatch_count):
+        return None
+    return str(data.get("note") or "") or None
 
 
 class PlannedTask(BaseModel):
@@ -144,5 +161,8 @@ def render_plan(project: Project, tasks: Sequence[Task]) -> str:
             lines.append(f"  - result: {task.result_status.value}" + (f" — {task.result_summary}" if task.result_summary else ""))
         if task.stalled_at and task.state is TaskState.IN_PROGRESS:  # a note, not a state: the marker stays [~]
             lines.append(f"  - stalled since {task.stalled_at}: no progress for two heartbeat intervals")
+        note = stuck_note(task)
+        if note:
+            lines.append(f"  - stuck: {note}")
     lines.append("")
     return "\n".join(lines)

@@ -6,6 +6,13 @@
     up.kill()                     # SIGKILL: a crash
     await up.start_and_wait_async()
     up.stop()                     # Ctrl-C; also stops what a crash left running (hiclaw down)
+
+A crash at an exact point, without sleeps: ``up.crash_after("outbox:assign:task-002")`` before
+``start()`` makes that `hiclaw up` SIGKILL itself right after it commits the outbox entry
+``assign:task-002`` (or ``assign:task-002:<n>``) — a state change recorded, its message not yet
+posted (:func:`hiclaw.control.outbox.crash_hook_for_tests`); ``await up.wait_for_crash()`` then
+returns once it died. The hook needs both the variable and a marker file in the home, and it
+removes the marker when it fires, so it fires once and never outside a test.
 """
 from __future__ import annotations
 
@@ -68,6 +75,28 @@ class UpProcess:
     def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "hiclaw", *args], env=self.env, capture_output=True, text=True,
                               timeout=timeout, check=False)
+
+    def crash_after(self, point: str) -> None:
+        """Arm the test-only crash hook for the next start (see the module docstring)."""
+        from hiclaw.control.outbox import CRASH_ENV, CRASH_FILE
+
+        marker = self.home / CRASH_FILE
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(point)
+        self.env[CRASH_ENV] = point
+
+    async def wait_for_crash(self, timeout: float = 300) -> int:
+        """Wait until the armed hook killed the process; its exit code (−SIGKILL)."""
+        from hiclaw.control.outbox import CRASH_ENV
+
+        assert self.proc is not None
+        started = time.perf_counter()
+        while self.proc.poll() is None:
+            if time.perf_counter() - started > timeout:
+                raise TimeoutError(f"hiclaw up did not crash at {self.env.get(CRASH_ENV)} within {timeout:.0f}s")
+            await asyncio.sleep(0.05)  # polling the child with a deadline
+        self.env.pop(CRASH_ENV, None)
+        return self.proc.returncode
 
     def kill(self) -> None:
         assert self.proc is not None
