@@ -107,6 +107,32 @@ class SkillsConfig(_Section):
         return value
 
 
+def machine_timezone() -> str:
+    """This machine's IANA time zone (``TZ``, ``/etc/timezone``, the ``/etc/localtime`` link), else ``UTC``."""
+    from zoneinfo import ZoneInfo
+
+    candidates = [os.environ.get("TZ", "").lstrip(":")]
+    try:
+        candidates.append(Path("/etc/timezone").read_text().strip())
+    except OSError:
+        pass
+    try:
+        target = str(Path("/etc/localtime").resolve())
+        candidates.append(target.split("zoneinfo/", 1)[1] if "zoneinfo/" in target else "")
+    except OSError:
+        pass
+    for name in candidates:
+        if name in ("Etc/UTC", "Etc/UCT", "Etc/Universal", "Etc/Zulu", "UCT", "Universal", "Zulu"):
+            return "UTC"
+        if name and not name.startswith("/"):
+            try:
+                ZoneInfo(name)
+                return name
+            except Exception:  # noqa: BLE001, S112 - not a zone name: try the next source
+                continue
+    return "UTC"
+
+
 class TeamConfig(_Section):
     manager_model: str = "smart"
     worker_model: str = "smart"
@@ -123,6 +149,33 @@ class TeamConfig(_Section):
     #: (a worker's own task assignments do not count); beyond it the agent stays silent there
     #: and the admin is told once in the Manager room. Stops mention loops.
     max_turns_per_room_per_minute: int = Field(default=10, ge=1)
+    #: Revision rounds one planned task may go through (its revisions, and theirs); asking for one
+    #: more blocks the task and tells the admin why.
+    max_revision_rounds: int = Field(default=3, ge=0)
+    #: The team's IANA time zone: the Manager's sense of "today", one-shot reminders (``--at``),
+    #: schedules without ``--tz``, daily reports. Default: the machine's zone.
+    timezone: str = Field(default_factory=machine_timezone)
+    #: The Manager sees the last ``history_messages`` messages of the room it answers in, at most
+    #: ``history_tokens`` tokens of them (≈ 4 characters each); older ones are folded into a
+    #: running summary per room (0 messages: no history).
+    history_messages: int = Field(default=40, ge=0, le=200)
+    history_tokens: int = Field(default=2000, ge=500)
+    #: The model alias that writes those summaries (default ``cheap`` if it exists, else the
+    #: Manager's model); ``"none"``: summaries are made by code, without a model call.
+    summary_model: str | None = None
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        name = value.strip()
+        try:
+            ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            raise ValueError(f"unknown time zone {value!r}: use an IANA name such as Europe/Paris, "
+                             "America/New_York or UTC") from None
+        return name
 
     @field_validator("worker_budget_usd", mode="before")
     @classmethod

@@ -247,6 +247,16 @@ class RoomDirectory(Protocol):
 
 
 @runtime_checkable
+class RoomHistoryReader(Protocol):
+    """A channel that can read a room's recent messages back. The Manager's turns get the recent
+    exchange of their room from it (:mod:`hiclaw.manager.history`); without it, only the messages
+    buffered since the Manager last spoke there, and the room's running summary."""
+
+    async def history(self, room_id: str, limit: int = 20) -> list[ChatMessage]:
+        """The last ``limit`` messages of ``room_id`` (its own included), oldest first."""
+
+
+@runtime_checkable
 class TokenChecker(Protocol):
     """A gateway that can confirm a token. Without it, a worker that outlived a crash of the
     control plane is restarted with a new token instead of being adopted."""
@@ -274,8 +284,11 @@ class UsageLedger(Protocol):
     """A gateway that meters usage. Without it, ``hiclaw usage`` and the Manager's usage report
     say that the gateway keeps no ledger."""
 
-    async def usage(self, by: str | Sequence[str] = "consumer", since: Any = None) -> list[dict[str, Any]]:
-        """Totals (tokens, cost) grouped by ``by`` (consumer, task, project, model)."""
+    async def usage(self, by: str | Sequence[str] = "consumer", since: Any = None, until: Any = None) -> list[dict[str, Any]]:
+        """Totals (tokens, cost) grouped by ``by`` (consumer, task, project, model), of the calls
+        from ``since`` to ``until`` (Unix times, datetimes, ISO dates or durations back from now;
+        ``None``: unbounded). A gateway written before ``until`` existed may lack it: the control
+        plane then passes it only when a range end is asked for."""
 
 
 @runtime_checkable

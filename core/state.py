@@ -109,7 +109,9 @@ CREATE TABLE IF NOT EXISTS schedules (
     message TEXT NOT NULL,
     assignee TEXT NOT NULL,
     last_run TEXT,
-    created_at TEXT NOT NULL
+    created_at TEXT NOT NULL,
+    kind TEXT NOT NULL DEFAULT 'task',         -- task (a worker's) | remind (the admin) | report (the Manager's)
+    at TEXT                                    -- a one-shot run's time (UTC); cron is '' then
 );
 CREATE TABLE IF NOT EXISTS inbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -171,6 +173,7 @@ class Project(BaseModel):
     goal: str = ""
     state: str = "planning"
     room_id: str | None = None
+    version: int = 0  # of its plan: 1 when first proposed, +1 at every replacement or revision
     created_at: str = ""
     updated_at: str = ""
 
@@ -214,12 +217,14 @@ class PendingMessage(BaseModel):
 
 class Schedule(BaseModel):
     name: str
-    cron: str
+    cron: str  # '' for a one-shot run (``at``)
     timezone: str = "UTC"
     message: str
-    assignee: str
+    assignee: str  # a worker (kind task), the admin (remind), the Manager (report)
     last_run: str | None = None
     created_at: str = ""
+    kind: str = "task"
+    at: str | None = None
 
 
 class StateDB:
@@ -268,8 +273,16 @@ class StateDB:
         columns = {row[1] for row in self._conn.execute("PRAGMA table_info(tasks)")}
         if "stalled_at" not in columns:
             self._conn.execute("ALTER TABLE tasks ADD COLUMN stalled_at TEXT")
+        scheduled = {row[1] for row in self._conn.execute("PRAGMA table_info(schedules)")}
+        if "kind" not in scheduled:
+            self._conn.execute("ALTER TABLE schedules ADD COLUMN kind TEXT NOT NULL DEFAULT 'task'")
+        if "at" not in scheduled:
+            self._conn.execute("ALTER TABLE schedules ADD COLUMN at TEXT")
         if "stuck" not in columns:  # why its owner cannot move it on (plan.md note; hiclaw.control.ownership)
             self._conn.execute("ALTER TABLE tasks ADD COLUMN stuck TEXT")
+        projects = {row[1] for row in self._conn.execute("PRAGMA table_info(projects)")}
+        if "version" not in projects:  # the plan's version (hiclaw.manager.revise)
+            self._conn.execute("ALTER TABLE projects ADD COLUMN version INTEGER NOT NULL DEFAULT 0")
         inbox = {row[1] for row in self._conn.execute("PRAGMA table_info(inbox)")}
         for column, kind in INBOX_RETRY_COLUMNS:  # failed Manager turns retried (hiclaw.control.turns)
             if column not in inbox:
@@ -362,6 +375,11 @@ class StateDB:
             self._new_messages.append(key)
             return True
 
+    def discard_message(self, key: str) -> bool:
+        """Drop a message not delivered yet (superseded, e.g. an older plan's); False if there is none."""
+        with self.transaction() as conn:
+            return conn.execute("DELETE FROM pending_messages WHERE key = ?", (key,)).rowcount == 1
+
     def pending_messages(self) -> list[PendingMessage]:
         rows = self._query("SELECT * FROM pending_messages ORDER BY id")
         return [PendingMessage(**dict(r) | {"mentions": json.loads(r["mentions"]), "alerted": bool(r["alerted"])})
@@ -417,13 +435,6 @@ class StateDB:
         """``pending``, ``done`` or ``failed`` for a queued key; ``None`` if never queued."""
         rows = self._query("SELECT status FROM inbox WHERE key = ?", (key,))
         return str(rows[0]["status"]) if rows else None
-
-    def inbox_pending_like(self, prefix: str) -> bool:
-        """Whether a turn whose key starts with ``prefix`` is still queued (or being retried)."""
-        escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        rows = self._query("SELECT 1 FROM inbox WHERE status = 'pending' AND key LIKE ? ESCAPE '\\' LIMIT 1",
-                           (escaped + "%",))
-        return bool(rows)
 
     def inbox_done(self, item_id: int) -> None:
         with self.transaction() as conn:
@@ -503,7 +514,7 @@ class StateDB:
         return [Project(**dict(r)) for r in self._query("SELECT * FROM projects ORDER BY created_at, id")]
 
     def update_project(self, project_id: str, **fields: Any) -> Project:
-        allowed = {"title", "goal", "state", "room_id"}
+        allowed = {"title", "goal", "state", "room_id", "version"}
         if not set(fields) <= allowed:
             raise ValueError(f"cannot update {set(fields) - allowed}")
         assignments = ", ".join(f"{k} = ?" for k in fields)
@@ -560,6 +571,21 @@ class StateDB:
     def next_task_id(self) -> str:
         return self.next_id("task", "tasks")
 
+    def delete_tasks(self, task_ids: Sequence[str]) -> None:
+        """Remove tasks that never started (a plan replaced before it was confirmed), with their
+        dependencies; in the caller's transaction."""
+        marks = ", ".join("?" for _ in task_ids)
+        with self.transaction() as conn:
+            conn.execute(f"DELETE FROM task_deps WHERE task_id IN ({marks}) OR depends_on IN ({marks})",  # noqa: S608 - placeholders only
+                         (*task_ids, *task_ids))
+            conn.execute(f"DELETE FROM tasks WHERE id IN ({marks})", tuple(task_ids))  # noqa: S608 - placeholders only
+
+    def set_dependencies(self, task_id: str, depends_on: Sequence[str]) -> None:
+        """Replace a task's dependencies (a revised plan); in the caller's transaction."""
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM task_deps WHERE task_id = ?", (task_id,))
+            conn.executemany("INSERT INTO task_deps(task_id, depends_on) VALUES (?, ?)", [(task_id, d) for d in depends_on])
+
     def update_task(self, task_id: str, **fields: Any) -> Task:
         allowed = {"state", "result_status", "result_summary", "dispatch_count", "last_progress_at", "assignee", "model",
                    "stalled_at", "stuck"}
@@ -585,10 +611,10 @@ class StateDB:
     def upsert_schedule(self, schedule: Schedule) -> Schedule:
         with self.transaction() as conn:
             conn.execute(
-                "INSERT OR REPLACE INTO schedules(name, cron, timezone, message, assignee, last_run, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO schedules(name, cron, timezone, message, assignee, last_run, created_at,"
+                " kind, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (schedule.name, schedule.cron, schedule.timezone, schedule.message, schedule.assignee,
-                 schedule.last_run, schedule.created_at or now_iso()),
+                 schedule.last_run, schedule.created_at or now_iso(), schedule.kind, schedule.at),
             )
         return self.schedule(schedule.name)
 

@@ -14,7 +14,7 @@ from hiclaw.testing import clean_env
 
 
 def run(cli, home, *args, code=0):
-    env = clean_env(home)
+    env = clean_env(home, TZ="UTC")  # schedules without --tz are in the team's zone, by default the machine's
     result = subprocess.run([str(cli), "schedule", *args], capture_output=True, text=True, env=env, timeout=60, check=False)
     assert result.returncode == code, result.stdout + result.stderr
     return result

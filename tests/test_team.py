@@ -34,7 +34,7 @@ def test_demo_command_passes(tmp_path):
                               timeout=120, check=False)
 
     plan = cli("project", "show", "proj-001").stdout
-    assert plan.count("- [x] task-") == 6 and "task-006 Revise: Product acceptance — @sam (revision of task-004" in plan
+    assert plan.count("- [x] task-") == 6 and "task-006 Add model-selection guidance — @sam (after task-003; revision of task-004" in plan
     task = json.loads(cli("task", "show", "task-004", "--json").stdout)
     assert task["attempts"] == 2 and task["result"] == "SUCCESS" and "attempt: 2" in task["spec"]
     assert task["result_markdown"].startswith("---\ntask: task-004")

@@ -205,21 +205,20 @@ async def test_a_quiet_task_is_asked_after_one_interval_and_alerted_after_two(pl
     assert len(plane.chat.posts) == 2 and len(plane.wakes) == 1
 
 
-@pytest.mark.parametrize("signal", ["progress file", "workspace file", "result file", "message", "model call"])
+async def touch(plane, key: str, when: float) -> None:
+    await plane.storage.put(key, b"step")
+    os.utime(plane.storage.local_path(key), (when, when))
+
+
+@pytest.mark.parametrize("signal", ["progress file", "workspace file", "result file"])
 async def test_each_progress_signal_resets_the_quiet_time(plane, clock, signal):
     plane.add_worker("bob")
     task = plane.add_task("bob")
     watchdog = plane.watchdog
     clock.advance(INTERVAL * 0.8)
-    if signal == "message":
-        watchdog.observe(message("bob", "halfway there", when=clock()))
-    elif signal == "model call":
-        plane.gateway.callers = {"bob"}
-    else:
-        key = {"progress file": f"{layout.task_progress_dir(task)}1.md",
-               "workspace file": f"{layout.task_workspace(task)}out.txt", "result file": layout.task_result(task)}[signal]
-        await plane.storage.put(key, b"step")
-        os.utime(plane.storage.local_path(key), (clock(), clock()))
+    key = {"progress file": f"{layout.task_progress_dir(task)}1.md",
+           "workspace file": f"{layout.task_workspace(task)}out.txt", "result file": layout.task_result(task)}[signal]
+    await touch(plane, key, clock())
     assert (await watchdog.tick()).asked == []
     assert plane.state.task(task).last_progress_at is not None
     clock.advance(INTERVAL * 0.8)  # 1.6 intervals after dispatch, 0.8 after the signal
@@ -229,15 +228,17 @@ async def test_each_progress_signal_resets_the_quiet_time(plane, clock, signal):
 
 
 async def test_what_is_not_the_workers_progress_does_not_count(plane, clock):
+    """Task progress is files of the task; chatter and model calls are not — not even the
+    worker's own (a worker answering "still on it" every interval would be asked forever)."""
     plane.add_worker("bob")
     plane.add_worker("carol")
     task = plane.add_task("bob")
     clock.advance(INTERVAL * 0.8)
-    await plane.storage.put(layout.task_spec(task), b"rewritten by the manager")
-    os.utime(plane.storage.local_path(layout.task_spec(task)), (clock(), clock()))
+    await touch(plane, layout.task_spec(task), clock())  # the Manager's
     plane.watchdog.observe(message("carol", "I am busy too", when=clock()))
     plane.watchdog.observe(message("admin", "@bob hurry", mentions=("@bob:test",), when=clock()))
-    plane.gateway.callers = {"carol"}
+    plane.watchdog.observe(message("bob", "still on it, halfway there", when=clock()))
+    plane.gateway.callers = {"carol", "bob"}
     await plane.watchdog.tick()
     clock.advance(INTERVAL * 0.3)
     assert (await plane.watchdog.tick()).asked == [task]
@@ -256,6 +257,8 @@ async def test_progress_after_a_stall_clears_it_and_says_so(plane, clock):
     assert f"[~] {task}" in plan and "stalled since" in plan
     clock.advance(1)
     plane.watchdog.observe(message("bob", "sorry, back on it", when=clock()))
+    assert (await plane.watchdog.tick()).unstalled == []  # words are not progress
+    await touch(plane, f"{layout.task_progress_dir(task)}1.md", clock())
     report = await plane.watchdog.tick()
     assert report.unstalled == [task]
     assert plane.state.task(task).stalled_at is None

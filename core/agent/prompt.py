@@ -1,9 +1,10 @@
 """Lean prompts: identity + rules + a skills catalog + a bounded memory excerpt + this turn.
 
-Room history enters a prompt only as the bounded buffer of unmentioned messages; files are
-referenced by path; skills by name and description until the agent reads one (progressive
-disclosure). Each woken turn starts a fresh conversation, so a worker's prompt at its 50th task
-is about as long as at its first.
+Room history enters a worker's prompt only as the bounded buffer of unmentioned messages (the
+Manager also gets the room's recent exchange, bounded and summarised: :mod:`hiclaw.manager.history`);
+files are referenced by path; skills by name and description until the agent reads one
+(progressive disclosure). Each woken turn starts a fresh conversation, so a worker's prompt at
+its 50th task is about as long as at its first.
 
 Chat text is untrusted (a worker, a skill, a prompt-injected model may have written it), so it
 is quoted *structurally*: each buffered message is one JSON object on one line, its real sender
@@ -36,7 +37,8 @@ def bounded_tail(text: str, limit: int) -> str:
 
 
 def system_prompt(*, identity: str, rules: str = "", skills: Sequence[tuple[str, str]] = (), memory: str = "",
-                  facts: Sequence[str] = ()) -> str:
+                  facts: Sequence[str] = (), read_memory: str = "read_file MEMORY.md") -> str:
+    """``read_memory``: how this agent reads the rest of its memory (the Manager: ``memory_read``)."""
     parts = [identity.strip()]
     if rules.strip():
         parts.append("## Rules\n" + rules.strip())
@@ -46,7 +48,7 @@ def system_prompt(*, identity: str, rules: str = "", skills: Sequence[tuple[str,
                      + catalog)
     if memory.strip():
         excerpt = bounded_tail(memory, MEMORY_EXCERPT_CHARS)
-        more = " (older entries: read_file MEMORY.md)" if excerpt.startswith("…") else ""
+        more = f" (older entries: {read_memory})" if excerpt.startswith("…") else ""
         parts.append(f"## Your memory (most recent part of MEMORY.md{more})\n" + excerpt)
     if facts:
         parts.append("## Facts\n" + "\n".join(f"- {fact}" for fact in facts))

@@ -20,7 +20,9 @@ def run_command() -> None:
 @click.argument("name")
 @click.option("--role", required=True, help="Role and responsibilities (becomes its SOUL.md).")
 @click.option("--model", help="Default model alias (e.g. smart, fast, cheap).")
-@click.option("--skill", "skills", multiple=True, help="A bundled skill to seed (repeatable).")
+@click.option("--skill", "skills", multiple=True,
+              help="A skill: bundled, a registry skill's name, or a source such as owner/repo@skill (repeatable); "
+                   "one that cannot be installed refuses the creation.")
 @click.option("--budget", "budget_usd", type=float, help="Spending limit in USD for its token.")
 @click.option("--network", is_flag=True, help="Give it full network access (default: none but its bridges).")
 @click.option("--json", "as_json", is_flag=True)

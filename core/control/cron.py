@@ -103,6 +103,27 @@ class CronRule:
         return max(first, self.latest_at_or_before(now)), first
 
 
+class OneShot:
+    """A single run time (aware, stored in UTC) in a time zone, with :class:`CronRule`'s interface:
+    it is due once, when ``at`` has come and nothing ran at or after it (``anchor``)."""
+
+    cron = ""
+
+    def __init__(self, at: datetime | str, tz: str) -> None:
+        self.at = (parse_time(at) if isinstance(at, str) else at).astimezone(UTC)
+        self.timezone = tz.strip() if isinstance(tz, str) else tz
+        self.zone = check_timezone(tz)
+
+    def next_after(self, when: datetime) -> datetime | None:
+        return self.at if self.at > when else None
+
+    def latest_at_or_before(self, when: datetime) -> datetime | None:
+        return self.at if self.at <= when else None
+
+    def due(self, anchor: datetime, now: datetime) -> tuple[datetime, datetime] | None:
+        return (self.at, self.at) if anchor < self.at <= now else None
+
+
 def parse_time(text: str) -> datetime:
     value = datetime.fromisoformat(text)
     return value if value.tzinfo else value.replace(tzinfo=UTC)

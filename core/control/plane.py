@@ -13,26 +13,34 @@ import logging
 import secrets as pysecrets
 import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from hiclaw.agent import GatewayClient
 from hiclaw.agent.prompt import quote
 from hiclaw.config import HiclawConfig, Secrets
 from hiclaw.control.api import ControlAPI
 from hiclaw.control.chat import ControlChat
+from hiclaw.control.cron import check_timezone
 from hiclaw.control.outbox import Outbox, crash_hook_for_tests
 from hiclaw.control.provisioner import Provisioner
+from hiclaw.control.questions import WorkerQuestions
 from hiclaw.control.scheduler import Scheduler
 from hiclaw.control.scheduler import admin_action as schedule_admin_action
 from hiclaw.control.skills import TeamSkills
+from hiclaw.control.turns import ManagerTurns, TurnProbe
 from hiclaw.control.watchdog import Watchdog
 from hiclaw.errors import HiclawError, InvalidInputError
 from hiclaw.host import ComponentContext, PluginHost, RuntimeContext
 from hiclaw.manager.agent import ManagerAgent
 from hiclaw.manager.engine import TaskEngine
+from hiclaw.manager.history import for_plane as manager_history
 from hiclaw.manager.origin import ADMIN as ADMIN_ORIGIN
 from hiclaw.manager.origin import Origin
+from hiclaw.manager.report import fallback_for as report_fallback
+from hiclaw.manager.when import now_line
 from hiclaw.models import ChatMessage, ModelRequest, TaskRecord, TaskResult, TaskState, ToolSpec
 from hiclaw.protocols import ChannelServices, Lifecycle, Stoppable, StorageEndpoint, TeamChannel, missing_members
 from hiclaw.state import StateDB
@@ -122,6 +130,10 @@ class ControlPlane:
             if alias not in models:
                 raise ConfigError(f"[{role.split('.')[0]}] {role.split('.')[1]} = {alias!r} is not a model alias",
                                   hint=f"use one of {', '.join(sorted(models))}")
+        summary = self.config.team.summary_model
+        if summary is not None and summary.lower() != "none" and summary not in models:
+            raise ConfigError(f"[team] summary_model = {summary!r} is not a model alias",
+                              hint=f"use one of {', '.join(sorted(models))}, or \"none\" for summaries made by code")
         for alias, spec in models.items():
             if spec.api_key_secret and self.secrets.get(spec.api_key_secret) is None:
                 raise ConfigError(f"model alias {alias!r} needs the secret {spec.api_key_secret!r}, which is not set",
@@ -192,7 +204,7 @@ class ControlPlane:
         self.provisioner = Provisioner(self)
         self.engine = TaskEngine(state=self.state, storage=self.storage, chat=self.chat, access=self.provisioner,
                                  wake_manager=self.wake_manager, yolo=self.config.team.yolo, admin=ADMIN,
-                                 after_task=self._after_task)
+                                 after_task=self._after_task, max_revision_rounds=self.config.team.max_revision_rounds)
         self.scheduler = Scheduler(self)
         self.watchdog = Watchdog(self)  # heartbeat, restarts, re-notices, stalls; idle sleep below
         self.idle = self.watchdog.idle
@@ -203,10 +215,15 @@ class ControlPlane:
         await self._ensure_admin()
         manager_token = await self.gateway.mint_token(MANAGER, models=sorted(self.config.models) or None)
         self.manager_client = GatewayClient(self.gateway.base_url, manager_token)
+        # Watched, so a judgement turn whose model failed is retried, then reported (hiclaw.control.turns).
+        probe = TurnProbe(self.manager_client)
+        self.turns = ManagerTurns(self, probe, self._inbox_wakeup)
+        self.questions = WorkerQuestions(self)
         self.manager = ManagerAgent(
-            client=self.manager_client, tools=self._manager_tools, send=self._manager_send,
+            client=probe, tools=self._manager_tools, send=self._manager_send,
             model=self.config.team.manager_model, read_text=self._manager_file, facts=self._manager_facts,
-            skills=self._manager_skills, display=self.speaker, admin=ADMIN, before_call=self._before_call)
+            skills=self._manager_skills, display=self.speaker, admin=ADMIN, before_call=self._before_call,
+            history=manager_history(self, self.manager_client), fallback_for=self._manager_fallback)
         await self._seed_manager_home()
 
         from hiclaw.wakeup import MentionGate
@@ -322,16 +339,29 @@ class ControlPlane:
                 continue
         return skills
 
+    async def _manager_fallback(self, key: str, why: str) -> tuple[str, str] | None:
+        return await report_fallback(self.storage, key, why)
+
+    def team_zone(self) -> ZoneInfo:
+        return check_timezone(self.config.team.timezone)
+
+    def now(self) -> datetime:
+        """Now, by the scheduler's clock (which tests move)."""
+        scheduler = getattr(self, "scheduler", None)
+        return scheduler.clock.now() if scheduler is not None else datetime.now(UTC)
+
     async def _manager_facts(self) -> list[str]:
         workers = self.state.workers()
-        facts = ["Workers: " + (", ".join(f"{w.name} ({w.role}; model {w.model})" for w in workers) or "none yet")]
+        facts = [now_line(self.now(), self.team_zone()),
+                 "Workers: " + (", ".join(f"{w.name} ({w.role}; model {w.model})" for w in workers) or "none yet")]
         facts.append("Model aliases: " + (", ".join(sorted(self.config.models)) or "default"))
         for project in self.state.projects():
             if project.state in ("done", "cancelled"):
                 continue
             tasks = self.state.tasks(project_id=project.id)
             summary = ", ".join(f"{t.id} {t.state.value}" for t in tasks)
-            facts.append(f"Project {project.id} '{project.title}' is {project.state.replace('_', ' ')}: {summary}")
+            facts.append(f"Project {project.id} '{project.title}' (plan version {project.version}) is "
+                         f"{project.state.replace('_', ' ')}: {summary}")
         if self.config.team.yolo:
             facts.append("YOLO mode: plans start without the admin's confirmation.")
         return facts
@@ -356,6 +386,9 @@ class ControlPlane:
         await self.host.before_model_call(request, self.runtime_context())
 
     async def _manager_send(self, room_id: str, text: str, mentions: Sequence[str], key: str) -> Any:
+        if self.turns.swallow(key, text):
+            return None  # the account of a failed judgement turn: it is retried, or reported once
+        text, mentions = self.questions.route_answer(key, text, mentions)  # an answer goes to who asked
         return await self.chat.post(room_id, text, mentions=[self.display(m) if m.startswith("@") else m for m in mentions],
                                     key=key)
 
@@ -380,8 +413,10 @@ class ControlPlane:
         self._inbox_wakeup.set()
 
     async def _on_untrusted_mention(self, message: ChatMessage) -> None:
-        """Someone other than the admin mentioned the Manager. It starts no Manager turn (the
-        message stays in the room's context for the admin's next mention); code handles it."""
+        """Someone other than the admin mentioned the Manager. It starts no Manager turn of its own
+        (the message stays in the room's context for the admin's next mention); code handles it: a
+        worker's report is collected, its question about a task answered by a judgement-only turn
+        (hiclaw.control.questions), anything else noticed to the admin."""
         worker = self._is_worker(message.sender)
         if worker is None:
             log.warning("a mention of the Manager by %s starts no turn (not the admin, not a worker)", message.sender)
@@ -389,6 +424,8 @@ class ControlPlane:
             return
         if await self.collect_results_of(worker):
             return  # a report: code picked its result up and queued the review
+        if await self.questions.handle(worker, message):
+            return  # a question about its task: a judgement-only Manager turn answers it
         self.state.log_event("manager.worker_mention", worker, room=message.room_id)
         excerpt = message.body if len(message.body) <= 200 else message.body[:200] + "…"
         await self.chat.post(
@@ -442,23 +479,9 @@ class ControlPlane:
         return Origin.worker(worker, "a chat message") if worker else Origin.code("channel", f"a message by {message.sender}")
 
     async def _inbox_loop(self) -> None:
-        """The Manager's turns, one at a time, from a durable queue (nothing lost on a crash)."""
-        while True:
-            for item in self.state.inbox_pending():
-                payload = item["payload"]
-                try:
-                    if item["kind"] == "message":
-                        message = ChatMessage.model_validate(payload)
-                        await self.manager.handle(message, origin=self.message_origin(message))
-                    else:
-                        await self.manager.wake(payload["room_id"], payload["text"], key=f"manager-{payload['key']}",
-                                                origin=Origin.from_dict(payload.get("origin")))
-                except Exception:
-                    log.exception("manager turn for %s failed", item["key"])
-                self.state.inbox_done(item["id"])
-            self._inbox_wakeup.clear()
-            if not self.state.inbox_pending():
-                await self._inbox_wakeup.wait()
+        """The Manager's turns, one at a time, from a durable queue (nothing lost on a crash; a
+        failed judgement turn is retried with back-off, then reported: hiclaw.control.turns)."""
+        await self.turns.run()
 
     async def manager_idle(self) -> bool:
         """True when the Manager has nothing queued (for tests and the demo)."""
@@ -527,8 +550,9 @@ class ControlPlane:
             raise InvalidInputError(f"unknown room {room!r}", hint="use 'Manager', 'Worker: <name>' or a project id")
         return await self.chat.post(room_id, text, mentions=list(mentions))
 
-    async def usage(self, by: str = "consumer") -> Any:
-        return await self.gateway.usage(by=by)
+    async def usage(self, by: str = "consumer", since: Any = None, until: Any = None) -> Any:
+        """The gateway's ledger (``until`` passed only when given: older gateways lack it)."""
+        return await self.gateway.usage(by=by, since=since, **({"until": until} if until is not None else {}))
 
     async def status(self) -> dict[str, Any]:
         usage = {row.get("consumer"): row for row in await self.gateway.usage(by="consumer")}

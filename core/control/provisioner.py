@@ -93,8 +93,11 @@ class Provisioner:
         self.check_model(model)
         state = self.plane.state
         existing = state.find_worker(name)
+        # Skills beyond the bundled ones are found and installed from the registry before anything
+        # is recorded: one that cannot be installed refuses the whole creation (one line, nothing made).
+        wanted = await self.plane.skills.prepare(name, skills or (existing.skills if existing else []))
         worker = state.upsert_worker(Worker(
-            name=name, role=role.strip(), model=model, skills=sorted(set(skills or (existing.skills if existing else []))),
+            name=name, role=role.strip(), model=model, skills=wanted,
             state="active", network=network,
             # Only an explicit budget is stored; without one, [team] worker_budget_usd applies at mint time.
             budget_usd=budget_usd if budget_usd is not None else (existing.budget_usd if existing else None),
@@ -192,7 +195,9 @@ class Provisioner:
         mine = [t for t in state.tasks(assignee=name) if t.state is not TaskState.CANCELLED]
         own = {t.id for t in mine}
         rw = [layout.agent_home(name)] + [layout.task_dir(t.id) for t in mine]
-        inputs = {d for t in mine for d in [*t.depends_on, *([t.revision_of] if t.revision_of else [])]} - own
+        inputs = {d for t in mine for d in [*t.depends_on, *([t.revision_of] if t.revision_of else [])]}
+        inputs |= {t.id for t in state.tasks() if t.revision_of in own}  # the fixes its re-checks judge
+        inputs -= own
         ro = [layout.task_dir(d) for d in sorted(inputs)]
         ro += sorted({layout.project_dir(t.project_id) for t in mine if t.project_id})
         return rw, ro

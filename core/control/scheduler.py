@@ -1,11 +1,19 @@
-"""Scheduled tasks: recurring work for a worker, started by code (no model call) with a mention.
+"""Scheduled work, started by code (no model call): a worker's recurring task, a reminder for the
+admin, the Manager's daily report.
 
-A schedule is a name, a cron expression of exactly 5 fields (minute hour day-of-month month
-day-of-week, parsed by ``croniter``), an IANA time zone (``zoneinfo``), a message and an assignee
-(a worker). At each due time the :class:`Scheduler` (run by the control plane) writes the run
-record ``shared/schedules/<name>/run-<UTC stamp>.md`` (what was asked, when, for whom), then
-posts the message in the assignee's room mentioning it, telling it to write its output to
-``agents/<assignee>/schedules/<name>/run-<UTC stamp>.md`` (its own home, which it may write).
+A schedule is a name, *when* — a cron expression of exactly 5 fields (minute hour day-of-month
+month day-of-week, parsed by ``croniter``) or one time ``at`` (a one-shot run) — an IANA time
+zone (``zoneinfo``), a message and its kind:
+
+- ``task`` (the assignee is a worker): at each due time the :class:`Scheduler` (run by the
+  control plane) writes the run record ``shared/schedules/<name>/run-<UTC stamp>.md`` (what was
+  asked, when, for whom), then posts the message in the assignee's room mentioning it, telling it
+  to write its output to ``agents/<assignee>/schedules/<name>/run-<UTC stamp>.md`` (its own home).
+- ``remind``: the message is posted to the admin in the Manager room, mentioning them.
+- ``report``: code gathers the day's facts and wakes the Manager to write the report for the
+  admin (:mod:`hiclaw.manager.report`); if its model fails, code posts the facts itself.
+
+A one-shot schedule runs once: afterwards it stays in the list with its last run and no next one.
 
 Rules (user page: docs/schedules.md):
 
@@ -25,125 +33,39 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 from datetime import datetime, timedelta
 from typing import Any
 
 import yaml
 
-from hiclaw.control.cron import CronRule, SystemClock, local_text, parse_time, stamp
+from hiclaw.control.cron import SystemClock, local_text, parse_time, stamp
+from hiclaw.control.schedule_book import (  # re-exported: the names of this module before the split
+    KINDS,
+    NAME,
+    REPORT_MESSAGE,
+    Rule,
+    ScheduleBook,
+    check_assignee,
+    check_kind,
+    check_message,
+    check_name,
+    rule_of,
+    run_output,
+    run_record,
+    schedule_dir,
+)
+from hiclaw.control.schedule_tools import schedule_tools
 from hiclaw.errors import HiclawError, InvalidInputError
-from hiclaw.models import ToolSpec
-from hiclaw.state import Schedule, StateDB
-from hiclaw.storage import layout
+from hiclaw.state import ROOM_MANAGER, Schedule
+
+__all__ = ["KINDS", "LATE_AFTER", "NAME", "REPORT_MESSAGE", "Rule", "ScheduleBook", "Scheduler", "admin_action",
+           "check_assignee", "check_kind", "check_message", "check_name", "render_post", "render_record",
+           "render_reminder", "rule_of", "run_output", "run_record", "schedule_dir"]
 
 log = logging.getLogger(__name__)
 
-SCHEDULES = "shared/schedules/"
-NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,47}$")
-MAX_MESSAGE_CHARS = 4000
 #: A run this much after its slot is reported as late (the control plane was not running).
 LATE_AFTER = timedelta(minutes=2)
-
-
-# --------------------------------------------------------------------------- validation
-
-
-def check_name(name: object) -> str:
-    if not isinstance(name, str) or not NAME.match(name):
-        raise InvalidInputError(f"invalid schedule name {name!r}",
-                                hint="use lower-case letters, digits and '-' (at most 48, e.g. 'daily-metrics')")
-    return name
-
-
-def check_message(message: object) -> str:
-    text = str(message or "").strip()
-    if not text:
-        raise InvalidInputError("the schedule's message is empty", hint="say what to do at each run, "
-                                "e.g. --message \"post yesterday's metrics\"")
-    if len(text) > MAX_MESSAGE_CHARS:
-        raise InvalidInputError(f"the schedule's message has {len(text)} characters (limit {MAX_MESSAGE_CHARS})",
-                                hint="put the details in a file in the worker's home and point to it")
-    return text
-
-
-def check_assignee(state: StateDB, name: object) -> str:
-    layout.check_agent(name)
-    worker = state.find_worker(str(name))
-    if worker is None or worker.state == "removed":
-        raise InvalidInputError(f"no worker named {name!r} to assign the schedule to",
-                                hint="create it first (`hiclaw worker create` or the Manager), see `hiclaw worker list`")
-    return str(name)
-
-
-# --------------------------------------------------------------------------- storage keys
-
-
-def schedule_dir(name: str) -> str:
-    """``shared/schedules/<name>/`` — the run records (written by the control plane)."""
-    return f"{SCHEDULES}{check_name(name)}/"
-
-
-def run_record(name: str, slot: datetime) -> str:
-    """``shared/schedules/<name>/run-<UTC stamp>.md``."""
-    return schedule_dir(name) + f"run-{stamp(slot)}.md"
-
-
-def run_output(assignee: str, name: str, slot: datetime) -> str:
-    """Where the assignee writes a run's output: in its own home, which it may write."""
-    return layout.agent_file(assignee, f"schedules/{check_name(name)}/run-{stamp(slot)}.md")
-
-
-# --------------------------------------------------------------------------- the schedules in the state DB
-
-
-class ScheduleBook:
-    """Add, list and remove schedules in the state DB — shared by the running control plane and
-    by ``hiclaw schedule`` when the team is down."""
-
-    def __init__(self, state: StateDB, clock: Any = None) -> None:
-        self.state = state
-        self.clock = clock or SystemClock()
-
-    def add(self, name: str, cron: str, tz: str, message: str, assignee: str, *, replace: bool = False) -> dict[str, Any]:
-        check_name(name)
-        rule = CronRule(cron, tz)
-        text = check_message(message)
-        check_assignee(self.state, assignee)
-        existing = next((s for s in self.state.schedules() if s.name == name), None)
-        if existing is not None and not replace:
-            raise InvalidInputError(f"a schedule named {name!r} exists",
-                                    hint="pick another name, remove it first, or replace it (--replace)")
-        schedule = Schedule(name=name, cron=rule.cron, timezone=rule.timezone, message=text, assignee=assignee,
-                            created_at=self.clock.now().isoformat(timespec="milliseconds"))
-        self.state.upsert_schedule(schedule)
-        self.state.log_event("schedule.added", name, cron=rule.cron, timezone=rule.timezone, assignee=assignee)
-        return self.view(self.state.schedule(name))
-
-    def remove(self, name: str) -> dict[str, Any]:
-        self.state.delete_schedule(check_name(name))
-        self.state.log_event("schedule.removed", name)
-        return {"removed": name, "records_kept": schedule_dir(name)}
-
-    def list(self) -> list[dict[str, Any]]:
-        return [self.view(s) for s in self.state.schedules()]
-
-    def view(self, schedule: Schedule) -> dict[str, Any]:
-        now = self.clock.now()
-        rule = CronRule(schedule.cron, schedule.timezone)
-        anchor = parse_time(schedule.last_run or schedule.created_at)
-        upcoming = rule.next_after(max(anchor, now))
-        last = parse_time(schedule.last_run) if schedule.last_run else None
-        return {
-            "name": schedule.name, "cron": schedule.cron, "timezone": schedule.timezone,
-            "assignee": schedule.assignee, "message": schedule.message, "created_at": schedule.created_at,
-            "next_run": upcoming.isoformat(), "next_run_local": upcoming.astimezone(rule.zone).isoformat(),
-            "last_run": last.isoformat() if last else None,
-            "last_run_local": last.astimezone(rule.zone).isoformat() if last else None,
-            # A slot passed without a run (the team was down): it runs once when the team starts.
-            "missed": rule.due(anchor, now) is not None,
-            "records": schedule_dir(schedule.name),
-        }
 
 
 # --------------------------------------------------------------------------- the scheduler
@@ -211,12 +133,12 @@ class Scheduler:
                 log.exception("scheduler: reading the schedules failed")
                 self._failed = True
 
-    def _rules(self) -> list[tuple[Schedule, CronRule]]:
+    def _rules(self) -> list[tuple[Schedule, Rule]]:
         """Every schedule with its parsed rule; one written invalid by hand is reported once and skipped."""
         rules = []
         for schedule in self.plane.state.schedules():
             try:
-                rules.append((schedule, CronRule(schedule.cron, schedule.timezone)))
+                rules.append((schedule, rule_of(schedule)))
             except HiclawError as exc:
                 if schedule.name not in self._invalid:
                     self._invalid.add(schedule.name)
@@ -227,7 +149,9 @@ class Scheduler:
         now = self.clock.now()
         wait = self.tick_seconds
         for schedule, rule in self._rules():
-            wait = min(wait, (rule.next_after(parse_time(schedule.last_run or schedule.created_at)) - now).total_seconds())
+            upcoming = rule.next_after(parse_time(schedule.last_run or schedule.created_at))
+            if upcoming is not None:
+                wait = min(wait, (upcoming - now).total_seconds())
         return max(wait, 0.0)
 
     async def run_due(self) -> list[str]:
@@ -248,8 +172,10 @@ class Scheduler:
                     self._failed = True
         return fired
 
-    async def fire(self, schedule: Schedule, rule: CronRule, *, slot: datetime, first_missed: datetime,
+    async def fire(self, schedule: Schedule, rule: Rule, *, slot: datetime, first_missed: datetime,
                    now: datetime) -> str:
+        if schedule.kind != "task":
+            return await self._fire_for_admin(schedule, rule, slot=slot, first_missed=first_missed, now=now)
         plane = self.plane
         record = run_record(schedule.name, slot)
         worker = plane.state.find_worker(schedule.assignee)
@@ -268,10 +194,41 @@ class Scheduler:
                               record=record, late=now - slot > LATE_AFTER)
         return record
 
+    async def _fire_for_admin(self, schedule: Schedule, rule: Rule, *, slot: datetime, first_missed: datetime,
+                              now: datetime) -> str:
+        """A reminder posted to the admin, or the Manager woken to write its report."""
+        plane = self.plane
+        record = run_record(schedule.name, slot)
+        if await plane.storage.stat(record) is None:
+            text = render_record(schedule, rule, slot=slot, first_missed=first_missed, now=now, present=True)
+            await plane.storage.put(record, text.encode())
+        late = now - slot > LATE_AFTER
+        if schedule.kind == "remind":
+            admin = getattr(plane, "admin", "admin")
+            await plane.chat.post(await plane.chat.resolve(ROOM_MANAGER), render_reminder(schedule, rule, slot, late=late),
+                                  mentions=[admin], key=f"schedule:{schedule.name}:{stamp(slot)}")
+        else:
+            from hiclaw.manager.report import start_report
+
+            await start_report(plane, schedule, zone=rule.zone, slot=slot, now=now)
+        plane.state.set_schedule_last_run(schedule.name, slot.isoformat())
+        plane.state.log_event("schedule.run", schedule.name, slot=slot.isoformat(), record=record, late=late,
+                              schedule_kind=schedule.kind)
+        return record
+
+    def team_timezone(self) -> str:
+        config = getattr(self.plane, "config", None)
+        return str(config.team.timezone) if config is not None else "UTC"
+
     async def admin_action(self, action: str, body: dict[str, Any]) -> Any:
         if action == "schedule-add":
-            result = self.book.add(_arg(body, "name"), _arg(body, "cron"), body.get("timezone") or "UTC",
-                                   _arg(body, "message"), _arg(body, "assignee"), replace=bool(body.get("replace")))
+            kind = str(body.get("kind") or "task")
+            at = body.get("at") or None
+            result = self.book.add(_arg(body, "name"), body.get("cron") if at else _arg(body, "cron"),
+                                   body.get("timezone") or self.team_timezone(),
+                                   (body.get("message") or "") if kind == "report" else _arg(body, "message"),
+                                   body.get("assignee") if kind != "task" else _arg(body, "assignee"),
+                                   replace=bool(body.get("replace")), at=str(at) if at else None, kind=kind)
         elif action == "schedule-list":
             return {"schedules": self.book.list()}
         elif action == "schedule-remove":
@@ -299,72 +256,49 @@ async def admin_action(plane: Any, action: str, body: dict[str, Any]) -> Any:
 
 # --------------------------------------------------------------------------- texts
 
+_FOR = {"remind": "the admin (a reminder, posted in the Manager room)",
+        "report": "the Manager (it writes the report for the admin)"}
 
-def render_record(schedule: Schedule, rule: CronRule, *, slot: datetime, first_missed: datetime, now: datetime,
+
+def _when(rule: Rule) -> str:
+    return f"`{rule.cron}` in {rule.timezone}" if rule.cron else f"once, in {rule.timezone}"
+
+
+def render_record(schedule: Schedule, rule: Rule, *, slot: datetime, first_missed: datetime, now: datetime,
                   present: bool) -> str:
     late = now - slot > LATE_AFTER
-    meta = {"schedule": schedule.name, "run": stamp(slot), "assignee": schedule.assignee, "cron": rule.cron,
+    task = schedule.kind == "task"
+    meta = {"schedule": schedule.name, "kind": schedule.kind, "run": stamp(slot), "assignee": schedule.assignee,
+            "cron": rule.cron or None, "at": schedule.at,
             "timezone": rule.timezone, "scheduled_for": slot.astimezone(rule.zone).isoformat(),
             "started_at": now.isoformat(timespec="seconds"), "late": late,
             "skipped_missed_runs": first_missed < slot,
-            "output": run_output(schedule.assignee, schedule.name, slot) if present else None,
+            "output": run_output(schedule.assignee, schedule.name, slot) if present and task else None,
             "status": "posted" if present else "skipped: the assignee no longer exists"}
     lines = ["---", yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).strip(), "---",
              f"# {schedule.name} — run of {local_text(slot, rule.zone)}", "",
-             f"- **For:** {schedule.assignee}", f"- **When:** `{rule.cron}` in {rule.timezone}",
+             f"- **For:** {_FOR.get(schedule.kind, schedule.assignee)}", f"- **When:** {_when(rule)}",
              f"- **Started:** {local_text(now, rule.zone)}"]
     if late:
         note = "the team was not running at that time; missed runs run once when it starts"
         if first_missed < slot:
             note += f" (runs from {local_text(first_missed, rule.zone)} on were folded into this one)"
         lines.append(f"- **Late:** {note}")
-    if present:
-        lines.append(f"- **Output:** `{meta['output']}`")
-    else:
+    if not present:
         lines.append(f"- **Skipped:** worker {schedule.assignee} no longer exists")
+    elif task:
+        lines.append(f"- **Output:** `{meta['output']}`")
     lines += ["", "## Asked", "", schedule.message, ""]
     return "\n".join(lines)
 
 
-def render_post(schedule: Schedule, rule: CronRule, slot: datetime) -> str:
+def render_post(schedule: Schedule, rule: Rule, slot: datetime) -> str:
     output = run_output(schedule.assignee, schedule.name, slot)
     return (f"@{schedule.assignee} scheduled task **{schedule.name}** ({local_text(slot, rule.zone)}): "
             f"{schedule.message}\n\nWrite your output to `{output}` and answer here with a short summary. "
             f"Run record: `{run_record(schedule.name, slot)}`.")
 
 
-# --------------------------------------------------------------------------- the Manager's tools
-
-
-def _obj(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
-    return {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
-
-
-def schedule_tools(scheduler: Scheduler) -> list[ToolSpec]:
-    async def schedule_add(args: dict[str, Any]) -> Any:
-        return await scheduler.admin_action("schedule-add", args)
-
-    async def schedule_list(args: dict[str, Any]) -> Any:
-        return scheduler.book.list()
-
-    async def schedule_remove(args: dict[str, Any]) -> Any:
-        return await scheduler.admin_action("schedule-remove", args)
-
-    text = {"type": "string"}
-    return [
-        ToolSpec(name="schedule_add", handler=schedule_add,
-                 description="Schedule recurring work for a worker: at each time of the cron expression (5 fields: "
-                             "minute hour day-of-month month day-of-week, in the given IANA time zone) code posts "
-                             "the message in the worker's room, mentioning it. Write the message like a task spec.",
-                 parameters=_obj({"name": {"type": "string", "pattern": NAME.pattern},
-                                  "cron": {"type": "string", "description": "e.g. '0 9 * * *' = 09:00 every day"},
-                                  "timezone": {"type": "string", "description": "IANA zone, e.g. Europe/Paris"},
-                                  "message": text, "assignee": {"type": "string", "description": "a worker's name"}},
-                                 ["name", "cron", "timezone", "message", "assignee"])),
-        ToolSpec(name="schedule_list", handler=schedule_list,
-                 description="List schedules with their next and last run (UTC and the schedule's time zone).",
-                 parameters=_obj({}, [])),
-        ToolSpec(name="schedule_remove", handler=schedule_remove,
-                 description="Remove a schedule (its run records stay in shared/schedules/<name>/).",
-                 parameters=_obj({"name": text}, ["name"])),
-    ]
+def render_reminder(schedule: Schedule, rule: Rule, slot: datetime, *, late: bool) -> str:
+    note = " — late: the team was not running at that time" if late else ""
+    return f"@admin reminder ({local_text(slot, rule.zone)}{note}): {schedule.message}"

@@ -9,13 +9,15 @@ so a threshold is acted on within a quarter interval of being crossed. For each 
   not running and will not be restarted by the supervisor (it exited cleanly, failed to start) is
   started again here, then re-notified. A **crash loop** (the supervisor stopped it) is never
   restarted here: the admin is told (by the control plane) and the Manager gets a summary.
-- **progress** of its in-progress task: the newest of the task folder's files (``progress/``,
-  ``result.md``, ``workspace/``; not ``spec.md``, which is the Manager's), the worker's own
-  messages in any room, and its model calls through the gateway. No progress for **one interval**
-  → the worker is asked in its room (no Manager LLM call); for **two** → the admin is alerted in
-  the ``Manager`` room and the task is marked *stalled* (``Task.stalled_at``; the task stays
-  ``in_progress`` so plan.md markers keep matching the state, and plan.md notes the stall). New
-  progress clears the stall and says so in the ``Manager`` room.
+- **progress** of its in-progress task — task progress only: the newest file of the task folder
+  (``progress/`` notes, ``result.md``, ``workspace/``; not the Manager's ``spec.md``). Chatter and
+  model calls are not progress (a worker answering "still on it" would be asked forever). None for
+  **one interval** → the worker is asked in its room (at most :data:`MAX_ASKS` times per dispatch);
+  for **two** → the admin is alerted in the ``Manager`` room, the task is marked *stalled*
+  (``Task.stalled_at``; it stays ``in_progress``, plan.md notes it) and not asked again until it
+  progresses. New progress clears the stall and says so in the ``Manager`` room.
+- **the other waiting states** (review, a plan awaiting confirmation, blocked): see
+  :mod:`hiclaw.control.ownership`.
 - **idle sleep**: see :mod:`hiclaw.control.idle`.
 
 The Manager is woken with ONE compact summary per check, and only when something needs its
@@ -35,6 +37,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from hiclaw.control.idle import ACTIVE, IdlePolicy
+from hiclaw.control.ownership import Ownership
+from hiclaw.control.ownership import span as _span
 from hiclaw.models import ChatMessage, TaskState
 from hiclaw.storage import layout
 
@@ -43,6 +47,8 @@ log = logging.getLogger(__name__)
 CHECKS_PER_INTERVAL = 4
 STALL_INTERVALS = 2
 MAX_START_FAILURES = 3
+#: Heartbeat questions per task and dispatch; then only the stall alert.
+MAX_ASKS = 3
 #: Supervisor states in which the supervisor itself is (re)starting the process.
 SUPERVISED = ("running", "starting", "backoff")
 
@@ -65,6 +71,7 @@ class TaskWatch:
     last_progress: float
     asked: bool = False
     stalled: bool = False
+    asks: int = 0  # heartbeat questions of this dispatch so far
 
 
 @dataclass
@@ -78,6 +85,9 @@ class TickReport:
     restarted: list[str] = field(default_factory=list)  # worker names
     renotified: list[str] = field(default_factory=list)  # task ids
     slept: list[str] = field(default_factory=list)
+    requeued: list[str] = field(default_factory=list)  # reviews whose judgement was queued again
+    review_alerted: list[str] = field(default_factory=list)  # reviews nobody judged: the admin was told
+    reminded: list[str] = field(default_factory=list)  # plans awaiting confirmation, blocked tasks
     summary: str | None = None  # the text the Manager was woken with, if any
 
 
@@ -90,7 +100,7 @@ class Watchdog:
         self.idle = IdlePolicy(plane, idle_seconds=idle_seconds, clock=clock)
         self.check_every = max(0.05, min(self.interval, self.idle.idle_seconds) / CHECKS_PER_INTERVAL)
         self.started_at = clock()
-        self.last_message: dict[str, float] = {}  # worker -> newest message it sent
+        self.ownership = Ownership(self)
         self.watches: dict[str, TaskWatch] = {}
         self._crashed: dict[str, tuple[float, int | None]] = {}  # worker -> (when, exit code), until re-notified
         self._start_failures: dict[str, int] = {}
@@ -141,8 +151,7 @@ class Watchdog:
         when = message.timestamp.timestamp()
         worker = state.find_worker(sender)
         if worker is not None and worker.state != "removed":
-            self.last_message[sender] = max(self.last_message.get(sender, when), when)
-            self.idle.touch(sender, when)
+            self.idle.touch(sender, when)  # activity (for idle sleep), not task progress
         for mention in message.mentions:
             name = self.plane.display(mention)
             if name == sender:
@@ -194,8 +203,9 @@ class Watchdog:
         await self._check_processes(workers, report)
         in_progress = state.tasks(states=[TaskState.IN_PROGRESS])
         for task in in_progress:
-            await self._check_task(task, now, calls, report)
+            await self._check_task(task, now, report)
         self._forget_finished({t.id for t in in_progress})
+        await self.ownership.check(now, report)
         fresh = [w for w in state.workers() if w.state != "removed"]
         report.slept = await self.idle.check(now, fresh, {t.assignee for t in in_progress})
         if self._judgement:
@@ -283,7 +293,7 @@ class Watchdog:
 
     # ------------------------------------------------------------------ task progress
 
-    async def _check_task(self, task: Any, now: float, calls: set[str], report: TickReport) -> None:
+    async def _check_task(self, task: Any, now: float, report: TickReport) -> None:
         watch = self.watches.get(task.id)
         if watch is None or watch.dispatch != task.dispatch_count:
             # First sight (or a new dispatch): the window starts at the latest of the task's last
@@ -291,11 +301,13 @@ class Watchdog:
             # control plane was down were not observed).
             baseline = max(epoch(task.last_progress_at), epoch(task.updated_at), self.started_at)
             same_dispatch = watch is None and task.stalled_at is not None
+            asks = sum(e["data"].get("dispatch") == task.dispatch_count
+                       for e in self.plane.state.events(kind="task.heartbeat_asked", subject=task.id))
             watch = self.watches[task.id] = TaskWatch(task.dispatch_count, baseline, stalled=same_dispatch,
-                                                      asked=same_dispatch)
+                                                      asked=same_dispatch, asks=asks)
             if task.stalled_at is not None and not same_dispatch:
                 self.plane.state.update_task(task.id, stalled_at=None)
-        latest = await self._latest_signal(task, now, calls)
+        latest = await self._latest_signal(task)
         if latest > watch.last_progress:
             watch.last_progress = latest
             watch.asked = False
@@ -308,38 +320,37 @@ class Watchdog:
             return  # a dead or sleeping process is the process check's business
         quiet = now - watch.last_progress
         if quiet >= self.interval and not watch.asked:
-            await self._ask(task, quiet)
+            if watch.asks < MAX_ASKS:  # past the cap: no question, the stall alert follows
+                await self._ask(task, quiet)
+                watch.asks += 1
+                report.asked.append(task.id)
             watch.asked = True
-            report.asked.append(task.id)
         elif quiet >= STALL_INTERVALS * self.interval and not watch.stalled:
             await self._stall(task, quiet)
             watch.stalled = True
             report.stalled.append(task.id)
 
-    async def _latest_signal(self, task: Any, now: float, calls: set[str]) -> float:
-        latest = self.last_message.get(task.assignee, float("-inf"))
-        if task.assignee in calls:
-            latest = max(latest, now)
-        spec = layout.task_spec(task.id)
+    async def _latest_signal(self, task: Any) -> float:
+        """The newest task progress: a file of the task folder other than the Manager's spec."""
         try:
             items = await self.plane.storage.list(layout.task_dir(task.id))
-        except Exception as exc:  # noqa: BLE001 - storage hiccup: the other signals still count
+        except Exception as exc:  # noqa: BLE001 - storage hiccup: nothing seen this time, asked later
             log.warning("heartbeat: cannot list %s: %s", layout.task_dir(task.id), exc)
-            items = []
-        for item in items:
-            if item.get("key") != spec and item.get("mtime") is not None:
-                latest = max(latest, float(item["mtime"]))
-        return latest
+            return float("-inf")
+        spec = layout.task_spec(task.id)
+        return max((float(i["mtime"]) for i in items if i.get("key") != spec and i.get("mtime") is not None),
+                   default=float("-inf"))
 
     async def _ask(self, task: Any, quiet: float) -> None:
         number = self._count("task.heartbeat_asked", task.id) + 1
         await self.plane.chat.post(
             await self.plane.chat.worker_room(task.assignee),
             f"@{task.assignee} how is **{task.id}** going? I have seen no progress for {_span(quiet)} "
-            f"(no files in `{layout.task_dir(task.id)}`, no messages, no model calls). Reply with a short "
-            "status, add a `progress_note`, or call `report_result` if you are done or blocked.",
+            f"(no new files in `{layout.task_dir(task.id)}`). Add a `progress_note` (a chat reply is not "
+            "progress), or call `report_result` if you are done or blocked.",
             mentions=[task.assignee], key=f"heartbeat:{task.id}:{number}")
-        self.plane.state.log_event("task.heartbeat_asked", task.id, worker=task.assignee, quiet_seconds=round(quiet, 1))
+        self.plane.state.log_event("task.heartbeat_asked", task.id, worker=task.assignee, quiet_seconds=round(quiet, 1),
+                                   dispatch=task.dispatch_count)
 
     async def _stall(self, task: Any, quiet: float) -> None:
         number = self._count("task.stalled", task.id) + 1
@@ -387,10 +398,3 @@ class Watchdog:
         if task.project_id:
             await self.plane.engine.render(task.project_id)
 
-
-def _span(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"

@@ -29,6 +29,7 @@ PLAN: list[dict[str, Any]] = [
      "spec": "Collect positioning points from the PRD and draft the launch post and FAQ."},
 ]
 SKILL = "architecture-decision-records"
+REVISION_TITLE = "Add model-selection guidance"
 REVISION_FEEDBACK = ("Add model-selection guidance: tell the user which model drafted the text and when to pick "
                      "the fast or the smart model.")
 
@@ -80,7 +81,8 @@ def manager_rules() -> list[dict[str, Any]]:
         {"when": {"tool_result": "confirm_plan"},
          "text": "Started: alex is on task-001; the other tasks follow as their dependencies are accepted."},
         {"when": {"role": "user", "regex": task_ref + "REVISION_NEEDED"},
-         "tool_calls": [call("request_revision", task_id="{{task}}", assignee="sam", feedback=REVISION_FEEDBACK)]},
+         "tool_calls": [call("request_revision", task_id="{{task}}", assignee="sam", title=REVISION_TITLE,
+                             feedback=REVISION_FEEDBACK)]},
         {"when": {"tool_result": "request_revision", "regex": r'"id": "(?P<revision>task-\d+)"'},
          "text": "alex found a gap (no model-selection guidance): {{revision}} asks sam to fix it, then alex re-checks."},
         {"when": {"role": "user", "regex": task_ref + "SUCCESS"},

@@ -25,7 +25,9 @@ import yaml
 from hiclaw.agent.prompt import quote
 from hiclaw.errors import InvalidInputError
 from hiclaw.manager.origin import Origin
-from hiclaw.manager.plan import PlannedTask, parse_plan, render_plan, validate_plan
+from hiclaw.manager.plan import render_plan
+from hiclaw.manager.revise import PlanRevisions, room_members
+from hiclaw.manager.rework import MAX_REVISION_ROUNDS, Rework, spec_context
 from hiclaw.models import ResultStatus, TaskRecord, TaskResult, TaskState
 from hiclaw.state import ROOM_MANAGER, Project, StateDB, Task, room_of_project, room_of_worker
 from hiclaw.storage import layout
@@ -88,13 +90,16 @@ def parse_result(text: str) -> tuple[dict[str, Any], str]:
     return {}, text
 
 
-def render_spec(task: Task, project: Project | None, inputs: Sequence[str], *, attempt: int = 1) -> str:
+def render_spec(task: Task, project: Project | None, inputs: Sequence[str], *, attempt: int = 1,
+                context: str = "") -> str:
     meta = {"task": task.id, "title": task.title, "assignee": task.assignee, "project": task.project_id,
             "model": task.model, "depends_on": task.depends_on, "revision_of": task.revision_of, "attempt": attempt}
     lines = ["---", yaml.safe_dump({k: v for k, v in meta.items() if v}, sort_keys=False).strip(), "---", "",
              f"# {task.id}: {task.title}", ""]
     if project is not None:
         lines += [f"Project: **{project.title}** ({project.id}) — plan: `{layout.project_plan(project.id)}`", ""]
+    if context:  # what a revision revises, what a re-check checks (hiclaw.manager.rework)
+        lines += [context, ""]
     lines += [task.spec.strip() or "(no further details)", ""]
     if inputs:
         lines += ["## Inputs", *[f"- `{path}`" for path in inputs], ""]
@@ -105,10 +110,14 @@ def render_spec(task: Task, project: Project | None, inputs: Sequence[str], *, a
     return "\n".join(lines)
 
 
-class TaskEngine:
+class TaskEngine(PlanRevisions, Rework):
+    """Plans (proposed, replaced, revised: :mod:`hiclaw.manager.revise`), dispatch, results and
+    judgements (revision tasks: :mod:`hiclaw.manager.rework`)."""
+
     def __init__(self, *, state: StateDB, storage: Any, chat: TeamChat, access: WorkerAccess,
                  wake_manager: WakeManager, yolo: bool = False, admin: str = "admin",
-                 after_task: Callable[[TaskRecord, TaskResult], Awaitable[None]] | None = None) -> None:
+                 after_task: Callable[[TaskRecord, TaskResult], Awaitable[None]] | None = None,
+                 max_revision_rounds: int = MAX_REVISION_ROUNDS) -> None:
         self.state = state
         self.storage = storage
         self.chat = chat
@@ -117,6 +126,7 @@ class TaskEngine:
         self.yolo = yolo
         self.admin = admin
         self.after_task = after_task
+        self.max_revision_rounds = max_revision_rounds
         self._dispatching: dict[str, asyncio.Lock] = {}  # project id -> one dispatch_ready at a time
 
     # ------------------------------------------------------------------ plan files
@@ -139,41 +149,11 @@ class TaskEngine:
         self.state.log_event("project.created", project.id, title=project.title)
         return project
 
-    async def propose_plan(self, project_id: str, tasks: Sequence[dict[str, Any] | PlannedTask]) -> list[Task]:
+    async def confirm_plan(self, project_id: str, version: int | None = None) -> Project:
         project = self.state.project(project_id)
-        if project.state not in ("planning", "awaiting_confirmation"):
-            raise InvalidInputError(f"{project_id} is {project.state}; its plan can no longer be replaced",
-                                    hint="add work with request_revision or a new project")
-        if self.state.tasks(project_id=project_id, states=[TaskState.IN_PROGRESS, TaskState.DONE]):
-            raise InvalidInputError(f"{project_id} already has started tasks")
-        planned = parse_plan([t.model_dump() if isinstance(t, PlannedTask) else t for t in tasks])
-        workers = [w.name for w in self.state.workers()]
-        existing = [t.id for t in self.state.tasks()]
-        number = int(self.state.next_task_id().rsplit("-", 1)[1])
-        validated = validate_plan(planned, workers=workers, next_id=number, existing=existing)
-        with self.state.transaction():
-            created = self.state.add_tasks(project_id, validated)
-            project = self.state.update_project(project_id, state="awaiting_confirmation")
-            plan_text = render_plan(project, self.state.tasks(project_id=project_id))
-            self.state.log_event("plan.proposed", project_id, tasks=[t.id for t in created])
-            if self.yolo:
-                self.state.enqueue_message(f"plan:{project_id}:{len(existing)}", ROOM_MANAGER,
-                                           f"Plan for **{project.title}** (YOLO mode, starting now):\n\n"
-                                           + _plan_lines(plan_text))
-            else:
-                self.state.enqueue_message(
-                    f"plan:{project_id}:{len(existing)}", ROOM_MANAGER,
-                    f"@{self.admin} here is the plan for **{project.title}** ({project_id}). "
-                    f"Reply to me with *confirm* to start it, or tell me what to change.\n\n" + _plan_lines(plan_text)
-                    + f"\n\nFull plan: `{layout.project_plan(project_id)}`", [self.admin])
-        await self.render(project_id)
-        await self.chat.flush()
-        if self.yolo:
-            await self.confirm_plan(project_id)
-        return created
-
-    async def confirm_plan(self, project_id: str) -> Project:
-        project = self.state.project(project_id)
+        if version is not None and version != project.version:
+            raise InvalidInputError(f"{project_id}'s plan is version {project.version}, not {version}",
+                                    hint=f"show the admin version {project.version} and confirm that one")
         if project.state == "running":
             return project
         if project.state != "awaiting_confirmation":
@@ -222,12 +202,6 @@ class TaskEngine:
                 await self.render(project_id)
             return dispatched
 
-    def task_inputs(self, task: Task) -> list[str]:
-        inputs = [layout.task_result(dep) for dep in task.depends_on]
-        if task.revision_of:
-            inputs.append(layout.task_result(task.revision_of))
-        return inputs
-
     async def assign_adhoc(self, assignee: str, title: str, spec: str = "", model: str | None = None) -> Task:
         """A single task outside any project, posted in the worker's own room."""
         self.state.worker(assignee)
@@ -240,7 +214,8 @@ class TaskEngine:
 
     async def dispatch(self, task: Task, project: Project | None) -> None:
         attempt = task.dispatch_count + 1
-        spec = render_spec(task, project, self.task_inputs(task), attempt=attempt)
+        spec = render_spec(task, project, self.task_inputs(task), attempt=attempt,
+                           context=spec_context(self.state, task))
         await self.storage.put(layout.task_spec(task.id), spec.encode())
         await self.access.refresh_access(task.assignee)
         lines = [f"@{task.assignee} **{task.id}** is yours: {task.title}" + (" (re-check)" if attempt > 1 else ""),
@@ -250,6 +225,8 @@ class TaskEngine:
             lines.append("Inputs: " + ", ".join(f"`{p}`" for p in inputs))
         lines.append(f"Report with `report_result` when done (writes `{layout.task_result(task.id)}`).")
         room = room_of_project(project.id) if project and project.room_id else room_of_worker(task.assignee)
+        if project is not None and project.room_id:  # the room follows its assignees: in it before the mention
+            await self.chat.project_room(project, room_members(self.state, project.id))
         with self.state.transaction():
             self.state.update_task(task.id, state=TaskState.IN_PROGRESS, dispatch_count=attempt,
                                    result_status=None, result_summary=None)
@@ -307,17 +284,22 @@ class TaskEngine:
         await self.wake_for_review(self.state.task(task_id))
         return True
 
-    async def wake_for_review(self, task: Task) -> None:
+    async def wake_for_review(self, task: Task, *, again: bool = False) -> None:
+        """Queue the Manager's judgement of a reported task (once per dispatch; ``again``: once
+        more, when the heartbeat finds it still unjudged — hiclaw.control.ownership)."""
         project = self.state.project(task.project_id) if task.project_id else None
         room = project.room_id if project and project.room_id else await self.chat.worker_room(task.assignee)
         status = task.result_status.value if task.result_status else "?"
+        reminder = ("You were asked to judge this report before and it is still waiting: judge it now. "
+                    if again else "")
         # The summary is the worker's text: quoted as one JSON string, it cannot pass for anything else.
         await self.wake_manager(room, (
-            f"{task.assignee} reported **{task.id}** ({task.title}): {status} — its summary, quoted: "
+            f"{reminder}{task.assignee} reported **{task.id}** ({task.title}): {status} — its summary, quoted: "
             f"{quote(task.result_summary or '')}\n"
             f"Result: `{layout.task_result(task.id)}`. Judge it: call `accept_task` if it is good enough, or "
             f"`request_revision` with concrete feedback (and the worker who should revise)."
-        ), f"review:{task.id}:{task.dispatch_count}", origin=Origin.worker(task.assignee, f"its report of {task.id}"))
+        ), f"review:{task.id}:{task.dispatch_count}" + (":again" if again else ""),
+            origin=Origin.worker(task.assignee, f"its report of {task.id}"))
 
     async def _rerender(self, task: Task) -> None:
         if task.project_id:
@@ -358,26 +340,8 @@ class TaskEngine:
             await self.render(task.project_id)
             await self.dispatch_ready(task.project_id)
             await self._maybe_finish(task.project_id)
+        await self.recheck_adhoc(task)
         return self.state.task(task_id)
-
-    async def request_revision(self, task_id: str, feedback: str, assignee: str | None = None) -> Task:
-        original = self._judgeable(task_id)
-        if not feedback.strip():
-            raise InvalidInputError("a revision needs feedback", hint="say concretely what must change")
-        who = assignee or original.assignee
-        self.state.worker(who)
-        revision = Task(id=self.state.next_task_id(), title=f"Revise: {original.title}", assignee=who,
-                        spec=f"Revision requested for {original.id} ({original.title}).\n\nFeedback:\n{feedback.strip()}",
-                        revision_of=original.id, model=original.model)
-        with self.state.transaction():
-            self.state.add_tasks(original.project_id, [revision])
-            self.state.update_task(original.id, state=TaskState.REVISION)
-            self.state.log_event("task.revision", original.id, revision=revision.id, assignee=who)
-        if original.project_id:
-            await self.render(original.project_id)
-            await self.access.refresh_access(who)
-            await self.dispatch_ready(original.project_id)
-        return self.state.task(revision.id)
 
     async def block_task(self, task_id: str, reason: str) -> Task:
         task = self.state.task(task_id)
@@ -445,7 +409,4 @@ class TaskEngine:
                 await self._maybe_finish(project.id)
             elif project.state == "done":
                 await self.wake_for_report(project.id)
-
-
-def _plan_lines(plan_text: str) -> str:
-    return "\n".join(line for line in plan_text.splitlines() if line.startswith(("- ", "  - ")))
+        await self.dispatch_adhoc()

@@ -25,9 +25,11 @@ from hiclaw.models import ToolSpec
 OriginKind = Literal["admin", "worker", "code"]
 
 #: What a turn the admin did not start may do: look at the team and judge reported results.
+#: Reading memory and the bundled skills is safe; *writing* memory is not (a worker's words in a
+#: review could plant a "memory" every later prompt carries): ``memory_append`` is not here.
 JUDGEMENT_TOOLS = frozenset({
     "list_workers", "list_tasks", "read_result", "accept_task", "request_revision", "block_task", "usage_report",
-    "schedule_list",
+    "schedule_list", "memory_read", "skills_read",
 })
 
 

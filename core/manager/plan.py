@@ -145,7 +145,8 @@ def render_plan(project: Project, tasks: Sequence[Task]) -> str:
     lines = [f"# Plan: {project.title} ({project.id})", ""]
     if project.goal:
         lines += [f"**Goal:** {project.goal}", ""]
-    lines += [f"**State:** {project.state.replace('_', ' ')}", "",
+    version = f" · **Version:** {project.version}" if project.version else ""
+    lines += [f"**State:** {project.state.replace('_', ' ')}{version}", "",
               "Markers: `[ ]` pending · `[~]` in progress · `[x]` done · `[!]` blocked · `[→]` revision", ""]
     for task in tasks:
         extras = []

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from hiclaw.control.schedule_tools import admin_schedule_tools
+from hiclaw.manager.memory import memory_tools
+from hiclaw.manager.plan_tools import plan_tools
 from hiclaw.models import ToolSpec
 
 STRING = {"type": "string"}
+RANGE = "the range's start: today, yesterday, a duration back from now (24h, 7d) or an ISO date/time"
 
 
 def _obj(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
@@ -60,11 +64,12 @@ def manager_tools(plane: Any) -> list[ToolSpec]:
     async def propose_plan(args: dict[str, Any]) -> Any:
         tasks = await engine.propose_plan(args["project_id"], args["tasks"])
         waiting = "started (YOLO mode)" if engine.yolo else "posted to the admin; wait for their confirmation"
-        return {"tasks": [_task_dict(t) for t in tasks], "status": waiting}
+        return {"tasks": [_task_dict(t) for t in tasks], "version": state.project(args["project_id"]).version,
+                "status": waiting}
 
     async def confirm_plan(args: dict[str, Any]) -> Any:
-        project = await engine.confirm_plan(args["project_id"])
-        return {"project_id": project.id, "state": project.state,
+        project = await engine.confirm_plan(args["project_id"], args.get("version"))
+        return {"project_id": project.id, "state": project.state, "version": project.version,
                 "tasks": [_task_dict(t) for t in state.tasks(project_id=project.id)]}
 
     async def assign_task(args: dict[str, Any]) -> Any:
@@ -84,7 +89,11 @@ def manager_tools(plane: Any) -> list[ToolSpec]:
         return _task_dict(await engine.accept_task(args["task_id"], args.get("note", "")))
 
     async def request_revision(args: dict[str, Any]) -> Any:
-        revision = await engine.request_revision(args["task_id"], args["feedback"], args.get("assignee"))
+        revision = await engine.request_revision(args["task_id"], args["feedback"], args.get("assignee"),
+                                                 args.get("title"))
+        if revision.id == args["task_id"]:  # no revision round left: code blocked it and told the admin
+            return {"blocked": _task_dict(revision), "reason": revision.result_summary,
+                    "next": "the admin was told; do not ask for another revision of it"}
         return {"revision_task": _task_dict(revision)}
 
     async def block_task(args: dict[str, Any]) -> Any:
@@ -101,7 +110,20 @@ def manager_tools(plane: Any) -> list[ToolSpec]:
         return {"sent": event_id}
 
     async def usage_report(args: dict[str, Any]) -> Any:
-        return await plane.usage(by=args.get("by") or "consumer")
+        by = args.get("by") or "consumer"
+        if not args.get("since") and not args.get("until"):
+            return await plane.usage(by=by)
+        from hiclaw.manager.when import parse_moment
+
+        zone, now = plane.team_zone(), plane.now()
+        since = parse_moment(args["since"], zone, now) if args.get("since") else None
+        until = parse_moment(args["until"], zone, now, end=True, what="until") if args.get("until") else None
+        rows = await plane.usage(by=by, since=since.timestamp() if since else None,
+                                 until=until.timestamp() if until else None)
+        return {"since": since.astimezone(zone).isoformat(timespec="minutes") if since else None,
+                "until": (until or now).astimezone(zone).isoformat(timespec="minutes"), "rows": rows,
+                "total_cost_usd": round(sum(float(r.get("cost_usd") or 0) for r in rows), 6),
+                "calls": sum(int(r.get("calls") or 0) for r in rows)}
 
     tools = [
         ToolSpec(name="create_worker", handler=create_worker,
@@ -126,7 +148,9 @@ def manager_tools(plane: Any) -> list[ToolSpec]:
                  parameters=_obj({"title": STRING, "goal": STRING}, ["title"])),
         ToolSpec(name="propose_plan", handler=propose_plan,
                  description="Propose the project's tasks as a DAG. Code validates it (known workers, no cycles), "
-                             "writes plan.md and asks the admin to confirm (unless YOLO mode).",
+                             "writes plan.md and asks the admin to confirm (unless YOLO mode). Proposing again "
+                             "before confirmation replaces the plan (a new version); change a running plan with "
+                             "revise_plan.",
                  parameters=_obj({"project_id": STRING, "tasks": {"type": "array", "items": _obj({
                      "id": {"type": "string", "pattern": "^task-[0-9]{3,}$"}, "title": STRING, "assignee": STRING,
                      "depends_on": {"type": "array", "items": STRING},
@@ -136,7 +160,9 @@ def manager_tools(plane: Any) -> list[ToolSpec]:
         ToolSpec(name="confirm_plan", handler=confirm_plan,
                  description="Start a proposed project after the admin confirmed it: creates the project room and "
                              "dispatches every task whose dependencies are done.",
-                 parameters=_obj({"project_id": STRING}, ["project_id"])),
+                 parameters=_obj({"project_id": STRING, "version": {
+                     "type": "integer", "description": "the plan version the admin confirmed (refused if it changed)"}},
+                     ["project_id"])),
         ToolSpec(name="assign_task", handler=assign_task,
                  description="Give one worker a single task outside any project (it is posted in the worker's room).",
                  parameters=_obj({"assignee": STRING, "title": STRING, "spec": STRING, "model": STRING},
@@ -147,9 +173,14 @@ def manager_tools(plane: Any) -> list[ToolSpec]:
                  description="Accept a reported task: it is done; dependent tasks are dispatched.",
                  parameters=_obj({"task_id": STRING, "note": STRING}, ["task_id"])),
         ToolSpec(name="request_revision", handler=request_revision,
-                 description="Ask for a revision of a reported task: creates a linked revision task (for the "
-                             "given worker, default the same); the original is re-checked after it.",
-                 parameters=_obj({"task_id": STRING, "feedback": STRING, "assignee": STRING}, ["task_id", "feedback"])),
+                 description="Ask for a revision of a reported task: a linked revision task (for the given worker, "
+                             "default the same) with your title and your feedback as its spec; its inputs are the "
+                             "rejected result and what the task worked from; the original is re-checked on the fix "
+                             "afterwards. Rounds are capped: past the cap the task is blocked and the admin told.",
+                 parameters=_obj({"task_id": STRING, "feedback": {"type": "string", "description": "what to change, "
+                                  "concretely (the revision's spec)"}, "assignee": STRING,
+                                  "title": {"type": "string", "description": "short title of the fix (default: "
+                                            "'Fix: ' and the feedback's first sentence)"}}, ["task_id", "feedback"])),
         ToolSpec(name="block_task", handler=block_task, description="Mark a task blocked and alert the admin.",
                  parameters=_obj({"task_id": STRING, "reason": STRING}, ["task_id", "reason"])),
         ToolSpec(name="cancel_task", handler=cancel_task, description="Cancel a task that is not done.",
@@ -162,9 +193,17 @@ def manager_tools(plane: Any) -> list[ToolSpec]:
                  parameters=_obj({"room": STRING, "text": STRING, "mentions": {"type": "array", "items": STRING}},
                                  ["room", "text"])),
         ToolSpec(name="usage_report", handler=usage_report,
-                 description="Model usage and cost from the gateway ledger.",
-                 parameters=_obj({"by": {"type": "string", "enum": ["consumer", "task", "project", "model"]}}, [])),
+                 description="Model usage and cost from the gateway ledger, optionally of a time range (times "
+                             "without a zone are the team's).",
+                 parameters=_obj({"by": {"type": "string", "enum": ["consumer", "task", "project", "model"]},
+                                  "since": {"type": "string", "description": RANGE},
+                                  "until": {"type": "string", "description": "the range's end (default now); a "
+                                                                             "date means the end of that day"}}, [])),
     ]
+    tools.extend(plan_tools(plane, _task_dict))  # revise_plan
+    tools.extend(memory_tools(plane))  # memory_append, memory_read, skills_read
+    if getattr(plane, "scheduler", None) is not None:
+        tools.extend(admin_schedule_tools(plane.scheduler))  # remind_admin, schedule_report
     tools.extend(plane.extra_manager_tools())
     return tools
 

@@ -26,8 +26,11 @@ from typing import Any
 
 from aiohttp import web
 
-from hiclaw.scripted.engine import ScenarioError, ScriptedReply, ScriptEngine, latest_input
+from hiclaw.scripted.engine import ScenarioError, ScriptedReply, ScriptEngine, content_text, latest_input
 from hiclaw.scripted.scenario import Scenario
+
+#: How much of each message's text a recorded request keeps (``recent``, ``GET /_scripted/requests``).
+KEPT_MESSAGE_CHARS = 20_000
 
 CONSUMER_HEADER = "X-Hiclaw-Consumer"
 _PIECE = 16  # characters per streamed content/argument piece
@@ -194,11 +197,15 @@ class ScriptedModelServer:
         return ChatRequest(body, agent, str(body.get("model", "scripted")))
 
     def remember(self, chat: ChatRequest, reply: ScriptedReply, **extra: Any) -> None:
-        """Add the request to :attr:`recent` (never headers or keys)."""
+        """Add the request to :attr:`recent` (never headers or keys): besides the latest input, every
+        message's role and text (each cut at :data:`KEPT_MESSAGE_CHARS`) and the prompt's tokens."""
         latest = latest_input(chat.body["messages"])
+        messages = [{"role": str(m.get("role")), "content": content_text(m.get("content"))[:KEPT_MESSAGE_CHARS]}
+                    for m in chat.body["messages"] if isinstance(m, dict)]
         self.recent.append({
             "agent": reply.agent, "call": reply.call, "source": reply.source, "model": chat.model,
             "stream": chat.stream, "latest_input": latest.text[:500], "latest_role": latest.role,
+            "messages": messages, "prompt_tokens": reply.prompt_tokens,
             "tools": [t.get("function", {}).get("name") for t in chat.body.get("tools") or [] if isinstance(t, dict)],
             "error": reply.error.status if reply.error else None, **extra,
         })

@@ -188,8 +188,8 @@ class GatewayHarness:
     def set_budget(self, *, usd: float | None, consumer: str | None = None, project: str | None = None) -> None:
         self.thread.run(self.gateway.set_budget(consumer=consumer, project=project, usd=usd))
 
-    def usage(self, by: str = "consumer", since: Any = None) -> list[dict[str, Any]]:
-        return self.thread.run(self.gateway.usage(by=by, since=since))
+    def usage(self, by: str = "consumer", since: Any = None, until: Any = None) -> list[dict[str, Any]]:
+        return self.thread.run(self.gateway.usage(by=by, since=since, until=until))
 
     def ledger(self, limit: int = 100) -> list[dict[str, Any]]:
         return self.thread.run(self.gateway.ledger(limit))

@@ -58,11 +58,13 @@ def default_sandbox() -> str:
 def team_config(model_url: str, *, registry_url: str = "https://skills.sh", sandbox: str | None = None,
                 server_name: str = SERVER_NAME, homeserver_port: int | None = None, key_secret: str | None = None,
                 storage: StorageConfig | None = None, gateway_settings: dict[str, Any] | None = None,
-                **team: Any) -> HiclawConfig:
+                model_name: str = "scripted-{alias}", **team: Any) -> HiclawConfig:
     """The configuration of a team whose models are all served by the scripted model at ``model_url``
     (with the provider key from the secret ``key_secret``, if given); local storage unless ``storage``;
-    ``gateway_settings`` are more ``[gateway.settings]`` (e.g. ``{"direct_openai": False}``: via litellm)."""
-    models = {alias: ModelAlias(model=f"openai/scripted-{alias}", api_base=model_url, input_cost_per_mtok=price[0],
+    ``gateway_settings`` are more ``[gateway.settings]`` (e.g. ``{"direct_openai": False}``: via litellm).
+    ``model_name``: the provider's model name of each alias (``{alias}`` is replaced)."""
+    models = {alias: ModelAlias(model=f"openai/{model_name.format(alias=alias)}", api_base=model_url,
+                                input_cost_per_mtok=price[0],
                                 output_cost_per_mtok=price[1], fallback="fast" if alias == "smart" else None,
                                 api_key_secret=key_secret)
               for alias, price in PRICES.items()}
@@ -116,7 +118,7 @@ class Team:
 
     def model_calls(self, agent: str) -> int:
         """Model calls of ``agent`` — on an unruly model every call, the misbehaving ones too."""
-        stats = self.model.stats() if hasattr(self.model, "unruly") else self.model.engine.stats()
+        stats = self.model.stats() if hasattr(self.model, "stats") else self.model.engine.stats()
         return int(stats["agents"].get(agent, {}).get("calls", 0))
 
 
@@ -140,29 +142,37 @@ async def running_team(home: Path, scenario: Any, *, registry_url: str = "https:
                        sandbox: str | None = None, provider_key: str | None = None,
                        storage: StorageConfig | None = None, secrets: dict[str, str] | None = None,
                        gateway_settings: dict[str, Any] | None = None, unruly: Any = None,
-                       **team: Any) -> AsyncIterator[Team]:
+                       provider: Any = None, **team: Any) -> AsyncIterator[Team]:
     """``provider_key``: the scripted model requires it (``Authorization: Bearer …``), and the team
     keeps it as a real provider key — the secret ``scripted_api_key`` in ``secrets.toml``, named by
     every model alias, sent upstream by the gateway only. ``storage`` and ``secrets`` (more entries
     of ``secrets.toml``, e.g. S3 root keys) run the team on other storage than the local default.
     ``gateway_settings``: more ``[gateway.settings]`` of the embedded gateway. ``unruly``: an
     unruly-model config (an UnrulyConfig, a dict or a file; docs/scripted-model.md) — the model
-    plays ``scenario`` but misbehaves as it says; ``team.model.log(agent)`` shows how."""
+    plays ``scenario`` but misbehaves as it says; ``team.model.log(agent)`` shows how. ``provider``:
+    an OpenAI-compatible provider already running — anything with ``base_url`` (and ``model_name``,
+    the name every alias asks for), e.g. the real small model of :mod:`hiclaw.testing.smallmodel`
+    — instead of a scripted one (``scenario`` is then ignored, and the provider is left running;
+    ``provider_key`` must be the key it requires)."""
     from hiclaw.demo.admin import AdminClient
     from hiclaw.scripted import Scenario, parse_scenario
     from hiclaw.scripted.server import ScriptedModelServer
 
-    base = scenario if isinstance(scenario, Scenario) else parse_scenario(scenario)
-    if unruly is None:
-        model = ScriptedModelServer(base, api_key=provider_key)
+    if provider is not None:
+        model = provider
     else:
-        from hiclaw.testing.unruly import unruly_server
+        base = scenario if isinstance(scenario, Scenario) else parse_scenario(scenario)
+        if unruly is None:
+            model = ScriptedModelServer(base, api_key=provider_key)
+        else:
+            from hiclaw.testing.unruly import unruly_server
 
-        model = unruly_server(base, unruly, api_key=provider_key)
-    await model.start()
+            model = unruly_server(base, unruly, api_key=provider_key)
+        await model.start()
     config = team_config(model.base_url, registry_url=registry_url, sandbox=sandbox,
                          key_secret=PROVIDER_KEY_SECRET if provider_key else None, storage=storage,
-                         gateway_settings=gateway_settings, **team)
+                         gateway_settings=gateway_settings,
+                         model_name=getattr(provider, "model_name", None) or "scripted-{alias}", **team)
     extra = {**(secrets or {}), **({PROVIDER_KEY_SECRET: provider_key} if provider_key else {})}
     if extra:
         home.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - test helper: one local mkdir
@@ -184,4 +194,5 @@ async def running_team(home: Path, scenario: Any, *, registry_url: str = "https:
             await admin.stop()
         if plane is not None:
             await plane.stop()
-        await model.stop()
+        if provider is None:
+            await model.stop()

@@ -20,6 +20,7 @@ from hiclaw.registry.frontmatter import split_frontmatter
 from hiclaw.storage import layout
 from hiclaw.wakeup import Exempt, Handler, MentionGate, TurnLimiter
 from hiclaw.worker.control import ControlClient
+from hiclaw.worker.followup import TurnEnd
 from hiclaw.worker.http import WorkerGatewayClient
 from hiclaw.worker.spec import WorkerRuntimeSpec
 
@@ -129,6 +130,7 @@ class WorkerRuntime:
         self._reconnecting: asyncio.Task[None] | None = None
         self._notices: set[asyncio.Task[None]] = set()
         self.turns = 0
+        self.turn_end = TurnEnd(self)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -248,10 +250,11 @@ class WorkerRuntime:
         self._notices.add(task)
         task.add_done_callback(self._notices.discard)
 
-    def reply_mentions(self, sender: str) -> list[str]:
-        """Whom a reply mentions: its sender if that is the admin or the Manager — never a
-        worker, so two workers' replies cannot keep waking each other."""
-        return [sender] if sender in {self.channel.user_id(ADMIN), self.channel.user_id(self.spec.manager)} else []
+    def reply_mentions(self, sender: str, text: str = "") -> list[str]:
+        """Whom a reply mentions: the admin if the admin woke the turn, the Manager only if the
+        text addresses it (a question) — never a worker, so two workers' replies cannot keep
+        waking each other."""
+        return self.turn_end.mentions(sender, text)
 
     async def idle(self) -> bool:
         return self._queue.empty() and not self._turn_lock.locked()
@@ -308,7 +311,7 @@ class WorkerRuntime:
         return [{"role": "system", "content": system},
                 {"role": "user", "content": user_turn(message, display=self.display)}]
 
-    async def _before_call(self, request: ModelRequest) -> None:
+    async def before_call(self, request: ModelRequest) -> None:
         await self.host.before_model_call(request, self.runtime_context())
 
     async def _on_mention(self, message: ChatMessage) -> None:
@@ -323,18 +326,17 @@ class WorkerRuntime:
                 pass
             try:
                 loop = AgentLoop(self.gateway, self.tools, agent=self.name, max_steps=self.spec.max_steps,
-                                 before_call=self._before_call)
+                                 before_call=self.before_call)
                 turn = await loop.run(await self.build_messages(message, task), model=model,
                                       task_id=task.task_id if task else None,
                                       project_id=task.project_id if task else None)
-                reported = any(c.name == "report_result" and not c.error for c in turn.tool_calls)
-                if turn.reply and not reported:  # the answer, or one line saying why the turn ended early
-                    await self.channel.send(message.room_id, turn.reply, mentions=self.reply_mentions(message.sender),
-                                            idempotency_key=f"reply:{self.name}:{message.event_id}")
+                # The reply, or — a task the Manager handed over and the model did not report — a
+                # nudge, then a report on its behalf (hiclaw.worker.followup).
+                await self.turn_end.settle(message, turn, task, model=model)
             except Exception as exc:
                 log.exception("worker %s: turn failed", self.name)
                 text = f"I could not finish this turn: {exc}"
-                await self.channel.send(message.room_id, text, mentions=self.reply_mentions(message.sender),
+                await self.channel.send(message.room_id, text, mentions=self.reply_mentions(message.sender, text),
                                         idempotency_key=f"error:{self.name}:{message.event_id}")
             finally:
                 try:

@@ -173,10 +173,12 @@ class EmbeddedGateway:
     async def list_budgets(self) -> list[dict[str, Any]]:
         return self.store.budgets()
 
-    async def usage(self, by: str | Sequence[str] = "consumer", since: str | float | datetime | None = None) -> list[dict[str, Any]]:
-        """Ledger totals grouped by ``by`` (``"consumer"``, ``"task,model"``, ``["project"]``…)."""
+    async def usage(self, by: str | Sequence[str] = "consumer", since: str | float | datetime | None = None,
+                    until: str | float | datetime | None = None) -> list[dict[str, Any]]:
+        """Ledger totals grouped by ``by`` (``"consumer"``, ``"task,model"``, ``["project"]``…), of the
+        calls made from ``since`` (inclusive) to ``until`` (exclusive); the same forms for both."""
         dims = [d.strip() for d in by.split(",")] if isinstance(by, str) else list(by)
-        return self.store.usage([d for d in dims if d], parse_since(since))
+        return self.store.usage([d for d in dims if d], parse_since(since), parse_since(until))
 
     async def ledger(self, limit: int = 100) -> list[dict[str, Any]]:
         """The latest ledger rows (one per call), newest first."""

@@ -317,13 +317,16 @@ class GatewayStore:
                 crossings += _crossed("project", project.name, project, entry.cost_usd, warn_ratio)
         return crossings
 
-    def usage(self, by: list[str], since: float | None = None) -> list[dict[str, Any]]:
-        """Totals grouped by ``by`` (any of :data:`USAGE_DIMENSIONS`), most expensive first."""
+    def usage(self, by: list[str], since: float | None = None, until: float | None = None) -> list[dict[str, Any]]:
+        """Totals grouped by ``by`` (any of :data:`USAGE_DIMENSIONS`), most expensive first, of the
+        calls at or after ``since`` and before ``until`` (Unix times; ``None``: unbounded)."""
         for dim in by:
             if dim not in USAGE_DIMENSIONS:
                 raise InvalidInputError(f"cannot group usage by {dim!r}", hint=f"use one of: {', '.join(USAGE_DIMENSIONS)}")
         columns = ", ".join(by)
-        where, params = ("WHERE ts >= ?", (since,)) if since is not None else ("", ())
+        bounds = [(f"ts {op} ?", value) for op, value in ((">=", since), ("<", until)) if value is not None]
+        where = ("WHERE " + " AND ".join(b[0] for b in bounds)) if bounds else ""
+        params = tuple(b[1] for b in bounds)
         sql = (f"SELECT {columns}, COUNT(*), SUM(status != 200), SUM(prompt_tokens), "  # noqa: S608 - columns allowlisted
                "SUM(completion_tokens), SUM(cost_usd), AVG(latency_ms) "
                f"FROM ledger {where} GROUP BY {columns} ORDER BY SUM(cost_usd) DESC, {columns}")

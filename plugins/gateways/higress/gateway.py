@@ -189,6 +189,6 @@ class HigressGateway:
                          "created": None, "revoked": False, "revoked_at": None})
         return sorted(rows, key=lambda r: r["name"])
 
-    async def usage(self, by: str | Sequence[str] = "consumer", since: Any = None) -> list[dict[str, Any]]:
+    async def usage(self, by: str | Sequence[str] = "consumer", since: Any = None, until: Any = None) -> list[dict[str, Any]]:
         raise PluginError("the higress gateway keeps no usage ledger in hiclaw",
                           hint="read usage from Higress's AI statistics (ai-statistics plugin metrics)")

@@ -1,0 +1,156 @@
+"""Every state a task or plan can wait in has an owner in code: the heartbeat's checks beyond
+in-progress work (those are :mod:`hiclaw.control.watchdog`'s).
+
+Run on every heartbeat check (cheap: a few indexed reads per waiting task, the event log read
+once per episode):
+
+- **review** — reported, waiting for the Manager's judgement. While a judgement turn for it is
+  queued or being retried (:mod:`hiclaw.control.turns`) that turn owns it. Still unjudged one
+  interval after the report: the judgement is queued **again**, once (key
+  ``review:<task>:<n>:again``); one more interval with no judgement: the admin is alerted in the
+  Manager room (key ``review-stuck:<task>:<n>``) and plan.md notes it. If the turn itself failed
+  for good, the admin was told by that (one alert, not two).
+- **awaiting confirmation** — a proposed plan waiting for the admin: one reminder after an
+  interval (key ``plan-reminder:<project>:<n>``, ``n`` the proposal), never more.
+- **blocked** — the admin was told when it happened; a reminder at most once a day while it
+  stays blocked (key ``blocked-reminder:<task>:<n>:<day>``).
+
+Every key is numbered per episode (from the event log), so a restarted control plane neither
+repeats a message nor loses one.
+"""
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any
+
+from hiclaw.manager.plan import stuck_value
+from hiclaw.models import TaskState
+from hiclaw.state import ROOM_MANAGER, Task
+from hiclaw.storage import layout
+
+log = logging.getLogger(__name__)
+
+DAY = 86400.0
+
+
+def span(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 2 * DAY:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / DAY:.0f} days"
+
+
+class Ownership:
+    """``watchdog``: the :class:`hiclaw.control.watchdog.Watchdog` it runs in (its plane, interval
+    and start time)."""
+
+    def __init__(self, watchdog: Any, *, remind_blocked_every: float = DAY) -> None:
+        self.watchdog = watchdog
+        self.plane = watchdog.plane
+        self.interval = watchdog.interval
+        self.remind_blocked_every = remind_blocked_every
+        self._episodes: dict[tuple[str, str, str], tuple[float, int]] = {}  # (kind, subject, version) -> (when, n)
+
+    async def check(self, now: float, report: Any) -> None:
+        seen: set[tuple[str, str, str]] = set()
+        await self._reviews(now, report, seen)
+        await self._plans(now, report, seen)
+        await self._blocked(now, report, seen)
+        for stale in set(self._episodes) - seen:
+            del self._episodes[stale]
+
+    def _episode(self, kind: str, subject: str, version: str, seen: set[tuple[str, str, str]]) -> tuple[float, int]:
+        """(when the latest ``kind`` event of ``subject`` happened, how many there were), read once per
+        ``version`` (the record's ``updated_at``: it changes with each new episode)."""
+        key = (kind, subject, version)
+        seen.add(key)
+        if key not in self._episodes:
+            events = self.plane.state.events(kind=kind, subject=subject)
+            when = datetime.fromisoformat(events[-1]["ts"]).timestamp() if events else float("-inf")
+            self._episodes[key] = (when, len(events))
+        return self._episodes[key]
+
+    def _happened(self, kind: str, task: Task) -> bool:
+        return any(e["data"].get("dispatch") == task.dispatch_count
+                   for e in self.plane.state.events(kind=kind, subject=task.id))
+
+    # ------------------------------------------------------------------ review
+
+    async def _reviews(self, now: float, report: Any, seen: set[tuple[str, str, str]]) -> None:
+        state = self.plane.state
+        for task in state.tasks(states=[TaskState.REVIEW]):
+            first, again = f"wake:review:{task.id}:{task.dispatch_count}", f"wake:review:{task.id}:{task.dispatch_count}:again"
+            if "pending" in (state.inbox_status(first), state.inbox_status(again)):
+                continue  # a judgement turn owns it (queued, running or being retried)
+            reported, _ = self._episode("task.reported", task.id, task.updated_at, seen)
+            waited = now - max(reported, self.watchdog.started_at)
+            if waited < self.interval or self._happened("manager.turn_failed", task):
+                continue  # not late yet; or its turn failed for good and the admin was told
+            if state.inbox_status(again) is None:
+                await self.plane.engine.wake_for_review(task, again=True)
+                state.log_event("task.review_requeued", task.id, dispatch=task.dispatch_count,
+                                waited_seconds=round(waited, 1))
+                report.requeued.append(task.id)
+                continue
+            requeued, _ = self._episode("task.review_requeued", task.id, task.updated_at, seen)
+            if now - requeued >= self.interval and not self._happened("task.review_stuck", task):
+                await self._review_stuck(task, now - reported)
+                report.review_alerted.append(task.id)
+
+    async def _review_stuck(self, task: Task, waited: float) -> None:
+        state, admin = self.plane.state, self.plane.admin
+        status = task.result_status.value if task.result_status else "?"
+        note = f"reported {span(waited)} ago; the Manager was asked twice and has not judged it"
+        with state.transaction():
+            state.update_task(task.id, stuck=stuck_value(task, note))
+            state.log_event("task.review_stuck", task.id, dispatch=task.dispatch_count, waited_seconds=round(waited, 1))
+            state.enqueue_message(
+                f"review-stuck:{task.id}:{task.dispatch_count}", ROOM_MANAGER,
+                f"@{admin} **{task.id}** ({task.title}) has waited {span(waited)} for my judgement of {task.assignee}'s "
+                f"report ({status}): I was asked twice and did not judge it. Result: `{layout.task_result(task.id)}` "
+                "— tell me to accept it, what to change, or to block it.", [admin])
+        await self.plane.chat.flush()
+        if task.project_id:
+            await self.plane.engine.render(task.project_id)
+
+    # ------------------------------------------------------------------ plans awaiting confirmation
+
+    async def _plans(self, now: float, report: Any, seen: set[tuple[str, str, str]]) -> None:
+        state, admin = self.plane.state, self.plane.admin
+        for project in state.projects():
+            if project.state != "awaiting_confirmation":
+                continue
+            proposed, number = self._episode("plan.proposed", project.id, project.updated_at, seen)
+            key = f"plan-reminder:{project.id}:{number}"
+            if number == 0 or now - proposed < self.interval or state.outbox_get(key) is not None:
+                continue
+            await self.plane.chat.post(
+                self.plane.chat.manager_room,
+                f"@{admin} a reminder: the plan for **{project.title}** ({project.id}) has waited {span(now - proposed)} "
+                f"for your confirmation. Reply to me with *confirm* to start it, or tell me what to change. "
+                f"Plan: `{layout.project_plan(project.id)}`", mentions=[admin], key=key)
+            state.log_event("plan.reminded", project.id, proposal=number)
+            report.reminded.append(project.id)
+
+    # ------------------------------------------------------------------ blocked
+
+    async def _blocked(self, now: float, report: Any, seen: set[tuple[str, str, str]]) -> None:
+        state, admin = self.plane.state, self.plane.admin
+        for task in state.tasks(states=[TaskState.BLOCKED]):
+            blocked, number = self._episode("task.blocked", task.id, task.updated_at, seen)
+            periods = int((now - blocked) // self.remind_blocked_every) if number else 0
+            key = f"blocked-reminder:{task.id}:{number}:{periods}"
+            if periods < 1 or state.outbox_get(key) is not None:
+                continue
+            why = f": {task.result_summary}" if task.result_summary else ""
+            await self.plane.chat.post(
+                self.plane.chat.manager_room,
+                f"@{admin} a reminder: **{task.id}** ({task.title}, @{task.assignee}) has been blocked for "
+                f"{span(now - blocked)}{why}. Tell me what to do with it: another assignee, a new task, or cancel it.",
+                mentions=[admin], key=key)
+            state.log_event("task.blocked_reminded", task.id, period=periods)
+            report.reminded.append(task.id)
