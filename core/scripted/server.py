@@ -130,16 +130,17 @@ def scenario_error_response(exc: ScenarioError) -> web.Response:
     return error_response(400 if exc.code == "unknown_agent" else 500, str(exc), code=exc.code, kind="scenario_error")
 
 
-class ScriptedModelServer:
-    """Serve ``scenario`` on ``host:port`` (port 0 picks a free one; see :attr:`url`)."""
+class LoopbackModelServer:
+    """What every test provider shares: an aiohttp app on ``host:port`` (port 0 picks a free one,
+    set on :meth:`start`), an optional API key, and the OpenAI error for a wrong one."""
 
-    def __init__(self, scenario: Scenario, *, host: str = "127.0.0.1", port: int = 0,
-                 api_key: str | None = None, keep_requests: int = 500) -> None:
-        self.engine = ScriptEngine(scenario)
+    #: Who a wrong key's error names.
+    kind = "model server"
+
+    def __init__(self, *, host: str, port: int, api_key: str | None) -> None:
         self.host = host
         self.port = port
-        self._api_key = api_key
-        self.recent: deque[dict[str, Any]] = deque(maxlen=keep_requests)
+        self.api_key = api_key
         self._runner: web.AppRunner | None = None
 
     @property
@@ -151,23 +152,45 @@ class ScriptedModelServer:
         """What to put in a model alias's ``api_base``."""
         return f"{self.url}/v1"
 
+    #: The server's own routes are ``/_<prefix>/stats`` and ``/_<prefix>/requests``.
+    prefix = "model"
+
     def app(self) -> web.Application:
+        """The OpenAI routes, ``/healthz``, the stats and requests routes, then :meth:`add_routes`."""
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
-        app.router.add_get("/_scripted/stats", self._stats)
-        app.router.add_get("/_scripted/requests", self._requests)
-        app.router.add_post("/_scripted/reset", self._reset)
+        app.router.add_get(f"/_{self.prefix}/stats", self._stats)
+        app.router.add_get(f"/_{self.prefix}/requests", self._requests)
         app.router.add_get("/healthz", self._health)
         self.add_routes(app)
         return app
 
     def add_routes(self, app: web.Application) -> None:
-        """More routes of a subclass (the unruly model adds its test hooks here)."""
+        """More routes of a subclass."""
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        raise NotImplementedError
+
+    async def _models(self, request: web.Request) -> web.Response:
+        raise NotImplementedError
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        raise NotImplementedError
+
+    async def _requests(self, request: web.Request) -> web.Response:
+        raise NotImplementedError
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    async def prepare(self) -> None:
+        """Before listening (a model to load, say)."""
 
     async def start(self) -> None:
         if self._runner is not None:
             return
+        await self.prepare()
         runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, self.host, self.port, backlog=1024)
@@ -180,19 +203,49 @@ class ScriptedModelServer:
             runner, self._runner = self._runner, None
             await runner.cleanup()
 
-    # ------------------------------------------------------------------ routes
-
-    async def read_chat(self, request: web.Request) -> ChatRequest | web.Response:
-        """Check the key and parse the body; an error response when either fails."""
-        if self._api_key is not None and request.headers.get("Authorization") != f"Bearer {self._api_key}":
-            return error_response(401, "Incorrect API key provided to the scripted model server.",
-                                  code="invalid_api_key", kind="authentication_error")
+    async def read_body(self, request: web.Request) -> dict[str, Any] | web.Response:
+        """A chat request's JSON body, with its ``messages`` list — or the OpenAI-shaped error for a
+        wrong key, a body that is not JSON or a body without messages."""
+        if (refused := self.refused(request)) is not None:
+            return refused
         try:
             body = json.loads(await request.read())
         except (json.JSONDecodeError, UnicodeDecodeError):
             return error_response(400, "request body is not valid JSON", code="invalid_json")
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
-            return error_response(400, "`messages` must be a list", code="missing_field")
+            return error_response(400, "`messages` must be a list", code="missing_field", param="messages")
+        return body
+
+    def refused(self, request: web.Request) -> web.Response | None:
+        """401 unless the request carries the key (when there is one)."""
+        if self.api_key is not None and request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            return error_response(401, f"Incorrect API key provided to the {self.kind}.",
+                                  code="invalid_api_key", kind="authentication_error")
+        return None
+
+
+class ScriptedModelServer(LoopbackModelServer):
+    """Serve ``scenario`` on ``host:port`` (port 0 picks a free one; see :attr:`url`)."""
+
+    kind = "scripted model server"
+    prefix = "scripted"
+
+    def __init__(self, scenario: Scenario, *, host: str = "127.0.0.1", port: int = 0,
+                 api_key: str | None = None, keep_requests: int = 500) -> None:
+        super().__init__(host=host, port=port, api_key=api_key)
+        self.engine = ScriptEngine(scenario)
+        self.recent: deque[dict[str, Any]] = deque(maxlen=keep_requests)
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_post("/_scripted/reset", self._reset)
+
+    # ------------------------------------------------------------------ routes
+
+    async def read_chat(self, request: web.Request) -> ChatRequest | web.Response:
+        """Check the key and parse the body; an error response when either fails."""
+        body = await self.read_body(request)
+        if isinstance(body, web.Response):
+            return body
         agent = body.get("user") or request.headers.get(CONSUMER_HEADER) or None
         return ChatRequest(body, agent, str(body.get("model", "scripted")))
 
@@ -261,5 +314,3 @@ class ScriptedModelServer:
         self.reset()
         return web.json_response({"ok": True})
 
-    async def _health(self, request: web.Request) -> web.Response:
-        return web.json_response({"ok": True})

@@ -18,6 +18,7 @@ from hiclaw.testing.matrix import matrix_control, synapse  # noqa: F401
 from hiclaw.testing.registry import skills_registry  # noqa: F401
 from hiclaw.testing.s3 import minio_admin_server, s3_server, s3_server_auth  # noqa: F401
 from hiclaw.testing.sandbox import sandbox_backend, worker_spec  # noqa: F401
+from hiclaw.testing.smallmodel import small_model  # noqa: F401 - registered as a fixture by being imported here
 from hiclaw.testing.unruly import unruly_model  # noqa: F401 - registered as a fixture by being imported here
 
 

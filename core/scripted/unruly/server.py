@@ -71,6 +71,7 @@ class UnrulyModelServer(ScriptedModelServer):
         self._closing: asyncio.Event | None = None
 
     def add_routes(self, app: web.Application) -> None:
+        super().add_routes(app)
         app.router.add_get("/_unruly/log", self._log)
         app.router.add_get("/_unruly/stats", self._unruly_stats)
         app.router.add_post("/_unruly/reset", self._unruly_reset)
