@@ -298,6 +298,41 @@ async def test_unreadable_text_calls_go_back_to_the_model_as_errors():
         "name": "write_file", "arguments": '{"path": "a.md", "content": "two\\nlines"}'}}], "")
 
 
+PLAN_SCHEMA = {"type": "object", "required": ["project_id", "tasks"], "properties": {
+    "project_id": {"type": "string"},
+    "tasks": {"type": "array", "minItems": 1, "items": {"type": "object", "required": ["id", "title"], "properties": {
+        "id": {"type": "string"}, "title": {"type": "string"}, "depends_on": {"type": "array", "items": {"type": "string"}},
+        "model": {"type": ["string", "null"], "enum": ["smart", "cheap", None]}}}}}}
+
+
+@pytest.mark.parametrize(("arguments", "problem"), [
+    ({"tasks": [{"id": "t1", "title": "A"}]}, "project_id: required"),
+    ({"project_id": "p", "tasks": '[{"id": "t1", "title": "A"}]'}, "tasks: must be array (not a JSON string holding it), got a string"),
+    ({"project_id": "p", "tasks": [{"id": 1, "title": "A"}, {"title": "B"}]}, "tasks[0].id: must be string, got a number; tasks[1].id: required"),
+    ({"project_id": "p", "tasks": []}, "tasks: needs at least 1 item(s)"),
+    ({"project_id": "p", "tasks": [{"id": "t", "title": "A", "model": "huge", "depends_on": "t0"}]},
+     "tasks[0].depends_on: must be array (not a JSON string holding it), got a string; tasks[0].model: must be one of"),
+])
+async def test_arguments_that_do_not_match_the_schema_never_reach_the_handler(arguments, problem):
+    """Malformed arguments (the unruly model's ``wrong_types`` and ``missing_required``) get one line
+    naming each problem, and the model calls again; the handler only ever sees valid ones."""
+    ran: list[dict[str, Any]] = []
+
+    async def propose_plan(args: dict[str, Any]) -> str:
+        ran.append(args)
+        return f"{len(args['tasks'])} tasks for {args['project_id'].upper()}"
+
+    good = {"project_id": "p", "tasks": [{"id": "t1", "title": "A", "extra": "ignored"}]}
+    agents = {"*": {"turns": [{"tool_calls": [{"name": "propose_plan", "arguments": arguments}]},
+                              {"tool_calls": [{"name": "propose_plan", "arguments": good}]}, {"text": "planned"}]}}
+    tool = ToolSpec(name="propose_plan", description="a plan", parameters=PLAN_SCHEMA, handler=propose_plan)
+    async with scripted(agents) as server:
+        turn = await run(GatewayClient(server.base_url, "tok"), [tool])
+        told = server.recent[1]["messages"][-1]["content"]
+    assert told.startswith("error: invalid arguments for propose_plan: ") and problem in told, told
+    assert ran == [good] and turn.outcome == "done" and turn.reply == "planned"
+
+
 # --------------------------------------------------------------------------- through the real embedded gateway
 
 GATEWAY_SCENARIO = {

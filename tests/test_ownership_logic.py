@@ -102,10 +102,10 @@ async def test_an_unjudged_review_is_queued_again_after_one_interval_then_the_ad
     clock.advance(INTERVAL * 0.2)
     report = await watchdog.tick()
     assert report.requeued == [task] and plane.requeued == [f"wake:review:{task}:1:again"]
-    clock.advance(INTERVAL * 2)
-    assert (await watchdog.tick()).review_alerted == []  # the second judgement turn is still queued: it owns it
-    plane.finish_turns()  # ... and it ran, without a judgement
     clock.advance(INTERVAL * 0.5)
+    assert (await watchdog.tick()).review_alerted == []  # the second judgement turn is queued: it owns it
+    plane.finish_turns()  # ... and it ran, without a judgement
+    clock.advance(INTERVAL * 0.6)
     report = await watchdog.tick()
     assert report.review_alerted == [task]
     (alert,) = posts(plane, "review-stuck:")
@@ -122,6 +122,24 @@ async def test_an_unjudged_review_is_queued_again_after_one_interval_then_the_ad
     # Judged at last: the note is stale for the new state, and plan.md no longer shows it.
     plane.state.update_task(task, state=TaskState.DONE)
     assert "stuck" not in render_plan(plane.state.project(current.project_id), plane.state.tasks(project_id=current.project_id))
+
+
+async def test_a_judgement_turn_still_running_after_two_intervals_is_told_once(plane, clock):
+    """A Manager whose model hangs or keeps failing inside one turn: the turn owns the review, but
+    not silently for ever — two intervals after the report the admin hears of it, once."""
+    task = plane.reported()
+    plane.state.inbox_add(f"wake:review:{task}:1:again", "wake", {"key": f"review:{task}:1:again"})  # running
+    clock.advance(INTERVAL * 1.9)
+    assert (await plane.watchdog.tick()).review_alerted == []
+    clock.advance(INTERVAL * 0.2)
+    assert (await plane.watchdog.tick()).review_alerted == [task]
+    (alert,) = posts(plane, "review-stuck:")
+    assert alert["mentions"] == ["admin"] and "has not finished" in alert["text"] and "keep trying" in alert["text"]
+    plane.finish_turns()
+    for _ in range(3):
+        clock.advance(INTERVAL)
+        assert (await plane.watchdog.tick()).review_alerted == []
+    assert len(posts(plane, "review-stuck:")) == 1
 
 
 async def test_a_review_whose_turn_failed_for_good_is_not_alerted_twice(plane, clock):
@@ -171,6 +189,28 @@ async def test_a_plan_awaiting_confirmation_gets_one_reminder(plane, clock):
     clock.advance(INTERVAL * 1.1)
     assert (await plane.watchdog.tick()).reminded == [project.id]
     assert [p["key"] for p in posts(plane, "plan-reminder:")] == [f"plan-reminder:{project.id}:{n}" for n in (1, 2)]
+
+
+async def test_a_project_left_without_a_plan_is_told_to_the_admin_once(plane, clock):
+    """The model said it would plan (or that it did) and never called propose_plan."""
+    project = plane.state.create_project("Mars")
+    plane.state.log_event("project.created", project.id, title="Mars")
+    clock.advance(INTERVAL * 0.9)
+    assert (await plane.watchdog.tick()).reminded == []
+    plane.state.inbox_add("wake:x", "wake", {"key": "x"})  # a Manager turn still on it: wait for it
+    clock.advance(INTERVAL * 0.2)
+    assert (await plane.watchdog.tick()).reminded == []
+    plane.finish_turns()
+    assert (await plane.watchdog.tick()).reminded == [project.id]
+    (told,) = posts(plane, "plan-missing:")
+    assert told["key"] == f"plan-missing:{project.id}" and told["mentions"] == ["admin"]
+    assert project.id in told["text"] and "no plan" in told["text"]
+    for _ in range(3):
+        clock.advance(INTERVAL)
+        assert (await plane.watchdog.tick()).reminded == []
+    # Once it has a plan, nothing more about it.
+    plane.state.update_project(project.id, state="awaiting_confirmation")
+    assert len(posts(plane, "plan-missing:")) == 1
 
 
 async def test_a_blocked_task_is_recalled_to_the_admin_at_most_once_a_day(plane, clock):

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from hiclaw.agent.arguments import argument_problems
 from hiclaw.agent.client import GatewayClient, GatewayError, ModelReply
 from hiclaw.agent.guard import Outcome, ToolCallRecord, TurnGuard, account
 from hiclaw.agent.recovery import shrink_ratio, trim_messages
@@ -107,6 +108,10 @@ class AgentLoop:
         if name not in self.tools:
             available = ", ".join(sorted(self.tools)) or "none"
             return name, arguments, f"error: no tool named {name!r} (available: {available})"
+        problems = argument_problems(self.tools[name].parameters, arguments)
+        if problems is not None:
+            return name, arguments, (f"error: invalid arguments for {name}: {problems}. Call it again with arguments "
+                                     "that match its parameters.")
         return name, arguments, None
 
     async def _run_tool(self, name: str, arguments: dict[str, Any]) -> ToolCallRecord:

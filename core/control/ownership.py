@@ -9,7 +9,11 @@ once per episode):
   interval after the report: the judgement is queued **again**, once (key
   ``review:<task>:<n>:again``); one more interval with no judgement: the admin is alerted in the
   Manager room (key ``review-stuck:<task>:<n>``) and plan.md notes it. If the turn itself failed
-  for good, the admin was told by that (one alert, not two).
+  for good, the admin was told by that (one alert, not two). A judgement turn still running or
+  retrying two intervals after the report gets the same one alert (a slow or failing model).
+- **planning** — a project created and no plan proposed (the model said it would, or that it
+  did, and did not call ``propose_plan``): one interval after its creation the admin is told, once
+  (key ``plan-missing:<project>``), so a request is never silently left half done.
 - **awaiting confirmation** — a proposed plan waiting for the admin: one reminder after an
   interval (key ``plan-reminder:<project>:<n>``, ``n`` the proposal), never more.
 - **blocked** — the admin was told when it happened; a reminder at most once a day while it
@@ -84,10 +88,15 @@ class Ownership:
         state = self.plane.state
         for task in state.tasks(states=[TaskState.REVIEW]):
             first, again = f"wake:review:{task.id}:{task.dispatch_count}", f"wake:review:{task.id}:{task.dispatch_count}:again"
-            if "pending" in (state.inbox_status(first), state.inbox_status(again)):
-                continue  # a judgement turn owns it (queued, running or being retried)
             reported, _ = self._episode("task.reported", task.id, task.updated_at, seen)
             waited = now - max(reported, self.watchdog.started_at)
+            if "pending" in (state.inbox_status(first), state.inbox_status(again)):
+                # A judgement turn owns it (queued, running or being retried) — unless it has taken
+                # two intervals: then the admin hears of it, once, while the turn goes on.
+                if waited >= 2 * self.interval and not self._happened("task.review_stuck", task):
+                    await self._review_stuck(task, waited, still_trying=True)
+                    report.review_alerted.append(task.id)
+                continue
             if waited < self.interval or self._happened("manager.turn_failed", task):
                 continue  # not late yet; or its turn failed for good and the admin was told
             if state.inbox_status(again) is None:
@@ -101,17 +110,22 @@ class Ownership:
                 await self._review_stuck(task, now - reported)
                 report.review_alerted.append(task.id)
 
-    async def _review_stuck(self, task: Task, waited: float) -> None:
+    async def _review_stuck(self, task: Task, waited: float, *, still_trying: bool = False) -> None:
         state, admin = self.plane.state, self.plane.admin
         status = task.result_status.value if task.result_status else "?"
-        note = f"reported {span(waited)} ago; the Manager was asked twice and has not judged it"
+        if still_trying:
+            note = f"reported {span(waited)} ago; the Manager's judgement turn has not finished (its model is slow or failing)"
+            why = "my judgement turn has not finished — my model is slow or failing, and I keep trying"
+        else:
+            note = f"reported {span(waited)} ago; the Manager was asked twice and has not judged it"
+            why = "I was asked twice and did not judge it"
         with state.transaction():
             state.update_task(task.id, stuck=stuck_value(task, note))
             state.log_event("task.review_stuck", task.id, dispatch=task.dispatch_count, waited_seconds=round(waited, 1))
             state.enqueue_message(
                 f"review-stuck:{task.id}:{task.dispatch_count}", ROOM_MANAGER,
                 f"@{admin} **{task.id}** ({task.title}) has waited {span(waited)} for my judgement of {task.assignee}'s "
-                f"report ({status}): I was asked twice and did not judge it. Result: `{layout.task_result(task.id)}` "
+                f"report ({status}): {why}. Result: `{layout.task_result(task.id)}` "
                 "— tell me to accept it, what to change, or to block it.", [admin])
         await self.plane.chat.flush()
         if task.project_id:
@@ -122,6 +136,8 @@ class Ownership:
     async def _plans(self, now: float, report: Any, seen: set[tuple[str, str, str]]) -> None:
         state, admin = self.plane.state, self.plane.admin
         for project in state.projects():
+            if project.state == "planning":
+                await self._no_plan(project, now, report, seen)
             if project.state != "awaiting_confirmation":
                 continue
             proposed, number = self._episode("plan.proposed", project.id, project.updated_at, seen)
@@ -135,6 +151,21 @@ class Ownership:
                 f"Plan: `{layout.project_plan(project.id)}`", mentions=[admin], key=key)
             state.log_event("plan.reminded", project.id, proposal=number)
             report.reminded.append(project.id)
+
+    async def _no_plan(self, project: Any, now: float, report: Any, seen: set[tuple[str, str, str]]) -> None:
+        state, admin = self.plane.state, self.plane.admin
+        created, _ = self._episode("project.created", project.id, project.updated_at, seen)
+        waited = now - max(created, self.watchdog.started_at)
+        key = f"plan-missing:{project.id}"
+        if waited < self.interval or state.outbox_get(key) is not None or state.inbox_pending():
+            return  # not late yet; told already; or a Manager turn is still on it
+        await self.plane.chat.post(
+            self.plane.chat.manager_room,
+            f"@{admin} **{project.title}** ({project.id}) has had no plan for {span(waited)}: I created the project "
+            "but did not propose its tasks. Ask me again to plan it (or tell me what it should contain).",
+            mentions=[admin], key=key)
+        state.log_event("project.plan_missing", project.id, waited_seconds=round(waited, 1))
+        report.reminded.append(project.id)
 
     # ------------------------------------------------------------------ blocked
 
