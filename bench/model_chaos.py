@@ -7,8 +7,8 @@ skill registry — as a person plays it (hiclaw.testing.seedplay): the clean scr
 then the same scenario with the unruly model drawing from all 15 kinds of misbehaviour (text
 instead of tools, tools as text, malformed arguments, unknown tools, loops, questions, refusals,
 long output, 429/500/502/503, timeouts, context errors, empty replies) at ``--rate`` each per call,
-one run per seed. Printed per run: LLM calls and tokens per dispatched task (every call the gateway
-saw, Manager's included), the ratio to the clean run, misbehaving calls, silent stalls (a task
+one run per seed. Printed per run: LLM calls and tokens per task (dispatched — a re-check counts
+again — or planned; every call the gateway saw, Manager's included), the ratio to the clean run, misbehaving calls, silent stalls (a task
 waiting on code or a worker, unchanged for two heartbeat intervals, that the admin was not told
 about) and the other invariants of the model-chaos suite.
 
@@ -44,11 +44,11 @@ async def run(seeds: list[int], rate: float, heartbeat: float) -> int:
           f"{'misbehaved':>11} {'silent stalls':>13}  other invariants")
     for play in [clean, *plays]:
         broken = {k: v for k, v in play.broken().items() if k != "silent stalls"}
-        print(f"{play.label:<14} {','.join(play.projects) or '-':<8} {play.dispatches:>5} {play.calls_per_task:>10.2f} "
+        print(f"{play.label:<14} {','.join(play.projects) or '-':<8} {play.task_count:>5} {play.calls_per_task:>10.2f} "
               f"{play.calls_per_task / clean.calls_per_task:>8.2f} {play.tokens_per_task:>11.0f} "
               f"{play.misbehaved:>5}/{play.model_calls:<5} {len(play.silent_stalls):>13}  "
-              f"{broken or 'held'}")
-    calls = sum(p.calls for p in plays) / max(sum(p.dispatches for p in plays), 1)
+              f"{broken or 'held'}" + (f" — {play.silent_stalls}" if play.silent_stalls else ""))
+    calls = sum(p.calls for p in plays) / max(sum(p.task_count for p in plays), 1)
     ratio = calls / clean.calls_per_task
     stalls = sum(len(p.silent_stalls) for p in plays)
     kinds = sorted({k for p in plays for k in p.kinds})

@@ -298,6 +298,22 @@ async def test_unreadable_text_calls_go_back_to_the_model_as_errors():
         "name": "write_file", "arguments": '{"path": "a.md", "content": "two\\nlines"}'}}], "")
 
 
+async def test_an_empty_reply_is_asked_again_once_then_the_turn_ends_with_an_account():
+    agents = {"*": {"turns": [{"text": ""}, {"text": "42"}, {"text": ""}, {"text": ""}, {"text": "never asked"}]}}
+    async with scripted(agents) as server:
+        client = GatewayClient(server.base_url, "tok")
+        once = await AgentLoop(client, Tools().specs(), agent="sam").run([SYSTEM, ASK], model="smart")
+        always = await AgentLoop(client, Tools().specs(), agent="sam").run([SYSTEM, ASK], model="smart")
+        await client.aclose()
+        asked = server.recent[1]["messages"]
+        assert len(server.recent) == 4
+    assert once.outcome == "done" and once.reply == "42" and asked[-1]["content"].startswith("Your last reply was empty")
+    assert [m["role"] for m in asked] == ["system", "user", "user"]  # the empty reply is not sent back
+    assert always.outcome == "empty" and always.steps == 2 and not always.failed
+    assert always.reply == ("I stopped after 2 steps without finishing: my model gave an empty answer, also when "
+                            "asked again — ask me once more, or rephrase.")
+
+
 PLAN_SCHEMA = {"type": "object", "required": ["project_id", "tasks"], "properties": {
     "project_id": {"type": "string"},
     "tasks": {"type": "array", "minItems": 1, "items": {"type": "object", "required": ["id", "title"], "properties": {

@@ -45,7 +45,7 @@ def check(play: SeedPlay, clean: SeedPlay, factor: float) -> None:
     print(play.line())
     assert not play.broken(), f"{play.line()}\n{play.broken()}"
     assert play.misbehaved > 0, "the mix never fired"
-    assert play.calls_per_task <= factor * clean.calls_per_task, (play.line(), clean.line())
+    assert play.calls_within(factor, clean), (play.line(), clean.line())
 
 
 @pytest.mark.slow

@@ -185,7 +185,7 @@ async def test_a_plan_awaiting_confirmation_gets_one_reminder(plane, clock):
         assert (await plane.watchdog.tick()).reminded == []
     # A new proposal is a new episode: one more reminder.
     plane.state.log_event("plan.proposed", project.id, tasks=[])
-    plane.state.update_project(project.id, state="awaiting_confirmation")
+    plane.state.update_project(project.id, state="awaiting_confirmation", version=2)  # as propose_plan does
     clock.advance(INTERVAL * 1.1)
     assert (await plane.watchdog.tick()).reminded == [project.id]
     assert [p["key"] for p in posts(plane, "plan-reminder:")] == [f"plan-reminder:{project.id}:{n}" for n in (1, 2)]
@@ -197,11 +197,12 @@ async def test_a_project_left_without_a_plan_is_told_to_the_admin_once(plane, cl
     plane.state.log_event("project.created", project.id, title="Mars")
     clock.advance(INTERVAL * 0.9)
     assert (await plane.watchdog.tick()).reminded == []
-    plane.state.inbox_add("wake:x", "wake", {"key": "x"})  # a Manager turn still on it: wait for it
+    plane.state.inbox_add("wake:x", "wake", {"key": "x"})  # a Manager turn may still be on it: wait a bit
     clock.advance(INTERVAL * 0.2)
     assert (await plane.watchdog.tick()).reminded == []
-    plane.finish_turns()
+    clock.advance(INTERVAL * 0.5)  # ... but not for ever
     assert (await plane.watchdog.tick()).reminded == [project.id]
+    plane.finish_turns()
     (told,) = posts(plane, "plan-missing:")
     assert told["key"] == f"plan-missing:{project.id}" and told["mentions"] == ["admin"]
     assert project.id in told["text"] and "no plan" in told["text"]

@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Literal
 
-Outcome = Literal["done", "step_limit", "repeated_call", "invalid_calls", "model_error", "budget", "context"]
+Outcome = Literal["done", "step_limit", "repeated_call", "invalid_calls", "empty", "model_error", "budget", "context"]
 Verdict = Literal["run", "nudge", "stop"]
 
 #: How much of an earlier result the nudge repeats to the model.
@@ -135,6 +135,8 @@ def account(outcome: Outcome, *, steps: int, records: list[ToolCallRecord], guar
     if outcome == "invalid_calls":
         streak = guard.invalid_streak if guard else 0
         return f"{stopped}: my last {streak} steps only produced tool calls that could not be run ({_problems(records)})."
+    if outcome == "empty":
+        return f"{stopped}: my model gave an empty answer, also when asked again — ask me once more, or rephrase."
     if outcome == "budget":
         return one_line(f"I cannot go on: the model budget is used up ({detail}).")
     if outcome == "context":

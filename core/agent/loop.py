@@ -10,6 +10,8 @@ the model does, the turn ends with an :class:`AgentTurn` whose ``outcome`` says 
   (:func:`hiclaw.agent.recovery.trim_messages`);
 - the same call made ``max_repeats`` times gets one nudge, then ends the turn; steps whose calls
   cannot even be run end it after ``max_invalid_steps`` in a row; ``max_steps`` bounds the rest;
+- an empty reply (no text, no tool call) is answered with a request to answer, ``max_empty``
+  times, then ends the turn (``empty``);
 - a model call that fails for good (after the client's retries) or a spent budget ends the turn
   with ``outcome`` ``model_error`` / ``budget`` / ``context`` and the :class:`GatewayError`.
 """
@@ -33,6 +35,9 @@ log = logging.getLogger(__name__)
 
 #: Tool results longer than this are cut (the agent can read files by path instead).
 MAX_TOOL_RESULT_CHARS = 8000
+#: What an empty reply is answered with.
+EMPTY_NUDGE = ("Your last reply was empty. Answer the request above in words, or call one of your tools; "
+               "if you cannot do it, say why.")
 
 BeforeCall = Callable[[ModelRequest], Awaitable[None]]
 
@@ -55,6 +60,7 @@ class AgentTurn:
     error: GatewayError | None = None  # why the model could not be used (model_error, budget, context)
     trims: int = 0  # times the conversation was cut to fit the model's context window
     text_calls: int = 0  # tool calls the model wrote as text
+    empty_replies: int = 0  # replies with neither text nor a tool call
 
     @property
     def stopped(self) -> bool:
@@ -84,8 +90,9 @@ class AgentLoop:
 
     def __init__(self, client: GatewayClient, tools: Sequence[ToolSpec], *, agent: str, max_steps: int = 16,
                  before_call: BeforeCall | None = None, max_repeats: int = 3, max_invalid_steps: int = 3,
-                 max_trims: int = 3) -> None:
+                 max_trims: int = 3, max_empty: int = 1) -> None:
         self.client = client
+        self.max_empty = max_empty
         self.tools = {tool.name: tool for tool in tools}
         self.agent = agent
         self.max_steps = max_steps
@@ -185,6 +192,14 @@ class AgentLoop:
                 turn.first_prompt_tokens = reply.prompt_tokens
             calls, text = self._calls(reply, step, turn)
             turn.final_text = text
+            if not calls and not text.strip():
+                # An empty reply (no text, no tool call): asked once to answer, then the turn ends
+                # with an account instead of silence.
+                turn.empty_replies += 1
+                if turn.empty_replies > self.max_empty:
+                    return self._end(turn, "empty", guard)
+                turn.messages.append({"role": "user", "content": EMPTY_NUDGE})
+                continue
             message: dict[str, Any] = {"role": "assistant", "content": text or None}
             if calls:
                 message["tool_calls"] = calls

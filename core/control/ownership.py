@@ -13,7 +13,8 @@ once per episode):
   retrying two intervals after the report gets the same one alert (a slow or failing model).
 - **planning** — a project created and no plan proposed (the model said it would, or that it
   did, and did not call ``propose_plan``): one interval after its creation the admin is told, once
-  (key ``plan-missing:<project>``), so a request is never silently left half done.
+  (key ``plan-missing:<project>``), so a request is never silently left half done — half an
+  interval later if a Manager turn is going on (it may be planning it).
 - **awaiting confirmation** — a proposed plan waiting for the admin: one reminder after an
   interval (key ``plan-reminder:<project>:<n>``, ``n`` the proposal), never more.
 - **blocked** — the admin was told when it happened; a reminder at most once a day while it
@@ -140,7 +141,8 @@ class Ownership:
                 await self._no_plan(project, now, report, seen)
             if project.state != "awaiting_confirmation":
                 continue
-            proposed, number = self._episode("plan.proposed", project.id, project.updated_at, seen)
+            # The plan's version marks the episode too: a new proposal may share a millisecond.
+            proposed, number = self._episode("plan.proposed", project.id, f"{project.updated_at}#{project.version}", seen)
             key = f"plan-reminder:{project.id}:{number}"
             if number == 0 or now - proposed < self.interval or state.outbox_get(key) is not None:
                 continue
@@ -157,8 +159,10 @@ class Ownership:
         created, _ = self._episode("project.created", project.id, project.updated_at, seen)
         waited = now - max(created, self.watchdog.started_at)
         key = f"plan-missing:{project.id}"
-        if waited < self.interval or state.outbox_get(key) is not None or state.inbox_pending():
-            return  # not late yet; told already; or a Manager turn is still on it
+        if waited < self.interval or state.outbox_get(key) is not None:
+            return  # not late yet, or told already
+        if state.inbox_pending() and waited < 1.5 * self.interval:
+            return  # a Manager turn may still be on it: half an interval more
         await self.plane.chat.post(
             self.plane.chat.manager_room,
             f"@{admin} **{project.title}** ({project.id}) has had no plan for {span(waited)}: I created the project "

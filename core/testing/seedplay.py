@@ -15,8 +15,8 @@ What is measured (:class:`SeedPlay`), and what must hold whatever the model does
   two heartbeat intervals (plus a quarter interval, the watchdog's check period, and
   :data:`STALL_GRACE`), must have been reported to the admin (a message in the Manager room
   mentioning the admin and naming it) since it last changed;
-- **bounded LLM calls** — every call the gateway saw, per dispatched task (the bench compares it
-  with the clean run: ≤ 1.5×);
+- **bounded LLM calls** — every call the gateway saw, per task dispatched or planned (the bench
+  compares it with the clean run: ≤ 1.5×);
 - **no duplicate or lost assignment** — each task's "**task-N** is yours" is posted exactly as many
   times as it was dispatched;
 - **nothing raw shown to the human** — no tool-call markup, chat-template tokens or JSON tool
@@ -175,12 +175,24 @@ class SeedPlay:
     model_log: list[str] = field(default_factory=list)
 
     @property
+    def task_count(self) -> int:
+        """Tasks the run dispatched (a re-check counts again) or planned: what its calls served."""
+        return max(self.dispatches, len(self.tasks), 1)
+
+    @property
     def calls_per_task(self) -> float:
-        return self.calls / max(self.dispatches, 1)
+        return self.calls / self.task_count
 
     @property
     def tokens_per_task(self) -> float:
-        return self.tokens / max(self.dispatches, 1)
+        return self.tokens / self.task_count
+
+    def calls_within(self, factor: float, clean: SeedPlay) -> bool:
+        """LLM calls per task at most ``factor`` × the clean run's; a run that planned no task at
+        all, at most ``factor`` × the clean run's calls in all."""
+        if not self.tasks:
+            return self.calls <= factor * clean.calls
+        return self.calls_per_task <= factor * clean.calls_per_task
 
     @property
     def done(self) -> bool:
@@ -237,20 +249,20 @@ async def play_seed(home: Path, *, mix: Any = None, label: str = "clean", heartb
             started = time.time()
             asked: list[float] = []
 
-            def answered(since: float) -> bool:
-                return any(at >= since and m.sender == manager_id and m.room_id == plane.chat.manager_room
-                           for at, m in list(seen))
-
             async def ask(text: str, happened: Callable[[], bool]) -> bool:
-                """Say ``text`` until it happened: after each answer (or ASK_WAIT without one), again."""
+                """Say ``text`` until it happened: once the Manager's turn for it is over (or after
+                ASK_WAIT), again."""
                 for _ in range(ASKS):
                     if happened():
                         return True
                     asked.append(time.time())
                     result.asks += 1
-                    await team.tell_manager(text)
-                    await _wait(lambda: not plane.state.inbox_pending() and (happened() or answered(asked[-1])),
-                                ASK_WAIT)
+                    event_id = await team.tell_manager(text)
+
+                    def over(key: str = f"message:{event_id}") -> bool:
+                        return plane.state.inbox_status(key) in ("done", "failed") and not plane.state.inbox_pending()
+
+                    await _wait(lambda: (happened() and not plane.state.inbox_pending()) or over(), ASK_WAIT)
                 return happened()
 
             def workers_created() -> bool:
