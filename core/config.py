@@ -24,6 +24,7 @@ import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from hiclaw.errors import ConfigError
+from hiclaw.storage.files import write_text_atomically
 
 CONFIG_FILE = "config.toml"
 SECRETS_FILE = "secrets.toml"
@@ -392,23 +393,6 @@ def _chmod_nofollow(path: Path, mode: int) -> bool:
         os.close(fd)
 
 
-def atomic_write(path: Path, content: str, *, mode: int = 0o600) -> None:
-    """Write ``path`` all at once (temporary file, fsync, rename), created with ``mode``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(content)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _prune(data: Any) -> Any:
     if isinstance(data, dict):
         pruned = {k: _prune(v) for k, v in data.items()}
@@ -424,7 +408,7 @@ def save_config(config: HiclawConfig, home: Path | None = None) -> Path:
     home = home or hiclaw_home()
     path = home / CONFIG_FILE
     header = "# hiclaw configuration — see docs/configuration.md. Secrets belong in secrets.toml.\n"
-    atomic_write(path, header + tomli_w.dumps(config_to_dict(config)), mode=0o600)
+    write_text_atomically(path, header + tomli_w.dumps(config_to_dict(config)), mode=0o600, fsync=True)
     return path
 
 
@@ -443,7 +427,7 @@ def update_config_file(home: Path | None, mutate: Any) -> Path:
     except ValidationError as exc:
         raise _format_validation(exc, source=str(path), text=None) from None
     header = "# hiclaw configuration — see docs/configuration.md. Secrets belong in secrets.toml.\n"
-    atomic_write(path, header + tomli_w.dumps(data), mode=0o600)
+    write_text_atomically(path, header + tomli_w.dumps(data), mode=0o600, fsync=True)
     return path
 
 
@@ -501,7 +485,7 @@ class Secrets:
     def save(self) -> Path:
         body = {name: secret.get_secret_value() for name, secret in sorted(self._values.items())}
         header = "# hiclaw secrets — keep mode 0600; read only by the control plane and the gateway.\n"
-        atomic_write(self.path, header + tomli_w.dumps(body), mode=0o600)
+        write_text_atomically(self.path, header + tomli_w.dumps(body), mode=0o600, fsync=True)
         return self.path
 
 

@@ -26,13 +26,13 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Collection
 from pathlib import Path
 
 from hiclaw.models import ChatMessage
+from hiclaw.storage.files import write_text_atomically
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +216,4 @@ class MentionGate:
         if self.state_path is None:
             return
         data = {room: [m.model_dump(mode="json") for m in buf] for room, buf in self.buffers.items() if buf}
-        self.state_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_path.with_name(f".{self.state_path.name}.tmp")
-        tmp.write_text(json.dumps(data), encoding="utf-8")
-        os.replace(tmp, self.state_path)
+        write_text_atomically(self.state_path, json.dumps(data), mode=0o600)

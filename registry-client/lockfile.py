@@ -15,13 +15,13 @@ changed. Unknown fields of entries written by others are preserved. Writes are a
 from __future__ import annotations
 
 import json
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from hiclaw.errors import InvalidInputError
 from hiclaw.registry.models import FetchedSkill
+from hiclaw.storage.files import write_text_atomically
 
 PROJECT_LOCK_VERSION = 1
 GLOBAL_LOCK_VERSION = 3
@@ -77,14 +77,7 @@ class LockFile:
             text = json.dumps(body, indent=2, ensure_ascii=False) + "\n"
         else:
             text = json.dumps(self.data, indent=2, ensure_ascii=False)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        try:
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, self.path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        write_text_atomically(self.path, text)
 
     def entry_for(self, skill: FetchedSkill, computed_hash: str, file_hashes: dict[str, str]) -> dict[str, Any]:
         """The entry the CLI would write for ``skill``, plus our hashes."""

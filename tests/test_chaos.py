@@ -108,7 +108,7 @@ async def test_kill_the_control_plane_twice_during_the_demo(tmp_path):
     await run_chaos(tmp_path, kills=2, seed=7)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("seed", [pytest.param(seed, marks=pytest.mark.slow) for seed in (1, 2, 3)]
+                         + [pytest.param(seed, marks=pytest.mark.long) for seed in (4, 5)])
 async def test_kill_the_control_plane_many_times_during_the_demo(tmp_path, seed):
     await run_chaos(tmp_path, kills=5, seed=seed)

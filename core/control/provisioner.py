@@ -299,10 +299,10 @@ class Provisioner:
     def _save_run(self, name: str, fingerprint: str, runtime: Any, access: Any) -> None:
         import json
 
-        from hiclaw.config import atomic_write
+        from hiclaw.storage.files import write_text_atomically
 
-        atomic_write(self.run_record_path(name), json.dumps({
-            "fingerprint": fingerprint, "runtime": runtime.to_env(), "access": access.model_dump(mode="json")}))
+        write_text_atomically(self.run_record_path(name), json.dumps({
+            "fingerprint": fingerprint, "runtime": runtime.to_env(), "access": access.model_dump(mode="json")}), mode=0o600, fsync=True)
 
     def _load_run(self, name: str, fingerprint: str) -> tuple[Any, Any] | None:
         """(runtime spec, storage access) of the recorded run, if it had ``fingerprint``."""

@@ -30,7 +30,7 @@ import logging
 import re
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -298,17 +298,15 @@ async def play_seed(home: Path, *, mix: Any = None, label: str = "clean", heartb
     return result
 
 
-async def _wait(predicate: Callable[[], bool | Awaitable[bool]], timeout: float) -> bool:
-    deadline = time.monotonic() + max(timeout, 0)
-    while True:
-        value = predicate()
-        if not isinstance(value, bool):
-            value = await value
-        if value:
-            return True
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.1)
+async def _wait(predicate: Callable[[], Any], timeout: float) -> bool:
+    """:func:`hiclaw.testing.team.wait_until`, as a yes or no."""
+    from hiclaw.testing.team import wait_until
+
+    try:
+        await wait_until(predicate, timeout=max(timeout, 0))
+    except TimeoutError:
+        return False
+    return True
 
 
 def _settled(plane: Any, quiet_since: float, heartbeat: float) -> bool:

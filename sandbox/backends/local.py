@@ -419,9 +419,9 @@ class LocalSandboxBackend(BackendBase):
         return self._records_dir() / f"{name}.run.json"
 
     def _write_record(self, record: RunRecord) -> None:
-        from hiclaw.config import atomic_write
+        from hiclaw.storage.files import write_text_atomically
 
-        atomic_write(self._record_path(record.name), json.dumps(record.__dict__))
+        write_text_atomically(self._record_path(record.name), json.dumps(record.__dict__), mode=0o600, fsync=True)
 
     def _read_record(self, name: str) -> RunRecord | None:
         try:

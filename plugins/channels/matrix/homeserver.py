@@ -31,6 +31,7 @@ import httpx
 from hiclaw.plugins.channels.matrix.errors import HomeserverError
 from hiclaw.plugins.channels.matrix.settings import MatrixSettings
 from hiclaw.plugins.channels.matrix.synapse_config import ensure_shared_secret, homeserver_config, write_config
+from hiclaw.storage.files import write_text_atomically
 
 RUNNER = "hiclaw.plugins.channels.matrix.synapse_runner"
 
@@ -139,10 +140,7 @@ class EmbeddedHomeserver:
         return info
 
     def _write_pid_file(self, pid: int, mode: str) -> None:
-        self.pid_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.pid_file.with_suffix(".tmp")
-        tmp.write_text(f"{pid}\n{mode}\n{os.getpid()}\n")
-        os.replace(tmp, self.pid_file)
+        write_text_atomically(self.pid_file, f"{pid}\n{mode}\n{os.getpid()}\n", mode=0o600)
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -13,6 +13,8 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+from hiclaw.storage.files import write_text_atomically
+
 #: Every ``rc_*`` block raised so agents (which post and join in bursts) never meet a 429
 #: from the defaults (``rc_message`` 0.2/s, burst 10 would refuse the 10th message).
 AGENT_RATE = {"per_second": 10000, "burst_count": 100000}
@@ -37,15 +39,6 @@ RATE_LIMITS: dict[str, Any] = {
 }
 
 
-def write_private(path: Path, content: str) -> None:
-    """Create ``path`` with mode 0600 (atomically; never readable by others, not even briefly)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(content)
-    os.replace(tmp, path)
-
-
 def ensure_private_dir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     os.chmod(path, 0o700)
@@ -58,12 +51,12 @@ def ensure_signing_key(path: Path) -> None:
         return
     seed = base64.b64encode(os.urandom(32)).decode().rstrip("=")
     key_id = "a_" + secrets.token_hex(2)
-    write_private(path, f"ed25519 {key_id} {seed}\n")
+    write_text_atomically(path, f"ed25519 {key_id} {seed}\n", mode=0o600)
 
 
 def ensure_shared_secret(path: Path) -> str:
     if not path.exists():
-        write_private(path, secrets.token_urlsafe(32))
+        write_text_atomically(path, secrets.token_urlsafe(32), mode=0o600)
     return path.read_text(encoding="utf-8").strip()
 
 
@@ -144,7 +137,7 @@ def write_config(data_dir: Path, config: dict[str, Any], log_file: Path) -> Path
     log_file.parent.mkdir(parents=True, exist_ok=True)
     ensure_signing_key(data_dir / "signing.key")
     ensure_shared_secret(data_dir / "registration_shared_secret")
-    write_private(data_dir / "log.config", json.dumps(log_config(log_file), indent=2))
+    write_text_atomically(data_dir / "log.config", json.dumps(log_config(log_file), indent=2), mode=0o600)
     path = data_dir / "homeserver.yaml"
-    write_private(path, json.dumps(config, indent=2, sort_keys=True))
+    write_text_atomically(path, json.dumps(config, indent=2, sort_keys=True), mode=0o600)
     return path

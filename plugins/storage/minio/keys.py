@@ -27,10 +27,10 @@ class IssuedKeys:
         return data if isinstance(data, dict) else {}
 
     def _save(self, data: dict[str, list[str]]) -> None:
-        from hiclaw.config import atomic_write
+        from hiclaw.storage.files import write_text_atomically
 
         if self.path is not None:
-            atomic_write(self.path, json.dumps(data))
+            write_text_atomically(self.path, json.dumps(data), mode=0o600, fsync=True)
 
     def get(self, worker: str) -> tuple[str, str] | None:
         keys = self._load().get(worker)
