@@ -17,7 +17,7 @@ from hiclaw.errors import InvalidInputError
 from hiclaw.manager.history import HEADER, SUMMARY_LABEL, RoomHistory, estimate_tokens
 from hiclaw.manager.memory import MAX_ENTRY_CHARS, appended, memory_tools
 from hiclaw.manager.origin import Origin, tools_for
-from hiclaw.manager.report import fallback_for, gather_facts
+from hiclaw.manager.report import ReportSources, fallback_for, gather_facts
 from hiclaw.manager.when import now_line, parse_at, parse_moment
 from hiclaw.models import ChatMessage, TaskState
 from hiclaw.plugins.storage.local.backend import LocalStorage
@@ -174,7 +174,7 @@ def fake_plane(tmp_path, storage):
     plane = SimpleNamespace(home=tmp_path, state=state, storage=storage, channel=Recorder(), admin="admin",
                             progress=lambda line: None, add_manager_tools=lambda factory: None, wakes=[],
                             config=SimpleNamespace(team=SimpleNamespace(timezone="Europe/Paris")))
-    plane.chat = ControlChat(plane)
+    plane.chat = ControlChat(plane.channel, state, admin="admin")
 
     async def wake_manager(room_id: str, text: str, key: str, *, origin: Any = None) -> None:
         plane.wakes.append((room_id, text, key, origin))
@@ -183,13 +183,19 @@ def fake_plane(tmp_path, storage):
         return [{"consumer": "manager", "calls": 3, "cost_usd": 0.25}]
 
     plane.wake_manager, plane.usage = wake_manager, usage
+    plane.reports = ReportSources(state=state, storage=storage, chat=plane.chat, usage=usage, wake_manager=wake_manager)
     return plane
+
+
+def scheduler_for(plane: Any, clock: Any) -> Scheduler:
+    return Scheduler(state=plane.state, storage=plane.storage, chat=plane.chat, reports=plane.reports,
+                     timezone=plane.config.team.timezone, clock=clock)
 
 
 async def test_a_reminder_fires_once_at_its_time_also_across_a_restart(tmp_path, storage):
     plane = fake_plane(tmp_path, storage)
     clock = ManualClock(T0)
-    scheduler = Scheduler(plane, clock=clock)
+    scheduler = scheduler_for(plane, clock)
     view = await scheduler.admin_action("schedule-add", {"name": "launch", "kind": "remind", "at": "2030-06-10 09:00",
                                                          "message": "launch day"})
     assert (view["kind"], view["cron"], view["at"], view["assignee"], view["next_run_local"]) == (
@@ -204,7 +210,7 @@ async def test_a_reminder_fires_once_at_its_time_also_across_a_restart(tmp_path,
     clock.advance(days=30)
     assert await scheduler.run_due() == [] and len(plane.channel.sent) == 1
     restarted = fake_plane(tmp_path, storage)  # a new control plane on the same state and storage
-    assert await Scheduler(restarted, clock=clock).run_due() == [] and restarted.channel.sent == []
+    assert await scheduler_for(restarted, clock).run_due() == [] and restarted.channel.sent == []
     restarted.state.close()
     (listed,) = ScheduleBook(plane.state, clock).list()
     assert (listed["next_run"], listed["last_run"], listed["missed"]) == (None, "2030-06-10T07:00:00+00:00", False)
@@ -218,14 +224,14 @@ async def test_a_report_wakes_the_manager_with_the_facts_and_keeps_them_for_the_
     plane.state.update_task("task-001", state=TaskState.DONE)
     plane.state.update_task("task-002", state=TaskState.BLOCKED, result_summary="needs the API key")
     now = datetime.now(UTC)
-    facts = await gather_facts(plane, zone=PARIS, now=now)
+    facts = await gather_facts(plane.reports, zone=PARIS, now=now)
     assert '- Done today (1):\n  - task-001 "Work 1" (alex)' in facts
     assert '- Blocked (1):\n  - task-002 "Work 2" (alex) — why: "needs the API key"' in facts
     assert '- Not started yet (1):\n  - task-003 "Work 3" (alex)' in facts
     assert facts.endswith("- Spend today: $0.2500 in 3 model calls (manager $0.2500)")
 
     clock = ManualClock(now)
-    scheduler = Scheduler(plane, clock=clock)
+    scheduler = scheduler_for(plane, clock)
     await scheduler.admin_action("schedule-add", {"name": "daily", "kind": "report", "at": "in 1m"})
     clock.advance(minutes=1)
     assert len(await scheduler.run_due()) == 1

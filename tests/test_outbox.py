@@ -185,9 +185,9 @@ class Home:
     async def start(self, *, outbox: bool = True) -> SimpleNamespace:
         plane = SimpleNamespace(admin="admin", state=StateDB(self.home / "state.db"))
         plane.channel = await self.matrix_control(prefix=self.prefix, home=self.home)
-        plane.chat = ControlChat(plane)
+        plane.chat = ControlChat(plane.channel, plane.state, admin=plane.admin)
         if outbox:  # without: a control plane that dies before it delivers anything
-            plane.outbox = Outbox(plane.state, plane.chat)
+            plane.outbox = plane.chat.outbox = Outbox(plane.state, plane.chat)
         return plane
 
     @staticmethod
@@ -276,9 +276,9 @@ class Clock:
 @pytest.fixture
 def flaky(tmp_path):
     plane = SimpleNamespace(admin="admin", state=StateDB(tmp_path / "state.db"), channel=FlakyChannel())
-    plane.chat = ControlChat(plane)
+    plane.chat = ControlChat(plane.channel, plane.state, admin=plane.admin)
     plane.clock = Clock()
-    plane.outbox = Outbox(plane.state, plane.chat, alert_after=300, clock=plane.clock)
+    plane.outbox = plane.chat.outbox = Outbox(plane.state, plane.chat, alert_after=300, clock=plane.clock)
     yield plane
     plane.state.close()
 

@@ -53,6 +53,7 @@ class Plane(FakePlane):
         self.chat = OutboxChat(self)
         self.requeued: list[str] = []
         self.engine = SimpleNamespace(render=self._render, wake_for_review=self._wake_for_review)
+        self.watchdog = self.new_watchdog(clock)  # on this plane's chat and engine
 
     async def _wake_for_review(self, task: Any, *, again: bool = False) -> None:
         key = f"wake:review:{task.id}:{task.dispatch_count}" + (":again" if again else "")
@@ -156,9 +157,7 @@ async def test_a_restarted_watchdog_goes_on_from_the_event_log(plane, clock):
     await plane.watchdog.tick()
     plane.finish_turns()
     # A new control plane: a new watchdog, the same state.
-    from hiclaw.control.watchdog import Watchdog
-
-    plane.watchdog = Watchdog(plane, interval=INTERVAL, idle_seconds=100.0, clock=clock)
+    plane.watchdog = plane.new_watchdog(clock)
     plane.watchdog.started_at = clock()
     assert (await plane.watchdog.tick()).requeued == []  # not queued again
     clock.advance(INTERVAL * 1.1)
@@ -296,14 +295,19 @@ class FakeManager:
 
 def turns_for(plane: Plane, model: FlakyModel, clock: Clock) -> ManagerTurns:
     probe = TurnProbe(model)  # type: ignore[arg-type]
-    plane.turns = ManagerTurns(plane, probe, asyncio.Event(), clock=clock)
     plane.manager = FakeManager(plane, probe)
-    plane.config.team.heartbeat_seconds = INTERVAL
+
+    async def handle(message: Any) -> None:
+        raise AssertionError("only judgement turns are queued here")
+
+    plane.turns = ManagerTurns(state=plane.state, chat=plane.chat, engine=plane.engine, probe=probe,
+                               wakeup=asyncio.Event(), handle=handle, wake=plane.manager.wake, interval=INTERVAL,
+                               admin=plane.admin, clock=clock)
     return plane.turns
 
 
 async def run_due(turns: ManagerTurns) -> None:
-    for item in turns.plane.state.inbox_pending():
+    for item in turns.state.inbox_pending():
         if turns._due(item) <= turns.clock():
             await turns._one(item)
 

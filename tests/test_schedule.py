@@ -18,6 +18,7 @@ import yaml
 
 from hiclaw.control.chat import ControlChat
 from hiclaw.control.cron import CronRule, ManualClock
+from hiclaw.control.schedule_tools import schedule_tools
 from hiclaw.control.scheduler import ScheduleBook, Scheduler, run_output, run_record
 from hiclaw.errors import HiclawError, InvalidInputError, NotFoundError
 from hiclaw.plugins.storage.local.backend import LocalStorage
@@ -52,7 +53,14 @@ class Plane:
     tool_factories: list[Any] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.chat = ControlChat(self)
+        self.chat = ControlChat(self.channel, self.state, admin=self.admin)
+
+    def scheduler(self, clock: Any) -> Scheduler:
+        """A scheduler on this plane's parts, its tools registered, as the control plane wires it."""
+        scheduler = Scheduler(state=self.state, storage=self.storage, chat=self.chat, admin=self.admin,
+                              progress=self.progress, clock=clock)
+        self.add_manager_tools(lambda: schedule_tools(scheduler))
+        return scheduler
 
     def progress(self, line: str) -> None:
         self.lines.append(line)
@@ -175,7 +183,7 @@ async def test_missed_runs_run_once_at_start_up_then_on_schedule(plane):
     clock = ManualClock(utc(2025, 6, 1, 6))
     ScheduleBook(plane.state, clock).add("metrics", "0 9 * * *", "Europe/Paris", "post yesterday's metrics", "jordan")
     clock.set(utc(2025, 6, 4, 10, 15))  # the control plane was down for four 09:00 runs (1st to 4th)
-    scheduler = Scheduler(plane, clock=clock)
+    scheduler = plane.scheduler(clock)
     await scheduler.start()
     try:
         assert len(plane.channel.sent) == 1
@@ -210,13 +218,13 @@ async def test_a_run_posts_once_even_when_the_plane_crashed_before_bookkeeping(p
     clock = ManualClock(utc(2025, 6, 1, 8, 59))
     ScheduleBook(plane.state, clock).add("metrics", "0 9 * * *", "UTC", "post metrics", "jordan")
     clock.set(utc(2025, 6, 1, 9))
-    assert await Scheduler(plane, clock=clock).run_due() == ["shared/schedules/metrics/run-20250601T090000Z.md"]
+    assert await plane.scheduler(clock).run_due() == ["shared/schedules/metrics/run-20250601T090000Z.md"]
     record = await read(plane, run_record("metrics", utc(2025, 6, 1, 9)))
     # Crash after the post but before last_run was written: the restarted plane sees the run due again.
     plane.state.set_schedule_last_run("metrics", None)
     clock.set(utc(2025, 6, 1, 9, 30))
     restarted = Plane(plane.home, plane.state, plane.storage, channel=plane.channel)
-    assert await Scheduler(restarted, clock=clock).run_due() == ["shared/schedules/metrics/run-20250601T090000Z.md"]
+    assert await restarted.scheduler(clock).run_due() == ["shared/schedules/metrics/run-20250601T090000Z.md"]
     assert len(plane.channel.sent) == 1  # the outbox key schedule:metrics:20250601T090000Z held
     assert await read(plane, run_record("metrics", utc(2025, 6, 1, 9))) == record  # not rewritten
     assert plane.state.schedule("metrics").last_run == "2025-06-01T09:00:00+00:00"
@@ -225,7 +233,7 @@ async def test_a_run_posts_once_even_when_the_plane_crashed_before_bookkeeping(p
 
 async def test_schedules_written_by_another_process_are_picked_up(plane):
     clock = ManualClock(utc(2025, 6, 1, 8))
-    scheduler = Scheduler(plane, clock=clock)
+    scheduler = plane.scheduler(clock)
     await scheduler.start()
     try:
         other = StateDB(plane.home / "state.db")  # `hiclaw schedule add` while the plane runs its loop
@@ -247,7 +255,7 @@ async def test_a_failing_run_is_retried_and_does_not_hold_up_the_others(plane):
     blocker.parent.mkdir(parents=True)
     blocker.write_text("a file where the records folder should be")  # storage refuses the record
     clock.set(utc(2025, 6, 1, 9))
-    scheduler = Scheduler(plane, clock=clock)
+    scheduler = plane.scheduler(clock)
     assert await scheduler.run_due() == ["shared/schedules/metrics/run-20250601T090000Z.md"]
     assert scheduler._failed and plane.state.schedule("broken").last_run is None
     assert [text.split(": ", 1)[1].split("\n")[0] for _, text, _ in plane.channel.sent] == ["second"]
@@ -261,7 +269,7 @@ async def test_a_run_for_a_removed_worker_is_recorded_as_skipped(plane):
     ScheduleBook(plane.state, clock).add("metrics", "0 9 * * *", "UTC", "post metrics", "jordan")
     plane.state.set_worker_state("jordan", "removed")
     clock.set(utc(2025, 6, 1, 9))
-    await Scheduler(plane, clock=clock).run_due()
+    await plane.scheduler(clock).run_due()
     assert plane.channel.sent == []
     record = await read(plane, run_record("metrics", utc(2025, 6, 1, 9)))
     assert "status: 'skipped: the assignee no longer exists'" in record
@@ -270,7 +278,7 @@ async def test_a_run_for_a_removed_worker_is_recorded_as_skipped(plane):
 
 async def test_manager_tools_and_admin_actions(plane):
     clock = ManualClock(utc(2025, 6, 1, 6))
-    scheduler = Scheduler(plane, clock=clock)
+    scheduler = plane.scheduler(clock)
     tools = plane.tools()
     assert sorted(tools) == ["schedule_add", "schedule_list", "schedule_remove"]
     assert tools["schedule_add"].parameters["required"] == ["name", "cron", "timezone", "message", "assignee"]

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from hiclaw.config import HiclawConfig
+from hiclaw.control.idle import IdlePolicy
 from hiclaw.control.watchdog import Watchdog
 from hiclaw.manager.plan import render_plan
 from hiclaw.models import ChatMessage, TaskState
@@ -129,8 +130,16 @@ class FakePlane:
         self.rendered: list[str] = []
         self.engine = SimpleNamespace(render=self._render)
         self.wakes: list[tuple[str, str, str]] = []
-        self.watchdog = Watchdog(self, interval=INTERVAL, idle_seconds=IDLE, clock=clock)
-        self.idle = self.watchdog.idle
+        self.watchdog = self.new_watchdog(clock)
+
+    def new_watchdog(self, clock: Clock, *, interval: float = INTERVAL, idle_seconds: float = IDLE) -> Watchdog:
+        """A watchdog (and its idle policy) wired to this plane's fakes, as the control plane wires it."""
+        self.idle = IdlePolicy(state=self.state, supervisor=self.supervisor, provisioner=self.provisioner,
+                               display=self.display, idle_seconds=idle_seconds, clock=clock)
+        return Watchdog(state=self.state, chat=self.chat, supervisor=self.supervisor, provisioner=self.provisioner,
+                        gateway=self.gateway, storage=self.storage, engine=self.engine, idle=self.idle,
+                        wake_manager=self.wake_manager, display=self.display, interval=interval, admin=self.admin,
+                        clock=clock)
 
     async def _render(self, project_id: str) -> None:
         self.rendered.append(project_id)

@@ -13,7 +13,7 @@ import logging
 import os
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -30,9 +30,28 @@ def control_file(home: Path) -> Path:
     return home / "run" / "control.json"
 
 
+class ControlService(Protocol):
+    """What the control API serves (the control plane implements it). ``worker``: the calling
+    worker, from its control token — a worker can only act as itself."""
+
+    async def worker_ready(self, worker: str, info: dict[str, Any]) -> None: ...
+
+    async def worker_notice(self, worker: str, body: dict[str, Any]) -> None: ...
+
+    async def skills_find(self, worker: str, query: str, limit: int) -> list[dict[str, Any]]: ...
+
+    async def skills_add(self, worker: str, source: str, skill: str | None) -> dict[str, Any]: ...
+
+    async def status(self) -> dict[str, Any]: ...
+
+    async def admin_action(self, action: str, body: dict[str, Any]) -> Any: ...
+
+
 class ControlAPI:
-    def __init__(self, plane: Any, *, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.plane = plane
+    """``home``: where the admin's token file is written (``run/control.json``)."""
+
+    def __init__(self, service: ControlService, home: Path, *, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.service, self.home = service, home
         self.host = host
         self.port = port
         self._worker_tokens: dict[str, str] = {}  # hash -> worker name
@@ -85,14 +104,14 @@ class ControlAPI:
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # noqa: SLF001 - aiohttp: bound port
-        path = control_file(self.plane.home)
+        path = control_file(self.home)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             json.dump({"url": self.url, "token": self._admin_token, "pid": os.getpid()}, fh)
 
     async def stop(self) -> None:
-        control_file(self.plane.home).unlink(missing_ok=True)
+        control_file(self.home).unlink(missing_ok=True)
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -119,7 +138,7 @@ class ControlAPI:
             info = await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
             info = {}
-        await self.plane.provisioner.mark_ready(name, info if isinstance(info, dict) else {})
+        await self.service.worker_ready(name, info if isinstance(info, dict) else {})
         return web.json_response({"ok": True})
 
     async def _notice(self, request: web.Request) -> web.Response:
@@ -129,13 +148,13 @@ class ControlAPI:
         body = await request.json()
         if not isinstance(body, dict):
             raise HiclawError("a notice is a JSON object")
-        await self.plane.worker_notice(name, body)
+        await self.service.worker_notice(name, body)
         return web.json_response({"ok": True})
 
     async def _skills_find(self, request: web.Request) -> web.Response:
         _, name = self._caller(request)
         body = await request.json()
-        found = await self.plane.skills.find(name, str(body["query"]), int(body.get("limit") or 10))
+        found = await self.service.skills_find(name, str(body["query"]), int(body.get("limit") or 10))
         return web.json_response({"skills": found})
 
     async def _skills_add(self, request: web.Request) -> web.Response:
@@ -143,18 +162,18 @@ class ControlAPI:
         if kind != "worker":
             raise web.HTTPForbidden()
         body = await request.json()
-        installed = await self.plane.skills.add(name, str(body["source"]), body.get("skill"))
+        installed = await self.service.skills_add(name, str(body["source"]), body.get("skill"))
         return web.json_response(installed)
 
     async def _status(self, request: web.Request) -> web.Response:
         kind, _ = self._caller(request)
         if kind != "admin":
             raise web.HTTPForbidden()
-        return web.json_response(await self.plane.status())
+        return web.json_response(await self.service.status())
 
     async def _admin(self, request: web.Request) -> web.Response:
         kind, _ = self._caller(request)
         if kind != "admin":
             raise web.HTTPForbidden()
         body = await request.json()
-        return web.json_response(await self.plane.admin_action(request.match_info["action"], body))
+        return web.json_response(await self.service.admin_action(request.match_info["action"], body))

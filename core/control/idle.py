@@ -22,7 +22,10 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hiclaw.state import StateDB
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +36,13 @@ ACTIVE = "active"
 class IdlePolicy:
     """Tracks each worker's last activity; puts idle workers to sleep and wakes them on demand."""
 
-    def __init__(self, plane: Any, *, idle_seconds: float | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
-        self.plane = plane
-        self.idle_seconds = float(idle_seconds if idle_seconds is not None else plane.config.team.idle_sleep_seconds)
+    def __init__(self, *, state: StateDB, supervisor: Any, provisioner: Any, display: Callable[[str], str],
+                 idle_seconds: float, clock: Callable[[], float] = time.time) -> None:
+        """``provisioner``: a :class:`hiclaw.control.provisioner.Provisioner` (its per-worker lock,
+        mounts and ``start_process``); ``display`` names a user id; ``idle_seconds``: ``[team]
+        idle_sleep_seconds``."""
+        self.state, self.supervisor, self.provisioner, self.display = state, supervisor, provisioner, display
+        self.idle_seconds = float(idle_seconds)
         self.clock = clock
         self.last_active: dict[str, float] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -51,7 +57,7 @@ class IdlePolicy:
             self.last_active[name] = when
 
     def is_sleeping(self, name: str) -> bool:
-        worker = self.plane.state.find_worker(name)
+        worker = self.state.find_worker(name)
         return worker is not None and worker.state == SLEEPING
 
     # ------------------------------------------------------------------ sleep
@@ -64,10 +70,10 @@ class IdlePolicy:
             if name in busy:
                 self.touch(name, now)
                 continue
-            process = self.plane.supervisor.status(name).get("state")
+            process = self.supervisor.status(name).get("state")
             if worker.state == SLEEPING and process == "running":
                 # Started by someone else meanwhile (e.g. a model change): it is awake.
-                self.plane.state.set_worker_state(name, ACTIVE)
+                self.state.set_worker_state(name, ACTIVE)
                 self.touch(name, now)
                 continue
             if worker.state != ACTIVE or process != "running":
@@ -79,43 +85,43 @@ class IdlePolicy:
 
     async def sleep(self, name: str) -> bool:
         """Stop an idle worker's process and mark it sleeping; False if it is no longer idle."""
-        provisioner = self.plane.provisioner
+        provisioner = self.provisioner
         async with self._lock(name), provisioner.lock(name):  # never while it is started or removed
-            worker = self.plane.state.find_worker(name)
+            worker = self.state.find_worker(name)
             if worker is None or worker.state != ACTIVE or self._has_work(name):
                 return False
             # State first: the watchdog restarts stopped *active* workers, never sleeping ones.
-            self.plane.state.set_worker_state(name, SLEEPING)
-            await self.plane.supervisor.stop(name)
+            self.state.set_worker_state(name, SLEEPING)
+            await self.supervisor.stop(name)
             provisioner.mounts.pop(name, None)
             idle_for = self.clock() - self.last_active.get(name, self.clock())
-            self.plane.state.log_event("worker.sleeping", name, idle_seconds=round(idle_for, 1))
+            self.state.log_event("worker.sleeping", name, idle_seconds=round(idle_for, 1))
             log.info("worker %s is asleep after %.0fs without activity", name, idle_for)
             return True
 
     def _has_work(self, name: str) -> bool:
         from hiclaw.models import TaskState
 
-        return bool(self.plane.state.tasks(assignee=name, states=[TaskState.IN_PROGRESS]))
+        return bool(self.state.tasks(assignee=name, states=[TaskState.IN_PROGRESS]))
 
     # ------------------------------------------------------------------ wake
 
     async def wake(self, name: str, *, reason: str) -> bool:
         """Start a sleeping worker and wait until it is ready; False if it was not asleep."""
         async with self._lock(name):
-            worker = self.plane.state.find_worker(name)
+            worker = self.state.find_worker(name)
             if worker is None or worker.state != SLEEPING:
                 return False
-            self.plane.state.set_worker_state(name, ACTIVE)
-            self.plane.state.log_event("worker.woken", name, reason=reason)
+            self.state.set_worker_state(name, ACTIVE)
+            self.state.log_event("worker.woken", name, reason=reason)
             self.touch(name)
             log.info("waking worker %s (%s)", name, reason)
-            await self.plane.provisioner.start_process(self.plane.state.worker(name))
+            await self.provisioner.start_process(self.state.worker(name))
             return True
 
     async def wake_mentioned(self, mentions: Sequence[str], *, reason: str = "mention") -> None:
         """Wake every sleeping worker among ``mentions`` (names or user ids) before a post."""
         for mention in mentions:
-            name = self.plane.display(mention) if mention.startswith("@") else mention
+            name = self.display(mention) if mention.startswith("@") else mention
             if self.is_sleeping(name):
                 await self.wake(name, reason=reason)

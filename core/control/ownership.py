@@ -26,12 +26,13 @@ repeats a message nor loses one.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 from hiclaw.manager.plan import stuck_value
 from hiclaw.models import TaskState
-from hiclaw.state import ROOM_MANAGER, Task
+from hiclaw.state import ROOM_MANAGER, StateDB, Task
 from hiclaw.storage import layout
 
 log = logging.getLogger(__name__)
@@ -50,13 +51,14 @@ def span(seconds: float) -> str:
 
 
 class Ownership:
-    """``watchdog``: the :class:`hiclaw.control.watchdog.Watchdog` it runs in (its plane, interval
-    and start time)."""
+    """Runs in the heartbeat watchdog: ``interval`` is its heartbeat, ``started_at()`` when it
+    started (nothing is owed before a full interval of watching)."""
 
-    def __init__(self, watchdog: Any, *, remind_blocked_every: float = DAY) -> None:
-        self.watchdog = watchdog
-        self.plane = watchdog.plane
-        self.interval = watchdog.interval
+    def __init__(self, *, state: StateDB, chat: Any, engine: Any, admin: str, interval: float,
+                 started_at: Callable[[], float], remind_blocked_every: float = DAY) -> None:
+        self.state, self.chat, self.engine, self.admin = state, chat, engine, admin
+        self.interval = interval
+        self.started_at = started_at
         self.remind_blocked_every = remind_blocked_every
         self._episodes: dict[tuple[str, str, str], tuple[float, int]] = {}  # (kind, subject, version) -> (when, n)
 
@@ -74,23 +76,23 @@ class Ownership:
         key = (kind, subject, version)
         seen.add(key)
         if key not in self._episodes:
-            events = self.plane.state.events(kind=kind, subject=subject)
+            events = self.state.events(kind=kind, subject=subject)
             when = datetime.fromisoformat(events[-1]["ts"]).timestamp() if events else float("-inf")
             self._episodes[key] = (when, len(events))
         return self._episodes[key]
 
     def _happened(self, kind: str, task: Task) -> bool:
         return any(e["data"].get("dispatch") == task.dispatch_count
-                   for e in self.plane.state.events(kind=kind, subject=task.id))
+                   for e in self.state.events(kind=kind, subject=task.id))
 
     # ------------------------------------------------------------------ review
 
     async def _reviews(self, now: float, report: Any, seen: set[tuple[str, str, str]]) -> None:
-        state = self.plane.state
+        state = self.state
         for task in state.tasks(states=[TaskState.REVIEW]):
             first, again = f"wake:review:{task.id}:{task.dispatch_count}", f"wake:review:{task.id}:{task.dispatch_count}:again"
             reported, _ = self._episode("task.reported", task.id, task.updated_at, seen)
-            waited = now - max(reported, self.watchdog.started_at)
+            waited = now - max(reported, self.started_at())
             if "pending" in (state.inbox_status(first), state.inbox_status(again)):
                 # A judgement turn owns it (queued, running or being retried) — unless it has taken
                 # two intervals: then the admin hears of it, once, while the turn goes on.
@@ -101,7 +103,7 @@ class Ownership:
             if waited < self.interval or self._happened("manager.turn_failed", task):
                 continue  # not late yet; or its turn failed for good and the admin was told
             if state.inbox_status(again) is None:
-                await self.plane.engine.wake_for_review(task, again=True)
+                await self.engine.wake_for_review(task, again=True)
                 state.log_event("task.review_requeued", task.id, dispatch=task.dispatch_count,
                                 waited_seconds=round(waited, 1))
                 report.requeued.append(task.id)
@@ -112,7 +114,7 @@ class Ownership:
                 report.review_alerted.append(task.id)
 
     async def _review_stuck(self, task: Task, waited: float, *, still_trying: bool = False) -> None:
-        state, admin = self.plane.state, self.plane.admin
+        state, admin = self.state, self.admin
         status = task.result_status.value if task.result_status else "?"
         if still_trying:
             note = f"reported {span(waited)} ago; the Manager's judgement turn has not finished (its model is slow or failing)"
@@ -128,14 +130,14 @@ class Ownership:
                 f"@{admin} **{task.id}** ({task.title}) has waited {span(waited)} for my judgement of {task.assignee}'s "
                 f"report ({status}): {why}. Result: `{layout.task_result(task.id)}` "
                 "— tell me to accept it, what to change, or to block it.", [admin])
-        await self.plane.chat.flush()
+        await self.chat.flush()
         if task.project_id:
-            await self.plane.engine.render(task.project_id)
+            await self.engine.render(task.project_id)
 
     # ------------------------------------------------------------------ plans awaiting confirmation
 
     async def _plans(self, now: float, report: Any, seen: set[tuple[str, str, str]]) -> None:
-        state, admin = self.plane.state, self.plane.admin
+        state, admin = self.state, self.admin
         for project in state.projects():
             if project.state == "planning":
                 await self._no_plan(project, now, report, seen)
@@ -146,8 +148,8 @@ class Ownership:
             key = f"plan-reminder:{project.id}:{number}"
             if number == 0 or now - proposed < self.interval or state.outbox_get(key) is not None:
                 continue
-            await self.plane.chat.post(
-                self.plane.chat.manager_room,
+            await self.chat.post(
+                self.chat.manager_room,
                 f"@{admin} a reminder: the plan for **{project.title}** ({project.id}) has waited {span(now - proposed)} "
                 f"for your confirmation. Reply to me with *confirm* to start it, or tell me what to change. "
                 f"Plan: `{layout.project_plan(project.id)}`", mentions=[admin], key=key)
@@ -155,16 +157,16 @@ class Ownership:
             report.reminded.append(project.id)
 
     async def _no_plan(self, project: Any, now: float, report: Any, seen: set[tuple[str, str, str]]) -> None:
-        state, admin = self.plane.state, self.plane.admin
+        state, admin = self.state, self.admin
         created, _ = self._episode("project.created", project.id, project.updated_at, seen)
-        waited = now - max(created, self.watchdog.started_at)
+        waited = now - max(created, self.started_at())
         key = f"plan-missing:{project.id}"
         if waited < self.interval or state.outbox_get(key) is not None:
             return  # not late yet, or told already
         if state.inbox_pending() and waited < 1.5 * self.interval:
             return  # a Manager turn may still be on it: half an interval more
-        await self.plane.chat.post(
-            self.plane.chat.manager_room,
+        await self.chat.post(
+            self.chat.manager_room,
             f"@{admin} **{project.title}** ({project.id}) has had no plan for {span(waited)}: I created the project "
             "but did not propose its tasks. Ask me again to plan it (or tell me what it should contain).",
             mentions=[admin], key=key)
@@ -174,7 +176,7 @@ class Ownership:
     # ------------------------------------------------------------------ blocked
 
     async def _blocked(self, now: float, report: Any, seen: set[tuple[str, str, str]]) -> None:
-        state, admin = self.plane.state, self.plane.admin
+        state, admin = self.state, self.admin
         for task in state.tasks(states=[TaskState.BLOCKED]):
             blocked, number = self._episode("task.blocked", task.id, task.updated_at, seen)
             periods = int((now - blocked) // self.remind_blocked_every) if number else 0
@@ -182,8 +184,8 @@ class Ownership:
             if periods < 1 or state.outbox_get(key) is not None:
                 continue
             why = f": {task.result_summary}" if task.result_summary else ""
-            await self.plane.chat.post(
-                self.plane.chat.manager_room,
+            await self.chat.post(
+                self.chat.manager_room,
                 f"@{admin} a reminder: **{task.id}** ({task.title}, @{task.assignee}) has been blocked for "
                 f"{span(now - blocked)}{why}. Tell me what to do with it: another assignee, a new task, or cancel it.",
                 mentions=[admin], key=key)

@@ -9,13 +9,15 @@ Restart = reconcile: nothing is recreated that exists, nothing posted twice, not
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import inspect
 import logging
 import secrets as pysecrets
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, overload
 from zoneinfo import ZoneInfo
 
 from hiclaw.agent import GatewayClient
@@ -24,21 +26,23 @@ from hiclaw.config import HiclawConfig, Secrets
 from hiclaw.control.api import ControlAPI
 from hiclaw.control.chat import ControlChat
 from hiclaw.control.cron import check_timezone
+from hiclaw.control.idle import IdlePolicy
 from hiclaw.control.outbox import Outbox, crash_hook_for_tests
 from hiclaw.control.provisioner import Provisioner
 from hiclaw.control.questions import WorkerQuestions
+from hiclaw.control.schedule_tools import schedule_tools
 from hiclaw.control.scheduler import Scheduler
-from hiclaw.control.scheduler import admin_action as schedule_admin_action
-from hiclaw.control.skills import TeamSkills
+from hiclaw.control.skills import TeamSkills, team_registry
 from hiclaw.control.turns import ManagerTurns, TurnProbe
 from hiclaw.control.watchdog import Watchdog
 from hiclaw.errors import HiclawError, InvalidInputError
 from hiclaw.host import ComponentContext, PluginHost, RuntimeContext
 from hiclaw.manager.agent import ManagerAgent
 from hiclaw.manager.engine import TaskEngine
-from hiclaw.manager.history import for_plane as manager_history
+from hiclaw.manager.history import manager_history
 from hiclaw.manager.origin import ADMIN as ADMIN_ORIGIN
 from hiclaw.manager.origin import Origin
+from hiclaw.manager.report import ReportSources
 from hiclaw.manager.report import fallback_for as report_fallback
 from hiclaw.manager.when import now_line
 from hiclaw.models import ChatMessage, ModelRequest, TaskRecord, TaskResult, TaskState, ToolSpec
@@ -46,14 +50,45 @@ from hiclaw.protocols import ChannelServices, Lifecycle, Stoppable, StorageEndpo
 from hiclaw.state import StateDB
 from hiclaw.storage import layout
 
+if TYPE_CHECKING:
+    from hiclaw.sandbox.supervisor import Supervisor
+
 log = logging.getLogger(__name__)
 
 ADMIN = "admin"
 MANAGER = "manager"
 
 
-async def _nothing() -> None:
-    return None
+T = TypeVar("T")
+
+
+class NotStartedError(AttributeError):
+    """A component of the control plane was used before :meth:`ControlPlane.start` made it."""
+
+
+class Part(Generic[T]):
+    """A component the control plane has from :meth:`ControlPlane.start` on (typed; reading it
+    before says so, instead of failing deep inside a collaborator)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, obj: None, objtype: type | None = None) -> Part[T]: ...
+
+    @overload
+    def __get__(self, obj: object, objtype: type | None = None) -> T: ...
+
+    def __get__(self, obj: object | None, objtype: type | None = None) -> T | Part[T]:
+        if obj is None:
+            return self
+        try:
+            return cast(T, obj.__dict__[self.name])
+        except KeyError:
+            raise NotStartedError(f"the control plane has no {self.name} before it started") from None
+
+    def __set__(self, obj: object, value: T) -> None:
+        obj.__dict__[self.name] = value
 
 
 def ensure_bytecode() -> None:
@@ -72,6 +107,29 @@ def ensure_bytecode() -> None:
 
 
 class ControlPlane:
+    """The team's composition root: :meth:`start` builds every component and gives each
+    collaborator what it uses (:meth:`_wire`); :meth:`stop` undoes start-up in reverse."""
+
+    state: Part[StateDB] = Part()
+    channel: Part[Any] = Part()  # a hiclaw.protocols.TeamChannel
+    gateway: Part[Any] = Part()  # a hiclaw.protocols.Gateway
+    storage: Part[Any] = Part()  # a hiclaw.protocols.Storage
+    supervisor: Part[Supervisor] = Part()
+    api: Part[ControlAPI] = Part()
+    chat: Part[ControlChat] = Part()
+    outbox: Part[Outbox] = Part()
+    skills: Part[TeamSkills] = Part()
+    provisioner: Part[Provisioner] = Part()
+    engine: Part[TaskEngine] = Part()
+    scheduler: Part[Scheduler] = Part()
+    idle: Part[IdlePolicy] = Part()
+    watchdog: Part[Watchdog] = Part()
+    questions: Part[WorkerQuestions] = Part()
+    manager_client: Part[GatewayClient] = Part()
+    turns: Part[ManagerTurns] = Part()
+    manager: Part[ManagerAgent] = Part()
+    gate: Part[Any] = Part()  # a hiclaw.wakeup.MentionGate
+
     def __init__(self, home: Path, *, config: HiclawConfig, secrets: Secrets, host: PluginHost | None = None,
                  progress: Callable[[str], None] | None = None, worker_ready_timeout: float = 60.0,
                  control_port: int = 0) -> None:
@@ -89,6 +147,8 @@ class ControlPlane:
         self._inbox_task: asyncio.Task[None] | None = None
         self._extra_manager_tools: list[Callable[[], list[ToolSpec]]] = []
         self._extra_bridges: dict[str, str] = {}
+        self._exits = contextlib.AsyncExitStack()
+        self.boot: str | None = None
         self.started_at = 0.0
         self.admin_password_created = False
 
@@ -152,12 +212,13 @@ class ControlPlane:
         raise_fd_limit()  # it holds every worker's bridged connections: the soft default (1024) is too few
         await asyncio.to_thread(ensure_bytecode)
         self.progress("state: opening the state database")
-        self.state = StateDB(self.home / "state.db")
+        state = self.state = StateDB(self.home / "state.db")
+        self._on_stop("state", state.close)
 
         self.progress(f"channel: {self.config.channel.plugin}")
-        self.channel = self.host.create("channel", self.config.channel.plugin, self.config.channel.settings,
-                                        self._ctx(agent=MANAGER), section="channel.settings")
-        lacking = missing_members(self.channel, TeamChannel)
+        channel = self.channel = self.host.create("channel", self.config.channel.plugin, self.config.channel.settings,
+                                                  self._ctx(agent=MANAGER), section="channel.settings")
+        lacking = missing_members(channel, TeamChannel)
         if lacking:
             from hiclaw.errors import PluginError
 
@@ -166,87 +227,80 @@ class ControlPlane:
                               f"{', '.join(lacking)}",
                               hint="implement hiclaw.protocols.TeamChannel (docs/plugins/hooks.md#hiclaw_register_channels)")
         # The homeserver boots in the background while the rest starts (it is the slowest part).
-        services = asyncio.create_task(self.channel.start_services()) if isinstance(self.channel, ChannelServices) else None
-        self.components["channel"] = self.channel
+        services = None
+        if isinstance(channel, ChannelServices):
+            services = asyncio.create_task(channel.start_services())
+            self._on_stop("channel services", channel.stop_services)
+        self.components["channel"] = channel
 
         self.progress(f"gateway: {self.config.gateway.plugin}")
-        self.gateway = self.host.create("gateway", self.config.gateway.plugin, self.config.gateway.settings,
-                                        self._ctx(), section="gateway.settings")
-        await self.gateway.start()
-        self.components["gateway"] = self.gateway
-        self.progress(f"gateway: {self.gateway.base_url}")
+        gateway = self.gateway = self.host.create("gateway", self.config.gateway.plugin, self.config.gateway.settings,
+                                                  self._ctx(), section="gateway.settings")
+        self._on_stop("gateway", gateway.stop)
+        await gateway.start()
+        self.components["gateway"] = gateway
+        self.progress(f"gateway: {gateway.base_url}")
 
-        self.storage = self.host.create("storage", self.config.storage.plugin, self.config.storage.settings,
-                                        self._ctx(), section="storage.settings")
-        if isinstance(self.storage, Lifecycle):
-            await self.storage.start()
-        if isinstance(self.storage, StorageEndpoint) and self.storage.endpoint_url:
-            self._extra_bridges["storage"] = self.storage.endpoint_url
-        self.components["storage"] = self.storage
+        storage = self.storage = self.host.create("storage", self.config.storage.plugin, self.config.storage.settings,
+                                                  self._ctx(), section="storage.settings")
+        if isinstance(storage, Stoppable):
+            self._on_stop("storage", storage.stop)
+        if isinstance(storage, Lifecycle):
+            await storage.start()
+        if isinstance(storage, StorageEndpoint) and storage.endpoint_url:
+            self._extra_bridges["storage"] = storage.endpoint_url
+        self.components["storage"] = storage
         self.progress(f"storage: {self.config.storage.plugin}")
+
+        api = self.api = ControlAPI(self, self.home, port=self.control_port)
+        self._on_stop("control API", api.stop)
+        await api.start()
+        self.progress(f"control API: {api.url}")
 
         from hiclaw.sandbox.supervisor import Supervisor
 
         backend = self.host.create("sandbox", self.config.sandbox.plugin, self.config.sandbox.settings,
                                    self._ctx(), section="sandbox.settings")
-        self.supervisor = Supervisor(backend, on_crash_loop=self._on_crash_loop)
+        supervisor = self.supervisor = Supervisor(backend, on_crash_loop=self._on_crash_loop)
         self.components["sandbox"] = backend
         self.progress(f"sandbox: {self.config.sandbox.plugin}")
 
-        self.api = ControlAPI(self, port=self.control_port)
-        await self.api.start()
-        self.progress(f"control API: {self.api.url}")
-
-        self.skills = TeamSkills(self)
-        self.chat = ControlChat(self)
-        self.outbox = Outbox(self.state, self.chat, admin=ADMIN)
-        self.state.on_message_committed = crash_hook_for_tests(self.home)
-        self.provisioner = Provisioner(self)
-        self.engine = TaskEngine(state=self.state, storage=self.storage, chat=self.chat, access=self.provisioner,
-                                 wake_manager=self.wake_manager, yolo=self.config.team.yolo, admin=ADMIN,
-                                 after_task=self._after_task, max_revision_rounds=self.config.team.max_revision_rounds)
-        self.scheduler = Scheduler(self)
-        self.watchdog = Watchdog(self)  # heartbeat, restarts, re-notices, stalls; idle sleep below
-        self.idle = self.watchdog.idle
+        self._wire(state, channel, gateway, storage, api, supervisor)
 
         if services is not None:
             for line in await services:
                 self.progress(line)
         await self._ensure_admin()
-        manager_token = await self.gateway.mint_token(MANAGER, models=sorted(self.config.models) or None)
-        self.manager_client = GatewayClient(self.gateway.base_url, manager_token)
-        # Watched, so a judgement turn whose model failed is retried, then reported (hiclaw.control.turns).
-        probe = TurnProbe(self.manager_client)
-        self.turns = ManagerTurns(self, probe, self._inbox_wakeup)
-        self.questions = WorkerQuestions(self)
-        self.manager = ManagerAgent(
-            client=probe, tools=self._manager_tools, send=self._manager_send,
-            model=self.config.team.manager_model, read_text=self._manager_file, facts=self._manager_facts,
-            skills=self._manager_skills, display=self.speaker, admin=ADMIN, before_call=self._before_call,
-            history=manager_history(self, self.manager_client), fallback_for=self._manager_fallback)
+        manager_token = await gateway.mint_token(MANAGER, models=sorted(self.config.models) or None)
+        self.manager_client = GatewayClient(gateway.base_url, manager_token)
+        self._on_stop("the Manager's model client", self.manager_client.aclose)
+        self._wire_manager(self.manager_client)
         await self._seed_manager_home()
 
         from hiclaw.wakeup import MentionGate
 
         # Only the admin's mentions start Manager turns; anyone else's (a worker reporting, asking,
         # or attacking) is handled by code in _on_untrusted_mention and kept as context.
-        self.gate = MentionGate(self.channel.user_id(MANAGER), self._on_mention,
+        self.gate = MentionGate(channel.user_id(MANAGER), self._on_mention,
                                 state_path=self.home / "channel" / "manager-gate.json",
-                                trusted={self.channel.user_id(ADMIN)}, on_refused=self._on_untrusted_mention)
-        self.channel.on_message(self._on_message)
+                                trusted={channel.user_id(ADMIN)}, on_refused=self._on_untrusted_mention)
+        channel.on_message(self._on_message)
         self.progress("channel: connecting as the Manager")
-        await self.channel.start()
+        self._on_stop("channel", channel.stop)
+        await channel.start()
         await self.chat.ensure_manager_room()
         delivered = await self.outbox.deliver_pending()  # what a crash left between a state change and its post
         if delivered:
             self.progress(f"outbox: delivered {delivered} message(s) a crash had left pending")
+        self._on_stop("outbox", self.outbox.stop)
         self.outbox.start()
         self._inbox_task = asyncio.create_task(self._inbox_loop(), name="manager-inbox")
 
-        workers = [w for w in self.state.workers() if w.state == "active"]
+        workers = [w for w in state.workers() if w.state == "active"]
         if workers:
             self.progress(f"workers: reconciling {len(workers)}")
         self.boot = self.count_boot()
+        self._on_stop("workers", supervisor.close)  # the workers start here, and stop before what they reach
         failed = await self.provisioner.reconcile()
         if self.provisioner.adopted:
             self.progress(f"workers: {len(self.provisioner.adopted)} kept running through the crash (adopted)")
@@ -255,42 +309,80 @@ class ControlPlane:
         await self.collect_pending_results()
         await self.resume_interrupted_tasks()
         await self.engine.reconcile()
+        self._on_stop("scheduler", self.scheduler.stop)
         await self.scheduler.start()
+        self._on_stop("watchdog", self.watchdog.stop)  # stopped first: it would restart stopping workers
         self.watchdog.start()
+        self._on_stop("plugins", lambda: self.host.shutdown(self.runtime_context()))
         await self.host.startup(self.runtime_context())
         self.progress(f"ready in {time.perf_counter() - started:.1f}s")
 
-    async def stop(self) -> None:
-        """Stop whatever was started (also after a failed start), in dependency order."""
-        self._stopping.set()
-        if self._inbox_task is not None:
-            self._inbox_task.cancel()
-        started = self.__dict__
-        steps = (  # (attribute that must exist, what to call)
-            ("watchdog", lambda: self.watchdog.stop()),  # noqa: PLW0108 - lazy; first: it would restart stopping workers
-            ("outbox", lambda: self.outbox.stop()),  # noqa: PLW0108 - lazy: may be unset
-            ("scheduler", lambda: self.scheduler.stop()),  # noqa: PLW0108 - lazy: may be unset
-            ("state", lambda: self.host.shutdown(self.runtime_context())),
-            ("supervisor", lambda: self.supervisor.close()),  # noqa: PLW0108 - lazy: may be unset
-            ("channel", lambda: self.channel.stop()),  # noqa: PLW0108 - lazy: may be unset
-            ("api", lambda: self.api.stop()),  # noqa: PLW0108 - lazy: may be unset
-            ("skills", lambda: self.skills.aclose()),  # noqa: PLW0108 - lazy: may be unset
-            ("manager_client", lambda: self.manager_client.aclose()),  # noqa: PLW0108 - lazy: may be unset
-            ("gateway", lambda: self.gateway.stop()),  # noqa: PLW0108 - lazy: may be unset
-            ("storage", lambda: self.storage.stop() if isinstance(self.storage, Stoppable) else _nothing()),
-            ("channel", lambda: self.channel.stop_services() if isinstance(self.channel, ChannelServices) else _nothing()),
-        )
-        for attribute, closer in steps:
-            if attribute not in started:
-                continue
+    def _wire(self, state: StateDB, channel: Any, gateway: Any, storage: Any, api: ControlAPI,
+              supervisor: Any) -> None:
+        """Build the team's collaborators, each given what it uses (this is the one place they meet)."""
+        config, team = self.config, self.config.team
+        chat = self.chat = ControlChat(channel, state, admin=ADMIN)
+        self.outbox = chat.outbox = Outbox(state, chat, admin=ADMIN)
+        state.on_message_committed = crash_hook_for_tests(self.home)
+        skills = self.skills = TeamSkills(config.skills, registry=team_registry(self.host, config, self.home),
+                                          storage=storage, state=state, chat=chat, admin=ADMIN)
+        self._on_stop("skills", skills.aclose)
+        provisioner = self.provisioner = Provisioner(
+            home=self.home, config=config, host=self.host, state=state, channel=channel, chat=chat, gateway=gateway,
+            storage=storage, supervisor=supervisor, api=api, skills=skills, bridge_urls=self.bridge_urls,
+            ready_timeout=self.worker_ready_timeout, wake=self._wake_worker, on_reconnect=self._worker_reconnected)
+        engine = self.engine = TaskEngine(
+            state=state, storage=storage, chat=chat, access=provisioner, wake_manager=self.wake_manager,
+            yolo=team.yolo, admin=ADMIN, after_task=self._after_task, max_revision_rounds=team.max_revision_rounds)
+        scheduler = self.scheduler = Scheduler(
+            state=state, storage=storage, chat=chat, admin=ADMIN, timezone=str(team.timezone), progress=self.progress,
+            reports=ReportSources(state=state, storage=storage, chat=chat, usage=self.usage,
+                                  wake_manager=self.wake_manager))
+        self.add_manager_tools(lambda: schedule_tools(scheduler))
+        idle = self.idle = IdlePolicy(state=state, supervisor=supervisor, provisioner=provisioner, display=self.display,
+                                      idle_seconds=team.idle_sleep_seconds)
+        chat.wake_mentioned = idle.wake_mentioned  # a sleeping worker is ready before it is mentioned
+        # heartbeat, restarts, re-notices, stalls, the other waiting states; idle sleep
+        self.watchdog = Watchdog(state=state, chat=chat, supervisor=supervisor, provisioner=provisioner,
+                                 gateway=gateway, storage=storage, engine=engine, idle=idle,
+                                 wake_manager=self.wake_manager, display=self.display,
+                                 interval=team.heartbeat_seconds, admin=ADMIN)
+        self.questions = WorkerQuestions(state=state, chat=chat, wake_manager=self.wake_manager, admin=ADMIN)
+
+    def _wire_manager(self, client: GatewayClient) -> None:
+        """The Manager agent and its turns, on its own model client."""
+        # Watched, so a judgement turn whose model failed is retried, then reported (hiclaw.control.turns).
+        probe = TurnProbe(client)
+        self.turns = ManagerTurns(state=self.state, chat=self.chat, engine=self.engine, probe=probe,
+                                  wakeup=self._inbox_wakeup, handle=self._handle_message, wake=self._judge,
+                                  interval=self.config.team.heartbeat_seconds, admin=ADMIN)
+        history = manager_history(self.config, channel=self.channel, storage=self.storage, chat=self.chat,
+                                  state=self.state, client=client, display=self.speaker, before_call=self._before_call)
+        self.manager = ManagerAgent(
+            client=probe, tools=self._manager_tools, send=self._manager_send,
+            model=self.config.team.manager_model, read_text=self._manager_file, facts=self._manager_facts,
+            skills=self._manager_skills, display=self.speaker, admin=ADMIN, before_call=self._before_call,
+            history=history, fallback_for=self._manager_fallback)
+
+    def _on_stop(self, what: str, closer: Callable[[], Any]) -> None:
+        """Register what undoes a step of start-up: :meth:`stop` runs them in reverse order, each
+        even if another one failed."""
+        async def close() -> None:
             try:
                 result = closer()
-                if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
+                if inspect.isawaitable(result):
                     await result
             except Exception as exc:  # noqa: BLE001 - stop everything else even if one part fails
-                log.warning("stopping %s: %s", attribute, exc)
-        if "state" in started:
-            self.state.close()
+                log.warning("stopping %s: %s", what, exc)
+
+        self._exits.push_async_callback(close)
+
+    async def stop(self) -> None:
+        """Stop whatever was started (also after a failed start): the reverse of start-up."""
+        self._stopping.set()
+        if self._inbox_task is not None:
+            self._inbox_task.cancel()  # no Manager turn begins anything while the rest stops
+        await self._exits.aclose()
 
     async def run_forever(self) -> None:
         await self._stopping.wait()
@@ -347,8 +439,10 @@ class ControlPlane:
 
     def now(self) -> datetime:
         """Now, by the scheduler's clock (which tests move)."""
-        scheduler = getattr(self, "scheduler", None)
-        return scheduler.clock.now() if scheduler is not None else datetime.now(UTC)
+        try:
+            return self.scheduler.clock.now()
+        except NotStartedError:
+            return datetime.now(UTC)
 
     async def _manager_facts(self) -> list[str]:
         workers = self.state.workers()
@@ -478,6 +572,34 @@ class ControlPlane:
         worker = self._is_worker(message.sender)
         return Origin.worker(worker, "a chat message") if worker else Origin.code("channel", f"a message by {message.sender}")
 
+    async def _handle_message(self, message: ChatMessage) -> None:
+        """A queued chat turn (the admin's message), with its origin from its real sender."""
+        await self.manager.handle(message, origin=self.message_origin(message))
+
+    async def _judge(self, room_id: str, text: str, *, key: str, origin: Origin) -> None:
+        """A queued judgement turn (a wake-up of code's)."""
+        await self.manager.wake(room_id, text, key=key, origin=origin)
+
+    async def _wake_worker(self, name: str, reason: str) -> None:
+        await self.idle.wake(name, reason=reason)
+
+    async def _worker_reconnected(self, name: str) -> None:
+        """A worker reconnected after a crash with no turn going on: what it reported while nobody
+        listened is collected, and its interrupted task handed out again."""
+        await self.collect_results_of(name)
+        await self.resume_interrupted_tasks(assignee=name)
+
+    # ------------------------------------------------------------------ the control API (ControlService)
+
+    async def worker_ready(self, worker: str, info: dict[str, Any]) -> None:
+        await self.provisioner.mark_ready(worker, info)
+
+    async def skills_find(self, worker: str, query: str, limit: int) -> list[dict[str, Any]]:
+        return await self.skills.find(worker, query, limit)
+
+    async def skills_add(self, worker: str, source: str, skill: str | None) -> dict[str, Any]:
+        return await self.skills.add(worker, source, skill)
+
     async def _inbox_loop(self) -> None:
         """The Manager's turns, one at a time, from a durable queue (nothing lost on a crash; a
         failed judgement turn is retried with back-off, then reported: hiclaw.control.turns)."""
@@ -511,7 +633,7 @@ class ControlPlane:
         worker to resume its in-progress task (a result already written was collected first).
         A worker adopted from before the crash kept its turn; it is asked only if it reports that
         it has none going on (``assignee``: just its tasks)."""
-        boot = getattr(self, "boot", None) or self.count_boot()
+        boot = self.boot or self.count_boot()
         resumed = []
         for task in self.state.tasks(assignee=assignee, states=[TaskState.IN_PROGRESS]):
             if task.dispatch_count == 0 or (assignee is None and task.assignee in self.provisioner.adopted):
@@ -586,5 +708,9 @@ class ControlPlane:
             await self.provisioner.remove_worker(body["name"])
             return {"removed": body["name"]}
         if action.startswith("schedule-"):
-            return await schedule_admin_action(self, action, body)
+            try:
+                scheduler = self.scheduler
+            except NotStartedError:
+                raise HiclawError("the team is still starting", hint="retry in a few seconds") from None
+            return await scheduler.admin_action(action, body)
         raise HiclawError(f"unknown admin action {action!r}")

@@ -11,8 +11,9 @@ import asyncio
 import logging
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from urllib.parse import urlparse
 
 from hiclaw.errors import HiclawError, InvalidInputError, NotFoundError
@@ -20,6 +21,15 @@ from hiclaw.models import TaskState
 from hiclaw.protocols import AccountRemoval, AdoptingSandbox, NeutralPaths, TaskAssignments, TokenChecker
 from hiclaw.state import Worker
 from hiclaw.storage import layout
+
+if TYPE_CHECKING:
+    from hiclaw.config import HiclawConfig
+    from hiclaw.control.api import ControlAPI
+    from hiclaw.control.chat import ControlChat
+    from hiclaw.control.skills import TeamSkills
+    from hiclaw.host import PluginHost
+    from hiclaw.sandbox.supervisor import Supervisor
+    from hiclaw.state import StateDB
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +75,20 @@ def port_of(url: str) -> tuple[str, int]:
 class Provisioner:
     """Owns workers' desired state and drives channel, gateway, storage and sandbox to it."""
 
-    def __init__(self, plane: Any) -> None:
-        self.plane = plane
+    def __init__(self, *, home: Path, config: HiclawConfig, host: PluginHost, state: StateDB, channel: Any,
+                 chat: ControlChat, gateway: Any, storage: Any, supervisor: Supervisor, api: ControlAPI,
+                 skills: TeamSkills, bridge_urls: Callable[[], dict[str, str]], ready_timeout: float = 60.0,
+                 wake: Callable[[str, str], Awaitable[Any]] | None = None,
+                 on_reconnect: Callable[[str], Awaitable[Any]] | None = None) -> None:
+        """``bridge_urls``: every service a worker reaches from its sandbox, by name (read at each
+        start); ``wake(name, reason)``: start a sleeping worker (:class:`hiclaw.control.idle.IdlePolicy`);
+        ``on_reconnect(name)``: a worker that reconnected after a crash has no turn going on (its
+        results are collected, its interrupted task handed out again)."""
+        self.home, self.config, self.host, self.state = home, config, host, state
+        self.channel, self.chat, self.gateway, self.storage = channel, chat, gateway, storage
+        self.supervisor, self.api, self.skills = supervisor, api, skills
+        self.bridge_urls, self.ready_timeout = bridge_urls, ready_timeout
+        self.wake, self.on_reconnect = wake, on_reconnect
         self.ready: dict[str, asyncio.Event] = {}
         self.mounts: dict[str, list[Any]] = {}  # mounts each running worker was started with
         self.storage_settings: dict[str, dict[str, Any]] = {}  # and its storage settings (S3: its keys)
@@ -89,13 +111,13 @@ class Provisioner:
             raise InvalidInputError(f"{name!r} is reserved", hint="pick another worker name")
         if not role.strip():
             raise InvalidInputError("a worker needs a role", hint="e.g. 'data analyst: collects and charts metrics'")
-        model = model or self.plane.config.team.worker_model
+        model = model or self.config.team.worker_model
         self.check_model(model)
-        state = self.plane.state
+        state = self.state
         existing = state.find_worker(name)
         # Skills beyond the bundled ones are found and installed from the registry before anything
         # is recorded: one that cannot be installed refuses the whole creation (one line, nothing made).
-        wanted = await self.plane.skills.prepare(name, skills or (existing.skills if existing else []))
+        wanted = await self.skills.prepare(name, skills or (existing.skills if existing else []))
         worker = state.upsert_worker(Worker(
             name=name, role=role.strip(), model=model, skills=wanted,
             state="active", network=network,
@@ -111,50 +133,49 @@ class Provisioner:
         worker_budget_usd`` — unless the gateway cannot enforce budgets (it would refuse the mint)."""
         if worker.budget_usd is not None:
             return worker.budget_usd
-        default = self.plane.config.team.default_worker_budget
-        if default is not None and not isinstance(self.plane.gateway, BudgetEnforcing):
+        default = self.config.team.default_worker_budget
+        if default is not None and not isinstance(self.gateway, BudgetEnforcing):
             if not self._warned_budget:
                 self._warned_budget = True
                 log.warning("gateway %s cannot enforce budgets: workers run without [team] worker_budget_usd = %s "
-                            "(set it to \"unlimited\" to silence this)", self.plane.config.gateway.plugin, default)
+                            "(set it to \"unlimited\" to silence this)", self.config.gateway.plugin, default)
             return None
         return default
 
     def check_model(self, model: str) -> None:
-        aliases = self.plane.config.models
+        aliases = self.config.models
         if aliases and model not in aliases:
             raise InvalidInputError(f"unknown model {model!r}", hint=f"use one of {', '.join(sorted(aliases))}")
 
     async def set_model(self, name: str, model: str) -> Worker:
         self.check_model(model)
-        self.plane.state.set_worker_model(name, model)
-        await self.start_process(self.plane.state.worker(name), restart=True)
-        return self.plane.state.worker(name)
+        self.state.set_worker_model(name, model)
+        await self.start_process(self.state.worker(name), restart=True)
+        return self.state.worker(name)
 
     async def remove_worker(self, name: str) -> None:
-        worker = self.plane.state.worker(name)
+        worker = self.state.worker(name)
         async with self.lock(name):
             # The desired state first: a crash half-way is finished by reconcile at the next boot.
-            self.plane.state.set_worker_state(worker.name, "removed")
+            self.state.set_worker_state(worker.name, "removed")
             await self._take_access_away(name)
-            self.plane.state.log_event("worker.removed", name)
+            self.state.log_event("worker.removed", name)
 
     async def _take_access_away(self, name: str) -> None:
         """Everything a removed worker held, taken back — process, gateway token, storage grants,
         control token, run record, chat account — each step idempotent, the chat account last
         (so :meth:`AccountRemoval.account_removed` means all of it is done)."""
-        plane = self.plane
-        await plane.supervisor.stop(name)
+        await self.supervisor.stop(name)
         try:
-            await plane.gateway.revoke_token(name)
+            await self.gateway.revoke_token(name)
         except NotFoundError:
             pass  # it never had a token
-        await plane.storage.revoke(name)
-        plane.api.revoke(name)
+        await self.storage.revoke(name)
+        self.api.revoke(name)
         self.run_record_path(name).unlink(missing_ok=True)
         self.mounts.pop(name, None)
         self.storage_settings.pop(name, None)
-        channel = plane.channel
+        channel = self.channel
         if isinstance(channel, AccountRemoval):
             try:
                 how = await channel.remove_account(name)
@@ -162,9 +183,9 @@ class Provisioner:
                 raise HiclawError(f"worker {name} is removed, but its chat account is not: {exc}",
                                   hint="it is retried when the team starts again; or deactivate it on the homeserver") \
                     from None
-            plane.state.log_event("worker.account_removed", name, how=how)
+            self.state.log_event("worker.account_removed", name, how=how)
             return
-        room = await plane.chat.worker_room(name)
+        room = await self.chat.worker_room(name)
         try:
             await channel.remove_member(room, name)
         except Exception as exc:  # noqa: BLE001 - leaving the room is best effort; access is already gone
@@ -174,24 +195,23 @@ class Provisioner:
 
     async def ensure(self, worker: Worker, *, restart: bool = False) -> None:
         """Account, room, home and process — each idempotent."""
-        plane = self.plane
         await self.sync_assignments(worker.name)  # before its process (and token) exists
-        await plane.channel.ensure_account(worker.name, display_name=worker.name.title())
-        await plane.chat.worker_room(worker.name)
+        await self.channel.ensure_account(worker.name, display_name=worker.name.title())
+        await self.chat.worker_room(worker.name)
         await self.seed_home(worker)
         await self.start_process(worker, restart=restart)
 
     async def seed_home(self, worker: Worker) -> None:
-        storage = self.plane.storage
+        storage = self.storage
         await storage.put(layout.agent_soul(worker.name), soul_for(worker.name, worker.role).encode())
         await storage.put(layout.agent_rules(worker.name), RULES.encode())
         if await storage.stat(layout.agent_memory(worker.name)) is None:
             await storage.put(layout.agent_memory(worker.name), f"# Memory of {worker.name}\n".encode())
-        await self.plane.skills.seed(worker.name, worker.skills)
+        await self.skills.seed(worker.name, worker.skills)
 
     def desired_grants(self, name: str) -> tuple[list[str], list[str]]:
         """rw: its home and its tasks' folders; ro: the folders of the tasks its tasks build on."""
-        state = self.plane.state
+        state = self.state
         mine = [t for t in state.tasks(assignee=name) if t.state is not TaskState.CANCELLED]
         own = {t.id for t in mine}
         rw = [layout.agent_home(name)] + [layout.task_dir(t.id) for t in mine]
@@ -204,38 +224,39 @@ class Provisioner:
 
     def worker_plugins(self, storage_capability: str) -> list[str]:
         """Names of the default plugins a worker needs: its channel's, its storage's, the tools'."""
-        host = self.plane.host
-        needed = {host.registration("channel", self.plane.config.channel.plugin).plugin,
+        host = self.host
+        needed = {host.registration("channel", self.config.channel.plugin).plugin,
                   host.registration("storage", storage_capability).plugin}
         needed |= {reg.plugin for reg in host.registrations("tool").values()}
         return sorted(needed)
 
     def installed_plugins(self) -> list[str]:
         """Names of the installed (entry-point) plugins the control plane loaded: workers load these."""
-        return sorted(p.name for p in self.plane.host.plugins() if p.source == "entry point" and p.status == "ok")
+        return sorted(p.name for p in self.host.plugins() if p.source == "entry point" and p.status == "ok")
 
     def state_dir(self, name: str) -> Path:
-        path = self.plane.home / "workers" / name
+        path = self.home / "workers" / name
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
         return path
 
     def busy(self, name: str) -> bool:
-        return bool(self.plane.state.tasks(assignee=name, states=list(BUSY)))
+        return bool(self.state.tasks(assignee=name, states=list(BUSY)))
 
     async def sync_assignments(self, name: str) -> None:
         """Tell the gateway which tasks (and their projects) worker ``name`` has now: it attributes
         and budgets the worker's calls from this, never from headers the worker sends."""
-        gateway = self.plane.gateway
+        gateway = self.gateway
         if isinstance(gateway, TaskAssignments):
-            await gateway.set_assignments(name, {t.id: t.project_id for t in self.plane.state.tasks(assignee=name)
+            await gateway.set_assignments(name, {t.id: t.project_id for t in self.state.tasks(assignee=name)
                                                  if t.state not in FINISHED})
 
     async def refresh_access(self, name: str) -> None:
         """Re-grant; restart the sandbox only if its mounts must change and it is not mid-task."""
         await self.sync_assignments(name)
-        worker = self.plane.state.worker(name)
+        worker = self.state.worker(name)
         if worker.state == "sleeping":  # idle sleep: start it (with fresh grants) before work reaches it
-            await self.plane.idle.wake(name, reason="assignment")
+            if self.wake is not None:
+                await self.wake(name, "assignment")
             return
         if name not in self.mounts:
             # Not (yet) started or adopted by this control plane — reconciliation at boot may be
@@ -251,20 +272,20 @@ class Provisioner:
 
     async def grant(self, name: str, rw: list[str], ro: list[str]) -> Any:
         """The worker's storage access, shown at the sandbox's neutral paths where it has them."""
-        access = await self.plane.storage.grant(name, rw=rw, ro=ro)
-        backend = self.plane.supervisor.backend
+        access = await self.storage.grant(name, rw=rw, ro=ro)
+        backend = self.supervisor.backend
         return access.relocated(backend.storage_root_inside) if isinstance(backend, NeutralPaths) else access
 
     def home_inside(self, name: str) -> Path:
         """Where the worker's own folder (:meth:`state_dir`) is, as the worker sees it."""
-        backend = self.plane.supervisor.backend
+        backend = self.supervisor.backend
         return backend.home_inside(name) if isinstance(backend, NeutralPaths) else self.state_dir(name)
 
     def bridges(self) -> list[Any]:
         from hiclaw.sandbox.spec import Bridge
 
         bridges = []
-        for name, url in self.plane.bridge_urls().items():
+        for name, url in self.bridge_urls().items():
             host, port = port_of(url)
             if host in ("127.0.0.1", "localhost", "::1"):
                 bridges.append(Bridge(name=name, port=port, target_host="127.0.0.1"))
@@ -278,8 +299,8 @@ class Provisioner:
 
         import hiclaw
 
-        config = self.plane.config
-        channel = {k: v for k, v in self.plane.channel.worker_settings(worker.name).items()
+        config = self.config
+        channel = {k: v for k, v in self.channel.worker_settings(worker.name).items()
                    if k not in ("homeserver_url", "access_token")}
         doc = {"version": hiclaw.__version__, "protocol": ADOPTION_PROTOCOL, "python": sys.executable,
                "model": worker.model, "budget": self.budget_of(worker), "network": worker.network,
@@ -288,13 +309,13 @@ class Provisioner:
                "plugins": [config.plugins.disabled, self.worker_plugins(config.storage.plugin), self.installed_plugins()],
                "orphan_timeout": config.team.orphan_timeout_seconds,
                "turn_limit": config.team.max_turns_per_room_per_minute,
-               "bridges": sorted(self.plane.bridge_urls())}
+               "bridges": sorted(self.bridge_urls())}
         return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
     def run_record_path(self, name: str) -> Path:
         """The secrets of a worker's current run (tokens, storage credentials), for adoption after
         a crash: control-plane only (``$HICLAW_HOME/run`` is never mounted), mode 0600."""
-        return self.plane.home / "run" / "workers" / f"{name}.json"
+        return self.home / "run" / "workers" / f"{name}.json"
 
     def _save_run(self, name: str, fingerprint: str, runtime: Any, access: Any) -> None:
         import json
@@ -322,20 +343,18 @@ class Provisioner:
 
     def _runtime_spec(self, worker: Worker, access: Any, token: str, control_token: str) -> Any:
         from hiclaw.worker.spec import ComponentRef, GatewayRef, WorkerRuntimeSpec
-
-        plane = self.plane
         return WorkerRuntimeSpec(
             name=worker.name, model=worker.model,
-            channel=ComponentRef(plugin=plane.config.channel.plugin, settings=plane.channel.worker_settings(worker.name)),
+            channel=ComponentRef(plugin=self.config.channel.plugin, settings=self.channel.worker_settings(worker.name)),
             storage=ComponentRef(plugin=access.plugin, settings=access.settings),
-            gateway=GatewayRef(base_url=plane.gateway.base_url, token=token),
-            control_url=plane.api.url, control_token=control_token,
+            gateway=GatewayRef(base_url=self.gateway.base_url, token=token),
+            control_url=self.api.url, control_token=control_token,
             # The worker's own persistent state (sync token, seen events, mention buffers): it
             # survives restarts of the sandbox, so nothing is replayed and nothing is lost.
-            scratch_dir=str(self.home_inside(worker.name)), disabled_plugins=plane.config.plugins.disabled,
+            scratch_dir=str(self.home_inside(worker.name)), disabled_plugins=self.config.plugins.disabled,
             default_plugins=self.worker_plugins(access.plugin), entry_point_plugins=self.installed_plugins(),
-            orphan_timeout_seconds=plane.config.team.orphan_timeout_seconds,
-            max_turns_per_room_per_minute=plane.config.team.max_turns_per_room_per_minute,
+            orphan_timeout_seconds=self.config.team.orphan_timeout_seconds,
+            max_turns_per_room_per_minute=self.config.team.max_turns_per_room_per_minute,
         )
 
     def _sandbox_spec(self, worker: Worker, runtime: Any, access: Any, fingerprint: str) -> Any:
@@ -348,7 +367,7 @@ class Provisioner:
             env={"HICLAW_WORKER_SPEC": runtime.to_env(), "PYTHONUNBUFFERED": "1", "MALLOC_ARENA_MAX": "2"},
             home=self.state_dir(worker.name), home_target=self.home_inside(worker.name), mounts=mounts,
             bridges=self.bridges(), network=worker.network,
-            log_path=self.plane.home / "logs" / "workers" / f"{worker.name}.log", fingerprint=fingerprint,
+            log_path=self.home / "logs" / "workers" / f"{worker.name}.log", fingerprint=fingerprint,
         )
 
     async def _adopt(self, worker: Worker, fingerprint: str) -> asyncio.Event | None:
@@ -356,34 +375,31 @@ class Provisioner:
         tokens and storage credentials (nothing re-minted: the worker goes on as it was), new
         bridges, then the reconnect signal. Returns the event its ready report sets."""
         import signal
-
-        plane = self.plane
         loaded = self._load_run(worker.name, fingerprint)
-        if loaded is None or not isinstance(plane.gateway, TokenChecker):
+        if loaded is None or not isinstance(self.gateway, TokenChecker):
             return None
-        check_token = plane.gateway.check_token
+        check_token = self.gateway.check_token
         old, access = loaded
         token = old.gateway.token.get_secret_value()
         if not await check_token(worker.name, token):
             return None
         control_token = old.control_token.get_secret_value()
         runtime = self._runtime_spec(worker, access, token, control_token)
-        plane.api.register(worker.name, control_token)
+        self.api.register(worker.name, control_token)
         event = self._ready_event(worker.name)
-        if await plane.supervisor.adopt(self._sandbox_spec(worker, runtime, access, fingerprint)) is None:
-            plane.api.revoke(worker.name)
+        if await self.supervisor.adopt(self._sandbox_spec(worker, runtime, access, fingerprint)) is None:
+            self.api.revoke(worker.name)
             return None
         self.adopted.add(worker.name)
         self.mounts[worker.name], self.storage_settings[worker.name] = access.mounts, access.settings
         self.start_times[worker.name] = asyncio.get_running_loop().time()
-        plane.state.log_event("worker.adopted", worker.name)
-        await plane.supervisor.signal(worker.name, signal.SIGUSR1)  # RECONNECT_SIGNAL of the worker runtime
+        self.state.log_event("worker.adopted", worker.name)
+        await self.supervisor.signal(worker.name, signal.SIGUSR1)  # RECONNECT_SIGNAL of the worker runtime
         return event
 
     async def start_process(self, worker: Worker, *, restart: bool = False) -> None:
-        plane = self.plane
         async with self.lock(worker.name):
-            running = plane.supervisor.status(worker.name).get("state") == "running"
+            running = self.supervisor.status(worker.name).get("state") == "running"
             if running and not restart:
                 return
             rw, ro = self.desired_grants(worker.name)
@@ -392,20 +408,20 @@ class Provisioner:
             if event is None:
                 self.adopted.discard(worker.name)
                 access = await self.grant(worker.name, rw, ro)
-                token = await plane.gateway.mint_token(worker.name, models=sorted(plane.config.models) or None,
+                token = await self.gateway.mint_token(worker.name, models=sorted(self.config.models) or None,
                                                        budget_usd=self.budget_of(worker))
                 await self.sync_assignments(worker.name)  # no run of a worker without its assignments
-                runtime = self._runtime_spec(worker, access, token, plane.api.issue(worker.name))
+                runtime = self._runtime_spec(worker, access, token, self.api.issue(worker.name))
                 spec = self._sandbox_spec(worker, runtime, access, fingerprint)
                 self._save_run(worker.name, fingerprint, runtime, access)
                 event = self._ready_event(worker.name)
                 self.start_times[worker.name] = asyncio.get_running_loop().time()
                 if running:
-                    await plane.supervisor.restart(worker.name, spec)
+                    await self.supervisor.restart(worker.name, spec)
                 else:
-                    await plane.supervisor.start(spec)
+                    await self.supervisor.start(spec)
                 self.mounts[worker.name], self.storage_settings[worker.name] = access.mounts, access.settings
-                plane.state.log_event("worker.started", worker.name)
+                self.state.log_event("worker.started", worker.name)
         try:
             await self.wait_ready(worker.name, event)
         except HiclawError:
@@ -425,15 +441,15 @@ class Provisioner:
     async def wait_ready(self, name: str, event: asyncio.Event) -> None:
         """Until the worker reports ready; fail fast if its process exits first."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.plane.worker_ready_timeout
+        deadline = loop.time() + self.ready_timeout
         while not event.is_set():
-            status = self.plane.supervisor.status(name)
+            status = self.supervisor.status(name)
             if status.get("state") in ("exited", "backoff", "crash-loop", "stopped"):
                 reason = status.get("error") or f"exit code {status.get('exit_code')}"
                 raise HiclawError(f"worker {name} exited before it was ready ({reason})",
                                   hint=f"see its log: hiclaw worker logs {name}")
             if loop.time() > deadline:
-                raise HiclawError(f"worker {name} did not become ready within {self.plane.worker_ready_timeout:.0f}s",
+                raise HiclawError(f"worker {name} did not become ready within {self.ready_timeout:.0f}s",
                                   hint=f"see its log: hiclaw worker logs {name}")
             try:
                 await asyncio.wait_for(event.wait(), timeout=0.1)
@@ -446,18 +462,17 @@ class Provisioner:
         self.ready_at[name] = time.time()
         event = self.ready.setdefault(name, asyncio.Event())
         event.set()
-        if info and info.get("reconnected") and not info.get("busy"):
-            await self.plane.collect_results_of(name)  # a result written while nobody listened
-            await self.plane.resume_interrupted_tasks(assignee=name)
+        if info and info.get("reconnected") and not info.get("busy") and self.on_reconnect is not None:
+            await self.on_reconnect(name)
 
     async def is_running(self, name: str) -> bool:
-        return self.plane.supervisor.status(name).get("state") == "running"
+        return self.supervisor.status(name).get("state") == "running"
 
     async def reconcile(self) -> list[str]:
         """Bring every active worker to its desired state (after a restart or a crash)."""
-        channel = self.plane.channel
+        channel = self.channel
         if isinstance(channel, AccountRemoval):  # removals a crash (or an outage) left half done
-            for gone in self.plane.state.workers(include_removed=True):
+            for gone in self.state.workers(include_removed=True):
                 if gone.state == "removed" and not channel.account_removed(gone.name):
                     try:
                         async with self.lock(gone.name):
@@ -465,15 +480,15 @@ class Provisioner:
                         log.info("finished removing worker %s", gone.name)
                     except HiclawError as exc:
                         log.error("worker %s: %s", gone.name, exc)
-        workers = [w for w in self.plane.state.workers() if w.state == "active"]
+        workers = [w for w in self.state.workers() if w.state == "active"]
         results = await asyncio.gather(*(self.ensure(w) for w in workers), return_exceptions=True)
         failed = []
         for worker, result in zip(workers, results, strict=True):
             if isinstance(result, BaseException):
                 log.error("worker %s could not be reconciled: %s", worker.name, result)
                 failed.append(worker.name)
-        backend = self.plane.supervisor.backend
+        backend = self.supervisor.backend
         if isinstance(backend, AdoptingSandbox):  # runs of workers removed or asleep meanwhile
-            for name in await backend.stop_leftovers(keep=set(self.plane.supervisor.names())):
+            for name in await backend.stop_leftovers(keep=set(self.supervisor.names())):
                 log.info("stopped worker %s, left running by a crashed control plane", name)
         return failed

@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from hiclaw.agent.prompt import quote
 from hiclaw.errors import NotFoundError
 from hiclaw.manager.origin import Origin
 from hiclaw.models import ChatMessage, TaskState
-from hiclaw.state import ROOM_MANAGER, Task
+from hiclaw.state import ROOM_MANAGER, StateDB, Task
 from hiclaw.storage import layout
 
 log = logging.getLogger(__name__)
@@ -44,19 +44,23 @@ TASK = re.compile(r"\btask-\d{3,}\b")
 
 
 class WorkerQuestions:
-    def __init__(self, plane: Any) -> None:
-        self.plane = plane
+    """Workers' questions to the Manager about their tasks: each wakes a judgement turn through
+    ``wake_manager(room_id, text, key, origin=)``; ``admin`` is told when the answers run out."""
+
+    def __init__(self, *, state: StateDB, chat: Any, wake_manager: Callable[..., Awaitable[Any]],
+                 admin: str = "admin") -> None:
+        self.state, self.chat, self.wake_manager, self.admin = state, chat, wake_manager, admin
 
     async def room_of(self, task: Task) -> str:
         if task.project_id:
-            project = self.plane.state.project(task.project_id)
+            project = self.state.project(task.project_id)
             if project.room_id:
                 return str(project.room_id)
-        return str(await self.plane.chat.worker_room(task.assignee))
+        return str(await self.chat.worker_room(task.assignee))
 
     async def task_asked_about(self, worker: str, message: ChatMessage) -> Task | None:
         """The in-progress task of ``worker`` whose room the message is in (the one it names, if several)."""
-        here = [task for task in self.plane.state.tasks(assignee=worker, states=[TaskState.IN_PROGRESS])
+        here = [task for task in self.state.tasks(assignee=worker, states=[TaskState.IN_PROGRESS])
                 if await self.room_of(task) == message.room_id]
         named = set(TASK.findall(message.body))
         return next((task for task in here if task.id in named), here[-1] if here else None)
@@ -67,7 +71,7 @@ class WorkerQuestions:
         task = await self.task_asked_about(worker, message)
         if task is None:
             return False
-        state = self.plane.state
+        state = self.state
         asked = [e for e in state.events(kind="task.question", subject=task.id)
                  if e["data"].get("dispatch") == task.dispatch_count]
         number = len(asked) + 1
@@ -84,16 +88,16 @@ class WorkerQuestions:
                 f"Answer the question in one short message: your reply is posted to {worker} in the room where it "
                 f"asked (the admin is there too). If only the admin can decide, say so. This is question {number} "
                 f"of at most {MAX_QUESTIONS} answered for this task.")
-        await self.plane.wake_manager(message.room_id, text, f"question:{task.id}:{task.dispatch_count}:{number}",
+        await self.wake_manager(message.room_id, text, f"question:{task.id}:{task.dispatch_count}:{number}",
                                       origin=Origin.worker(worker, f"its question about {task.id}"))
         state.log_event("task.question", task.id, worker=worker, dispatch=task.dispatch_count, number=number,
                         room=message.room_id)
         return True
 
     async def _over_limit(self, worker: str, task: Task, question: str) -> None:
-        state = self.plane.state
+        state = self.state
         key = f"questions-capped:{task.id}:{task.dispatch_count}"
-        admin = self.plane.admin
+        admin = self.admin
         short = question if len(question) <= 300 else question[:300] + "…"
         with state.transaction():
             if state.enqueue_message(
@@ -102,7 +106,7 @@ class WorkerQuestions:
                     f"of its questions and answer no more; its latest, quoted: {quote(short)}. It may need your "
                     f"help, a clearer spec, or another assignee.", [admin]):
                 state.log_event("task.questions_capped", task.id, worker=worker, dispatch=task.dispatch_count)
-        await self.plane.chat.flush()
+        await self.chat.flush()
 
     def route_answer(self, key: str, text: str, mentions: Sequence[str]) -> tuple[str, list[str]]:
         """The Manager's answer to a question goes to the worker who asked, naming the task."""
@@ -110,7 +114,7 @@ class WorkerQuestions:
             return text, list(mentions)
         task_id = key[len(ANSWER_KEY):].split(":", 1)[0]
         try:
-            task = self.plane.state.task(task_id)
+            task = self.state.task(task_id)
         except NotFoundError:
             return text, list(mentions)
         return (text if task.id in text else f"**{task.id}** — {text}"), [task.assignee]

@@ -57,7 +57,7 @@ def schedule_tools(scheduler: Scheduler) -> list[ToolSpec]:
 
 
 def _free_name(scheduler: Scheduler, base: str) -> str:
-    taken = {s.name for s in scheduler.plane.state.schedules()}
+    taken = {s.name for s in scheduler.state.schedules()}
     name, number = base, 1
     while name in taken:
         number += 1

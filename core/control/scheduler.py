@@ -33,8 +33,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -54,11 +55,14 @@ from hiclaw.control.schedule_book import (  # re-exported: the names of this mod
     run_record,
     schedule_dir,
 )
-from hiclaw.control.schedule_tools import schedule_tools
 from hiclaw.errors import HiclawError, InvalidInputError
-from hiclaw.state import ROOM_MANAGER, Schedule
+from hiclaw.state import ROOM_MANAGER, Schedule, StateDB
 
-__all__ = ["KINDS", "LATE_AFTER", "NAME", "REPORT_MESSAGE", "Rule", "ScheduleBook", "Scheduler", "admin_action",
+if TYPE_CHECKING:
+    from hiclaw.control.chat import ControlChat
+    from hiclaw.manager.report import ReportSources
+
+__all__ = ["KINDS", "LATE_AFTER", "NAME", "REPORT_MESSAGE", "Rule", "ScheduleBook", "Scheduler",
            "check_assignee", "check_kind", "check_message", "check_name", "render_post", "render_record",
            "render_reminder", "rule_of", "run_output", "run_record", "schedule_dir"]
 
@@ -72,10 +76,17 @@ LATE_AFTER = timedelta(minutes=2)
 
 
 class Scheduler:
-    """Fires due schedules for a running :class:`hiclaw.control.plane.ControlPlane`."""
+    """Fires due schedules: a worker's task posted in its room, a reminder posted to ``admin``, or
+    the daily report started through ``reports`` (None: report schedules are not run).
+    ``timezone``: the team's (``[team] timezone``), for schedules given without one;
+    ``progress(line)`` is told what a start ran."""
 
-    def __init__(self, plane: Any, *, clock: Any = None, tick_seconds: float = 30.0) -> None:
-        self.plane = plane
+    def __init__(self, *, state: StateDB, storage: Any, chat: ControlChat, reports: ReportSources | None = None,
+                 admin: str = "admin", timezone: str = "UTC", progress: Callable[[str], None] | None = None,
+                 clock: Any = None, tick_seconds: float = 30.0) -> None:
+        self.state, self.storage, self.chat, self.reports, self.admin = state, storage, chat, reports, admin
+        self.timezone = timezone
+        self.progress = progress or (lambda line: None)
         self.tick_seconds = tick_seconds
         self._clock: Any = None
         self.clock = clock or SystemClock()
@@ -84,7 +95,6 @@ class Scheduler:
         self._task: asyncio.Task[None] | None = None
         self._failed = False
         self._invalid: set[str] = set()
-        plane.add_manager_tools(lambda: schedule_tools(self))
 
     @property
     def clock(self) -> Any:
@@ -98,13 +108,13 @@ class Scheduler:
 
     @property
     def book(self) -> ScheduleBook:
-        return ScheduleBook(self.plane.state, self.clock)
+        return ScheduleBook(self.state, self.clock)
 
     async def start(self) -> None:
         """Run what was missed while the control plane was down (once each), then keep time."""
         fired = await self.run_due()
         if fired:
-            self.plane.progress(f"schedules: ran {len(fired)} missed run(s): {', '.join(fired)}")
+            self.progress(f"schedules: ran {len(fired)} missed run(s): {', '.join(fired)}")
         self._task = asyncio.create_task(self._loop(), name="scheduler")
 
     async def stop(self) -> None:
@@ -136,7 +146,7 @@ class Scheduler:
     def _rules(self) -> list[tuple[Schedule, Rule]]:
         """Every schedule with its parsed rule; one written invalid by hand is reported once and skipped."""
         rules = []
-        for schedule in self.plane.state.schedules():
+        for schedule in self.state.schedules():
             try:
                 rules.append((schedule, rule_of(schedule)))
             except HiclawError as exc:
@@ -176,49 +186,45 @@ class Scheduler:
                    now: datetime) -> str:
         if schedule.kind != "task":
             return await self._fire_for_admin(schedule, rule, slot=slot, first_missed=first_missed, now=now)
-        plane = self.plane
         record = run_record(schedule.name, slot)
-        worker = plane.state.find_worker(schedule.assignee)
+        worker = self.state.find_worker(schedule.assignee)
         present = worker is not None and worker.state != "removed"
-        if await plane.storage.stat(record) is None:
+        if await self.storage.stat(record) is None:
             text = render_record(schedule, rule, slot=slot, first_missed=first_missed, now=now, present=present)
-            await plane.storage.put(record, text.encode())
+            await self.storage.put(record, text.encode())
         if present:
-            room = await plane.chat.worker_room(schedule.assignee)
-            await plane.chat.post(room, render_post(schedule, rule, slot), mentions=[schedule.assignee],
+            room = await self.chat.worker_room(schedule.assignee)
+            await self.chat.post(room, render_post(schedule, rule, slot), mentions=[schedule.assignee],
                                   key=f"schedule:{schedule.name}:{stamp(slot)}")
         else:
             log.warning("schedule %s: worker %s no longer exists; run skipped", schedule.name, schedule.assignee)
-        plane.state.set_schedule_last_run(schedule.name, slot.isoformat())
-        plane.state.log_event("schedule.run" if present else "schedule.skipped", schedule.name, slot=slot.isoformat(),
+        self.state.set_schedule_last_run(schedule.name, slot.isoformat())
+        self.state.log_event("schedule.run" if present else "schedule.skipped", schedule.name, slot=slot.isoformat(),
                               record=record, late=now - slot > LATE_AFTER)
         return record
 
     async def _fire_for_admin(self, schedule: Schedule, rule: Rule, *, slot: datetime, first_missed: datetime,
                               now: datetime) -> str:
         """A reminder posted to the admin, or the Manager woken to write its report."""
-        plane = self.plane
         record = run_record(schedule.name, slot)
-        if await plane.storage.stat(record) is None:
+        if await self.storage.stat(record) is None:
             text = render_record(schedule, rule, slot=slot, first_missed=first_missed, now=now, present=True)
-            await plane.storage.put(record, text.encode())
+            await self.storage.put(record, text.encode())
         late = now - slot > LATE_AFTER
         if schedule.kind == "remind":
-            admin = getattr(plane, "admin", "admin")
-            await plane.chat.post(await plane.chat.resolve(ROOM_MANAGER), render_reminder(schedule, rule, slot, late=late),
-                                  mentions=[admin], key=f"schedule:{schedule.name}:{stamp(slot)}")
-        else:
+            await self.chat.post(await self.chat.resolve(ROOM_MANAGER), render_reminder(schedule, rule, slot, late=late),
+                                 mentions=[self.admin], key=f"schedule:{schedule.name}:{stamp(slot)}")
+        elif self.reports is not None:
             from hiclaw.manager.report import start_report
 
-            await start_report(plane, schedule, zone=rule.zone, slot=slot, now=now)
-        plane.state.set_schedule_last_run(schedule.name, slot.isoformat())
-        plane.state.log_event("schedule.run", schedule.name, slot=slot.isoformat(), record=record, late=late,
+            await start_report(self.reports, schedule, zone=rule.zone, slot=slot, now=now)
+        self.state.set_schedule_last_run(schedule.name, slot.isoformat())
+        self.state.log_event("schedule.run", schedule.name, slot=slot.isoformat(), record=record, late=late,
                               schedule_kind=schedule.kind)
         return record
 
     def team_timezone(self) -> str:
-        config = getattr(self.plane, "config", None)
-        return str(config.team.timezone) if config is not None else "UTC"
+        return self.timezone
 
     async def admin_action(self, action: str, body: dict[str, Any]) -> Any:
         if action == "schedule-add":
@@ -244,14 +250,6 @@ def _arg(body: dict[str, Any], key: str) -> str:
     if not isinstance(value, str):
         raise InvalidInputError(f"schedule: '{key}' is missing", hint="give name, cron, timezone, message and assignee")
     return value
-
-
-async def admin_action(plane: Any, action: str, body: dict[str, Any]) -> Any:
-    """``POST /v1/admin/schedule-*`` of the control API (``hiclaw schedule`` when the team runs)."""
-    scheduler = getattr(plane, "scheduler", None)
-    if scheduler is None:
-        raise HiclawError("the team is still starting", hint="retry in a few seconds")
-    return await scheduler.admin_action(action, body)
 
 
 # --------------------------------------------------------------------------- texts

@@ -19,11 +19,15 @@ import tempfile
 from collections.abc import Awaitable, Callable, Sequence
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hiclaw.errors import HiclawError, InvalidInputError, NotFoundError
-from hiclaw.host import ComponentContext
-from hiclaw.state import ROOM_MANAGER
+from hiclaw.host import ComponentContext, PluginHost
+from hiclaw.state import ROOM_MANAGER, StateDB
+
+if TYPE_CHECKING:
+    from hiclaw.config import HiclawConfig, SkillsConfig
+    from hiclaw.control.chat import ControlChat
 from hiclaw.storage import layout
 
 log = logging.getLogger(__name__)
@@ -49,32 +53,39 @@ async def in_worker_skills(storage: Any, worker: str, action: Callable[[Path], A
         return result
 
 
+def team_registry(host: PluginHost, config: HiclawConfig, home: Path) -> Any:
+    """The ``[skills] registry`` plugin's client, or None (the service's own skills.sh client)."""
+    try:
+        return host.create("skill_registry", config.skills.registry, config.skills.model_dump(), ComponentContext(
+            home=home, side="control", config=config, host=host), section="skills")
+    except Exception:  # noqa: BLE001 - fall back to the service's own skills.sh client
+        return None
+
+
 class TeamSkills:
-    def __init__(self, plane: Any) -> None:
+    """``registry``: the skill registry plugin's client (:func:`team_registry`), or None; the
+    installs go through ``storage``, are logged in ``state`` and a skill that cannot be had at a
+    start is told to ``admin`` through ``chat``'s outbox."""
+
+    def __init__(self, config: SkillsConfig, *, registry: Any, storage: Any, state: StateDB, chat: ControlChat,
+                 admin: str = "admin") -> None:
         from hiclaw.registry.service import SkillService
 
-        self.plane = plane
-        config = plane.config.skills
-        registry = None
-        try:
-            registry = plane.host.create("skill_registry", config.registry, config.model_dump(), ComponentContext(
-                home=plane.home, side="control", config=plane.config, host=plane.host), section="skills")
-        except Exception:  # noqa: BLE001 - fall back to the service's own skills.sh client
-            registry = None
+        self.storage, self.state, self.chat, self.admin = storage, state, chat, admin
         self.service = SkillService(config, registry=registry)
 
     async def aclose(self) -> None:
         await self.service.aclose()
 
     async def _in_worker_dir(self, worker: str, action: Any) -> Any:
-        return await in_worker_skills(self.plane.storage, worker, action)
+        return await in_worker_skills(self.storage, worker, action)
 
     async def find(self, worker: str, query: str, limit: int = 10) -> list[dict[str, Any]]:
         return await self.service.find(worker, query, limit)
 
     async def add(self, worker: str, source: str, skill: str | None) -> dict[str, Any]:
         result = await self._in_worker_dir(worker, lambda target: self.service.add(worker, source, skill, target))
-        self.plane.state.log_event("skill.installed", worker, source=source, skill=skill)
+        self.state.log_event("skill.installed", worker, source=source, skill=skill)
         return result
 
     async def prepare(self, worker: str, names: Sequence[str]) -> list[str]:
@@ -111,7 +122,7 @@ class TeamSkills:
             result = await self.service.add(worker, hits[0]["source"], name, target)
         else:
             result = await self.service.add(worker, name, None, target)
-        self.plane.state.log_event("skill.installed", worker, source=result.get("source"), skill=result["name"])
+        self.state.log_event("skill.installed", worker, source=result.get("source"), skill=result["name"])
         return str(result["name"])
 
     async def seed(self, worker: str, names: Sequence[str]) -> list[str]:
@@ -138,7 +149,7 @@ class TeamSkills:
 
     async def _report_missing(self, worker: str, skill: str, why: str) -> None:
         log.warning("worker %s starts without its skill %s: %s", worker, skill, why)
-        state, admin = self.plane.state, self.plane.admin
+        state, admin = self.state, self.admin
         with state.transaction():
             told = state.enqueue_message(
                 f"skill-missing:{worker}:{skill}", ROOM_MANAGER,
@@ -147,7 +158,7 @@ class TeamSkills:
             if told:
                 state.log_event("worker.skill_missing", worker, skill=skill, reason=why)
         if told:
-            await self.plane.chat.flush()
+            await self.chat.flush()
 
 
 @cache

@@ -30,7 +30,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from hiclaw.agent.client import GatewayClient, GatewayError, ModelReply
@@ -39,7 +39,7 @@ from hiclaw.errors import NotFoundError
 from hiclaw.manager.origin import Origin
 from hiclaw.manager.plan import stuck_value
 from hiclaw.models import ChatMessage, TaskState
-from hiclaw.state import ROOM_MANAGER
+from hiclaw.state import ROOM_MANAGER, StateDB
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +93,17 @@ def what_of(key: str) -> str:
 
 
 class ManagerTurns:
-    def __init__(self, plane: Any, probe: TurnProbe, wakeup: asyncio.Event, *,
-                 clock: Callable[[], float] = time.time) -> None:
-        self.plane = plane
+    """Runs the Manager's queued turns from the state DB's inbox: ``handle(message)`` for a chat
+    message, ``wake(room_id, text, key, origin)`` for a judgement; ``probe`` sees the model's
+    failures; ``wakeup`` is set when something is queued; ``interval``: ``[team] heartbeat_seconds``
+    (retries back off in fractions of it)."""
+
+    def __init__(self, *, state: StateDB, chat: Any, engine: Any, probe: TurnProbe, wakeup: asyncio.Event,
+                 handle: Callable[[ChatMessage], Awaitable[Any]], wake: Callable[..., Awaitable[Any]],
+                 interval: float, admin: str = "admin", clock: Callable[[], float] = time.time) -> None:
+        self.state, self.chat, self.engine, self.admin = state, chat, engine, admin
+        self.handle, self.wake = handle, wake
+        self._interval = float(interval)
         self.probe = probe
         self.wakeup = wakeup
         self.clock = clock
@@ -105,7 +113,7 @@ class ManagerTurns:
 
     @property
     def interval(self) -> float:
-        return float(self.plane.config.team.heartbeat_seconds)
+        return self._interval
 
     def retry_delay(self, failures: int, error: GatewayError | None) -> float:
         delay = self.interval * RETRY_FRACTIONS[min(failures, len(RETRY_FRACTIONS)) - 1]
@@ -116,7 +124,7 @@ class ManagerTurns:
     # ------------------------------------------------------------------ the loop
 
     async def run(self) -> None:
-        state = self.plane.state
+        state = self.state
         while True:
             for item in state.inbox_pending():
                 if self._due(item) <= self.clock():
@@ -135,25 +143,24 @@ class ManagerTurns:
 
     async def _one(self, item: dict[str, Any]) -> None:
         payload = item["payload"]
-        plane = self.plane
         self.probe.error, self._current, self._account, self._instead = None, item, None, False
         try:
             if item["kind"] == "message":
                 message = ChatMessage.model_validate(payload)
-                await plane.manager.handle(message, origin=plane.message_origin(message))
+                await self.handle(message)
             else:
-                await plane.manager.wake(payload["room_id"], payload["text"], key=f"manager-{payload['key']}",
-                                         origin=Origin.from_dict(payload.get("origin")))
+                await self.wake(payload["room_id"], payload["text"], key=f"manager-{payload['key']}",
+                                origin=Origin.from_dict(payload.get("origin")))
         except Exception:
             log.exception("manager turn for %s failed", item["key"])
         finally:
             self._current = None
         error = self.probe.error
         if item["kind"] != "wake" or error is None or self._instead:
-            plane.state.inbox_done(item["id"])
+            self.state.inbox_done(item["id"])
         elif not self.still_needed(str(payload.get("key", ""))):
             log.info("manager turn %s failed, and is no longer needed", item["key"])
-            plane.state.inbox_done(item["id"])
+            self.state.inbox_done(item["id"])
         else:
             await self._failed(item, error)
 
@@ -184,12 +191,12 @@ class ManagerTurns:
 
     def _task(self, task_id: str) -> Any:
         try:
-            return self.plane.state.task(task_id)
+            return self.state.task(task_id)
         except NotFoundError:
             return None
 
     async def _failed(self, item: dict[str, Any], error: GatewayError) -> None:
-        state = self.plane.state
+        state = self.state
         payload = item["payload"]
         key = str(payload.get("key", ""))
         failures = int(item.get("attempts") or 0) + 1
@@ -204,7 +211,7 @@ class ManagerTurns:
         match = TASK.search(key)
         task = self._task(match.group(0)) if match else None
         what = what_of(key)
-        admin = self.plane.admin
+        admin = self.admin
         with state.transaction():
             state.inbox_failed(item["id"], error=account)
             state.log_event("manager.turn_failed", task.id if task else key, key=key, attempts=failures,
@@ -215,6 +222,6 @@ class ManagerTurns:
             state.enqueue_message(f"turn-failed:{key}", ROOM_MANAGER,
                                   f"@{admin} I could not {what}: {failures} attempts failed; the last: {account}",
                                   [admin])
-        await self.plane.chat.flush()
+        await self.chat.flush()
         if task is not None and task.project_id:
-            await self.plane.engine.render(task.project_id)
+            await self.engine.render(task.project_id)

@@ -31,16 +31,20 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hiclaw.control.idle import ACTIVE, IdlePolicy
 from hiclaw.control.ownership import Ownership
 from hiclaw.control.ownership import span as _span
 from hiclaw.models import ChatMessage, TaskState
 from hiclaw.storage import layout
+
+if TYPE_CHECKING:
+    from hiclaw.control.chat import ControlChat
+    from hiclaw.state import StateDB
 
 log = logging.getLogger(__name__)
 
@@ -92,15 +96,23 @@ class TickReport:
 
 
 class Watchdog:
-    def __init__(self, plane: Any, *, interval: float | None = None, idle_seconds: float | None = None,
+    def __init__(self, *, state: StateDB, chat: ControlChat, supervisor: Any, provisioner: Any, gateway: Any,
+                 storage: Any, engine: Any, idle: IdlePolicy, wake_manager: Callable[..., Awaitable[Any]],
+                 display: Callable[[str], str], interval: float, admin: str = "admin",
                  clock: Callable[[], float] = time.time) -> None:
-        self.plane = plane
-        self.interval = float(interval if interval is not None else plane.config.team.heartbeat_seconds)
+        """``provisioner``: a :class:`hiclaw.control.provisioner.Provisioner` (its per-worker lock,
+        ready times and ``start_process``); ``engine``: the task engine (plan.md rendering, review
+        wake-ups); ``wake_manager(room_id, text, key)`` queues a Manager judgement; ``display``
+        names a user id; ``interval``: ``[team] heartbeat_seconds``."""
+        self.state, self.chat, self.supervisor, self.provisioner = state, chat, supervisor, provisioner
+        self.gateway, self.storage, self.engine, self.idle = gateway, storage, engine, idle
+        self.wake_manager, self.display, self.admin = wake_manager, display, admin
+        self.interval = float(interval)
         self.clock = clock
-        self.idle = IdlePolicy(plane, idle_seconds=idle_seconds, clock=clock)
         self.check_every = max(0.05, min(self.interval, self.idle.idle_seconds) / CHECKS_PER_INTERVAL)
         self.started_at = clock()
-        self.ownership = Ownership(self)
+        self.ownership = Ownership(state=state, chat=chat, engine=engine, admin=admin, interval=self.interval,
+                                   started_at=lambda: self.started_at)
         self.watches: dict[str, TaskWatch] = {}
         self._crashed: dict[str, tuple[float, int | None]] = {}  # worker -> (when, exit code), until re-notified
         self._start_failures: dict[str, int] = {}
@@ -121,8 +133,8 @@ class Watchdog:
     def register(self) -> None:
         """Subscribe to the supervisor's exit and crash-loop reports (once)."""
         if not self._registered:
-            self.plane.supervisor.on_exit(self._on_exit)
-            self.plane.supervisor.on_crash_loop(self._on_crash_loop)
+            self.supervisor.on_exit(self._on_exit)
+            self.supervisor.on_crash_loop(self._on_crash_loop)
             self._registered = True
 
     async def stop(self) -> None:
@@ -146,14 +158,14 @@ class Watchdog:
 
     def observe(self, message: ChatMessage) -> None:
         """Called for every message the control plane sees (cheap; never blocks the sync loop)."""
-        state = self.plane.state
-        sender = self.plane.display(message.sender)
+        state = self.state
+        sender = self.display(message.sender)
         when = message.timestamp.timestamp()
         worker = state.find_worker(sender)
         if worker is not None and worker.state != "removed":
             self.idle.touch(sender, when)  # activity (for idle sleep), not task progress
         for mention in message.mentions:
-            name = self.plane.display(mention)
+            name = self.display(mention)
             if name == sender:
                 continue
             self.idle.touch(name, when)
@@ -173,17 +185,17 @@ class Watchdog:
 
     def _on_exit(self, name: str, code: int | None, will_restart: bool) -> None:
         # A restart the provisioner asked for holds its lock; only unplanned exits count here.
-        if not will_restart or self.plane.provisioner.lock(name).locked():
+        if not will_restart or self.provisioner.lock(name).locked():
             return
-        worker = self.plane.state.find_worker(name)
+        worker = self.state.find_worker(name)
         if worker is None or worker.state != ACTIVE:
             return
         self._crashed[name] = (time.time(), code)
-        self.plane.state.log_event("worker.crashed", name, exit_code=code)
+        self.state.log_event("worker.crashed", name, exit_code=code)
 
     def _on_crash_loop(self, name: str, status: dict[str, Any]) -> None:
         self._crashed.pop(name, None)
-        tasks = self.plane.state.tasks(assignee=name, states=[TaskState.IN_PROGRESS])
+        tasks = self.state.tasks(assignee=name, states=[TaskState.IN_PROGRESS])
         waiting = f"; {', '.join(t.id for t in tasks)} cannot progress" if tasks else ""
         number = self._count("worker.crash_loop", name)
         self._judgement.append((f"crash-loop:{name}:{number}",
@@ -195,7 +207,7 @@ class Watchdog:
     async def tick(self) -> TickReport:
         now = self.clock()
         report = TickReport(at=now)
-        state = self.plane.state
+        state = self.state
         workers = [w for w in state.workers() if w.state != "removed"]
         calls = await self._gateway_callers(now)
         for name in calls:
@@ -212,7 +224,7 @@ class Watchdog:
             items, self._judgement = self._judgement, []
             report.summary = "Heartbeat — needs your judgement:\n" + "\n".join(f"- {line}" for _, line in items)
             key = "heartbeat:" + "+".join(key for key, _ in items)
-            await self.plane.wake_manager(self.plane.chat.manager_room, report.summary, key)
+            await self.wake_manager(self.chat.manager_room, report.summary, key)
         return report
 
     async def _gateway_callers(self, now: float) -> set[str]:
@@ -221,7 +233,7 @@ class Watchdog:
         if since is None:
             since = self.started_at
         try:
-            rows = await self.plane.gateway.usage(by="consumer", since=since)
+            rows = await self.gateway.usage(by="consumer", since=since)
         except Exception as exc:  # noqa: BLE001 - a gateway without usage: files and messages still count
             log.debug("heartbeat: no gateway usage (%s)", exc)
             return set()
@@ -233,11 +245,11 @@ class Watchdog:
         restarts = []
         for worker in workers:
             name = worker.name
-            status = self.plane.supervisor.status(name)
+            status = self.supervisor.status(name)
             process = status.get("state")
             if name in self._crashed and process == "running":
                 crashed_at, code = self._crashed[name]
-                if self.plane.provisioner.ready_at.get(name, float("-inf")) > crashed_at:
+                if self.provisioner.ready_at.get(name, float("-inf")) > crashed_at:
                     del self._crashed[name]
                     reason = f"your process stopped unexpectedly (exit code {code}) and was restarted"
                     report.renotified += await self.renotify(name, reason)
@@ -245,7 +257,7 @@ class Watchdog:
             # "absent": never started by this control plane (being created, or reconciliation
             # failed and said so); "crash-loop": stopped on purpose by the supervisor.
             if (worker.state != ACTIVE or process in (*SUPERVISED, "crash-loop", "absent")
-                    or self.plane.provisioner.lock(name).locked()
+                    or self.provisioner.lock(name).locked()
                     or self._start_failures.get(name, 0) >= MAX_START_FAILURES):
                 continue
             restarts.append(self._restart(worker, process, report))
@@ -253,19 +265,19 @@ class Watchdog:
 
     async def _restart(self, worker: Any, process: str | None, report: TickReport) -> None:
         name = worker.name
-        self.plane.state.log_event("worker.restarting", name, process=process)
+        self.state.log_event("worker.restarting", name, process=process)
         try:
-            await self.plane.provisioner.start_process(worker, restart=True)
+            await self.provisioner.start_process(worker, restart=True)
         except Exception as exc:  # noqa: BLE001 - counted; reported after a few attempts
             failures = self._start_failures[name] = self._start_failures.get(name, 0) + 1
             log.error("heartbeat: worker %s could not be started (%d/%d): %s", name, failures, MAX_START_FAILURES, exc)
             if failures >= MAX_START_FAILURES:
-                await self.plane.chat.post(
-                    self.plane.chat.manager_room,
-                    f"@{self.plane.admin} worker **{name}** is not running and could not be started "
+                await self.chat.post(
+                    self.chat.manager_room,
+                    f"@{self.admin} worker **{name}** is not running and could not be started "
                     f"{failures} times ({exc}). See `hiclaw worker logs {name}`.",
-                    mentions=[self.plane.admin], key=f"start-failed:{name}:{self._count('worker.start_failed', name)}")
-                self.plane.state.log_event("worker.start_failed", name, error=str(exc))
+                    mentions=[self.admin], key=f"start-failed:{name}:{self._count('worker.start_failed', name)}")
+                self.state.log_event("worker.start_failed", name, error=str(exc))
                 self._judgement.append((f"start-failed:{name}:{self._count('worker.start_failed', name)}",
                                         f"worker {name} cannot be started ({exc}); the admin was told."))
             return
@@ -276,14 +288,14 @@ class Watchdog:
     async def renotify(self, worker: str, reason: str) -> list[str]:
         """Post the assignment of each of ``worker``'s in-progress tasks again."""
         renotified = []
-        for task in self.plane.state.tasks(assignee=worker, states=[TaskState.IN_PROGRESS]):
+        for task in self.state.tasks(assignee=worker, states=[TaskState.IN_PROGRESS]):
             number = self._count("task.renotified", task.id) + 1
-            await self.plane.chat.post(
+            await self.chat.post(
                 await self._task_room(task),
                 f"@{worker} {reason}. Please carry on with **{task.id}**: {task.title}\n"
                 f"Spec: `{layout.task_spec(task.id)}` — report with `report_result` when done.",
                 mentions=[worker], key=f"renotify:{task.id}:{number}")
-            self.plane.state.log_event("task.renotified", task.id, worker=worker, reason=reason)
+            self.state.log_event("task.renotified", task.id, worker=worker, reason=reason)
             watch = self.watches.get(task.id)
             if watch is not None:
                 watch.last_progress = max(watch.last_progress, self.clock())
@@ -302,21 +314,21 @@ class Watchdog:
             baseline = max(epoch(task.last_progress_at), epoch(task.updated_at), self.started_at)
             same_dispatch = watch is None and task.stalled_at is not None
             asks = sum(e["data"].get("dispatch") == task.dispatch_count
-                       for e in self.plane.state.events(kind="task.heartbeat_asked", subject=task.id))
+                       for e in self.state.events(kind="task.heartbeat_asked", subject=task.id))
             watch = self.watches[task.id] = TaskWatch(task.dispatch_count, baseline, stalled=same_dispatch,
                                                       asked=same_dispatch, asks=asks)
             if task.stalled_at is not None and not same_dispatch:
-                self.plane.state.update_task(task.id, stalled_at=None)
+                self.state.update_task(task.id, stalled_at=None)
         latest = await self._latest_signal(task)
         if latest > watch.last_progress:
             watch.last_progress = latest
             watch.asked = False
-            self.plane.state.update_task(task.id, last_progress_at=iso(latest))
+            self.state.update_task(task.id, last_progress_at=iso(latest))
             if watch.stalled:
                 await self._unstall(task, watch)
                 report.unstalled.append(task.id)
             return
-        if self.plane.supervisor.status(task.assignee).get("state") != "running":
+        if self.supervisor.status(task.assignee).get("state") != "running":
             return  # a dead or sleeping process is the process check's business
         quiet = now - watch.last_progress
         if quiet >= self.interval and not watch.asked:
@@ -333,7 +345,7 @@ class Watchdog:
     async def _latest_signal(self, task: Any) -> float:
         """The newest task progress: a file of the task folder other than the Manager's spec."""
         try:
-            items = await self.plane.storage.list(layout.task_dir(task.id))
+            items = await self.storage.list(layout.task_dir(task.id))
         except Exception as exc:  # noqa: BLE001 - storage hiccup: nothing seen this time, asked later
             log.warning("heartbeat: cannot list %s: %s", layout.task_dir(task.id), exc)
             return float("-inf")
@@ -343,23 +355,23 @@ class Watchdog:
 
     async def _ask(self, task: Any, quiet: float) -> None:
         number = self._count("task.heartbeat_asked", task.id) + 1
-        await self.plane.chat.post(
-            await self.plane.chat.worker_room(task.assignee),
+        await self.chat.post(
+            await self.chat.worker_room(task.assignee),
             f"@{task.assignee} how is **{task.id}** going? I have seen no progress for {_span(quiet)} "
             f"(no new files in `{layout.task_dir(task.id)}`). Add a `progress_note` (a chat reply is not "
             "progress), or call `report_result` if you are done or blocked.",
             mentions=[task.assignee], key=f"heartbeat:{task.id}:{number}")
-        self.plane.state.log_event("task.heartbeat_asked", task.id, worker=task.assignee, quiet_seconds=round(quiet, 1),
+        self.state.log_event("task.heartbeat_asked", task.id, worker=task.assignee, quiet_seconds=round(quiet, 1),
                                    dispatch=task.dispatch_count)
 
     async def _stall(self, task: Any, quiet: float) -> None:
         number = self._count("task.stalled", task.id) + 1
-        admin = self.plane.admin
-        self.plane.state.update_task(task.id, stalled_at=iso(self.clock()))
-        self.plane.state.log_event("task.stalled", task.id, worker=task.assignee, quiet_seconds=round(quiet, 1))
+        admin = self.admin
+        self.state.update_task(task.id, stalled_at=iso(self.clock()))
+        self.state.log_event("task.stalled", task.id, worker=task.assignee, quiet_seconds=round(quiet, 1))
         await self._rerender(task)
-        await self.plane.chat.post(
-            self.plane.chat.manager_room,
+        await self.chat.post(
+            self.chat.manager_room,
             f"@{admin} **{task.id}** ({task.title}) looks stalled: {task.assignee} has shown no progress for "
             f"{_span(quiet)} and did not answer the heartbeat question. Files: `{layout.task_dir(task.id)}`.",
             mentions=[admin], key=f"stalled:{task.id}:{number}")
@@ -369,10 +381,10 @@ class Watchdog:
 
     async def _unstall(self, task: Any, watch: TaskWatch) -> None:
         watch.stalled = False
-        self.plane.state.update_task(task.id, stalled_at=None)
-        self.plane.state.log_event("task.unstalled", task.id, worker=task.assignee)
+        self.state.update_task(task.id, stalled_at=None)
+        self.state.log_event("task.unstalled", task.id, worker=task.assignee)
         await self._rerender(task)
-        await self.plane.chat.post(self.plane.chat.manager_room,
+        await self.chat.post(self.chat.manager_room,
                                    f"**{task.id}** is moving again ({task.assignee} made progress).",
                                    key=f"unstalled:{task.id}:{self._count('task.unstalled', task.id)}")
 
@@ -380,21 +392,21 @@ class Watchdog:
         for task_id in [t for t in self.watches if t not in in_progress]:
             watch = self.watches.pop(task_id)
             if watch.stalled:  # reported, cancelled or blocked while stalled: the stall is over
-                self.plane.state.update_task(task_id, stalled_at=None)
+                self.state.update_task(task_id, stalled_at=None)
 
     # ------------------------------------------------------------------ helpers
 
     def _count(self, kind: str, subject: str) -> int:
-        return len(self.plane.state.events(kind=kind, subject=subject))
+        return len(self.state.events(kind=kind, subject=subject))
 
     async def _task_room(self, task: Any) -> str:
         if task.project_id:
-            project = self.plane.state.project(task.project_id)
+            project = self.state.project(task.project_id)
             if project.room_id:
                 return str(project.room_id)
-        return str(await self.plane.chat.worker_room(task.assignee))
+        return str(await self.chat.worker_room(task.assignee))
 
     async def _rerender(self, task: Any) -> None:
         if task.project_id:
-            await self.plane.engine.render(task.project_id)
+            await self.engine.render(task.project_id)
 

@@ -205,14 +205,15 @@ class RoomHistory:
         return "\n".join([*parts, *lines])
 
 
-def room_key_for(plane: Any) -> Callable[[str], str]:
-    """The file name of a room's summary: ``manager``, a project id, else the room id made safe."""
+def room_key_for(chat: Any, state: Any) -> Callable[[str], str]:
+    """The file name of a room's summary: ``manager`` (``chat``'s Manager room), a project id (of
+    ``state``), else the room id made safe."""
     import hashlib
 
     def key(room_id: str) -> str:
-        if room_id and room_id == plane.chat.manager_room:
+        if room_id and room_id == chat.manager_room:
             return "manager"
-        for project in plane.state.projects():
+        for project in state.projects():
             if project.room_id == room_id:
                 return str(project.id)
         safe = re.sub(r"[^a-z0-9]+", "-", room_id.lower()).strip("-")[:40]
@@ -229,15 +230,17 @@ def summary_model(config: Any) -> str | None:
     return "cheap" if "cheap" in config.models else str(config.team.manager_model)
 
 
-def for_plane(plane: Any, client: Any) -> RoomHistory:
-    """The Manager's history of a running control plane (its channel, storage and configuration)."""
+def manager_history(config: Any, *, channel: Any, storage: Any, chat: Any, state: Any, client: Any,
+                    display: Callable[[str], str], before_call: Any = None) -> RoomHistory:
+    """The Manager's history on a running team: rooms read from ``channel`` (when it can read
+    history), summaries kept in ``storage`` and written by ``client`` on ``[team] summary_model``
+    (``before_call``: the plugins' hook before each model call), ``display`` naming senders."""
     from hiclaw.protocols import RoomHistoryReader
 
-    team = plane.config.team
-    model = summary_model(plane.config)
-    channel = plane.channel
+    team = config.team
+    model = summary_model(config)
     return RoomHistory(
-        storage=plane.storage, fetch=channel.history if isinstance(channel, RoomHistoryReader) else None,
-        display=plane.speaker, room_key=room_key_for(plane),
-        summarise=ModelSummariser(client, model, before_call=plane._before_call) if model else None,  # noqa: SLF001 - its own hook
+        storage=storage, fetch=channel.history if isinstance(channel, RoomHistoryReader) else None,
+        display=display, room_key=room_key_for(chat, state),
+        summarise=ModelSummariser(client, model, before_call=before_call) if model else None,
         max_messages=team.history_messages, max_tokens=team.history_tokens)

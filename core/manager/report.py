@@ -20,6 +20,8 @@ Task titles and summaries were written by models and workers: they are quoted as
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -30,7 +32,7 @@ from hiclaw.control.schedule_book import REPORT_MESSAGE
 from hiclaw.manager.origin import Origin
 from hiclaw.manager.when import local_midnight
 from hiclaw.models import TaskState
-from hiclaw.state import ROOM_MANAGER, Schedule
+from hiclaw.state import ROOM_MANAGER, Schedule, StateDB
 from hiclaw.storage import layout
 
 log = logging.getLogger(__name__)
@@ -72,9 +74,22 @@ def _group(title: str, rows: list[str]) -> str:
     return f"- {title} ({len(rows)}):{listed}{more}"
 
 
-async def _spend(plane: Any, start: datetime, now: datetime) -> str:
+@dataclass
+class ReportSources:
+    """What the daily report is gathered from (the state DB, the gateway's ledger through
+    ``usage(by=, since=, until=)``) and how it is written: its facts kept in ``storage``, the Manager
+    woken in the Manager room (``chat``) through ``wake_manager(room_id, text, key, origin=)``."""
+
+    state: StateDB
+    storage: Any
+    chat: Any
+    usage: Callable[..., Awaitable[Any]]
+    wake_manager: Callable[..., Awaitable[None]]
+
+
+async def _spend(usage: Callable[..., Awaitable[Any]], start: datetime, now: datetime) -> str:
     try:
-        rows = await plane.usage(by="consumer", since=start.timestamp(), until=now.timestamp())
+        rows = await usage(by="consumer", since=start.timestamp(), until=now.timestamp())
     except Exception as exc:  # noqa: BLE001 - the report goes out without the spend, saying why
         return f"- Spend today: unknown ({exc})"
     if not rows:
@@ -85,15 +100,15 @@ async def _spend(plane: Any, start: datetime, now: datetime) -> str:
     return f"- Spend today: ${total:.4f} in {calls} model calls ({by})"
 
 
-async def gather_facts(plane: Any, *, zone: ZoneInfo, now: datetime) -> str:
+async def gather_facts(sources: ReportSources, *, zone: ZoneInfo, now: datetime) -> str:
     """The day's facts (since local midnight of ``now``), as Markdown lines."""
     start = local_midnight(now, zone)
-    tasks = plane.state.tasks()
+    tasks = sources.state.tasks()
     in_state = {state: [t for t in tasks if t.state is state] for state in TaskState}
     done = [t for t in in_state[TaskState.DONE] if _since(t.updated_at, start)]
     stalled = [t for t in in_state[TaskState.IN_PROGRESS] if t.stalled_at]
     stuck = [t for t in tasks if getattr(t, "stuck", None) and t.state not in (TaskState.DONE, TaskState.CANCELLED)]
-    waiting = [p for p in plane.state.projects() if p.state == "awaiting_confirmation"]
+    waiting = [p for p in sources.state.projects() if p.state == "awaiting_confirmation"]
     lines = [f"Facts for {now.astimezone(zone).strftime('%A %Y-%m-%d')} (from 00:00 to "
              f"{now.astimezone(zone).strftime('%H:%M')} {zone.key}), gathered by code:",
              _group("Done today", [_row(t, zone) for t in done]),
@@ -103,7 +118,7 @@ async def gather_facts(plane: Any, *, zone: ZoneInfo, now: datetime) -> str:
              _group("Stalled or stuck", [_row(t, zone) for t in dict.fromkeys([*stalled, *stuck])]),
              _group("Plans waiting for the admin's confirmation", [f"{p.id} {quote(p.title)}" for p in waiting]),
              _group("Not started yet", [_row(t, zone) for t in in_state[TaskState.PENDING]]),
-             await _spend(plane, start, now)]
+             await _spend(sources.usage, start, now)]
     return "\n".join(lines)
 
 
@@ -117,14 +132,15 @@ def report_prompt(schedule: Schedule, facts: str) -> str:
             f"for a detail the facts lack (list_tasks, read_result, usage_report).{asked}\n\n{facts}")
 
 
-async def start_report(plane: Any, schedule: Schedule, *, zone: ZoneInfo, slot: datetime, now: datetime) -> None:
+async def start_report(sources: ReportSources, schedule: Schedule, *, zone: ZoneInfo, slot: datetime,
+                       now: datetime) -> None:
     """Gather the facts, keep them, and wake the Manager to write the report (called by the scheduler)."""
-    facts = await gather_facts(plane, zone=zone, now=now)
+    facts = await gather_facts(sources, zone=zone, now=now)
     key = facts_key(schedule.name, slot)
-    if await plane.storage.stat(key) is None:  # a re-run of the same slot keeps the first facts
-        await plane.storage.put(key, facts.encode())
-    room = await plane.chat.resolve(ROOM_MANAGER)
-    await plane.wake_manager(room, report_prompt(schedule, facts), f"report:{schedule.name}:{stamp(slot)}",
+    if await sources.storage.stat(key) is None:  # a re-run of the same slot keeps the first facts
+        await sources.storage.put(key, facts.encode())
+    room = await sources.chat.resolve(ROOM_MANAGER)
+    await sources.wake_manager(room, report_prompt(schedule, facts), f"report:{schedule.name}:{stamp(slot)}",
                              origin=Origin.code("scheduler", f"the report {schedule.name}"))
 
 
