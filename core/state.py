@@ -166,6 +166,11 @@ class Worker(BaseModel):
     created_at: str = ""
     updated_at: str = ""
 
+    def view(self) -> dict[str, Any]:
+        """The one JSON view of a worker (`hiclaw status`, the Manager's worker tools)."""
+        return {"name": self.name, "role": self.role, "model": self.model, "skills": self.skills,
+                "state": str(self.state)}
+
 
 class Project(BaseModel):
     id: str
@@ -197,6 +202,18 @@ class Task(BaseModel):
     created_at: str = ""
     updated_at: str = ""
     position: int = 0
+
+    def view(self) -> dict[str, Any]:
+        """The one JSON view of a task: `hiclaw task list|show --json`, `hiclaw status` and the
+        Manager's task tools all show these keys. ``stalled_at`` only while the task is in progress
+        (a stall stamp left on a finished task says nothing)."""
+        return {"id": self.id, "project": self.project_id, "title": self.title, "assignee": self.assignee,
+                "state": self.state.value, "marker": self.state.marker, "model": self.model,
+                "depends_on": self.depends_on, "revision_of": self.revision_of,
+                "result_status": self.result_status.value if self.result_status else None,
+                "result_summary": self.result_summary, "attempts": self.dispatch_count,
+                "stalled_at": self.stalled_at if self.state is TaskState.IN_PROGRESS else None,
+                "created_at": self.created_at, "updated_at": self.updated_at}
 
 
 class PendingMessage(BaseModel):

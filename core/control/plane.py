@@ -570,10 +570,7 @@ class ControlPlane:
                            "sandbox": self.config.sandbox.plugin, "control_api": self.api.url},
             "workers": workers,
             "projects": [p.model_dump() for p in self.state.projects()],
-            "tasks": [{"id": t.id, "project": t.project_id, "title": t.title, "assignee": t.assignee,
-                       "state": t.state.value, "result": t.result_status.value if t.result_status else None,
-                       "stalled_at": t.stalled_at if t.state is TaskState.IN_PROGRESS else None}
-                      for t in self.state.tasks()],
+            "tasks": [t.view() for t in self.state.tasks()],
         }
 
     async def admin_action(self, action: str, body: dict[str, Any]) -> Any:
