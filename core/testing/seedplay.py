@@ -299,8 +299,8 @@ async def play_seed(home: Path, *, mix: Any = None, label: str = "clean", heartb
 
 
 async def _wait(predicate: Callable[[], Any], timeout: float) -> bool:
-    """:func:`hiclaw.testing.team.wait_until`, as a yes or no."""
-    from hiclaw.testing.team import wait_until
+    """:func:`hiclaw.waiting.wait_until`, as a yes or no."""
+    from hiclaw.waiting import wait_until
 
     try:
         await wait_until(predicate, timeout=max(timeout, 0))

@@ -13,10 +13,8 @@ logged in as the admin (:class:`hiclaw.demo.admin.AdminClient`)::
 """
 from __future__ import annotations
 
-import asyncio
 import socket
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +32,7 @@ from hiclaw.config import (
     TeamConfig,
     save_config,
 )
+from hiclaw.waiting import wait_until as wait_until  # re-exported: tests wait with it
 
 #: USD per million tokens (input, output) of the team's aliases.
 PRICES = {"smart": (3.0, 15.0), "fast": (0.5, 1.5), "cheap": (0.25, 1.25)}
@@ -78,20 +77,6 @@ def team_config(model_url: str, *, registry_url: str = "https://skills.sh", sand
         skills=SkillsConfig(api_url=registry_url),
         team=TeamConfig(**{"manager_model": "smart", "worker_model": "smart", **team}),
     )
-
-
-async def wait_until(predicate: Callable[[], Any | Awaitable[Any]], *, timeout: float = 60.0, what: str = "condition") -> Any:
-    """Poll ``predicate`` (sync or async) until truthy, with a deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 @dataclass
