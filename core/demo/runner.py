@@ -20,9 +20,10 @@ from hiclaw.config import HiclawConfig, Secrets, save_config
 from hiclaw.demo import REGISTRY_ROOT
 from hiclaw.demo.admin import AdminClient, SeenMessage
 from hiclaw.demo.scenario import PLAN, PROJECT, SKILL, WORKERS, demo_scenario
+from hiclaw.demo.team import default_sandbox, team_config
 from hiclaw.models import TaskState
 from hiclaw.storage import layout
-from hiclaw.testing.team import default_sandbox, team_config, wait_until
+from hiclaw.waiting import wait_until
 
 SERVER_NAME = "hiclaw.demo"
 ASK_WORKERS = ("@manager please create four workers: alex (product manager), sam (full-stack developer), "
