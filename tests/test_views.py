@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
+import pytest
 from click.testing import CliRunner
 
 from hiclaw.cli import cli
@@ -76,3 +77,25 @@ def test_task_status_table_reads_the_shared_keys(hiclaw_home):
     result = CliRunner().invoke(cli, ["status"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "SUCCESS" in result.output and "in_progress (stalled)" in result.output
+
+
+def test_worker_and_project_states_are_enums_that_stay_strings(hiclaw_home):
+    from hiclaw.models import ProjectState, WorkerState
+
+    state = seeded_state(hiclaw_home)
+    worker, project = state.find_worker("sam"), state.project("proj-001")
+    assert worker is not None and worker.state is WorkerState.ACTIVE and worker.state == "active"
+    assert project.state is ProjectState.PLANNING and project.state == "planning"
+    state.update_project(project.id, state=ProjectState.RUNNING)
+    state.set_worker_state("sam", WorkerState.SLEEPING)
+    # Stored as the bare strings (the database and older readers see what they always saw).
+    rows = state._query("SELECT (SELECT state FROM workers) AS w, (SELECT state FROM projects) AS p")
+    assert (rows[0]["w"], rows[0]["p"]) == ("sleeping", "running")
+    with pytest.raises(ValueError, match="not a valid ProjectState"):
+        state.update_project(project.id, state="active")
+    state.close()
+    shown = cli_json("project", "show", "proj-001")
+    assert shown["state"] == "running"
+    assert cli_json("status")["workers"][0]["state"] == "sleeping"
+    listed = cli_json("project", "list")
+    assert listed[0]["state"] == "running"
