@@ -238,8 +238,8 @@ class Provisioner:
             await self.plane.idle.wake(name, reason="assignment")
             return
         if name not in self.mounts:
-            # Not (yet) started or adopted by this control plane — reconciliation at boot may be
-            # on it right now: start or adopt it (never restart a run that is being adopted).
+            # Neither started nor adopted by this control plane so far — reconciliation at boot may
+            # be on it right now: start or adopt it (never restart a run that is being adopted).
             await self.start_process(worker)
         rw, ro = self.desired_grants(name)
         access = await self.grant(name, rw, ro)
