@@ -458,6 +458,10 @@ class PluginHost:
     def registration(self, kind: Kind, name: str) -> Registration:
         regs = self.registrations(kind)
         if name not in regs:
+            from hiclaw.config import current_plugin_name
+
+            name = current_plugin_name(kind, name)  # a built-in's former name still works
+        if name not in regs:
             broken = [i.name for i in self._infos.values() if i.status == "broken"]
             extra = f"; broken plugins: {', '.join(broken)} (see `hiclaw plugins list`)" if broken else ""
             available = ", ".join(sorted(regs)) or "none"
