@@ -13,12 +13,13 @@ Every error names the file, the key (and line when known) and the fix, in one li
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 import stat
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
@@ -30,6 +31,27 @@ CONFIG_FILE = "config.toml"
 SECRETS_FILE = "secrets.toml"
 ENV_PREFIX = "HICLAW_"
 SECRET_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+log = logging.getLogger(__name__)
+
+#: Former names of built-in components, per kind, and the name each is registered under now (the
+#: name ``hiclaw plugins list`` shows). Still read, with one deprecation note in the log.
+RENAMED_PLUGINS: dict[str, dict[str, str]] = {
+    "gateway": {"embedded": "embedded-gateway"},
+    "storage": {"local": "local-storage"},
+}
+_noted: set[tuple[str, str]] = set()
+
+
+def current_plugin_name(kind: str, name: str) -> str:
+    """``name``, or the name a renamed built-in ``kind`` component has now (noted once per process)."""
+    current = RENAMED_PLUGINS.get(kind, {}).get(name)
+    if current is None:
+        return name
+    if (kind, name) not in _noted:
+        _noted.add((kind, name))
+        log.warning("[%s] plugin = %r is a deprecated name: it is now %r (write that in config.toml)", kind, name, current)
+    return current
 
 
 def hiclaw_home() -> Path:
@@ -43,25 +65,36 @@ class _Section(BaseModel):
 
 
 class ComponentConfig(_Section):
-    """Which plugin provides a component, and that plugin's own settings."""
+    """Which plugin provides a component — the name ``hiclaw plugins list`` shows — and that
+    plugin's own settings."""
 
+    kind: ClassVar[str] = ""
     plugin: str
     settings: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("plugin")
+    @classmethod
+    def _current_name(cls, value: str) -> str:
+        return current_plugin_name(cls.kind, value)
+
 
 class ChannelConfig(ComponentConfig):
+    kind: ClassVar[str] = "channel"
     plugin: str = "matrix"
 
 
 class GatewayConfig(ComponentConfig):
-    plugin: str = "embedded"
+    kind: ClassVar[str] = "gateway"
+    plugin: str = "embedded-gateway"
 
 
 class StorageConfig(ComponentConfig):
-    plugin: str = "local"
+    kind: ClassVar[str] = "storage"
+    plugin: str = "local-storage"
 
 
 class SandboxConfig(ComponentConfig):
+    kind: ClassVar[str] = "sandbox"
     plugin: str = "bwrap"
 
 

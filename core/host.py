@@ -50,8 +50,9 @@ log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "hiclaw"
 
-#: Plugins shipped with hiclaw, as (name, module). A module that does not exist (yet) is not
-#: listed at all; one that exists but fails is listed as broken.
+#: Plugins shipped with hiclaw, as (name, module); every module is in the wheel. One missing from
+#: an installation (a copy with parts removed) is skipped, not listed; one that fails to import
+#: is listed as broken.
 DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("matrix", "hiclaw.plugins.channels.matrix"),
     ("embedded-gateway", "hiclaw.plugins.gateways.embedded"),
@@ -224,7 +225,7 @@ class PluginHost:
     def _load_default(self, name: str, module: str) -> None:
         try:
             if importlib.util.find_spec(module) is None:
-                return  # not built (yet): not listed
+                return  # not in this installation: skipped, not listed
         except ModuleNotFoundError:
             return
         info = PluginInfo(name=name, module=module, source="default", version=__version__, distribution="hiclaw")
@@ -456,6 +457,10 @@ class PluginHost:
 
     def registration(self, kind: Kind, name: str) -> Registration:
         regs = self.registrations(kind)
+        if name not in regs:
+            from hiclaw.config import current_plugin_name
+
+            name = current_plugin_name(kind, name)  # a built-in's former name still works
         if name not in regs:
             broken = [i.name for i in self._infos.values() if i.status == "broken"]
             extra = f"; broken plugins: {', '.join(broken)} (see `hiclaw plugins list`)" if broken else ""

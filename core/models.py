@@ -43,6 +43,24 @@ class TaskState(str, enum.Enum):
         return _MARKERS[self]
 
 
+class WorkerState(enum.StrEnum):
+    """Whether a worker is part of the team (a ``str``: compares equal to, and is stored as, its value)."""
+
+    ACTIVE = "active"
+    SLEEPING = "sleeping"  # stopped while idle; started again when work reaches it (hiclaw.control.idle)
+    REMOVED = "removed"  # kept for the record; its account is deactivated
+
+
+class ProjectState(enum.StrEnum):
+    """Where a project is in its life (a ``str``, like :class:`WorkerState`)."""
+
+    PLANNING = "planning"  # created; no plan proposed yet
+    AWAITING_CONFIRMATION = "awaiting_confirmation"  # a plan waits for the admin's confirmation
+    RUNNING = "running"
+    DONE = "done"
+    CANCELLED = "cancelled"
+
+
 _MARKERS = {
     TaskState.PENDING: "[ ]",
     TaskState.IN_PROGRESS: "[~]",

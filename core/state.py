@@ -27,7 +27,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from hiclaw.errors import InvalidInputError, NotFoundError
-from hiclaw.models import ResultStatus, TaskState
+from hiclaw.models import ProjectState, ResultStatus, TaskState, WorkerState
 
 SCHEMA_VERSION = 2  # 2: pending_messages (created on open of a version-1 database)
 
@@ -160,18 +160,23 @@ class Worker(BaseModel):
     role: str
     model: str
     skills: list[str] = Field(default_factory=list)
-    state: str = "active"
+    state: WorkerState = WorkerState.ACTIVE
     network: bool = False
     budget_usd: float | None = None
     created_at: str = ""
     updated_at: str = ""
+
+    def view(self) -> dict[str, Any]:
+        """The one JSON view of a worker (`hiclaw status`, the Manager's worker tools)."""
+        return {"name": self.name, "role": self.role, "model": self.model, "skills": self.skills,
+                "state": self.state.value}
 
 
 class Project(BaseModel):
     id: str
     title: str
     goal: str = ""
-    state: str = "planning"
+    state: ProjectState = ProjectState.PLANNING
     room_id: str | None = None
     version: int = 0  # of its plan: 1 when first proposed, +1 at every replacement or revision
     created_at: str = ""
@@ -197,6 +202,18 @@ class Task(BaseModel):
     created_at: str = ""
     updated_at: str = ""
     position: int = 0
+
+    def view(self) -> dict[str, Any]:
+        """The one JSON view of a task: `hiclaw task list|show --json`, `hiclaw status` and the
+        Manager's task tools all show these keys. ``stalled_at`` only while the task is in progress
+        (a stall stamp left on a finished task says nothing)."""
+        return {"id": self.id, "project": self.project_id, "title": self.title, "assignee": self.assignee,
+                "state": self.state.value, "marker": self.state.marker, "model": self.model,
+                "depends_on": self.depends_on, "revision_of": self.revision_of,
+                "result_status": self.result_status.value if self.result_status else None,
+                "result_summary": self.result_summary, "attempts": self.dispatch_count,
+                "stalled_at": self.stalled_at if self.state is TaskState.IN_PROGRESS else None,
+                "created_at": self.created_at, "updated_at": self.updated_at}
 
 
 class PendingMessage(BaseModel):
@@ -474,13 +491,15 @@ class StateDB:
         return _worker(rows[0]) if rows else None
 
     def workers(self, *, include_removed: bool = False) -> list[Worker]:
-        sql = ("SELECT * FROM workers ORDER BY created_at, name" if include_removed
-               else "SELECT * FROM workers WHERE state != 'removed' ORDER BY created_at, name")
-        return [_worker(r) for r in self._query(sql)]
+        if include_removed:
+            return [_worker(r) for r in self._query("SELECT * FROM workers ORDER BY created_at, name")]
+        return [_worker(r) for r in self._query("SELECT * FROM workers WHERE state != ? ORDER BY created_at, name",
+                                                 (WorkerState.REMOVED.value,))]
 
-    def set_worker_state(self, name: str, state: str) -> None:
+    def set_worker_state(self, name: str, state: WorkerState | str) -> None:
         with self.transaction() as conn:
-            conn.execute("UPDATE workers SET state = ?, updated_at = ? WHERE name = ?", (state, now_iso(), name))
+            conn.execute("UPDATE workers SET state = ?, updated_at = ? WHERE name = ?",
+                         (WorkerState(state).value, now_iso(), name))
 
     def set_worker_model(self, name: str, model: str) -> None:
         self.worker(name)
@@ -499,8 +518,8 @@ class StateDB:
         with self.transaction() as conn:
             project_id = self.next_id("proj", "projects")
             conn.execute(
-                "INSERT INTO projects(id, title, goal, state, created_at, updated_at) VALUES (?, ?, ?, 'planning', ?, ?)",
-                (project_id, title, goal, stamp, stamp),
+                "INSERT INTO projects(id, title, goal, state, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (project_id, title, goal, ProjectState.PLANNING.value, stamp, stamp),
             )
         return self.project(project_id)
 
@@ -517,6 +536,8 @@ class StateDB:
         allowed = {"title", "goal", "state", "room_id", "version"}
         if not set(fields) <= allowed:
             raise ValueError(f"cannot update {set(fields) - allowed}")
+        if "state" in fields:
+            fields["state"] = ProjectState(fields["state"]).value
         assignments = ", ".join(f"{k} = ?" for k in fields)
         with self.transaction() as conn:
             conn.execute(

@@ -415,11 +415,11 @@ class ServiceRig:
         # One route the gateway calls itself, one through litellm (where the parameters leaked).
         models = {"check-direct": {"model": "openai/check-direct", **price},
                   "check-litellm": {"model": "hosted_vllm/check-litellm", **price}}
-        config = HiclawConfig.model_validate({"models": models, "gateway": {"plugin": "embedded"}})
+        config = HiclawConfig.model_validate({"models": models, "gateway": {"plugin": "embedded-gateway"}})
         host = PluginHost(load_defaults=False, load_entry_points=False, plugins=[("embedded-gateway", embedded)],
                           secret_source=lambda name: SecretStr(key) if name == "check_provider_key" else None)
         port = _free_port()
-        gateway = host.create("gateway", "embedded", {"port": port, "retries": 0, "retry_backoff_seconds": 0,
+        gateway = host.create("gateway", "embedded-gateway", {"port": port, "retries": 0, "retry_backoff_seconds": 0,
                                                       "upstream_timeout_seconds": 20, "connect_timeout_seconds": 5},
                               ComponentContext(home=self.work / "gateway", side="control", config=config))
         token = await gateway.mint_token(self.worker)

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from hiclaw.cli import cli
-from hiclaw.config import Secrets, load_config
+from hiclaw.config import HiclawConfig, Secrets, load_config
 from hiclaw.errors import ConfigError
 from hiclaw.testing import clean_env
 
@@ -121,3 +121,39 @@ def test_init_interactive(hiclaw_home):
     assert config.channel.settings == {"embedded": False, "homeserver_url": "https://matrix.example.org"}
     assert Secrets.load().get("matrix_registration_token").get_secret_value() == "reg-token-1"
     assert config.team.yolo is False
+    assert config.storage.plugin == "local-storage"  # the answer `local` is the former name
+
+
+def test_component_defaults_are_the_names_plugins_list_shows(hiclaw_home):
+    from hiclaw.host import PluginHost
+
+    host = PluginHost()
+    config = HiclawConfig()
+    shown = {reg.plugin for kind in ("channel", "gateway", "storage", "sandbox") for reg in host.registrations(kind).values()}
+    for kind in ("channel", "gateway", "storage", "sandbox"):
+        name = getattr(config, kind).plugin
+        assert name in shown and host.registration(kind, name).plugin == name, kind
+    result = CliRunner().invoke(cli, ["init", "--non-interactive", "--provider", "ollama", "--sandbox", "process"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    written = (hiclaw_home / "config.toml").read_text()
+    assert 'plugin = "local-storage"' in written and 'plugin = "embedded-gateway"' in written
+
+
+def test_former_plugin_names_still_load_with_one_note(hiclaw_home, caplog, monkeypatch):
+    import hiclaw.config
+    from hiclaw.host import ComponentContext, PluginHost
+
+    monkeypatch.setattr(hiclaw.config, "_noted", set())
+    write(hiclaw_home, '[gateway]\nplugin = "embedded"\n[storage]\nplugin = "local"\n')
+    with caplog.at_level("WARNING", logger="hiclaw.config"):
+        config = load_config()
+        load_config()
+        env = load_config(environ={"HICLAW_STORAGE__PLUGIN": "local"})
+    assert (config.gateway.plugin, config.storage.plugin, env.storage.plugin) == \
+        ("embedded-gateway", "local-storage", "local-storage")
+    notes = [r.getMessage() for r in caplog.records if "deprecated name" in r.getMessage()]
+    assert len(notes) == 2 and any("'local' is a deprecated name: it is now 'local-storage'" in n for n in notes)
+    # Code that still creates a component by its former name gets the renamed one.
+    storage = PluginHost().create("storage", "local", {"root": str(hiclaw_home / "data")}, ComponentContext(home=hiclaw_home))
+    assert storage.plugin == "local-storage"

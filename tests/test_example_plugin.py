@@ -8,7 +8,7 @@ from conftest import ROOT
 
 from hiclaw.host import ComponentContext
 from hiclaw.protocols import Channel
-from hiclaw.testing import wait_for_async
+from hiclaw.testing import wait_until
 
 sys.path.insert(0, str(ROOT / "examples" / "hiclaw-filechannel"))
 import hiclaw_filechannel
@@ -38,7 +38,7 @@ async def test_two_agents_talk_through_the_file_channel(plugin_host, tmp_path):
         assert first == again  # the same idempotency key never posts twice
         await alice.send(room, "on it")  # own message: not delivered to alice
         await admin.send(room, "sentinel")  # written after alice's own line: once it arrives, all earlier did
-        await wait_for_async(lambda: len(received) >= 2, what="alice receives the mention and the sentinel")
+        await wait_until(lambda: len(received) >= 2, what="alice receives the mention and the sentinel")
         assert [(m.body, m.sender, m.mentions) for m in received] == [
             ("hello @alice", "admin", ("alice",)),
             ("sentinel", "admin", ()),

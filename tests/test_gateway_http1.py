@@ -15,7 +15,7 @@ from hiclaw.config import HiclawConfig
 from hiclaw.plugins.gateways.embedded.http1 import Http1Pool, UpstreamHTTPError
 from hiclaw.plugins.gateways.embedded.routing import Router
 from hiclaw.plugins.gateways.embedded.upstream import DirectUpstream
-from hiclaw.testing import wait_for_async
+from hiclaw.testing import wait_until
 from hiclaw.testing.gateway import running_scripted_model, scripted_aliases
 
 
@@ -97,7 +97,7 @@ async def test_stale_keep_alive_connection_is_retried():
         await first.read()
         first.release()
         idle = next(iter(pool._idle.values()))
-        await wait_for_async(lambda: all(conn.closed for conn in idle), what="the server to drop the idle connection")
+        await wait_until(lambda: all(conn.closed for conn in idle), what="the server to drop the idle connection")
         second = await pool.request("POST", f"http://127.0.0.1:{port}/sized", {}, b"b")
         assert second.status == 200 and b'"b"' in await second.read()
         second.release()

@@ -32,7 +32,6 @@ import pytest_asyncio
 from hiclaw.sandbox.bridge import HostBridges
 from hiclaw.sandbox.spec import Bridge
 from hiclaw.storage import layout
-from hiclaw.testing import wait_for_async
 from hiclaw.testing.sandbox import bwrap_unavailable
 from hiclaw.testing.team import Team, running_team, wait_until
 
@@ -268,7 +267,7 @@ async def test_silent_and_idle_connections_are_cut(tmp_path):
             assert await reader.readexactly(1) == b"x"
         assert await closed_by_peer(reader, 5)  # then silence: the idle timeout
         assert bridges.stats["svc"]["timed_out"] == 2
-        await wait_for_async(lambda: bridges.stats["svc"]["open"] == 0, timeout=5, what="both relays to end")
+        await wait_until(lambda: bridges.stats["svc"]["open"] == 0, timeout=5, what="both relays to end")
     finally:
         await bridges.close()
         server.close()
@@ -303,7 +302,7 @@ async def test_the_cap_is_per_worker_and_per_bridge(tmp_path):
             assert await reader.readexactly(5) == b"still"
             writer.close()
         held.pop().close()  # one let go: room for one more
-        await wait_for_async(lambda: attacker.stats["svc"]["open"] == 4, timeout=5, what="the slot to free")
+        await wait_until(lambda: attacker.stats["svc"]["open"] == 4, timeout=5, what="the slot to free")
         reader, writer = await asyncio.open_unix_connection(str(paths["svc"]))
         writer.write(b"again")
         assert await reader.readexactly(5) == b"again"

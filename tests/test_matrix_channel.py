@@ -11,7 +11,7 @@ import secrets
 import pytest
 
 from hiclaw.models import ChatMessage
-from hiclaw.testing import wait_for_async
+from hiclaw.testing import wait_until
 from hiclaw.testing.matrix import MatrixUser, start_worker_channel
 from hiclaw.wakeup import MentionGate
 
@@ -85,8 +85,8 @@ async def test_each_mention_form_wakes_exactly_the_mentioned_agent(team, synapse
         {"msgtype": "m.text", "body": f"@{alice_id[1:].split(':')[0]} please look"},
     ]
     sent = [synapse.send(team.admin, room, content) for content in forms]
-    await wait_for_async(lambda: bob.channel.counters["delivered"] >= 3, what="bob to see the three messages")
-    await wait_for_async(lambda: len(alice.turns) >= 3, what="alice's three turns")
+    await wait_until(lambda: bob.channel.counters["delivered"] >= 3, what="bob to see the three messages")
+    await wait_until(lambda: len(alice.turns) >= 3, what="alice's three turns")
     assert [t.event_id for t in alice.turns] == sent
     assert bob.turns == [] and bob.gate.woken == 0
     assert all(alice_id in t.mentions for t in alice.turns)
@@ -96,12 +96,12 @@ async def test_chatter_wakes_nobody_and_the_next_mention_carries_it(team, synaps
     alice, bob = await team.agent("alice"), await team.agent("bob")
     room = await shared_room(team)
     chatter = [synapse.send(team.admin, room, f"note {n}") for n in range(100)]
-    await wait_for_async(lambda: alice.channel.counters["delivered"] >= 100 and bob.channel.counters["delivered"] >= 100,
+    await wait_until(lambda: alice.channel.counters["delivered"] >= 100 and bob.channel.counters["delivered"] >= 100,
                          timeout=30, what="100 messages delivered to both")
     assert alice.turns == [] and bob.turns == []  # 100 messages, zero LLM calls
     mention = synapse.send(team.admin, room, {"msgtype": "m.text", "body": "@alice summarise",
                                               "m.mentions": {"user_ids": [alice.channel.me]}})
-    await wait_for_async(lambda: alice.turns, what="alice's turn")
+    await wait_until(lambda: alice.turns, what="alice's turn")
     (turn,) = alice.turns
     assert turn.event_id == mention
     assert [m.event_id for m in turn.context] == chatter[-50:]
@@ -127,7 +127,7 @@ async def test_an_independent_client_sees_html_pills_and_m_mentions(team, synaps
         return any(n["event"]["event_id"] == event_id and {"set_tweak": "highlight"} in n["actions"]
                    for n in resp.json()["notifications"])
 
-    await wait_for_async(highlighted, what="the mention to be a highlight")
+    await wait_until(highlighted, what="the mention to be a highlight")
 
 
 async def test_long_messages_are_split_and_wake_once(team, synapse):
@@ -136,7 +136,7 @@ async def test_long_messages_are_split_and_wake_once(team, synapse):
     team.control.settings.max_message_chars = 300
     text = "\n\n".join(f"paragraph {n} " + "word " * 40 for n in range(4))
     await team.control.send(room, text, mentions=["alice"])
-    await wait_for_async(lambda: alice.turns, what="alice's turn")
+    await wait_until(lambda: alice.turns, what="alice's turn")
     parts = [e for e in synapse.messages(team.admin, room) if "org.hiclaw.part" in e["content"]]
     assert len(parts) >= 3 and all(len(e["content"]["body"]) <= 300 for e in parts)
     assert [e["content"]["m.mentions"] for e in parts[:-1]] == [{}] * (len(parts) - 1)
@@ -181,7 +181,7 @@ async def test_only_allowed_senders_reach_the_agent(team, synapse):
     synapse.join(stranger, room)
     synapse.send(stranger, room, {"msgtype": "m.text", "body": "@manager obey", "m.mentions": {"user_ids": [control.me]}})
     admins = synapse.send(team.admin, room, "hello manager")
-    await wait_for_async(lambda: any(t.event_id == admins for t in turns), what="the admin's message")
+    await wait_until(lambda: any(t.event_id == admins for t in turns), what="the admin's message")
     assert [t.sender for t in turns] == [team.admin.user_id]
     assert control.counters["dropped_sender"] == 1
 
@@ -193,7 +193,7 @@ async def test_workers_accept_invites_from_the_manager_only(team, synapse):
     synapse.http.post(f"/_matrix/client/v3/rooms/{untrusted}/invite", headers=stranger.headers,
                       json={"user_id": alice.channel.me}).raise_for_status()
     resp = await team.control.client.room_create(name="side room", invite=[alice.channel.me])
-    await wait_for_async(lambda: resp.room_id in {r["room_id"] for r in alice.channel.rooms()}, what="alice to join")
+    await wait_until(lambda: resp.room_id in {r["room_id"] for r in alice.channel.rooms()}, what="alice to join")
     assert untrusted not in {r["room_id"] for r in alice.channel.rooms()}
 
 
@@ -224,10 +224,10 @@ async def test_typing_shows_while_an_agent_works(team, synapse):
 
     try:
         synapse.send(team.admin, room, {"msgtype": "m.text", "body": "@alice go", "m.mentions": {"user_ids": [channel.me]}})
-        await wait_for_async(lambda: working, what="alice's turn to start")
-        await wait_for_async(lambda: channel.me in typing_users(), what="alice typing")
+        await wait_until(lambda: working, what="alice's turn to start")
+        await wait_until(lambda: channel.me in typing_users(), what="alice typing")
         release.set()
-        await wait_for_async(lambda: channel.me not in typing_users(), what="alice to stop typing")
+        await wait_until(lambda: channel.me not in typing_users(), what="alice to stop typing")
     finally:
         release.set()
         await channel.stop()

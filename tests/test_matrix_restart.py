@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hiclaw.testing import wait_for, wait_for_async
+from hiclaw.testing import wait_for, wait_until
 from hiclaw.testing.matrix import MatrixUser, start_worker_channel
 
 WORKER = r'''
@@ -168,12 +168,12 @@ async def test_sync_reconnects_with_back_off_and_misses_nothing(synapse, matrix_
     room = await control.ensure_room("worker-alice", name="Worker: alice", members=["admin", "alice"])
     try:
         first = synapse.send(admin, room, "before the cut")
-        await wait_for_async(lambda: got == [first], what="the first message")
+        await wait_until(lambda: got == [first], what="the first message")
         await proxy.cut()
         during = [synapse.send(admin, room, f"during the cut {n}") for n in range(3)]
-        await wait_for_async(lambda: channel.counters["reconnects"] >= 2, what="failed reconnect attempts")
+        await wait_until(lambda: channel.counters["reconnects"] >= 2, what="failed reconnect attempts")
         await proxy.start()  # same port again: the homeserver is back
-        await wait_for_async(lambda: got == [first, *during], timeout=30, what="the messages sent during the cut")
+        await wait_until(lambda: got == [first, *during], timeout=30, what="the messages sent during the cut")
     finally:
         await channel.stop()
         await proxy.cut()

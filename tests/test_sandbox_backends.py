@@ -12,7 +12,7 @@ import pytest
 
 from hiclaw.sandbox.base import SandboxError
 from hiclaw.sandbox.spec import Bridge, Mount
-from hiclaw.testing import wait_for_async
+from hiclaw.testing import wait_until
 from hiclaw.testing.sandbox import bwrap_unavailable
 
 PY = sys.executable
@@ -59,7 +59,7 @@ async def test_stop_sends_sigterm_to_the_worker_first(sandbox_backend, worker_sp
                         "signal.signal(signal.SIGTERM, bye); print('ready', flush=True)\n"
                         "while True: time.sleep(1)\n"])
     await backend.start(spec)
-    await wait_for_async(lambda: "ready" in log_lines(backend), timeout=30, what="the worker to start")
+    await wait_until(lambda: "ready" in log_lines(backend), timeout=30, what="the worker to start")
     with pytest.raises(SandboxError, match="already running"):
         await backend.start(spec)
     assert (await backend.status("w1"))["state"] == "running"
@@ -74,7 +74,7 @@ async def test_stop_kills_a_worker_that_ignores_sigterm(sandbox_backend, worker_
     spec = worker_spec([PY, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
                                   "print('ready', flush=True); time.sleep(600)"])
     await backend.start(spec)
-    await wait_for_async(lambda: "ready" in log_lines(backend), timeout=30, what="the worker to start")
+    await wait_until(lambda: "ready" in log_lines(backend), timeout=30, what="the worker to start")
     await backend.stop("w1", timeout=0.5)
     assert (await backend.status("w1"))["exit_code"] == -signal.SIGKILL
 
@@ -322,7 +322,7 @@ async def test_bwrap_sandbox_dies_with_its_parent_unless_it_survives_crashes(tmp
         pytest.skip(reason)
     launcher_pid = await crash_after_start(tmp_path, crash_spec([PY, "-c", "import time; time.sleep(600)"]),
                                            survive=False)
-    await wait_for_async(lambda: process_gone(launcher_pid), timeout=20, what="the sandbox to die with its parent")
+    await wait_until(lambda: process_gone(launcher_pid), timeout=20, what="the sandbox to die with its parent")
 
 
 async def test_bwrap_sandbox_survives_a_crash_and_is_adopted(tmp_path, crash_spec):

@@ -12,7 +12,7 @@ import pytest
 
 from hiclaw.sandbox.bridge import HostBridges, check_socket_path
 from hiclaw.sandbox.spec import Bridge
-from hiclaw.testing import wait_for_async
+from hiclaw.testing import wait_until
 
 LAUNCH = [sys.executable, "-m", "hiclaw.sandbox.launch"]
 
@@ -64,7 +64,7 @@ async def test_sigterm_is_forwarded_and_the_handlers_exit_code_wins(tmp_path: Pa
         "while True: time.sleep(1)\n"
     )
     proc = await launch("--", sys.executable, "-c", program)
-    await wait_for_async(ready.exists, timeout=20, what="the program to install its handler")
+    await wait_until(ready.exists, timeout=20, what="the program to install its handler")
     proc.send_signal(signal.SIGTERM)
     await proc.communicate()
     assert proc.returncode == 42

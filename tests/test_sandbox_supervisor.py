@@ -12,7 +12,7 @@ import pytest
 
 from hiclaw.errors import HiclawError, NotFoundError
 from hiclaw.sandbox.supervisor import Supervisor
-from hiclaw.testing import wait_for_async
+from hiclaw.testing import wait_until
 
 PY = sys.executable
 CRASH = [PY, "-c", "import sys; sys.exit(3)"]
@@ -36,7 +36,7 @@ async def test_crashes_restart_with_exponential_backoff_then_stop_as_a_crash_loo
     sup = Supervisor(sandbox_backend("process"), backoff_base=0.1, backoff_max=0.4, crash_loop_count=4,
                      crash_loop_window=60, on_exit=events.on_exit, on_crash_loop=events.on_crash_loop)
     await sup.start(worker_spec(CRASH))
-    await wait_for_async(lambda: events.loops, timeout=30, what="the crash loop to be detected")
+    await wait_until(lambda: events.loops, timeout=30, what="the crash loop to be detected")
     assert [e[1:3] for e in events.exits] == [(3, True), (3, True), (3, True), (3, False)]
     gaps = [b[3] - a[3] for a, b in zip(events.exits, events.exits[1:], strict=False)]
     for gap, backoff in zip(gaps, (0.1, 0.2, 0.4), strict=True):  # each wait at least the doubled back-off
@@ -54,10 +54,10 @@ async def test_restart_policy_for_clean_exits(sandbox_backend, worker_spec, poli
                      on_exit=events.on_exit)
     await sup.start(worker_spec([PY, "-c", "pass"]))
     if restarted:
-        await wait_for_async(lambda: sup.status("w1")["restarts"] >= 1, timeout=30, what="a restart")
+        await wait_until(lambda: sup.status("w1")["restarts"] >= 1, timeout=30, what="a restart")
         await sup.stop("w1")
     else:
-        await wait_for_async(lambda: sup.status("w1")["state"] == "exited", timeout=30, what="the exit")
+        await wait_until(lambda: sup.status("w1")["state"] == "exited", timeout=30, what="the exit")
         assert events.exits[0][1:3] == (0, False) and sup.status("w1")["restarts"] == 0
 
 
@@ -65,7 +65,7 @@ async def test_stop_during_backoff_cancels_the_restart(sandbox_backend, worker_s
     backend = sandbox_backend("process")
     sup = Supervisor(backend, backoff_base=30, backoff_max=60)
     await sup.start(worker_spec(CRASH))
-    await wait_for_async(lambda: sup.status("w1")["state"] == "backoff", timeout=30, what="the back-off")
+    await wait_until(lambda: sup.status("w1")["state"] == "backoff", timeout=30, what="the back-off")
     assert 0 < sup.status("w1")["next_restart_in"] <= 30
     started = time.monotonic()
     await sup.stop("w1")
@@ -101,7 +101,7 @@ async def test_a_failing_callback_does_not_stop_supervision(sandbox_backend, wor
     seen = []
     sup.on_crash_loop(lambda name, status: seen.append(name))
     await sup.start(worker_spec(CRASH))
-    await wait_for_async(lambda: seen, timeout=30, what="the crash loop callback")
+    await wait_until(lambda: seen, timeout=30, what="the crash loop callback")
     assert sup.status("w1")["restarts"] == 2
 
 
@@ -112,7 +112,7 @@ async def test_start_failures_during_restarts_count_as_crashes(sandbox_backend, 
     spec = worker_spec(CRASH)
     await sup.start(spec)
     spec.home.rmdir()  # every restart now fails before the sandbox starts
-    await wait_for_async(lambda: seen, timeout=30, what="the crash loop")
+    await wait_until(lambda: seen, timeout=30, what="the crash loop")
     assert seen[0]["state"] == "crash-loop" and "does not exist" in seen[0]["error"]
 
 
@@ -132,9 +132,9 @@ async def test_a_killed_bwrap_worker_is_restarted(sandbox_backend, worker_spec):
     launcher = status["launcher_pid"]
     assert status["worker_pid"] not in (None, launcher, status["pid"])
     cmdline = Path(f"/proc/{status['worker_pid']}/cmdline")
-    await wait_for_async(lambda: b"time.sleep(600)" in cmdline.read_bytes(), timeout=30, what="the worker's exec")
+    await wait_until(lambda: b"time.sleep(600)" in cmdline.read_bytes(), timeout=30, what="the worker's exec")
     os.kill(status["worker_pid"], signal.SIGKILL)  # the worker program itself dies
-    await wait_for_async(lambda: sup.status("w1")["restarts"] == 1 and sup.status("w1")["state"] == "running",
+    await wait_until(lambda: sup.status("w1")["restarts"] == 1 and sup.status("w1")["state"] == "running",
                          timeout=30, what="the restart")
     assert events.exits[0][1] == 128 + signal.SIGKILL and events.exits[0][2] is True
     assert (await backend.status("w1"))["launcher_pid"] != launcher

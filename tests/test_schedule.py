@@ -23,7 +23,7 @@ from hiclaw.control.scheduler import ScheduleBook, Scheduler, run_output, run_re
 from hiclaw.errors import HiclawError, InvalidInputError, NotFoundError
 from hiclaw.plugins.storage.local.backend import LocalStorage
 from hiclaw.state import StateDB, Worker
-from hiclaw.testing import wait_for_async
+from hiclaw.testing import wait_until
 
 
 def utc(*args: int) -> datetime:
@@ -207,7 +207,7 @@ async def test_missed_runs_run_once_at_start_up_then_on_schedule(plane):
         await scheduler.run_due()  # nothing more is due until tomorrow 09:00
         assert len(plane.channel.sent) == 1
         clock.set(utc(2025, 6, 5, 7))  # moving the clock wakes the scheduler's loop
-        await wait_for_async(lambda: len(plane.channel.sent) == 2, what="the 5 June run")
+        await wait_until(lambda: len(plane.channel.sent) == 2, what="the 5 June run")
         record = await read(plane, run_record("metrics", utc(2025, 6, 5, 7)))
         assert "late: false" in record and "skipped_missed_runs: false" in record
     finally:
@@ -240,7 +240,7 @@ async def test_schedules_written_by_another_process_are_picked_up(plane):
         ScheduleBook(other, clock).add("hourly", "0 * * * *", "UTC", "check the queue", "jordan")
         other.close()
         clock.advance(hours=1)
-        await wait_for_async(lambda: plane.channel.sent, what="the hourly run")
+        await wait_until(lambda: plane.channel.sent, what="the hourly run")
         assert "check the queue" in plane.channel.sent[0][1]
     finally:
         await scheduler.stop()

@@ -21,7 +21,7 @@ async def storage(request, tmp_path, plugin_host):
         from hiclaw.plugins.storage import local
 
         host = plugin_host(("local-storage", local))
-        made = host.create("storage", "local", {"root": str(tmp_path / "data")}, ComponentContext(home=tmp_path))
+        made = host.create("storage", "local-storage", {"root": str(tmp_path / "data")}, ComponentContext(home=tmp_path))
     else:
         made = request.getfixturevalue("s3_server").make_storage(home=tmp_path)
     yield made

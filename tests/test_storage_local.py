@@ -49,7 +49,7 @@ async def test_grant_returns_identical_path_mounts_parents_first(control):
     ]
     assert all(m.host_path == m.sandbox_path and m.beneath == root for m in access.mounts)  # bound by descriptor
     assert (root / "agents/alice").is_dir()  # created so it can be bound
-    assert access.settings["root"] == str(root) and access.plugin == "local"
+    assert access.settings["root"] == str(root) and access.plugin == "local-storage"
     assert access.read_write == ["agents/alice/", "shared/tasks/t1/"]
     assert access.read_only == ["agents/alice/skills/", "shared/tasks/t1/spec.md"]
     with pytest.raises(InvalidInputError, match="no such file yet"):

@@ -36,7 +36,7 @@ def test_demo_command_passes(tmp_path):
     plan = cli("project", "show", "proj-001").stdout
     assert plan.count("- [x] task-") == 6 and "task-006 Add model-selection guidance — @sam (after task-003; revision of task-004" in plan
     task = json.loads(cli("task", "show", "task-004", "--json").stdout)
-    assert task["attempts"] == 2 and task["result"] == "SUCCESS" and "attempt: 2" in task["spec"]
+    assert task["attempts"] == 2 and task["result_status"] == "SUCCESS" and "attempt: 2" in task["spec"]
     assert task["result_markdown"].startswith("---\ntask: task-004")
     assert [t["id"] for t in json.loads(cli("task", "list", "--assignee", "sam", "--json").stdout)] == \
         ["task-002", "task-003", "task-006"]

@@ -34,7 +34,7 @@ def test_a_worker_loads_only_the_default_plugins_it_uses():
     from hiclaw.worker.spec import WorkerRuntimeSpec
 
     spec = WorkerRuntimeSpec.model_validate({
-        "name": "alex", "channel": {"plugin": "matrix"}, "storage": {"plugin": "local"},
+        "name": "alex", "channel": {"plugin": "matrix"}, "storage": {"plugin": "local-storage"},
         "gateway": {"base_url": "http://127.0.0.1:1/v1", "token": "t"}, "control_url": "http://127.0.0.1:2",
         "control_token": "c", "default_plugins": ["local-storage", "matrix", "worker-tools"]})
     chosen = worker_default_plugins(spec)

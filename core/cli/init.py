@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from hiclaw.cli.app import App, pass_app
-from hiclaw.config import CONFIG_FILE, HiclawConfig, ModelAlias, Secrets, save_config, secure_home
+from hiclaw.config import CONFIG_FILE, HiclawConfig, ModelAlias, Secrets, current_plugin_name, save_config, secure_home
 from hiclaw.errors import ConfigError
 
 
@@ -54,7 +54,8 @@ def _ask(interactive: bool, value: object, prompt: str, **kwargs: Any) -> Any:
 @click.option("--server-name", help="Matrix server name for the embedded homeserver.")
 @click.option("--registration-token", envvar="HICLAW_INIT_REGISTRATION_TOKEN",
               help="Registration token for an external homeserver (stored in secrets.toml).")
-@click.option("--storage", type=click.Choice(["local", "minio"]), help="Shared storage backend.")
+@click.option("--storage", type=click.Choice(["local-storage", "minio", "local"]),
+              help="Shared storage backend (`local` is the former name of `local-storage`).")
 @click.option("--s3-endpoint", help="MinIO/S3 endpoint, e.g. https://minio.example.com:9000.")
 @click.option("--s3-bucket", help="Bucket for the team's files.")
 @click.option("--s3-access-key", envvar="HICLAW_INIT_S3_ACCESS_KEY", help="Root access key (stored in secrets.toml).")
@@ -119,8 +120,8 @@ def init_command(app: App, non_interactive: bool, force: bool, **answers: object
         if token:
             secrets.set("matrix_registration_token", str(token))
 
-    storage = str(_ask(interactive, answers["storage"], "Storage", default="local",
-                       type=click.Choice(["local", "minio"])))
+    storage = current_plugin_name("storage", str(_ask(interactive, answers["storage"], "Storage", default="local-storage",
+                                                      type=click.Choice(["local-storage", "minio", "local"]))))
     config.storage.plugin = storage
     if storage == "minio":
         endpoint = _ask(interactive, answers["s3_endpoint"], "S3 endpoint")

@@ -47,15 +47,6 @@ def state_of(app: App) -> Iterator[StateDB]:
         state.close()
 
 
-def task_dict(task: Task) -> dict[str, Any]:
-    return {"id": task.id, "project": task.project_id, "title": task.title, "assignee": task.assignee,
-            "state": task.state.value, "marker": task.state.marker, "model": task.model,
-            "depends_on": task.depends_on, "revision_of": task.revision_of,
-            "result": task.result_status.value if task.result_status else None,
-            "summary": task.result_summary, "attempts": task.dispatch_count,
-            "created_at": task.created_at, "updated_at": task.updated_at}
-
-
 @click.group("project")
 def project_group() -> None:
     """Projects: their plans and state."""
@@ -91,7 +82,7 @@ def project_show(app: App, project_id: str, as_json: bool) -> None:
         project = state.project(project_id)
         tasks = state.tasks(project_id=project_id)
     if as_json:
-        emit_json(project.model_dump() | {"tasks": [task_dict(t) for t in tasks]})
+        emit_json(project.model_dump() | {"tasks": [t.view() for t in tasks]})
         return
     echo_safe(render_plan(project, tasks).rstrip())  # titles and notes are the agents' words
 
@@ -111,7 +102,7 @@ def task_list(app: App, project_id: str | None, assignee: str | None, as_json: b
     with state_of(app) as state:
         tasks = state.tasks(project_id=project_id, assignee=assignee)
     if as_json:
-        emit_json([task_dict(t) for t in tasks])
+        emit_json([t.view() for t in tasks])
         return
     table([[t.state.marker, t.id, t.project_id or "-", t.assignee, t.model or "-",
             t.result_status.value if t.result_status else "-", t.title] for t in tasks],
@@ -147,7 +138,7 @@ def task_show(app: App, task_id: str, as_json: bool) -> None:
 
     spec, result = asyncio.run(both())
     if as_json:
-        emit_json(task_dict(task) | {"spec": spec, "result_markdown": result})
+        emit_json(task.view() | {"spec": spec, "result_markdown": result})
         return
     echo_safe(f"{task.state.marker} {task.id}: {terminal_safe(task.title, one_line=True)}")
     click.echo(f"  assignee {task.assignee} · state {task.state.value} · model {task.model or 'default'} · "

@@ -164,7 +164,7 @@ def status_command(app: App, as_json: bool) -> None:
     table([[p["id"], p["title"], p["state"]] for p in data["projects"]], ["project", "title", "state"])
     click.echo("")
     table([[t["id"], t["project"] or "-", t["assignee"], t["state"] + (" (stalled)" if t.get("stalled_at") else ""),
-            t["result"] or "-", t["title"]]
+            t["result_status"] or "-", t["title"]]
            for t in data["tasks"]], ["task", "project", "assignee", "state", "result", "title"])
 
 
@@ -179,12 +179,9 @@ def offline_status(app: App) -> dict[str, Any]:
         return {
             "running": False,
             "components": {},
-            "workers": [{"name": w.name, "role": w.role, "model": w.model, "state": w.state} for w in state.workers()],
+            "workers": [w.view() for w in state.workers()],
             "projects": [p.model_dump() for p in state.projects()],
-            "tasks": [{"id": t.id, "project": t.project_id, "title": t.title, "assignee": t.assignee,
-                       "state": t.state.value, "result": t.result_status.value if t.result_status else None,
-                       "stalled_at": t.stalled_at if t.state.value == "in_progress" else None}
-                      for t in state.tasks()],
+            "tasks": [t.view() for t in state.tasks()],
         }
     finally:
         state.close()

@@ -24,13 +24,15 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from hiclaw.models import WorkerState
+
 if TYPE_CHECKING:
     from hiclaw.state import StateDB
 
 log = logging.getLogger(__name__)
 
-SLEEPING = "sleeping"
-ACTIVE = "active"
+SLEEPING = WorkerState.SLEEPING
+ACTIVE = WorkerState.ACTIVE
 
 
 class IdlePolicy:

@@ -31,7 +31,7 @@ from datetime import datetime
 from typing import Any
 
 from hiclaw.manager.plan import stuck_value
-from hiclaw.models import TaskState
+from hiclaw.models import ProjectState, TaskState
 from hiclaw.state import ROOM_MANAGER, StateDB, Task
 from hiclaw.storage import layout
 
@@ -139,9 +139,9 @@ class Ownership:
     async def _plans(self, now: float, report: Any, seen: set[tuple[str, str, str]]) -> None:
         state, admin = self.state, self.admin
         for project in state.projects():
-            if project.state == "planning":
+            if project.state == ProjectState.PLANNING:
                 await self._no_plan(project, now, report, seen)
-            if project.state != "awaiting_confirmation":
+            if project.state != ProjectState.AWAITING_CONFIRMATION:
                 continue
             # The plan's version marks the episode too: a new proposal may share a millisecond.
             proposed, number = self._episode("plan.proposed", project.id, f"{project.updated_at}#{project.version}", seen)

@@ -45,7 +45,7 @@ from hiclaw.manager.origin import Origin
 from hiclaw.manager.report import ReportSources
 from hiclaw.manager.report import fallback_for as report_fallback
 from hiclaw.manager.when import now_line
-from hiclaw.models import ChatMessage, ModelRequest, TaskRecord, TaskResult, TaskState, ToolSpec
+from hiclaw.models import ChatMessage, ModelRequest, ProjectState, TaskRecord, TaskResult, TaskState, ToolSpec, WorkerState
 from hiclaw.protocols import ChannelServices, Lifecycle, Stoppable, StorageEndpoint, TeamChannel, missing_members
 from hiclaw.state import StateDB
 from hiclaw.storage import layout
@@ -296,7 +296,7 @@ class ControlPlane:
         self.outbox.start()
         self._inbox_task = asyncio.create_task(self._inbox_loop(), name="manager-inbox")
 
-        workers = [w for w in state.workers() if w.state == "active"]
+        workers = [w for w in state.workers() if w.state == WorkerState.ACTIVE]
         if workers:
             self.progress(f"workers: reconciling {len(workers)}")
         self.boot = self.count_boot()
@@ -450,7 +450,7 @@ class ControlPlane:
                  "Workers: " + (", ".join(f"{w.name} ({w.role}; model {w.model})" for w in workers) or "none yet")]
         facts.append("Model aliases: " + (", ".join(sorted(self.config.models)) or "default"))
         for project in self.state.projects():
-            if project.state in ("done", "cancelled"):
+            if project.state in (ProjectState.DONE, ProjectState.CANCELLED):
                 continue
             tasks = self.state.tasks(project_id=project.id)
             summary = ", ".join(f"{t.id} {t.state.value}" for t in tasks)
@@ -494,7 +494,7 @@ class ControlPlane:
     def _is_worker(self, user_id: str) -> str | None:
         name = self.display(user_id)
         worker = self.state.find_worker(name)
-        return name if worker is not None and worker.state != "removed" else None
+        return name if worker is not None and worker.state != WorkerState.REMOVED else None
 
     async def _on_message(self, message: ChatMessage) -> None:
         self.watchdog.observe(message)  # workers' messages are heartbeat signals; mentions wake sleepers
@@ -682,7 +682,7 @@ class ControlPlane:
         for worker in self.state.workers():
             running = self.supervisor.status(worker.name)
             row = usage.get(worker.name, {})
-            workers.append({"name": worker.name, "role": worker.role, "model": worker.model, "state": worker.state,
+            workers.append(worker.view() | {
                             "process": running.get("state", "absent"),
                             "tokens": int(row.get("prompt_tokens", 0) or 0) + int(row.get("completion_tokens", 0) or 0),
                             "cost_usd": round(float(row.get("cost_usd", 0) or 0), 6)})
@@ -692,10 +692,7 @@ class ControlPlane:
                            "sandbox": self.config.sandbox.plugin, "control_api": self.api.url},
             "workers": workers,
             "projects": [p.model_dump() for p in self.state.projects()],
-            "tasks": [{"id": t.id, "project": t.project_id, "title": t.title, "assignee": t.assignee,
-                       "state": t.state.value, "result": t.result_status.value if t.result_status else None,
-                       "stalled_at": t.stalled_at if t.state is TaskState.IN_PROGRESS else None}
-                      for t in self.state.tasks()],
+            "tasks": [t.view() for t in self.state.tasks()],
         }
 
     async def admin_action(self, action: str, body: dict[str, Any]) -> Any:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from urllib.parse import urlparse
 
 from hiclaw.errors import HiclawError, InvalidInputError, NotFoundError
-from hiclaw.models import TaskState
+from hiclaw.models import TaskState, WorkerState
 from hiclaw.protocols import AccountRemoval, AdoptingSandbox, NeutralPaths, TaskAssignments, TokenChecker
 from hiclaw.state import Worker
 from hiclaw.storage import layout
@@ -120,11 +120,11 @@ class Provisioner:
         wanted = await self.skills.prepare(name, skills or (existing.skills if existing else []))
         worker = state.upsert_worker(Worker(
             name=name, role=role.strip(), model=model, skills=wanted,
-            state="active", network=network,
+            state=WorkerState.ACTIVE, network=network,
             # Only an explicit budget is stored; without one, [team] worker_budget_usd applies at mint time.
             budget_usd=budget_usd if budget_usd is not None else (existing.budget_usd if existing else None),
         ))
-        state.log_event("worker.created" if existing is None or existing.state == "removed" else "worker.updated", name)
+        state.log_event("worker.created" if existing is None or existing.state == WorkerState.REMOVED else "worker.updated", name)
         await self.ensure(worker, restart=existing is not None and existing.model != model)
         return state.worker(name)
 
@@ -157,7 +157,7 @@ class Provisioner:
         worker = self.state.worker(name)
         async with self.lock(name):
             # The desired state first: a crash half-way is finished by reconcile at the next boot.
-            self.state.set_worker_state(worker.name, "removed")
+            self.state.set_worker_state(worker.name, WorkerState.REMOVED)
             await self._take_access_away(name)
             self.state.log_event("worker.removed", name)
 
@@ -254,13 +254,13 @@ class Provisioner:
         """Re-grant; restart the sandbox only if its mounts must change and it is not mid-task."""
         await self.sync_assignments(name)
         worker = self.state.worker(name)
-        if worker.state == "sleeping":  # idle sleep: start it (with fresh grants) before work reaches it
+        if worker.state == WorkerState.SLEEPING:  # idle sleep: start it (with fresh grants) before work reaches it
             if self.wake is not None:
                 await self.wake(name, "assignment")
             return
         if name not in self.mounts:
-            # Not (yet) started or adopted by this control plane — reconciliation at boot may be
-            # on it right now: start or adopt it (never restart a run that is being adopted).
+            # Neither started nor adopted by this control plane so far — reconciliation at boot may
+            # be on it right now: start or adopt it (never restart a run that is being adopted).
             await self.start_process(worker)
         rw, ro = self.desired_grants(name)
         access = await self.grant(name, rw, ro)
@@ -473,14 +473,14 @@ class Provisioner:
         channel = self.channel
         if isinstance(channel, AccountRemoval):  # removals a crash (or an outage) left half done
             for gone in self.state.workers(include_removed=True):
-                if gone.state == "removed" and not channel.account_removed(gone.name):
+                if gone.state == WorkerState.REMOVED and not channel.account_removed(gone.name):
                     try:
                         async with self.lock(gone.name):
                             await self._take_access_away(gone.name)
                         log.info("finished removing worker %s", gone.name)
                     except HiclawError as exc:
                         log.error("worker %s: %s", gone.name, exc)
-        workers = [w for w in self.state.workers() if w.state == "active"]
+        workers = [w for w in self.state.workers() if w.state == WorkerState.ACTIVE]
         results = await asyncio.gather(*(self.ensure(w) for w in workers), return_exceptions=True)
         failed = []
         for worker, result in zip(workers, results, strict=True):

@@ -9,6 +9,7 @@ from typing import Any
 
 from hiclaw.control.cron import CronRule, OneShot, SystemClock, check_timezone, parse_time, stamp
 from hiclaw.errors import InvalidInputError
+from hiclaw.models import WorkerState
 from hiclaw.state import Schedule, StateDB
 from hiclaw.storage import layout
 
@@ -57,7 +58,7 @@ def rule_of(schedule: Schedule) -> Rule:
 def check_assignee(state: StateDB, name: object) -> str:
     layout.check_agent(name)
     worker = state.find_worker(str(name))
-    if worker is None or worker.state == "removed":
+    if worker is None or worker.state == WorkerState.REMOVED:
         raise InvalidInputError(f"no worker named {name!r} to assign the schedule to",
                                 hint="create it first (`hiclaw worker create` or the Manager), see `hiclaw worker list`")
     return str(name)

@@ -56,6 +56,7 @@ from hiclaw.control.schedule_book import (  # re-exported: the names of this mod
     schedule_dir,
 )
 from hiclaw.errors import HiclawError, InvalidInputError
+from hiclaw.models import WorkerState
 from hiclaw.state import ROOM_MANAGER, Schedule, StateDB
 
 if TYPE_CHECKING:
@@ -188,7 +189,7 @@ class Scheduler:
             return await self._fire_for_admin(schedule, rule, slot=slot, first_missed=first_missed, now=now)
         record = run_record(schedule.name, slot)
         worker = self.state.find_worker(schedule.assignee)
-        present = worker is not None and worker.state != "removed"
+        present = worker is not None and worker.state != WorkerState.REMOVED
         if await self.storage.stat(record) is None:
             text = render_record(schedule, rule, slot=slot, first_missed=first_missed, now=now, present=present)
             await self.storage.put(record, text.encode())

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 from hiclaw.control.idle import ACTIVE, IdlePolicy
 from hiclaw.control.ownership import Ownership
 from hiclaw.control.ownership import span as _span
-from hiclaw.models import ChatMessage, TaskState
+from hiclaw.models import ChatMessage, TaskState, WorkerState
 from hiclaw.storage import layout
 
 if TYPE_CHECKING:
@@ -162,7 +162,7 @@ class Watchdog:
         sender = self.display(message.sender)
         when = message.timestamp.timestamp()
         worker = state.find_worker(sender)
-        if worker is not None and worker.state != "removed":
+        if worker is not None and worker.state != WorkerState.REMOVED:
             self.idle.touch(sender, when)  # activity (for idle sleep), not task progress
         for mention in message.mentions:
             name = self.display(mention)
@@ -208,7 +208,7 @@ class Watchdog:
         now = self.clock()
         report = TickReport(at=now)
         state = self.state
-        workers = [w for w in state.workers() if w.state != "removed"]
+        workers = [w for w in state.workers() if w.state != WorkerState.REMOVED]
         calls = await self._gateway_callers(now)
         for name in calls:
             self.idle.touch(name, now)
@@ -218,7 +218,7 @@ class Watchdog:
             await self._check_task(task, now, report)
         self._forget_finished({t.id for t in in_progress})
         await self.ownership.check(now, report)
-        fresh = [w for w in state.workers() if w.state != "removed"]
+        fresh = [w for w in state.workers() if w.state != WorkerState.REMOVED]
         report.slept = await self.idle.check(now, fresh, {t.assignee for t in in_progress})
         if self._judgement:
             items, self._judgement = self._judgement, []

@@ -20,9 +20,10 @@ from hiclaw.config import HiclawConfig, Secrets, save_config
 from hiclaw.demo import REGISTRY_ROOT
 from hiclaw.demo.admin import AdminClient, SeenMessage
 from hiclaw.demo.scenario import PLAN, PROJECT, SKILL, WORKERS, demo_scenario
-from hiclaw.models import TaskState
+from hiclaw.demo.team import default_sandbox, team_config
+from hiclaw.models import ProjectState, TaskState
 from hiclaw.storage import layout
-from hiclaw.testing.team import default_sandbox, team_config, wait_until
+from hiclaw.waiting import wait_until
 
 SERVER_NAME = "hiclaw.demo"
 ASK_WORKERS = ("@manager please create four workers: alex (product manager), sam (full-stack developer), "
@@ -171,11 +172,11 @@ class Demo:
 
         await self.admin.send(manager_room, ASK_PROJECT, mention=manager)
         await wait_until(lambda: self.said(manager, "Reply *confirm*") and any(
-            p.state == "awaiting_confirmation" for p in state.projects()), timeout=self.timeout,
+            p.state == ProjectState.AWAITING_CONFIRMATION for p in state.projects()), timeout=self.timeout,
             what="the Manager's plan")
 
         await self.admin.send(manager_room, CONFIRM, mention=manager)
-        await wait_until(lambda: any(p.state == "done" for p in state.projects()) and self.said(manager, "is complete"),
+        await wait_until(lambda: any(p.state == ProjectState.DONE for p in state.projects()) and self.said(manager, "is complete"),
                          timeout=self.timeout, what="the project to complete")
         await wait_until(plane.manager_idle, timeout=self.timeout, what="the Manager to finish its last turn")
 
@@ -188,7 +189,7 @@ class Demo:
                          what="the Manager to answer and create workers")
         await wait_until(plane.manager_idle, timeout=self.timeout, what="the Manager to finish its turn")
         await self.admin.send(manager_room, ASK_PROJECT, mention=manager)
-        await wait_until(lambda: any(p.state != "planning" for p in plane.state.projects()), timeout=self.timeout,
+        await wait_until(lambda: any(p.state != ProjectState.PLANNING for p in plane.state.projects()), timeout=self.timeout,
                          what="the Manager to propose a plan")
         await wait_until(plane.manager_idle, timeout=self.timeout, what="the Manager to finish its turn")
 
@@ -197,7 +198,7 @@ class Demo:
         workers = [w.name for w in state.workers()]
         self.check("the Manager answered", self.said(self.plane.channel.user_id("manager"), "") is not None)
         self.check("the Manager created workers", bool(workers), ", ".join(workers))
-        self.check("the Manager proposed a plan", any(p.state != "planning" for p in state.projects()))
+        self.check("the Manager proposed a plan", any(p.state != ProjectState.PLANNING for p in state.projects()))
         for check in self.checks:
             self.echo(f"  {'ok  ' if check.ok else 'FAIL'} {check.what}" + (f" — {check.detail}" if check.detail else ""))
         self.echo(f"\nopening with --model {self.real_model}: "
@@ -224,7 +225,7 @@ class Demo:
                    "task-004" in tasks and tasks["task-004"].dispatch_count == 2)
         self.check("task-005 runs on the cheap model", "task-005" in tasks and tasks["task-005"].model == "cheap")
         projects = state.projects()
-        self.check("the project is done", len(projects) == 1 and projects[0].state == "done")
+        self.check("the project is done", len(projects) == 1 and projects[0].state == ProjectState.DONE)
 
     async def verify_storage_and_rooms(self) -> None:
         storage, state = self.plane.storage, self.plane.state

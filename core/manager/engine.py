@@ -28,7 +28,7 @@ from hiclaw.manager.origin import Origin
 from hiclaw.manager.plan import render_plan
 from hiclaw.manager.revise import PlanRevisions, room_members
 from hiclaw.manager.rework import MAX_REVISION_ROUNDS, Rework, spec_context
-from hiclaw.models import ResultStatus, TaskRecord, TaskResult, TaskState
+from hiclaw.models import ProjectState, ResultStatus, TaskRecord, TaskResult, TaskState
 from hiclaw.state import ROOM_MANAGER, Project, StateDB, Task, room_of_project, room_of_worker
 from hiclaw.storage import layout
 
@@ -154,15 +154,15 @@ class TaskEngine(PlanRevisions, Rework):
         if version is not None and version != project.version:
             raise InvalidInputError(f"{project_id}'s plan is version {project.version}, not {version}",
                                     hint=f"show the admin version {project.version} and confirm that one")
-        if project.state == "running":
+        if project.state == ProjectState.RUNNING:
             return project
-        if project.state != "awaiting_confirmation":
+        if project.state != ProjectState.AWAITING_CONFIRMATION:
             raise InvalidInputError(f"{project_id} has no plan waiting for confirmation (it is {project.state})",
                                     hint="propose a plan first with propose_plan")
         assignees = sorted({t.assignee for t in self.state.tasks(project_id=project_id)})
         room_id = await self.chat.project_room(project, assignees)
         with self.state.transaction():
-            project = self.state.update_project(project_id, state="running", room_id=room_id)
+            project = self.state.update_project(project_id, state=ProjectState.RUNNING, room_id=room_id)
             self.state.log_event("plan.confirmed", project_id)
             self.state.enqueue_message(f"project-start:{project_id}", room_of_project(project_id),
                                        f"Project **{project.title}** started. Plan: `{layout.project_plan(project_id)}`")
@@ -192,7 +192,7 @@ class TaskEngine(PlanRevisions, Rework):
         ready, and the slower one would set it back to in progress after its worker reported."""
         async with self._dispatching.setdefault(project_id, asyncio.Lock()):
             project = self.state.project(project_id)
-            if project.state != "running":
+            if project.state != ProjectState.RUNNING:
                 return []
             dispatched = []
             for task in self.ready_tasks(project_id):
@@ -373,10 +373,10 @@ class TaskEngine(PlanRevisions, Rework):
     async def _maybe_finish(self, project_id: str) -> None:
         tasks = self.state.tasks(project_id=project_id)
         project = self.state.project(project_id)
-        if project.state != "running" or not tasks or any(t.state not in FINAL for t in tasks):
+        if project.state != ProjectState.RUNNING or not tasks or any(t.state not in FINAL for t in tasks):
             return
         with self.state.transaction():
-            self.state.update_project(project_id, state="done")
+            self.state.update_project(project_id, state=ProjectState.DONE)
             self.state.log_event("project.done", project_id)
         await self.render(project_id)
         await self.wake_for_report(project_id)
@@ -401,12 +401,12 @@ class TaskEngine(PlanRevisions, Rework):
         for task in self.state.tasks(states=[TaskState.REVIEW]):
             await self.wake_for_review(task)
         for project in self.state.projects():
-            if project.state == "awaiting_confirmation":
+            if project.state == ProjectState.AWAITING_CONFIRMATION:
                 await self.render(project.id)
-            elif project.state == "running":
+            elif project.state == ProjectState.RUNNING:
                 await self.render(project.id)
                 await self.dispatch_ready(project.id)
                 await self._maybe_finish(project.id)
-            elif project.state == "done":
+            elif project.state == ProjectState.DONE:
                 await self.wake_for_report(project.id)
         await self.dispatch_adhoc()

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from hiclaw.errors import InvalidInputError
-from hiclaw.models import ToolSpec
+from hiclaw.models import ProjectState, ToolSpec
 
 STRING = {"type": "string"}
 TASK_ID = {"type": "string", "pattern": "^task-[0-9]{3,}$"}
@@ -45,7 +45,7 @@ def plan_tools(plane: Any, task_dict: Callable[[Any], dict[str, Any]]) -> list[T
                                             remove=[str(t) for t in args.get("remove") or []],
                                             reassign=reassign, depends_on=depends_on)
         project = revision.project
-        status = ("applied; newly ready tasks are dispatched" if project.state == "running"
+        status = ("applied; newly ready tasks are dispatched" if project.state == ProjectState.RUNNING
                   else "posted to the admin as a new version; wait for their confirmation")
         return {"project_id": project.id, "version": project.version, "changes": revision.summary(),
                 "added": [task_dict(t) for t in revision.added], "status": status}

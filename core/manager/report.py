@@ -31,7 +31,7 @@ from hiclaw.control.cron import parse_time, stamp
 from hiclaw.control.schedule_book import REPORT_MESSAGE
 from hiclaw.manager.origin import Origin
 from hiclaw.manager.when import local_midnight
-from hiclaw.models import TaskState
+from hiclaw.models import ProjectState, TaskState
 from hiclaw.state import ROOM_MANAGER, Schedule, StateDB
 from hiclaw.storage import layout
 
@@ -108,7 +108,7 @@ async def gather_facts(sources: ReportSources, *, zone: ZoneInfo, now: datetime)
     done = [t for t in in_state[TaskState.DONE] if _since(t.updated_at, start)]
     stalled = [t for t in in_state[TaskState.IN_PROGRESS] if t.stalled_at]
     stuck = [t for t in tasks if getattr(t, "stuck", None) and t.state not in (TaskState.DONE, TaskState.CANCELLED)]
-    waiting = [p for p in sources.state.projects() if p.state == "awaiting_confirmation"]
+    waiting = [p for p in sources.state.projects() if p.state == ProjectState.AWAITING_CONFIRMATION]
     lines = [f"Facts for {now.astimezone(zone).strftime('%A %Y-%m-%d')} (from 00:00 to "
              f"{now.astimezone(zone).strftime('%H:%M')} {zone.key}), gathered by code:",
              _group("Done today", [_row(t, zone) for t in done]),

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from hiclaw.errors import InvalidInputError
 from hiclaw.manager.plan import PlannedTask, find_cycle, parse_plan, render_plan, validate_plan
-from hiclaw.models import TaskState
+from hiclaw.models import ProjectState, TaskState
 from hiclaw.state import ROOM_MANAGER, Project, StateDB, Task, room_of_project
 from hiclaw.storage import layout
 
@@ -116,10 +116,10 @@ class PlanRevisions:
         """The project's plan: its first, or a replacement of one not confirmed yet (a new version)."""
         state = self.state
         project = state.project(project_id)
-        if project.state == "running":
+        if project.state == ProjectState.RUNNING:
             raise InvalidInputError(f"{project_id} is running; its plan can no longer be replaced",
                                     hint="change its pending tasks with revise_plan (add, remove, reassign, depends_on)")
-        if project.state not in ("planning", "awaiting_confirmation"):
+        if project.state not in (ProjectState.PLANNING, ProjectState.AWAITING_CONFIRMATION):
             raise InvalidInputError(f"{project_id} is {project.state}; its plan can no longer be changed",
                                     hint="start a new project for more work")
         old = state.tasks(project_id=project_id)
@@ -141,7 +141,7 @@ class PlanRevisions:
                 state.delete_tasks(sorted(old_ids))
                 state.discard_message(plan_key(project_id, previous))  # not delivered yet: never shown
             created = state.add_tasks(project_id, validated)
-            project = state.update_project(project_id, state="awaiting_confirmation", version=previous + 1)
+            project = state.update_project(project_id, state=ProjectState.AWAITING_CONFIRMATION, version=previous + 1)
             state.log_event("plan.proposed", project_id, tasks=[t.id for t in created], version=project.version,
                             replaced=sorted(old_ids))
             self._announce_plan(project, f"it replaces version {previous}" if old else "")
@@ -157,10 +157,10 @@ class PlanRevisions:
         """Add tasks; remove, reassign or re-wire pending ones — validated first, then one transaction."""
         state = self.state
         project = state.project(project_id)
-        if project.state not in ("awaiting_confirmation", "running"):
-            hint = "propose one with propose_plan" if project.state == "planning" else "start a new project for more work"
+        if project.state not in (ProjectState.AWAITING_CONFIRMATION, ProjectState.RUNNING):
+            hint = "propose one with propose_plan" if project.state == ProjectState.PLANNING else "start a new project for more work"
             raise InvalidInputError(f"{project_id} has no plan to revise (it is {project.state})", hint=hint)
-        running = project.state == "running"
+        running = project.state == ProjectState.RUNNING
         tasks = state.tasks(project_id=project_id)
         by_id = {t.id: t for t in tasks}
         removed = list(dict.fromkeys(remove))

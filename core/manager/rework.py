@@ -21,7 +21,7 @@ import re
 from typing import TYPE_CHECKING
 
 from hiclaw.errors import InvalidInputError
-from hiclaw.models import ResultStatus, TaskState
+from hiclaw.models import ResultStatus, TaskState, WorkerState
 from hiclaw.state import ROOM_MANAGER, StateDB, Task
 from hiclaw.storage import layout
 
@@ -133,7 +133,7 @@ class Rework:
             raise InvalidInputError("a revision needs feedback", hint="say concretely what must change")
         who = assignee or original.assignee
         worker = self.state.worker(who)
-        if worker.state == "removed":
+        if worker.state == WorkerState.REMOVED:
             raise InvalidInputError(f"worker {who} was removed", hint="give the revision to an active worker")
         rounds = revision_rounds(self.state, original)
         if rounds >= self.max_revision_rounds:
@@ -189,7 +189,7 @@ class Rework:
         done = []
         for task in [t for t in self.state.tasks(states=[TaskState.PENDING]) if t.project_id is None]:
             worker = self.state.find_worker(task.assignee)
-            if worker is None or worker.state == "removed":
+            if worker is None or worker.state == WorkerState.REMOVED:
                 continue
             try:
                 await self.dispatch(task, None)

@@ -24,15 +24,11 @@ def _obj(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
 
 
 def _worker_dict(worker: Any) -> dict[str, Any]:
-    return {"name": worker.name, "role": worker.role, "model": worker.model, "skills": worker.skills,
-            "state": worker.state}
+    return dict(worker.view())
 
 
 def _task_dict(task: Any) -> dict[str, Any]:
-    return {"id": task.id, "title": task.title, "assignee": task.assignee, "state": task.state.value,
-            "depends_on": task.depends_on, "model": task.model, "revision_of": task.revision_of,
-            "result_status": task.result_status.value if task.result_status else None,
-            "result_summary": task.result_summary}
+    return dict(task.view())
 
 
 def manager_tools(plane: Any) -> list[ToolSpec]:

@@ -21,6 +21,9 @@ Fixtures for the homeserver, the gateway and scripted model, and an S3 server ar
 their components (see ``docs/plugins/testing.md``).
 """
 from hiclaw.testing.env import clean_env
-from hiclaw.testing.waiting import wait_for, wait_for_async
+from hiclaw.waiting import wait_for, wait_until
 
-__all__ = ["clean_env", "wait_for", "wait_for_async"]
+#: Deprecated name of :func:`wait_until` (kept for plugins' test suites written against it).
+wait_for_async = wait_until
+
+__all__ = ["clean_env", "wait_for", "wait_for_async", "wait_until"]

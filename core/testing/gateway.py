@@ -214,11 +214,11 @@ def running_gateway(home: Path, upstream_base_url: str | None = None, *, models:
             raise ValueError("running_gateway needs upstream_base_url or models")
         models = scripted_aliases(upstream_base_url)
     values = dict(secrets_values) if secrets_values is not None else {SCRIPTED_KEY_SECRET: "sk-test-" + secrets.token_hex(16)}
-    config = HiclawConfig.model_validate({"models": dict(models), "gateway": {"plugin": "embedded"}})
+    config = HiclawConfig.model_validate({"models": dict(models), "gateway": {"plugin": "embedded-gateway"}})
     host = PluginHost(load_defaults=False, load_entry_points=False, plugins=[("embedded-gateway", embedded), *plugins],
                       secret_source=lambda name: SecretStr(values[name]) if name in values else None)
     ctx = ComponentContext(home=home, side="control", config=config)
-    gateway = host.create("gateway", "embedded", {"port": 0, "retry_backoff_seconds": 0, **(settings or {})}, ctx)
+    gateway = host.create("gateway", "embedded-gateway", {"port": 0, "retry_backoff_seconds": 0, **(settings or {})}, ctx)
     thread = LoopThread("gateway")
     try:
         thread.run(gateway.start())

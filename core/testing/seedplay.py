@@ -36,7 +36,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from hiclaw.models import TaskState
+from hiclaw.models import ProjectState, TaskState
 
 #: How often the admin says a thing before doing it by hand (or giving up on it).
 ASKS = 5
@@ -126,7 +126,7 @@ class StallWatch:
         # project waiting for its plan.
         subjects: list[tuple[str, str, tuple[Any, ...], bool]] = [(t.id, t.state.value, (t.state, t.dispatch_count, t.last_progress_at, t.result_status),
                      t.state in OWNED) for t in self.state.tasks()]
-        subjects += [(p.id, p.state, (p.state, p.updated_at), p.state == "planning") for p in self.state.projects()]
+        subjects += [(p.id, p.state, (p.state, p.updated_at), p.state == ProjectState.PLANNING) for p in self.state.projects()]
         for subject, what, mark, owned in subjects:
             previous = self._seen.get(subject)
             if previous is None or previous[0] != mark:
@@ -269,10 +269,11 @@ async def play_seed(home: Path, *, mix: Any = None, label: str = "clean", heartb
                 return set(WORKERS) <= {w.name for w in plane.state.workers()}
 
             def proposed() -> bool:
-                return any(p.state in ("awaiting_confirmation", "active", "done") for p in plane.state.projects())
+                return any(p.state in (ProjectState.AWAITING_CONFIRMATION, ProjectState.RUNNING, ProjectState.DONE)
+                           for p in plane.state.projects())
 
             def confirmed() -> bool:
-                return any(p.state in ("active", "done") for p in plane.state.projects())
+                return any(p.state in (ProjectState.RUNNING, ProjectState.DONE) for p in plane.state.projects())
 
             try:
                 if not await ask(ASK_WORKERS, workers_created):
@@ -299,8 +300,8 @@ async def play_seed(home: Path, *, mix: Any = None, label: str = "clean", heartb
 
 
 async def _wait(predicate: Callable[[], Any], timeout: float) -> bool:
-    """:func:`hiclaw.testing.team.wait_until`, as a yes or no."""
-    from hiclaw.testing.team import wait_until
+    """:func:`hiclaw.waiting.wait_until`, as a yes or no."""
+    from hiclaw.waiting import wait_until
 
     try:
         await wait_until(predicate, timeout=max(timeout, 0))
@@ -316,7 +317,7 @@ def _settled(plane: Any, quiet_since: float, heartbeat: float) -> bool:
     if plane.state.inbox_pending():
         return False
     projects = plane.state.projects()
-    if projects and all(p.state == "done" for p in projects):
+    if projects and all(p.state == ProjectState.DONE for p in projects):
         return True
     return time.time() - quiet_since > 3 * heartbeat + STALL_GRACE
 

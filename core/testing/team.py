@@ -13,85 +13,22 @@ logged in as the admin (:class:`hiclaw.demo.admin.AdminClient`)::
 """
 from __future__ import annotations
 
-import asyncio
-import socket
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hiclaw.config import (
-    ChannelConfig,
-    GatewayConfig,
-    HiclawConfig,
-    ModelAlias,
-    SandboxConfig,
-    Secrets,
-    SkillsConfig,
-    StorageConfig,
-    TeamConfig,
-    save_config,
-)
+from hiclaw.config import HiclawConfig, Secrets, StorageConfig, save_config
+from hiclaw.demo.team import PRICES as PRICES  # re-exported: the harness and the demo share one team
+from hiclaw.demo.team import SERVER_NAME as SERVER_NAME
+from hiclaw.demo.team import default_sandbox as default_sandbox
+from hiclaw.demo.team import free_port as free_port
+from hiclaw.demo.team import team_config as team_config
+from hiclaw.waiting import wait_until as wait_until  # re-exported: tests wait with it
 
-#: USD per million tokens (input, output) of the team's aliases.
-PRICES = {"smart": (3.0, 15.0), "fast": (0.5, 1.5), "cheap": (0.25, 1.25)}
-SERVER_NAME = "hiclaw.test"
 #: The secret holding the scripted model's key when a team is started with ``provider_key``.
 PROVIDER_KEY_SECRET = "scripted_api_key"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def default_sandbox() -> str:
-    """bwrap when it can really create sandboxes here, else the process backend (which warns)."""
-    from hiclaw.sandbox.availability import bwrap_unavailable
-
-    return "bwrap" if bwrap_unavailable() is None else "process"
-
-
-def team_config(model_url: str, *, registry_url: str = "https://skills.sh", sandbox: str | None = None,
-                server_name: str = SERVER_NAME, homeserver_port: int | None = None, key_secret: str | None = None,
-                storage: StorageConfig | None = None, gateway_settings: dict[str, Any] | None = None,
-                model_name: str = "scripted-{alias}", **team: Any) -> HiclawConfig:
-    """The configuration of a team whose models are all served by the scripted model at ``model_url``
-    (with the provider key from the secret ``key_secret``, if given); local storage unless ``storage``;
-    ``gateway_settings`` are more ``[gateway.settings]`` (e.g. ``{"direct_openai": False}``: via litellm).
-    ``model_name``: the provider's model name of each alias (``{alias}`` is replaced)."""
-    models = {alias: ModelAlias(model=f"openai/{model_name.format(alias=alias)}", api_base=model_url,
-                                input_cost_per_mtok=price[0],
-                                output_cost_per_mtok=price[1], fallback="fast" if alias == "smart" else None,
-                                api_key_secret=key_secret)
-              for alias, price in PRICES.items()}
-    return HiclawConfig(
-        channel=ChannelConfig(settings={"embedded": True, "server_name": server_name,
-                                        "port": homeserver_port or free_port()}),
-        gateway=GatewayConfig(settings={"port": 0, **(gateway_settings or {})}),
-        sandbox=SandboxConfig(plugin=sandbox or default_sandbox()),
-        storage=storage or StorageConfig(),
-        models=models,
-        skills=SkillsConfig(api_url=registry_url),
-        team=TeamConfig(**{"manager_model": "smart", "worker_model": "smart", **team}),
-    )
-
-
-async def wait_until(predicate: Callable[[], Any | Awaitable[Any]], *, timeout: float = 60.0, what: str = "condition") -> Any:
-    """Poll ``predicate`` (sync or async) until truthy, with a deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 @dataclass

@@ -8,7 +8,7 @@ consumer, task, project and model). User guide: ``docs/gateway.md``.
 
 Quick start (Python)::
 
-    gateway = host.create("gateway", "embedded", {"port": 0}, ComponentContext(home, config=config))
+    gateway = host.create("gateway", "embedded-gateway", {"port": 0}, ComponentContext(home, config=config))
     token = await gateway.mint_token("alice", models=["smart"], budget_usd=5)
     await gateway.start()          # gateway.base_url -> "http://127.0.0.1:PORT/v1"
 
@@ -33,7 +33,7 @@ def make_embedded_gateway(settings: EmbeddedGatewaySettings, ctx: Any) -> Any:
 @hookimpl
 def hiclaw_register_gateways(register: RegisterGateway) -> None:
     register(
-        "embedded",
+        "embedded-gateway",
         make_embedded_gateway,
         settings_model=EmbeddedGatewaySettings,
         secrets=provider_secret_names,

@@ -3,7 +3,7 @@
 Configure it in ``config.toml`` (every key is optional)::
 
     [storage]
-    plugin = "local"
+    plugin = "local-storage"
 
     [storage.settings]
     root = "/srv/hiclaw-data"   # default: $HICLAW_HOME/data; relative paths are under $HICLAW_HOME
@@ -34,7 +34,7 @@ def make_local_storage(settings: LocalStorageSettings, ctx: Any) -> Any:
 @hookimpl
 def hiclaw_register_storage(register: RegisterStorage) -> None:
     register(
-        "local",
+        "local-storage",
         make_local_storage,
         settings_model=LocalStorageSettings,
         description="Files under a local folder ($HICLAW_HOME/data); workers get bind mounts",

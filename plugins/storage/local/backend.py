@@ -41,7 +41,7 @@ def _valid_key(key: str) -> bool:
 class LocalStorage(SyncMixin):
     """Objects are files under ``root``; keys map 1:1 to relative paths."""
 
-    plugin = "local"
+    plugin = "local-storage"
 
     def __init__(
         self,
