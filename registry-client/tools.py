@@ -8,9 +8,11 @@ worker, a client of the control API that forwards the same calls. Errors a model
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+from hiclaw.agent.functions import function_tool
 from hiclaw.errors import HiclawError
 from hiclaw.models import ToolSpec
 
@@ -23,16 +25,13 @@ class SkillsBackend(Protocol):
     async def read(self, name: str) -> dict[str, Any]: ...
 
 
-def _object(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
-    return {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
-
-
-def _safe(call: Callable[[dict[str, Any]], Awaitable[Any]]) -> Callable[[dict[str, Any]], Awaitable[Any]]:
+def _safe(call: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     """User-level failures become ``{"error": ...}`` the model can read and act on."""
 
-    async def handler(args: dict[str, Any]) -> Any:
+    @functools.wraps(call)
+    async def handler(**kwargs: Any) -> Any:
         try:
-            return await call(args)
+            return await call(**kwargs)
         except HiclawError as exc:
             return {"error": str(exc)}
 
@@ -40,38 +39,32 @@ def _safe(call: Callable[[dict[str, Any]], Awaitable[Any]]) -> Callable[[dict[st
 
 
 def skill_tool_specs(backend: SkillsBackend) -> list[ToolSpec]:
-    async def find(args: dict[str, Any]) -> Any:
-        return {"results": await backend.find(str(args.get("query", "")))}
+    async def skills_find(query: str) -> Any:
+        """Search the skills registry for a skill that teaches a capability you lack (e.g. 'pdf tables',
+        'terraform'). Returns source, name, description, installs.
 
-    async def add(args: dict[str, Any]) -> Any:
-        return {"installed": await backend.add(str(args.get("source", "")), args.get("skill") or None)}
+        Args:
+            query: What you need, in a few words.
+        """
+        return {"results": await backend.find(query)}
 
-    async def read(args: dict[str, Any]) -> Any:
-        return await backend.read(str(args.get("name", "")))
+    async def skills_add(source: str, skill: str | None = None) -> Any:
+        """Install a skill found with skills_find into your skills folder. The control plane fetches and verifies
+        it; then call skills_read(name) to use it.
 
-    return [
-        ToolSpec(
-            name="skills_find",
-            description="Search the skills registry for a skill that teaches a capability you lack "
-                        "(e.g. 'pdf tables', 'terraform'). Returns source, name, description, installs.",
-            parameters=_object({"query": {"type": "string", "description": "What you need, in a few words."}}, ["query"]),
-            handler=_safe(find),
-        ),
-        ToolSpec(
-            name="skills_add",
-            description="Install a skill found with skills_find into your skills folder. The control plane "
-                        "fetches and verifies it; then call skills_read(name) to use it.",
-            parameters=_object({
-                "source": {"type": "string", "description": "The 'source' from skills_find, e.g. 'acme/tools@pdf-tools', or a registry URL."},
-                "skill": {"type": "string", "description": "Skill name when source holds several (optional)."},
-            }, ["source"]),
-            handler=_safe(add),
-        ),
-        ToolSpec(
-            name="skills_read",
-            description="Read an installed skill's full instructions (SKILL.md body) and list its other files "
-                        "(read those with read_file). Do this before following a skill.",
-            parameters=_object({"name": {"type": "string", "description": "Skill name from your catalogue."}}, ["name"]),
-            handler=_safe(read),
-        ),
-    ]
+        Args:
+            source: The 'source' from skills_find, e.g. 'acme/tools@pdf-tools', or a registry URL.
+            skill: Skill name when source holds several (optional).
+        """
+        return {"installed": await backend.add(source, skill or None)}
+
+    async def skills_read(name: str) -> Any:
+        """Read an installed skill's full instructions (SKILL.md body) and list its other files (read those with
+        read_file). Do this before following a skill.
+
+        Args:
+            name: Skill name from your catalogue.
+        """
+        return await backend.read(name)
+
+    return [function_tool(_safe(tool)) for tool in (skills_find, skills_add, skills_read)]

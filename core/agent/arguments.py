@@ -6,9 +6,10 @@ with a ``KeyError`` or an ``AttributeError``. So every call is checked first and
 one line naming each problem and where it is (``tasks[0].id: required``), and calls again.
 
 The subset of JSON Schema our tools use: ``type`` (one or a list), ``properties``, ``required``,
-``items``, ``enum``, ``minItems``/``maxItems``, ``minLength``. Unknown keywords are ignored, and so
-are properties the schema does not name (a handler reads only its own). Pure Python, no
-dependencies: workers run it too and stay small.
+``items``, ``additionalProperties`` (a map's values), ``enum``, ``minItems``/``maxItems``,
+``minLength`` — everything :func:`hiclaw.agent.functions.function_tool` derives about shape.
+Unknown keywords are ignored, and so are properties the schema does not name (a handler reads
+only its own). Pure Python, no dependencies: workers run it too and stay small.
 """
 from __future__ import annotations
 
@@ -56,6 +57,11 @@ def _check(schema: dict[str, Any], value: Any, path: str, problems: list[str]) -
         for name, sub in properties.items():
             if name in value and isinstance(sub, dict):
                 _check(sub, value[name], f"{path + '.' if path else ''}{name}", problems)
+        others = schema.get("additionalProperties")
+        if isinstance(others, dict):  # a map (``dict[str, X]``): every value an X
+            for name, item in value.items():
+                if name not in properties:
+                    _check(others, item, f"{path + '.' if path else ''}{name}", problems)
     elif isinstance(value, list):
         if len(value) < int(schema.get("minItems", 0)):
             problems.append(f"{path}: needs at least {schema['minItems']} item(s)")
@@ -74,6 +80,11 @@ def argument_problems(schema: dict[str, Any], arguments: dict[str, Any]) -> str 
     """What is wrong with ``arguments`` for a tool with JSON Schema ``schema`` (one line), or None."""
     problems: list[str] = []
     _check(schema, arguments, "", problems)
+    return one_line(problems)
+
+
+def one_line(problems: list[str]) -> str | None:
+    """Problems as the one line the model is given: the first :data:`MAX_PROBLEMS`, the rest counted."""
     if not problems:
         return None
     more = len(problems) - MAX_PROBLEMS

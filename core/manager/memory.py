@@ -14,8 +14,9 @@ time zone); past :data:`MAX_MEMORY_CHARS` the oldest entries are dropped (the he
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Annotated, Any
 
+from hiclaw.agent.functions import function_tool, schema_hint
 from hiclaw.errors import InvalidInputError, NotFoundError
 from hiclaw.models import ToolSpec
 from hiclaw.storage import layout
@@ -24,10 +25,6 @@ MANAGER = "manager"
 MAX_ENTRY_CHARS = 500
 MAX_MEMORY_CHARS = 16_000
 HEADER = "# Memory of the Manager"
-
-
-def _obj(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
-    return {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
 
 
 def appended(current: str, line: str, *, limit: int = MAX_MEMORY_CHARS) -> tuple[str, int]:
@@ -57,8 +54,11 @@ def memory_tools(plane: Any) -> list[ToolSpec]:
         except Exception:  # noqa: BLE001 - no memory yet
             return HEADER + "\n"
 
-    async def memory_append(args: dict[str, Any]) -> Any:
-        text = " ".join(str(args.get("text") or "").split())
+    async def memory_append(text: Annotated[str, schema_hint(maxLength=MAX_ENTRY_CHARS)]) -> Any:
+        """Remember one fact for later conversations (your MEMORY.md, shown in every prompt): the admin's
+        preferences, decisions, dates. One short line.
+        """
+        text = " ".join(str(text or "").split())
         if not text:
             raise InvalidInputError("nothing to remember", hint="give the fact to keep as text")
         if len(text) > MAX_ENTRY_CHARS:
@@ -71,26 +71,20 @@ def memory_tools(plane: Any) -> list[ToolSpec]:
         plane.state.log_event("manager.memory_append", MANAGER, chars=len(text), dropped=dropped)
         return {"remembered": line, "dropped_oldest_entries": dropped}
 
-    async def memory_read(args: dict[str, Any]) -> Any:
+    async def memory_read() -> Any:
+        """Read your whole MEMORY.md."""
         return await read()
 
-    async def skills_read(args: dict[str, Any]) -> Any:
+    names = manager_skill_names()
+    skill_name = Annotated[str, schema_hint(enum=names)]  # data, not a type: the pre-check enforces the enum
+
+    async def skills_read(name: skill_name) -> Any:
+        """Read one of your skills' full instructions (SKILL.md), by name."""
         from hiclaw.skills import bundled_skill
 
-        name = str(args.get("name") or "")
-        names = manager_skill_names()
+        name = str(name or "")
         if name not in names:
             raise NotFoundError(f"no skill named {name!r} for the Manager", hint=f"available: {', '.join(names)}")
         return await asyncio.to_thread(bundled_skill(name).skill_md.read_text, encoding="utf-8")
 
-    return [
-        ToolSpec(name="memory_append", handler=memory_append,
-                 description="Remember one fact for later conversations (your MEMORY.md, shown in every prompt): "
-                             "the admin's preferences, decisions, dates. One short line.",
-                 parameters=_obj({"text": {"type": "string", "maxLength": MAX_ENTRY_CHARS}}, ["text"])),
-        ToolSpec(name="memory_read", handler=memory_read, description="Read your whole MEMORY.md.",
-                 parameters=_obj({}, [])),
-        ToolSpec(name="skills_read", handler=skills_read,
-                 description="Read one of your skills' full instructions (SKILL.md), by name.",
-                 parameters=_obj({"name": {"type": "string", "enum": manager_skill_names()}}, ["name"])),
-    ]
+    return [function_tool(memory_append), function_tool(memory_read), function_tool(skills_read)]
