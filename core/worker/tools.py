@@ -12,10 +12,11 @@ import os
 import signal
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
 
+from hiclaw.agent.functions import function_tool, schema_hint
 from hiclaw.errors import InvalidInputError
 from hiclaw.models import ResultStatus, ToolSpec
 from hiclaw.protocols import LocalPaths
@@ -23,12 +24,7 @@ from hiclaw.storage import layout
 
 MAX_OUTPUT_CHARS = 12000
 MAX_FILE_CHARS = 60000
-STRING = {"type": "string"}
 REPORTABLE = [s.value for s in ResultStatus if s is not ResultStatus.INTERRUPTED]
-
-
-def _obj(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
-    return {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
 
 
 def _stamp() -> str:
@@ -93,26 +89,28 @@ class WorkerTools:
 
     # ------------------------------------------------------------------ tools
 
-    async def list_files(self, args: dict[str, Any]) -> Any:
-        prefix = self.prefix(args.get("path", ""))
+    async def list_files(self, path: str = "") -> Any:
+        """List files under a folder (your home by default; or shared/tasks/<id>/)."""
+        prefix = self.prefix(path)
         items = await self.rt.storage.list(prefix)
         return [{"path": i["key"], "size": i.get("size")} for i in items[:500]]
 
-    async def read_file(self, args: dict[str, Any]) -> Any:
-        key = self.key(args["path"])
+    async def read_file(self, path: str) -> Any:
+        """Read a text file."""
+        key = self.key(path)
         data = await self.rt.storage.get(key)
         return _cap(data.decode("utf-8", errors="replace"), MAX_FILE_CHARS)
 
-    async def write_file(self, args: dict[str, Any]) -> Any:
-        key = self.key(args["path"])
+    async def write_file(self, path: str, content: str) -> Any:
+        """Write a text file in your home or in a folder of a task assigned to you."""
+        key = self.key(path)
         self.writable(key)
-        content = str(args.get("content", ""))
         await self.rt.storage.put(key, content.encode())
         return {"written": key, "bytes": len(content.encode())}
 
-    async def run_command(self, args: dict[str, Any]) -> Any:
-        command = str(args["command"])
-        timeout = min(float(args.get("timeout_seconds") or self.rt.spec.command_timeout_seconds), 900.0)
+    async def run_command(self, command: str, timeout_seconds: float | None = None) -> Any:
+        """Run a shell command in your sandbox (cwd: the current task's workspace)."""
+        timeout = min(float(timeout_seconds or self.rt.spec.command_timeout_seconds), 900.0)
         cwd = self.local_dir()
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(cwd), "LANG": "C.UTF-8",
                "TMPDIR": os.environ.get("TMPDIR", "/tmp")}
@@ -129,36 +127,39 @@ class WorkerTools:
         return {"exit_code": proc.returncode, "timed_out": timed_out, "cwd": str(cwd),
                 "output": _cap((output or b"").decode("utf-8", errors="replace"))}
 
-    async def skills_find(self, args: dict[str, Any]) -> Any:
-        return await self.rt.control.skills_find(str(args["query"]), int(args.get("limit") or 10))
+    async def skills_find(self, query: str, limit: int | None = None) -> Any:
+        """Search the skill registry."""
+        return await self.rt.control.skills_find(query, int(limit or 10))
 
-    async def skills_add(self, args: dict[str, Any]) -> Any:
-        return await self.rt.control.skills_add(str(args["source"]), args.get("skill"))
+    async def skills_add(self, source: str, skill: str | None = None) -> Any:
+        """Install a skill (source 'owner/repo', skill name) into your skills."""
+        return await self.rt.control.skills_add(source, skill)
 
-    async def skills_read(self, args: dict[str, Any]) -> Any:
-        name = str(args["name"])
+    async def skills_read(self, name: str) -> Any:
+        """Read an installed skill's SKILL.md."""
         return (await self.rt.storage.get(layout.agent_skill(self.name, name))).decode("utf-8", errors="replace")
 
-    async def progress_note(self, args: dict[str, Any]) -> Any:
-        task_id = str(args["task_id"])
+    async def progress_note(self, task_id: str, note: str) -> Any:
+        """Record progress on a task (the watchdog sees you are alive)."""
         if task_id not in self.rt.tasks:
             raise InvalidInputError(f"{task_id} is not assigned to you", hint="use the task id from your assignment")
         key = layout.task_progress_dir(task_id) + f"{_stamp()}.md"
-        await self.rt.storage.put(key, str(args["note"]).encode())
+        await self.rt.storage.put(key, note.encode())
         return {"written": key}
 
-    async def report_result(self, args: dict[str, Any]) -> Any:
-        task_id = str(args["task_id"])
+    async def report_result(self, task_id: str, status: Annotated[str, schema_hint(enum=REPORTABLE)], summary: str,
+                            result_markdown: str | None = None) -> Any:
+        """Finish a task: writes result.md and tells the Manager."""
         context = self.rt.tasks.get(task_id)
         if context is None:
             raise InvalidInputError(f"{task_id} is not assigned to you", hint="report the task from your assignment")
-        status = str(args["status"]).upper()
+        status = status.upper()
         if status not in REPORTABLE:
             raise InvalidInputError(f"unknown status {status!r}", hint=f"use one of {', '.join(REPORTABLE)}")
-        summary = " ".join(str(args.get("summary", "")).split())[:300]
+        summary = " ".join(summary.split())[:300]
         meta = {"task": task_id, "status": status, "summary": summary, "worker": self.name,
                 "attempt": context.attempt, "reported_at": datetime.now(UTC).isoformat(timespec="seconds")}
-        body = str(args.get("result_markdown") or summary)
+        body = result_markdown or summary
         text = "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n\n" + body.strip() + "\n"
         key = layout.task_result(task_id)
         await self.rt.storage.put(key, text.encode())
@@ -170,45 +171,18 @@ class WorkerTools:
         self.rt.reported.add(task_id)
         return {"reported": task_id, "status": status, "result": key}
 
-    async def memory_append(self, args: dict[str, Any]) -> Any:
+    async def memory_append(self, text: str) -> Any:
+        """Remember something for later tasks (your MEMORY.md; never shared)."""
         key = layout.agent_memory(self.name)
         try:
             current = (await self.rt.storage.get(key)).decode("utf-8", errors="replace")
         except Exception:  # noqa: BLE001 - first memory
             current = "# Memory\n"
-        line = f"- {datetime.now(UTC).date().isoformat()}: {' '.join(str(args['text']).split())}"
+        line = f"- {datetime.now(UTC).date().isoformat()}: {' '.join(text.split())}"
         await self.rt.storage.put(key, (current.rstrip("\n") + "\n" + line + "\n").encode())
         return {"remembered": line}
 
     def specs(self) -> list[ToolSpec]:
-        return [
-            ToolSpec(name="list_files", handler=self.list_files,
-                     description="List files under a folder (your home by default; or shared/tasks/<id>/).",
-                     parameters=_obj({"path": STRING}, [])),
-            ToolSpec(name="read_file", handler=self.read_file, description="Read a text file.",
-                     parameters=_obj({"path": STRING}, ["path"])),
-            ToolSpec(name="write_file", handler=self.write_file,
-                     description="Write a text file in your home or in a folder of a task assigned to you.",
-                     parameters=_obj({"path": STRING, "content": STRING}, ["path", "content"])),
-            ToolSpec(name="run_command", handler=self.run_command,
-                     description="Run a shell command in your sandbox (cwd: the current task's workspace).",
-                     parameters=_obj({"command": STRING, "timeout_seconds": {"type": "number"}}, ["command"])),
-            ToolSpec(name="skills_find", handler=self.skills_find, description="Search the skill registry.",
-                     parameters=_obj({"query": STRING, "limit": {"type": "integer"}}, ["query"])),
-            ToolSpec(name="skills_add", handler=self.skills_add,
-                     description="Install a skill (source 'owner/repo', skill name) into your skills.",
-                     parameters=_obj({"source": STRING, "skill": STRING}, ["source"])),
-            ToolSpec(name="skills_read", handler=self.skills_read, description="Read an installed skill's SKILL.md.",
-                     parameters=_obj({"name": STRING}, ["name"])),
-            ToolSpec(name="progress_note", handler=self.progress_note,
-                     description="Record progress on a task (the watchdog sees you are alive).",
-                     parameters=_obj({"task_id": STRING, "note": STRING}, ["task_id", "note"])),
-            ToolSpec(name="report_result", handler=self.report_result,
-                     description="Finish a task: writes result.md and tells the Manager.",
-                     parameters=_obj({"task_id": STRING, "status": {"type": "string", "enum": REPORTABLE},
-                                      "summary": STRING, "result_markdown": STRING}, ["task_id", "status", "summary"])),
-            ToolSpec(name="memory_append", handler=self.memory_append,
-                     description="Remember something for later tasks (your MEMORY.md; never shared).",
-                     parameters=_obj({"text": STRING}, ["text"])),
-        ]
-
+        return [function_tool(tool) for tool in (
+            self.list_files, self.read_file, self.write_file, self.run_command, self.skills_find, self.skills_add,
+            self.skills_read, self.progress_note, self.report_result, self.memory_append)]
