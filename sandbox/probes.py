@@ -9,9 +9,10 @@ The plan (written by :mod:`hiclaw.sandbox.check`) names the paths, ports and can
 are computed on the host, which also checks which attempted writes really landed on the host.
 
 With ``services`` in the plan (inside the sandbox only, never in the host baseline), the program
-then attacks the services a worker reaches (:mod:`hiclaw.sandbox.service_probes` runs them on the
-host): it swaps a task's ``result.md`` for a link while the host reads it, tries to replace its
-skills folder before the host installs a skill, floods a bridge with held connections, and sends
+then attacks the services a worker reaches (:mod:`hiclaw.sandbox.service_probes` lists them; the
+host's side is :mod:`hiclaw.sandbox.service_rig` and a module per attacked service): it swaps a
+task's ``result.md`` for a link while the host reads it, tries to replace its skills folder
+before the host installs a skill, floods a bridge with held connections, and sends
 the gateway requests that smuggle provider parameters. Each step is coordinated with the host
 over a bridged port (one JSON line each way, :func:`ask`): the host acts while the attack runs,
 and the outcome is judged on the host. The results go under ``"services"``.
