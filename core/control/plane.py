@@ -17,17 +17,18 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from hiclaw.agent import GatewayClient
-from hiclaw.agent.prompt import quote
 from hiclaw.config import HiclawConfig, Secrets
 from hiclaw.control.api import ControlAPI
 from hiclaw.control.chat import ControlChat
 from hiclaw.control.cron import check_timezone
 from hiclaw.control.idle import IdlePolicy
+from hiclaw.control.incoming import Incoming
 from hiclaw.control.outbox import Outbox, crash_hook_for_tests
+from hiclaw.control.parts import NotStartedError, Part
 from hiclaw.control.provisioner import Provisioner
 from hiclaw.control.questions import WorkerQuestions
 from hiclaw.control.schedule_tools import schedule_tools
@@ -40,7 +41,6 @@ from hiclaw.host import ComponentContext, PluginHost, RuntimeContext
 from hiclaw.manager.agent import ManagerAgent
 from hiclaw.manager.engine import TaskEngine
 from hiclaw.manager.history import manager_history
-from hiclaw.manager.origin import ADMIN as ADMIN_ORIGIN
 from hiclaw.manager.origin import Origin
 from hiclaw.manager.report import ReportSources
 from hiclaw.manager.report import fallback_for as report_fallback
@@ -57,38 +57,6 @@ log = logging.getLogger(__name__)
 
 ADMIN = "admin"
 MANAGER = "manager"
-
-
-T = TypeVar("T")
-
-
-class NotStartedError(AttributeError):
-    """A component of the control plane was used before :meth:`ControlPlane.start` made it."""
-
-
-class Part(Generic[T]):
-    """A component the control plane has from :meth:`ControlPlane.start` on (typed; reading it
-    before says so, instead of failing deep inside a collaborator)."""
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.name = name
-
-    @overload
-    def __get__(self, obj: None, objtype: type | None = None) -> Part[T]: ...
-
-    @overload
-    def __get__(self, obj: object, objtype: type | None = None) -> T: ...
-
-    def __get__(self, obj: object | None, objtype: type | None = None) -> T | Part[T]:
-        if obj is None:
-            return self
-        try:
-            return cast(T, obj.__dict__[self.name])
-        except KeyError:
-            raise NotStartedError(f"the control plane has no {self.name} before it started") from None
-
-    def __set__(self, obj: object, value: T) -> None:
-        obj.__dict__[self.name] = value
 
 
 def ensure_bytecode() -> None:
@@ -125,6 +93,7 @@ class ControlPlane:
     idle: Part[IdlePolicy] = Part()
     watchdog: Part[Watchdog] = Part()
     questions: Part[WorkerQuestions] = Part()
+    incoming: Part[Incoming] = Part()
     manager_client: Part[GatewayClient] = Part()
     turns: Part[ManagerTurns] = Part()
     manager: Part[ManagerAgent] = Part()
@@ -280,10 +249,10 @@ class ControlPlane:
         from hiclaw.wakeup import MentionGate
 
         # Only the admin's mentions start Manager turns; anyone else's (a worker reporting, asking,
-        # or attacking) is handled by code in _on_untrusted_mention and kept as context.
+        # or attacking) is handled by code (hiclaw.control.incoming) and kept as context.
         self.gate = MentionGate(channel.user_id(MANAGER), self._on_mention,
                                 state_path=self.home / "channel" / "manager-gate.json",
-                                trusted={channel.user_id(ADMIN)}, on_refused=self._on_untrusted_mention)
+                                trusted={channel.user_id(ADMIN)}, on_refused=self.incoming.untrusted_mention)
         channel.on_message(self._on_message)
         self.progress("channel: connecting as the Manager")
         self._on_stop("channel", channel.stop)
@@ -347,7 +316,11 @@ class ControlPlane:
                                  gateway=gateway, storage=storage, engine=engine, idle=idle,
                                  wake_manager=self.wake_manager, display=self.display,
                                  interval=team.heartbeat_seconds, admin=ADMIN)
-        self.questions = WorkerQuestions(state=state, chat=chat, wake_manager=self.wake_manager, admin=ADMIN)
+        questions = self.questions = WorkerQuestions(state=state, chat=chat, wake_manager=self.wake_manager,
+                                                     admin=ADMIN)
+        self.incoming = Incoming(state=state, chat=chat, channel=channel, questions=questions,
+                                 collect_results_of=self.collect_results_of, display=self.display,
+                                 turn_limit=team.max_turns_per_room_per_minute, admin=ADMIN)
 
     def _wire_manager(self, client: GatewayClient) -> None:
         """The Manager agent and its turns, on its own model client."""
@@ -491,11 +464,6 @@ class ControlPlane:
 
     # ------------------------------------------------------------------ incoming messages
 
-    def _is_worker(self, user_id: str) -> str | None:
-        name = self.display(user_id)
-        worker = self.state.find_worker(name)
-        return name if worker is not None and worker.state != WorkerState.REMOVED else None
-
     async def _on_message(self, message: ChatMessage) -> None:
         self.watchdog.observe(message)  # workers' messages are heartbeat signals; mentions wake sleepers
         await self.host.on_message(message, self.runtime_context())
@@ -506,55 +474,8 @@ class ControlPlane:
         self.state.inbox_add(f"message:{message.event_id}", "message", message.model_dump(mode="json"))
         self._inbox_wakeup.set()
 
-    async def _on_untrusted_mention(self, message: ChatMessage) -> None:
-        """Someone other than the admin mentioned the Manager. It starts no Manager turn of its own
-        (the message stays in the room's context for the admin's next mention); code handles it: a
-        worker's report is collected, its question about a task answered by a judgement-only turn
-        (hiclaw.control.questions), anything else noticed to the admin."""
-        worker = self._is_worker(message.sender)
-        if worker is None:
-            log.warning("a mention of the Manager by %s starts no turn (not the admin, not a worker)", message.sender)
-            self.state.log_event("manager.mention_ignored", message.sender, room=message.room_id)
-            return
-        if await self.collect_results_of(worker):
-            return  # a report: code picked its result up and queued the review
-        if await self.questions.handle(worker, message):
-            return  # a question about its task: a judgement-only Manager turn answers it
-        self.state.log_event("manager.worker_mention", worker, room=message.room_id)
-        excerpt = message.body if len(message.body) <= 200 else message.body[:200] + "…"
-        await self.chat.post(
-            self.chat.manager_room,
-            f"@{ADMIN} {worker} mentioned me in {await self._room_label(message.room_id, worker)}: {quote(excerpt)} "
-            f"— only your messages start my turns; mention me there if it needs me.",
-            mentions=[ADMIN], key=f"worker-mention:{worker}:{int(time.time() // 600)}")
-
-    async def _room_label(self, room_id: str, worker: str | None = None) -> str:
-        if room_id == self.chat.manager_room:
-            return "the Manager room"
-        for project in self.state.projects():
-            if project.room_id == room_id:
-                return f"the room of {project.id}"
-        if worker is not None and room_id == await self.chat.worker_room(worker):
-            return f"Worker: {worker}"
-        return "another room"
-
     async def worker_notice(self, worker: str, body: dict[str, Any]) -> None:
-        """A worker's runtime reports something the admin must know (control API ``/v1/notice``).
-        A fixed vocabulary, no text of the worker's, at most one notice per worker and hour."""
-        kind = body.get("kind")
-        if kind != "turn-limit":
-            raise InvalidInputError(f"unknown notice {kind!r}", hint="the only notice is 'turn-limit'")
-        key = f"turn-limit:{worker}:{int(time.time() // 3600)}"
-        if self.state.outbox_get(key) is not None:
-            return  # told already this hour
-        room = await self._room_label(str(body.get("room_id") or ""), worker)
-        limit = self.config.team.max_turns_per_room_per_minute
-        self.state.log_event("worker.turn_limit", worker, room=room)
-        await self.chat.post(
-            self.chat.manager_room,
-            f"@{ADMIN} {worker} stopped answering in {room}: more than {limit} turns in a minute were started there "
-            f"by others than you (a loop?). Your own messages still reach it; the others wait as context.",
-            mentions=[ADMIN], key=key)
+        await self.incoming.worker_notice(worker, body)
 
     async def wake_manager(self, room_id: str, text: str, key: str, *, origin: Origin | None = None) -> None:
         """Queue a Manager turn for a judgement; the same key is queued once, ever. ``origin``:
@@ -566,11 +487,7 @@ class ControlPlane:
         self._inbox_wakeup.set()
 
     def message_origin(self, message: ChatMessage) -> Origin:
-        """The origin of a queued chat turn, from its real sender: only the admin's account is the admin."""
-        if message.sender == self.channel.user_id(ADMIN):
-            return ADMIN_ORIGIN
-        worker = self._is_worker(message.sender)
-        return Origin.worker(worker, "a chat message") if worker else Origin.code("channel", f"a message by {message.sender}")
+        return self.incoming.message_origin(message)
 
     async def _handle_message(self, message: ChatMessage) -> None:
         """A queued chat turn (the admin's message), with its origin from its real sender."""
