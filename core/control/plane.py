@@ -39,13 +39,12 @@ from hiclaw.control.watchdog import Watchdog
 from hiclaw.errors import HiclawError, InvalidInputError
 from hiclaw.host import ComponentContext, PluginHost, RuntimeContext
 from hiclaw.manager.agent import ManagerAgent
+from hiclaw.manager.desk import ManagerDesk
 from hiclaw.manager.engine import TaskEngine
 from hiclaw.manager.history import manager_history
 from hiclaw.manager.origin import Origin
 from hiclaw.manager.report import ReportSources
-from hiclaw.manager.report import fallback_for as report_fallback
-from hiclaw.manager.when import now_line
-from hiclaw.models import ChatMessage, ModelRequest, ProjectState, TaskRecord, TaskResult, TaskState, ToolSpec, WorkerState
+from hiclaw.models import ChatMessage, ModelRequest, TaskRecord, TaskResult, TaskState, ToolSpec, WorkerState
 from hiclaw.protocols import ChannelServices, Lifecycle, Stoppable, StorageEndpoint, TeamChannel, missing_members
 from hiclaw.state import StateDB
 from hiclaw.storage import layout
@@ -97,6 +96,7 @@ class ControlPlane:
     manager_client: Part[GatewayClient] = Part()
     turns: Part[ManagerTurns] = Part()
     manager: Part[ManagerAgent] = Part()
+    desk: Part[ManagerDesk] = Part()
     gate: Part[Any] = Part()  # a hiclaw.wakeup.MentionGate
 
     def __init__(self, home: Path, *, config: HiclawConfig, secrets: Secrets, host: PluginHost | None = None,
@@ -244,7 +244,7 @@ class ControlPlane:
         self.manager_client = GatewayClient(gateway.base_url, manager_token)
         self._on_stop("the Manager's model client", self.manager_client.aclose)
         self._wire_manager(self.manager_client)
-        await self._seed_manager_home()
+        await self.desk.seed_home()
 
         from hiclaw.wakeup import MentionGate
 
@@ -329,13 +329,15 @@ class ControlPlane:
         self.turns = ManagerTurns(state=self.state, chat=self.chat, engine=self.engine, probe=probe,
                                   wakeup=self._inbox_wakeup, handle=self._handle_message, wake=self._judge,
                                   interval=self.config.team.heartbeat_seconds, admin=ADMIN)
+        desk = self.desk = ManagerDesk(self.config, state=self.state, storage=self.storage, now=self.now,
+                                       zone=self.team_zone)
         history = manager_history(self.config, channel=self.channel, storage=self.storage, chat=self.chat,
                                   state=self.state, client=client, display=self.speaker, before_call=self._before_call)
         self.manager = ManagerAgent(
             client=probe, tools=self._manager_tools, send=self._manager_send,
-            model=self.config.team.manager_model, read_text=self._manager_file, facts=self._manager_facts,
-            skills=self._manager_skills, display=self.speaker, admin=ADMIN, before_call=self._before_call,
-            history=history, fallback_for=self._manager_fallback)
+            model=self.config.team.manager_model, read_text=desk.read_file, facts=desk.facts,
+            skills=desk.skills, display=self.speaker, admin=ADMIN, before_call=self._before_call,
+            history=history, fallback_for=desk.fallback)
 
     def _on_stop(self, what: str, closer: Callable[[], Any]) -> None:
         """Register what undoes a step of start-up: :meth:`stop` runs them in reverse order, each
@@ -377,36 +379,6 @@ class ControlPlane:
             password_text = password.get_secret_value()
         await self.channel.ensure_account(ADMIN, display_name="Admin", password=password_text, admin=True)
 
-    async def _seed_manager_home(self) -> None:
-        rules = ("Keep the admin informed in short messages. Never do a worker's job yourself. "
-                 "Use `cheap` for collection and formatting tasks, `smart` for design, code and judgement.")
-        if await self.storage.stat(layout.agent_rules(MANAGER)) is None:
-            await self.storage.put(layout.agent_rules(MANAGER), rules.encode())
-        if await self.storage.stat(layout.agent_memory(MANAGER)) is None:
-            await self.storage.put(layout.agent_memory(MANAGER), b"# Memory of the Manager\n")
-
-    async def _manager_file(self, name: str) -> str:
-        try:
-            return (await self.storage.get(layout.agent_file(MANAGER, name))).decode("utf-8", errors="replace")
-        except Exception:  # noqa: BLE001 - optional file
-            return ""
-
-    async def _manager_skills(self) -> list[tuple[str, str]]:
-        from hiclaw.skills import bundled_skill
-
-        skills = []
-        for name in ("team-management", "project-management"):
-            try:
-                skill = bundled_skill(name)
-                skills.append((name, skill.description))
-            except Exception as exc:  # noqa: BLE001 - a broken bundled skill is left out of the prompt
-                log.debug("bundled skill %s left out: %s", name, exc)
-                continue
-        return skills
-
-    async def _manager_fallback(self, key: str, why: str) -> tuple[str, str] | None:
-        return await report_fallback(self.storage, key, why)
-
     def team_zone(self) -> ZoneInfo:
         return check_timezone(self.config.team.timezone)
 
@@ -416,22 +388,6 @@ class ControlPlane:
             return self.scheduler.clock.now()
         except NotStartedError:
             return datetime.now(UTC)
-
-    async def _manager_facts(self) -> list[str]:
-        workers = self.state.workers()
-        facts = [now_line(self.now(), self.team_zone()),
-                 "Workers: " + (", ".join(f"{w.name} ({w.role}; model {w.model})" for w in workers) or "none yet")]
-        facts.append("Model aliases: " + (", ".join(sorted(self.config.models)) or "default"))
-        for project in self.state.projects():
-            if project.state in (ProjectState.DONE, ProjectState.CANCELLED):
-                continue
-            tasks = self.state.tasks(project_id=project.id)
-            summary = ", ".join(f"{t.id} {t.state.value}" for t in tasks)
-            facts.append(f"Project {project.id} '{project.title}' (plan version {project.version}) is "
-                         f"{project.state.replace('_', ' ')}: {summary}")
-        if self.config.team.yolo:
-            facts.append("YOLO mode: plans start without the admin's confirmation.")
-        return facts
 
     def display(self, user_id: str) -> str:
         local = user_id.split(":", 1)[0].lstrip("@")
