@@ -278,6 +278,35 @@ async def test_every_call_is_audited_with_its_attribution_and_never_the_secret(r
     assert "canary" not in json.dumps(rows)
 
 
+def test_the_secret_is_redacted_in_the_forms_an_api_may_echo_it_in():
+    from hiclaw.plugins.gateways.embedded.egress import secret_forms
+    from hiclaw.plugins.gateways.embedded.errors import Redactor
+
+    redact = Redactor(secret_forms(QUERY_CANARY))
+    from urllib.parse import quote, quote_plus
+
+    for form in (QUERY_CANARY, quote(QUERY_CANARY, safe=""), quote_plus(QUERY_CANARY), QUERY_CANARY.replace("/", "\\/")):
+        assert redact.data(f'{{"echo": "{form}"}}'.encode()) == b'{"echo": "[redacted]"}', form
+
+
+def test_the_audit_table_is_added_to_an_older_database(tmp_path):
+    import sqlite3
+
+    from hiclaw.plugins.gateways.embedded.store import GatewayStore
+
+    path = tmp_path / "gateway.db"
+    old = sqlite3.connect(path)
+    old.execute("CREATE TABLE consumers (name TEXT PRIMARY KEY, token_hash TEXT NOT NULL UNIQUE, models TEXT, "
+                "budget_usd REAL, spent_usd REAL NOT NULL DEFAULT 0, created_at TEXT NOT NULL, revoked_at TEXT)")
+    old.commit()
+    old.close()
+    for _ in range(2):  # opening again changes nothing
+        store = GatewayStore(path)
+        store.record_egress({"consumer": "alice", "route": "api", "method": "GET", "path": "/", "status": 200})
+        store.close()
+    assert [r["consumer"] for r in GatewayStore(path).egress_calls()] == ["alice", "alice"]
+
+
 # --------------------------------------------------------------------------- the worker's tool
 
 

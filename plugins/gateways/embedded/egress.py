@@ -17,6 +17,7 @@ answer ``Set-Cookie`` is dropped and the secret (raw and URL-encoded) is replace
 """
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -127,8 +128,10 @@ def under(path: str, prefixes: Sequence[str]) -> bool:
 
 
 def secret_forms(value: str) -> list[SecretStr]:
-    """The secret as it may come back: raw, and URL-encoded (as a query parameter is)."""
-    return [SecretStr(form) for form in dict.fromkeys((value, quote(value, safe=""), quote_plus(value)))]
+    """The secret as it may come back: raw, URL-encoded (as a query parameter is) and JSON-escaped."""
+    escaped = json.dumps(value)[1:-1]
+    forms = (value, quote(value, safe=""), quote_plus(value), escaped, escaped.replace("/", "\\/"))
+    return [SecretStr(form) for form in dict.fromkeys(forms)]
 
 
 class EgressProxy:

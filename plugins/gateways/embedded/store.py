@@ -361,7 +361,8 @@ class GatewayStore:
         columns = ("consumer", "task", "project", "route", "method", "path", "status", "error", "request_bytes",
                    "response_bytes", "latency_ms")
         self._db.execute(f"INSERT INTO egress_calls(ts, {', '.join(columns)}) "  # noqa: S608 - fixed columns
-                         f"VALUES (?{', ?' * len(columns)})", (time.time(), *(row.get(c) for c in columns)))
+                         f"VALUES (?{', ?' * len(columns)})",
+                         (time.time(), *(row.get(c, 0 if c.endswith(("_bytes", "_ms")) else None) for c in columns)))
 
     def egress_calls(self, limit: int = 100) -> list[dict[str, Any]]:
         """The latest egress calls, newest first."""
