@@ -263,6 +263,17 @@ async def test_an_unreachable_upstream_errs_without_the_credential(rig):
     assert "q-canary" not in body.decode() and "q-canary%2F" not in body.decode()
 
 
+async def test_an_unexpected_failure_shows_neither_its_text_nor_the_secret(rig, monkeypatch):
+    async def broken(*args: Any, **kwargs: Any) -> None:
+        raise ValueError(f"cannot parse http://x/?api_key={CANARY}")
+
+    monkeypatch.setattr(rig.gateway.egress, "forward", broken)
+    status, _, body = await raw(port_of(rig.gateway), "GET", "/egress/api/allowed/x", token=rig.alice)
+    assert status == 502 and json.loads(body)["error"]["code"] == "internal_error"
+    assert CANARY not in body.decode() and "cannot parse" not in body.decode()
+    assert (await rig.gateway.egress_calls())[0]["status"] == 502  # the audit has it (and no log line the secret)
+
+
 async def test_every_call_is_audited_with_its_attribution_and_never_the_secret(rig):
     await rig.gateway.set_assignments("alice", {"task-007": "proj-1"})
     await raw(port_of(rig.gateway), "GET", "/egress/api/allowed/a", token=rig.alice,

@@ -277,7 +277,7 @@ class GatewayServer:
         assert self.egress_proxy is not None
         proxy = self.egress_proxy
         call = EgressCall(consumer.name, "", request.method.upper(), "", started)
-        status = 500  # an exception of ours: the audit still has the call
+        status = 500  # cancelled mid-call: the audit still has it
         error_code: str | None = "internal_error"
         try:
             attributed = Call(consumer.name, started)
@@ -290,6 +290,11 @@ class GatewayServer:
             status, error_code = exc.status, exc.code
             exc.message = proxy.redact_all(exc.message)
             return exc.response()
+        except Exception as exc:  # noqa: BLE001 - its text may hold the upstream URL (a query credential): never shown
+            status = 502
+            log.warning("%s egress %s: failed with %s", consumer.name, call.route or "-", type(exc).__name__)
+            return GatewayHTTPError(502, f"egress route {call.route!r} failed ({type(exc).__name__})",
+                                    code="internal_error", kind="upstream_error").response()
         finally:
             self.store.record_egress({
                 "consumer": call.consumer, "task": call.task, "project": call.project, "route": call.route or None,
