@@ -116,6 +116,99 @@ class ModelAlias(_Section):
         return value
 
 
+#: Methods an egress route may allow.
+EGRESS_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+EGRESS_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+WORKER_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$")
+
+
+class EgressRoute(_Section):
+    """A credentialed HTTP route (``[egress.<name>]``): the gateway calls ``base_url`` with the
+    secret added, for the workers granted it; they never see the secret (docs/egress.md)."""
+
+    base_url: str
+    secret: str  # name of the secret (secrets.toml / environment), as [models.*] api_key_secret
+    header: str | None = None  # inject the secret in this request header …
+    format: str = "{secret}"  # … formatted so, e.g. "Bearer {secret}"
+    query: str | None = None  # … or as this query parameter
+    methods: list[str] = Field(default_factory=lambda: ["GET"])
+    paths: list[str] = Field(default_factory=lambda: ["/"])  # allowed path prefixes (whole segments)
+    workers: list[str] = Field(default_factory=list)  # the workers granted the route: none by default
+    description: str = Field(default="", max_length=300)  # what the API is, shown to granted workers' models
+    timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+    max_response_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value)
+        try:
+            _ = parts.port
+        except ValueError:
+            raise ValueError(f"{value!r} has an invalid port") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc \
+                or parts.query or parts.fragment or "\\" in value or any(c.isspace() for c in value):
+            raise ValueError(f"{value!r} is not a base URL: write http(s)://host[:port][/path], "
+                             "without credentials, query or fragment")
+        return value.rstrip("/")
+
+    @field_validator("secret")
+    @classmethod
+    def _secret_name(cls, value: str) -> str:
+        if not SECRET_NAME.match(value):
+            raise ValueError("must be a secret *name* like 'github_token' (the value itself goes in secrets.toml)")
+        return value
+
+    @field_validator("header", "query")
+    @classmethod
+    def _name(cls, value: str | None) -> str | None:
+        if value is not None and not HEADER_NAME.match(value):
+            raise ValueError(f"{value!r} is not a header or parameter name")
+        return value
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, value: list[str]) -> list[str]:
+        methods = [m.upper() for m in value]
+        unknown = [m for m in methods if m not in EGRESS_METHODS]
+        if unknown or not methods:
+            raise ValueError(f"methods must be some of {', '.join(EGRESS_METHODS)} (got {', '.join(unknown) or 'none'})")
+        return sorted(set(methods), key=EGRESS_METHODS.index)
+
+    @field_validator("paths")
+    @classmethod
+    def _paths(cls, value: list[str]) -> list[str]:
+        for prefix in value:
+            segments = prefix.split("/")[1:]
+            if not prefix.startswith("/") or "//" in prefix or "%" in prefix or "\\" in prefix or "?" in prefix \
+                    or any(s in (".", "..") for s in segments) or any(c.isspace() for c in prefix):
+                raise ValueError(f"path prefix {prefix!r} must start with '/' and have no '//', '.', '..', '%', "
+                                 "'?' or backslash")
+        if not value:
+            raise ValueError("give at least one path prefix ('/' allows every path)")
+        return value
+
+    @field_validator("workers")
+    @classmethod
+    def _workers(cls, value: list[str]) -> list[str]:
+        bad = [w for w in value if not WORKER_NAME.match(w) or w in ("manager", "admin")]
+        if bad:
+            raise ValueError(f"{', '.join(map(repr, bad))} is not a worker name")
+        return value
+
+    def check_injection(self, name: str) -> None:
+        """Exactly one of ``header`` and ``query``; ``format`` holds ``{secret}`` once."""
+        if (self.header is None) == (self.query is None):
+            raise ValueError(f"[egress.{name}] needs exactly one of `header` and `query` (e.g. header = "
+                             '"Authorization" with format = "Bearer {secret}", or query = "api_key")')
+        if self.format.count("{secret}") != 1 or (self.query is not None and self.format != "{secret}"):
+            raise ValueError(f"[egress.{name}] format = {self.format!r} must contain {{secret}} exactly once "
+                             "(and is for `header` only)")
+
+
 class SkillsConfig(_Section):
     api_url: str = "https://skills.sh"
     download_url: str | None = None
@@ -244,6 +337,24 @@ class HiclawConfig(_Section):
     skills: SkillsConfig = Field(default_factory=SkillsConfig)
     team: TeamConfig = Field(default_factory=TeamConfig)
     plugins: PluginsConfig = Field(default_factory=PluginsConfig)
+    egress: dict[str, EgressRoute] = Field(default_factory=dict)
+
+    @field_validator("egress")
+    @classmethod
+    def _egress_names(cls, value: dict[str, EgressRoute]) -> dict[str, EgressRoute]:
+        for name, route in value.items():
+            if not EGRESS_NAME.match(name):
+                raise ValueError(f"route name {name!r} must be lower-case letters, digits, '_' or '-'")
+            route.check_injection(name)
+        return value
+
+    def egress_grants(self) -> dict[str, list[str]]:
+        """``{worker: [egress route names]}`` from the routes' ``workers`` lists."""
+        grants: dict[str, list[str]] = {}
+        for name, route in sorted(self.egress.items()):
+            for worker in route.workers:
+                grants.setdefault(worker, []).append(name)
+        return grants
 
     @field_validator("models")
     @classmethod

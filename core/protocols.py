@@ -280,6 +280,18 @@ class TaskAssignments(Protocol):
 
 
 @runtime_checkable
+class EgressRoutes(Protocol):
+    """A gateway that proxies credentialed HTTP routes (``[egress.<name>]``, docs/egress.md): it
+    serves ``ANY /egress/<route>/<path>`` to consumers granted the route, adds the route's secret
+    (which it resolves from the secrets it declared at registration) and keeps it out of every
+    answer and log line. Without it, a team whose config has ``[egress]`` refuses to start."""
+
+    async def set_egress(self, routes: Mapping[str, Any], grants: Mapping[str, Sequence[str]]) -> None:
+        """Replace the routes (``{name: hiclaw.config.EgressRoute}``) and who may use them
+        (``{consumer: [route names]}``). Takes effect on the next request."""
+
+
+@runtime_checkable
 class UsageLedger(Protocol):
     """A gateway that meters usage. Without it, ``hiclaw usage`` and the Manager's usage report
     say that the gateway keeps no ledger."""

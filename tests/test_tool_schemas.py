@@ -19,6 +19,7 @@ from hiclaw.manager.memory import manager_skill_names
 from hiclaw.manager.tools import manager_tools
 from hiclaw.models import ToolSpec
 from hiclaw.registry.tools import skill_tool_specs
+from hiclaw.worker.spec import EgressGrant
 from hiclaw.worker.tools import WorkerTools
 
 TABLE = Path(__file__).parent / "data" / "tool_schemas.json"
@@ -33,6 +34,10 @@ def built_in_tools() -> dict[str, list[ToolSpec]]:
         "scheduler": schedule_tools(SimpleNamespace()),  # type: ignore[arg-type]
         "worker": WorkerTools(SimpleNamespace(name="alice")).specs(),
         "registry": skill_tool_specs(SimpleNamespace()),  # type: ignore[arg-type]
+        # A worker granted an egress route gets one more tool (issue 17, part 3); the others' lists stay as above.
+        "worker_egress": [t for t in WorkerTools(SimpleNamespace(name="alice", spec=SimpleNamespace(egress=[
+            EgressGrant(name="github", description="GitHub REST API", methods=["GET", "POST"], paths=["/repos/"])]))
+        ).specs() if t.name == "http_request"],
     }
 
 

@@ -8,7 +8,9 @@ copies them into its workspace), and knocks on every port of its loopback — th
 gateway, the control API and the homeserver, and whatever else answers — with and without its
 own tokens. The canary must appear in none of: its tool outputs as the model received them
 (captured by the scripted model), its files in storage, its log, and every Matrix message the
-admin can see. Positive controls prove the sweep ran (a decoy of the same shape planted in the
+admin can see. The worker is also granted an egress route to an API on the host's loopback that
+echoes the credential it receives (another canary, in ``secrets.toml``): the port sweep calls it
+with every token, and that secret must stay out of everything too. Positive controls prove the sweep ran (a decoy of the same shape planted in the
 worker's own home is found; the bridges answer), and a negative control runs the same sweep on
 the host side, where it does find the canary in ``secrets.toml`` — so this test fails on a leak.
 """
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from hiclaw.config import Secrets
 from hiclaw.storage import layout
@@ -77,7 +80,7 @@ for pid in os.listdir("/proc"):
         pass
 tokens = {"none": None, "gateway": (spec.get("gateway") or {}).get("token"), "control": spec.get("control_token"),
           "matrix": ((spec.get("channel") or {}).get("settings") or {}).get("access_token")}
-paths = ["/", "/v1/models", "/v1/health", "/v1/status", "/v1/usage", "/healthz", "/_scripted/stats",
+paths = ["/egress/api/echo", "/egress/api/../api/echo", "/", "/v1/models", "/v1/health", "/v1/status", "/v1/usage", "/healthz", "/_scripted/stats",
          "/_scripted/requests", "/_matrix/client/versions", "/_matrix/client/v3/account/whoami",
          "/_matrix/client/v3/sync", "/_synapse/admin/v1/server_version", "/_synapse/admin/v2/users",
          "/_synapse/admin/v1/register", "/metrics", "/secrets.toml", "/config.toml"]
@@ -156,10 +159,39 @@ def leaks(seen: dict[str, bytes], canary: str) -> list[str]:
     return sorted(where for where, data in seen.items() if canary.encode() in data)
 
 
+async def echo_api() -> tuple[web.AppRunner, list[dict[str, Any]]]:
+    """An API on the host's loopback behind an egress route: it echoes the credential it gets."""
+    received: list[dict[str, Any]] = []
+
+    async def echo(request: web.Request) -> web.Response:
+        received.append({"target": request.raw_path, "authorization": request.headers.get("Authorization", "")})
+        return web.json_response(received[-1], headers={"X-Echo": request.headers.get("Authorization", "")})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", echo)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner, received
+
+
 async def run_sweep(tmp_path: Path, skip: str) -> None:
     canary = "hcanary-" + secrets.token_hex(16)
     decoy = "hcanary-" + secrets.token_hex(16)  # same shape, planted where the worker may look
-    async with running_team(tmp_path / "home", sweep_scenario(skip), provider_key=canary) as team:
+    route_secret = "hcanary-" + secrets.token_hex(16)  # an egress route's credential (issue 17, part 3)
+    api, received = await echo_api()
+    egress = {"api": {"base_url": f"http://127.0.0.1:{api.addresses[0][1]}", "secret": "api_canary",
+                      "header": "Authorization", "format": "Bearer {secret}", "workers": [WORKER]}}
+    try:
+        await sweep_team(tmp_path, skip, canary, decoy, route_secret, egress, received)
+    finally:
+        await api.cleanup()
+
+
+async def sweep_team(tmp_path: Path, skip: str, canary: str, decoy: str, route_secret: str, egress: dict[str, Any],
+                     received: list[dict[str, Any]]) -> None:
+    async with running_team(tmp_path / "home", sweep_scenario(skip), provider_key=canary,
+                            secrets={"api_canary": route_secret}, egress=egress) as team:
         plane = team.plane
         assert plane.config.models["smart"].api_key_secret == "scripted_api_key"
         assert canary in (team.home / "secrets.toml").read_text()
@@ -187,6 +219,9 @@ async def run_sweep(tmp_path: Path, skip: str) -> None:
         assert opened == bridged, f"inside the sandbox {opened} answered; bridged: {bridged}"
         assert team.model.port not in opened  # a host port that is not bridged stays out of reach
         assert "answered" in report.body
+        # The egress route was called from inside (with the worker's token) and got its credential…
+        assert any(r["authorization"] == f"Bearer {route_secret}" and r["target"] == "/echo" for r in received), received
+        assert not any(".." in r["target"] for r in received)  # …and the '..' variant was refused
 
         seen = await everything_the_worker_produced(team)
         assert len(seen) > 10

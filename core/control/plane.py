@@ -25,6 +25,7 @@ from hiclaw.config import HiclawConfig, Secrets
 from hiclaw.control.api import ControlAPI
 from hiclaw.control.chat import ControlChat
 from hiclaw.control.cron import check_timezone
+from hiclaw.control.egress import apply_egress, check_egress
 from hiclaw.control.idle import IdlePolicy
 from hiclaw.control.incoming import Incoming
 from hiclaw.control.outbox import Outbox, crash_hook_for_tests
@@ -168,6 +169,7 @@ class ControlPlane:
                 raise ConfigError(f"model alias {alias!r} needs the secret {spec.api_key_secret!r}, which is not set",
                                   hint=f"add `{spec.api_key_secret} = \"…\"` to {self.secrets.path} or export "
                                        f"{spec.api_key_secret.upper()}")
+        check_egress(self.config, self.secrets)
 
     async def start(self) -> None:
         started = time.perf_counter()
@@ -206,6 +208,7 @@ class ControlPlane:
         gateway = self.gateway = self.host.create("gateway", self.config.gateway.plugin, self.config.gateway.settings,
                                                   self._ctx(), section="gateway.settings")
         self._on_stop("gateway", gateway.stop)
+        await apply_egress(self.config, gateway, self.host.registration("gateway", self.config.gateway.plugin).plugin)
         await gateway.start()
         self.components["gateway"] = gateway
         self.progress(f"gateway: {gateway.base_url}")

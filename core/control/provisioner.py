@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from urllib.parse import urlparse
 
+from hiclaw.control.egress import worker_routes
 from hiclaw.errors import HiclawError, InvalidInputError, NotFoundError
 from hiclaw.models import TaskState, WorkerState
 from hiclaw.protocols import AccountRemoval, AdoptingSandbox, NeutralPaths, TaskAssignments, TokenChecker
@@ -310,6 +311,8 @@ class Provisioner:
                "orphan_timeout": config.team.orphan_timeout_seconds,
                "turn_limit": config.team.max_turns_per_room_per_minute,
                "bridges": sorted(self.bridge_urls())}
+        if worker_routes(config, worker.name):  # only then: other workers' runs are still adopted after an upgrade
+            doc["egress"] = worker_routes(config, worker.name)
         return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
     def run_record_path(self, name: str) -> Path:
@@ -355,6 +358,7 @@ class Provisioner:
             default_plugins=self.worker_plugins(access.plugin), entry_point_plugins=self.installed_plugins(),
             orphan_timeout_seconds=self.config.team.orphan_timeout_seconds,
             max_turns_per_room_per_minute=self.config.team.max_turns_per_room_per_minute,
+            egress=worker_routes(self.config, worker.name),
         )
 
     def _sandbox_spec(self, worker: Worker, runtime: Any, access: Any, fingerprint: str) -> Any:

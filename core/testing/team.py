@@ -79,7 +79,7 @@ async def running_team(home: Path, scenario: Any, *, registry_url: str = "https:
                        sandbox: str | None = None, provider_key: str | None = None,
                        storage: StorageConfig | None = None, secrets: dict[str, str] | None = None,
                        gateway_settings: dict[str, Any] | None = None, unruly: Any = None,
-                       provider: Any = None, **team: Any) -> AsyncIterator[Team]:
+                       provider: Any = None, egress: dict[str, Any] | None = None, **team: Any) -> AsyncIterator[Team]:
     """``provider_key``: the scripted model requires it (``Authorization: Bearer …``), and the team
     keeps it as a real provider key — the secret ``scripted_api_key`` in ``secrets.toml``, named by
     every model alias, sent upstream by the gateway only. ``storage`` and ``secrets`` (more entries
@@ -90,7 +90,8 @@ async def running_team(home: Path, scenario: Any, *, registry_url: str = "https:
     an OpenAI-compatible provider already running — anything with ``base_url`` (and ``model_name``,
     the name every alias asks for), e.g. the real small model of :mod:`hiclaw.testing.smallmodel`
     — instead of a scripted one (``scenario`` is then ignored, and the provider is left running;
-    ``provider_key`` must be the key it requires)."""
+    ``provider_key`` must be the key it requires). ``egress``: ``[egress.<name>]`` routes (their
+    secrets go in ``secrets``)."""
     from hiclaw.demo.admin import AdminClient
     from hiclaw.scripted import Scenario, parse_scenario
     from hiclaw.scripted.server import ScriptedModelServer
@@ -109,7 +110,7 @@ async def running_team(home: Path, scenario: Any, *, registry_url: str = "https:
     config = team_config(model.base_url, registry_url=registry_url, sandbox=sandbox,
                          key_secret=PROVIDER_KEY_SECRET if provider_key else None, storage=storage,
                          gateway_settings=gateway_settings,
-                         model_name=getattr(provider, "model_name", None) or "scripted-{alias}", **team)
+                         model_name=getattr(provider, "model_name", None) or "scripted-{alias}", egress=egress, **team)
     extra = {**(secrets or {}), **({PROVIDER_KEY_SECRET: provider_key} if provider_key else {})}
     if extra:
         home.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - test helper: one local mkdir

@@ -49,6 +49,16 @@ class LazySession:
         except NO_ANSWER as exc:
             raise Unreachable(type(exc).__name__) from None
 
+    async def request(self, method: str, url: str, *, params: dict[str, str] | None = None, data: bytes | None = None,
+                      headers: dict[str, str] | None = None) -> tuple[int, bytes, dict[str, str]]:
+        """(status, body, headers); :class:`Unreachable` if nothing answered. No redirects followed."""
+        try:
+            async with self.get().request(method, url, params=params, data=data, headers=headers,
+                                          allow_redirects=False) as response:
+                return response.status, await response.read(), dict(response.headers.items())
+        except NO_ANSWER as exc:
+            raise Unreachable(type(exc).__name__) from None
+
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
@@ -66,6 +76,22 @@ class WorkerGatewayClient(GatewayClient):
         self.outage_grace = outage_grace
         self.max_retry_wait = max_retry_wait
         self._session = LazySession(timeout)
+
+    @property
+    def root(self) -> str:
+        """The gateway's root (its base URL without the OpenAI ``/v1``)."""
+        return self.base_url[:-3] if self.base_url.endswith("/v1") else self.base_url
+
+    async def egress(self, route: str, method: str, path: str, *, query: dict[str, str] | None = None,
+                     body: bytes | None = None, headers: dict[str, str] | None = None,
+                     task_id: str | None = None) -> tuple[int, bytes, dict[str, str]]:
+        """Call egress route ``route`` (``ANY {root}/egress/<route><path>``) with this consumer's token."""
+        sent = {k: v for k, v in (headers or {}).items() if k.lower() != "authorization"}
+        sent["Authorization"] = f"Bearer {self._token}"
+        if task_id:
+            sent["X-Hiclaw-Task"] = task_id
+        return await self._session.request(method, f"{self.root}/egress/{route}{path}", params=query or None,
+                                           data=body, headers=sent)
 
     async def _post(self, url: str, body: dict[str, Any], headers: dict[str, str]) -> Answer:
         return await self._session.post(url, body, headers)

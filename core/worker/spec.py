@@ -24,6 +24,16 @@ class GatewayRef(BaseModel):
     token: SecretStr
 
 
+class EgressGrant(BaseModel):
+    """An egress route granted to the worker, as its ``http_request`` tool describes it."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    description: str = ""
+    methods: list[str] = Field(default_factory=lambda: ["GET"])
+    paths: list[str] = Field(default_factory=lambda: ["/"])
+
+
 class WorkerRuntimeSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -53,6 +63,9 @@ class WorkerRuntimeSpec(BaseModel):
     #: Installed (entry-point) plugins the worker loads: the ones the control plane loaded, so
     #: both sides run the same plugins. ``None`` loads every installed one.
     entry_point_plugins: list[str] | None = None
+    #: The credentialed HTTP routes granted to it (``[egress.<name>] workers``): names and rules,
+    #: never a secret. Its ``http_request`` tool is offered only when there is one.
+    egress: list[EgressGrant] = Field(default_factory=list)
 
     def to_env(self) -> str:
         data = self.model_dump(mode="json")

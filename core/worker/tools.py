@@ -1,5 +1,6 @@
 """A Worker's tools: files in its home and task folders, commands in its sandbox, skills through
-the control plane, progress notes, the result report and its memory.
+the control plane, progress notes, the result report, its memory and — when granted an egress
+route — ``http_request`` through the gateway.
 
 Registered by the default plugin ``worker-tools`` (:mod:`hiclaw.worker.plugin`); the tools reach the worker through
 ``ctx.runtime`` (a :class:`hiclaw.worker.runtime.WorkerRuntime`). Bookkeeping is code:
@@ -182,7 +183,50 @@ class WorkerTools:
         await self.rt.storage.put(key, (current.rstrip("\n") + "\n" + line + "\n").encode())
         return {"remembered": line}
 
+    async def http_request(self, route: str, method: str = "GET", path: str = "/", query: dict[str, str] | None = None,
+                           body: str | None = None, headers: dict[str, str] | None = None) -> Any:
+        """Call an HTTP API through the gateway, which adds the credential you never see.
+
+        Args:
+            route: the name of a route granted to you.
+            method: the HTTP method (the route allows only some).
+            path: the path under the route's base URL, starting with '/'.
+            query: query parameters.
+            body: the request body (text; e.g. JSON — set its Content-Type in headers).
+            headers: extra request headers (Authorization and cookies are never passed on).
+        """
+        from hiclaw.agent.client import Unreachable
+
+        granted = {grant.name for grant in self.egress_grants()}
+        if route not in granted:
+            raise InvalidInputError(f"route {route!r} is not granted to you",
+                                    hint=f"use one of {', '.join(sorted(granted)) or 'none'}")
+        path = path if path.startswith("/") else "/" + path
+        task = self.rt.current.task_id if getattr(self.rt, "current", None) else None
+        try:
+            status, data, answer_headers = await self.rt.gateway.egress(
+                route, method.upper(), path, query=query, body=body.encode() if body is not None else None,
+                headers=headers, task_id=task)
+        except Unreachable as exc:
+            raise InvalidInputError(f"the gateway did not answer ({exc})", hint="try again in a moment") from None
+        shown = {k: v for k, v in answer_headers.items() if k.lower() in ("content-type", "location", "retry-after",
+                                                                          "link", "etag", "last-modified")}
+        return {"status": status, "headers": shown, "body": _cap(data.decode("utf-8", errors="replace"))}
+
+    def egress_grants(self) -> list[Any]:
+        spec = getattr(self.rt, "spec", None)
+        return list(getattr(spec, "egress", None) or [])
+
+    def http_request_spec(self) -> ToolSpec:
+        routes = "; ".join(f"{g.name} ({', '.join(g.methods)} under {', '.join(g.paths)})"
+                           + (f": {g.description}" if g.description else "") for g in self.egress_grants())
+        return function_tool(self.http_request, description="Call an HTTP API through the gateway, which adds the "
+                             f"credential you never see. Your routes: {routes}.")
+
     def specs(self) -> list[ToolSpec]:
-        return [function_tool(tool) for tool in (
+        tools = [function_tool(tool) for tool in (
             self.list_files, self.read_file, self.write_file, self.run_command, self.skills_find, self.skills_add,
             self.skills_read, self.progress_note, self.report_result, self.memory_append)]
+        if self.egress_grants():  # only a worker granted a route is offered the tool
+            tools.append(self.http_request_spec())
+        return tools

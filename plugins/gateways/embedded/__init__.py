@@ -4,7 +4,8 @@ It is the only place real provider keys live. Agents hold consumer tokens (rando
 hashed); the gateway maps model aliases (``[models.<alias>]``) to providers, enforces per-consumer
 model allow-lists and budgets (consumer and project; warning hook at 80 %, 429 at 100 %), falls
 back to a second alias on upstream 5xx/timeouts, and writes a usage ledger (tokens and cost per
-consumer, task, project and model). User guide: ``docs/gateway.md``.
+consumer, task, project and model). It also serves credentialed HTTP routes (``[egress.<name>]``,
+``ANY /egress/<route>/<path>``, :mod:`~hiclaw.plugins.gateways.embedded.egress`; docs/egress.md). User guide: ``docs/gateway.md``.
 
 Quick start (Python)::
 
@@ -20,7 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 from hiclaw import hookimpl
-from hiclaw.plugins.gateways.embedded.settings import EmbeddedGatewaySettings, provider_secret_names
+from hiclaw.plugins.gateways.embedded.settings import EmbeddedGatewaySettings, gateway_secret_names
 from hiclaw.protocols import RegisterGateway
 
 
@@ -36,6 +37,6 @@ def hiclaw_register_gateways(register: RegisterGateway) -> None:
         "embedded-gateway",
         make_embedded_gateway,
         settings_model=EmbeddedGatewaySettings,
-        secrets=provider_secret_names,
+        secrets=gateway_secret_names,
         description="built-in OpenAI-compatible gateway: consumer tokens, aliases, budgets, usage ledger",
     )

@@ -55,6 +55,10 @@ class EmbeddedGateway:
         self._runner: Any = None
         self._upstreams: list[Any] = []
         self._hook_tasks: set[asyncio.Task[None]] = set()
+        from hiclaw.plugins.gateways.embedded.egress import EgressProxy
+
+        self.egress = EgressProxy(secrets=ctx.secrets, redact=Redactor(ctx.secrets.values()),
+                                  max_body_bytes=settings.max_body_bytes)
 
     # ------------------------------------------------------------------ serving
 
@@ -87,8 +91,13 @@ class EmbeddedGateway:
         self._upstreams = [u for u in (direct, via_litellm) if u is not None]
         for upstream in self._upstreams:
             await upstream.start()
+        config = self.ctx.config
+        if not self.egress.configured and config is not None and config.egress:
+            self.egress.set(config.egress, config.egress_grants())  # standalone (`hiclaw gateway serve`)
+        await self.egress.start()
+        self._upstreams.append(self.egress)
         server = GatewayServer(settings=self.settings, store=self.store, router=router, direct=direct,
-                               via_litellm=via_litellm, on_crossings=self._budget_warnings)
+                               via_litellm=via_litellm, on_crossings=self._budget_warnings, egress=self.egress)
         runner = web.AppRunner(server.app(), access_log=None, handle_signals=False)
         await runner.setup()
         try:
@@ -163,6 +172,19 @@ class EmbeddedGateway:
         """What ``consumer`` works on now, from the control plane (``{task id: project id or None}``).
         From then on its calls are attributed from this, never from its own headers."""
         self.store.set_assignments(consumer, dict(assignments))
+
+    # ------------------------------------------------------------------ egress routes
+
+    async def set_egress(self, routes: Mapping[str, Any], grants: Mapping[str, Sequence[str]]) -> None:
+        """The credentialed HTTP routes (``{name: EgressRoute}``) and ``{consumer: [route names]}``
+        (``hiclaw.protocols.EgressRoutes``); each route's secret must be among the declared ones."""
+        self.egress.set(routes, grants)
+        if self._runner is not None:
+            await self.egress.start()
+
+    async def egress_calls(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The latest egress calls (audit), newest first."""
+        return self.store.egress_calls(limit)
 
     # ------------------------------------------------------------------ budgets and usage
 

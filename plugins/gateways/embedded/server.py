@@ -1,4 +1,5 @@
-"""The gateway's HTTP handlers: ``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /healthz``.
+"""The gateway's HTTP handlers: ``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /healthz``,
+and ``ANY /egress/<route>/<path>`` (credentialed HTTP routes, :mod:`~hiclaw.plugins.gateways.embedded.egress`).
 
 Order of checks for a completion (each answered OpenAI-style): token (401) → body size (413) →
 JSON and the parameter allow-list (400, :mod:`~hiclaw.plugins.gateways.embedded.params`) → model
@@ -25,6 +26,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from hiclaw.plugins.gateways.embedded.budget import BudgetGuard, estimate_cost
+from hiclaw.plugins.gateways.embedded.egress import EgressCall, EgressProxy
 from hiclaw.plugins.gateways.embedded.errors import GatewayHTTPError, UpstreamError, bad_request, unauthorized
 from hiclaw.plugins.gateways.embedded.params import check_request
 from hiclaw.plugins.gateways.embedded.routing import Route, Router
@@ -57,8 +59,9 @@ class Call:
 class GatewayServer:
     def __init__(self, *, settings: EmbeddedGatewaySettings, store: GatewayStore, router: Router,
                  direct: DirectUpstream, via_litellm: LitellmUpstream | None,
-                 on_crossings: Callable[[list[BudgetCrossing]], None]) -> None:
+                 on_crossings: Callable[[list[BudgetCrossing]], None], egress: EgressProxy | None = None) -> None:
         self.settings = settings
+        self.egress_proxy = egress
         self.store = store
         self.router = router
         self.direct = direct
@@ -71,6 +74,8 @@ class GatewayServer:
         app.router.add_post("/v1/chat/completions", self.chat_completions)
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/healthz", self.health)
+        if self.egress_proxy is not None:
+            app.router.add_route("*", "/egress/{tail:.*}", self.egress)
         return app
 
     # ------------------------------------------------------------------ checks
@@ -261,6 +266,42 @@ class GatewayServer:
             return exc.response()
         data = [{"id": alias, "object": "model", "created": 0, "owned_by": "hiclaw"} for alias in self._allowed(consumer)]
         return web.json_response({"object": "list", "data": data})
+
+    async def egress(self, request: web.Request) -> web.StreamResponse:
+        """``ANY /egress/<route>/<path>``: refused or forwarded by the egress proxy, then audited."""
+        started = time.perf_counter()
+        try:
+            consumer = self._authenticate(request)
+        except GatewayHTTPError as exc:
+            return exc.response()
+        assert self.egress_proxy is not None
+        proxy = self.egress_proxy
+        call = EgressCall(consumer.name, "", request.method.upper(), "", started)
+        status = 500  # cancelled mid-call: the audit still has it
+        error_code: str | None = "internal_error"
+        try:
+            attributed = Call(consumer.name, started)
+            self._attribute(request, consumer, attributed)
+            call.task, call.project = attributed.task, attributed.project
+            response = await proxy.serve(request, consumer.name, call)
+            status, error_code = response.status, None
+            return response
+        except GatewayHTTPError as exc:
+            status, error_code = exc.status, exc.code
+            exc.message = proxy.redact_all(exc.message)
+            return exc.response()
+        except Exception as exc:  # noqa: BLE001 - its text may hold the upstream URL (a query credential): never shown
+            status = 502
+            log.warning("%s egress %s: failed with %s", consumer.name, call.route or "-", type(exc).__name__)
+            return GatewayHTTPError(502, f"egress route {call.route!r} failed ({type(exc).__name__})",
+                                    code="internal_error", kind="upstream_error").response()
+        finally:
+            self.store.record_egress({
+                "consumer": call.consumer, "task": call.task, "project": call.project, "route": call.route or None,
+                "method": call.method[:16], "path": proxy.redact_all(call.path), "status": status, "error": error_code,
+                "request_bytes": call.request_bytes, "response_bytes": call.response_bytes,
+                "latency_ms": round((time.perf_counter() - started) * 1000, 3)})
+            proxy.log_line(call, status, error_code)
 
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response({"ok": True})

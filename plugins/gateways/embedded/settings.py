@@ -30,7 +30,14 @@ class EmbeddedGatewaySettings(BaseModel):
 
 
 def provider_secret_names(config: Any) -> Sequence[str]:
-    """The secrets the gateway needs: one per distinct ``api_key_secret`` of the model aliases."""
+    """The provider keys the gateway needs: one per distinct ``api_key_secret`` of the model aliases."""
     if config is None:
         return ()
     return sorted({alias.api_key_secret for alias in config.models.values() if alias.api_key_secret})
+
+
+def gateway_secret_names(config: Any) -> Sequence[str]:
+    """What the embedded gateway declares: the provider keys and every egress route's ``secret``."""
+    if config is None:
+        return ()
+    return sorted({*provider_secret_names(config), *(route.secret for route in config.egress.values())})

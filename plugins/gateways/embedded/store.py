@@ -1,4 +1,5 @@
-"""The gateway's SQLite database (WAL): consumers and their hashed tokens, project budgets, ledger.
+"""The gateway's SQLite database (WAL): consumers and their hashed tokens, project budgets, ledger,
+and the audit of egress calls (every table ``IF NOT EXISTS``: opening an older file adds what it lacks).
 
 The CLI and the running server open the same file. The server keeps consumers and projects in
 memory and reloads them whenever another connection has committed (``PRAGMA data_version``
@@ -64,6 +65,23 @@ CREATE TABLE IF NOT EXISTS assignments (
     consumer TEXT PRIMARY KEY,
     tasks TEXT NOT NULL               -- JSON object
 );
+-- One row per call of a credentialed HTTP route (egress.py), refused or not; never the query.
+CREATE TABLE IF NOT EXISTS egress_calls (
+    id INTEGER PRIMARY KEY,
+    ts REAL NOT NULL,
+    consumer TEXT NOT NULL,
+    task TEXT,
+    project TEXT,
+    route TEXT,
+    method TEXT NOT NULL,
+    path TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    error TEXT,
+    request_bytes INTEGER NOT NULL DEFAULT 0,
+    response_bytes INTEGER NOT NULL DEFAULT 0,
+    latency_ms REAL NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS egress_calls_ts ON egress_calls(ts);
 CREATE INDEX IF NOT EXISTS ledger_ts ON ledger(ts);
 CREATE INDEX IF NOT EXISTS ledger_consumer ON ledger(consumer);
 -- Spending follows from the ledger inside the same statement: one INSERT per call is atomic.
@@ -337,6 +355,20 @@ class GatewayStore:
             rows.append({**keys, "calls": calls, "errors": errors, "prompt_tokens": prompt, "completion_tokens": completion,
                          "total_tokens": prompt + completion, "cost_usd": round(cost, 9), "avg_latency_ms": round(latency, 1)})
         return rows
+
+    def record_egress(self, row: dict[str, Any]) -> None:
+        """Append one egress call (keys: the columns of ``egress_calls`` but ``id`` and ``ts``)."""
+        columns = ("consumer", "task", "project", "route", "method", "path", "status", "error", "request_bytes",
+                   "response_bytes", "latency_ms")
+        self._db.execute(f"INSERT INTO egress_calls(ts, {', '.join(columns)}) "  # noqa: S608 - fixed columns
+                         f"VALUES (?{', ?' * len(columns)})",
+                         (time.time(), *(row.get(c, 0 if c.endswith(("_bytes", "_ms")) else None) for c in columns)))
+
+    def egress_calls(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The latest egress calls, newest first."""
+        cursor = self._db.execute("SELECT * FROM egress_calls ORDER BY id DESC LIMIT ?", (limit,))
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor]
 
     def ledger(self, limit: int = 100) -> list[dict[str, Any]]:
         """The latest ledger rows, newest first."""
