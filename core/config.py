@@ -123,6 +123,35 @@ WORKER_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$")
 
 
+def check_base_url(value: str) -> str:
+    """An http(s) base URL without credentials, query or fragment (trailing '/' dropped)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(value)
+    try:
+        _ = parts.port
+    except ValueError:
+        raise ValueError(f"{value!r} has an invalid port") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc \
+            or parts.query or parts.fragment or "\\" in value or any(c.isspace() for c in value):
+        raise ValueError(f"{value!r} is not a base URL: write http(s)://host[:port][/path], "
+                         "without credentials, query or fragment")
+    return value.rstrip("/")
+
+
+def check_secret_name(value: str) -> str:
+    if not SECRET_NAME.match(value):
+        raise ValueError("must be a secret *name* like 'github_token' (the value itself goes in secrets.toml)")
+    return value
+
+
+def check_worker_names(value: list[str]) -> list[str]:
+    bad = [w for w in value if not WORKER_NAME.match(w) or w in ("manager", "admin")]
+    if bad:
+        raise ValueError(f"{', '.join(map(repr, bad))} is not a worker name")
+    return value
+
+
 class EgressRoute(_Section):
     """A credentialed HTTP route (``[egress.<name>]``): the gateway calls ``base_url`` with the
     secret added, for the workers granted it; they never see the secret (docs/egress.md)."""
@@ -142,25 +171,12 @@ class EgressRoute(_Section):
     @field_validator("base_url")
     @classmethod
     def _url(cls, value: str) -> str:
-        from urllib.parse import urlsplit
-
-        parts = urlsplit(value)
-        try:
-            _ = parts.port
-        except ValueError:
-            raise ValueError(f"{value!r} has an invalid port") from None
-        if parts.scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc \
-                or parts.query or parts.fragment or "\\" in value or any(c.isspace() for c in value):
-            raise ValueError(f"{value!r} is not a base URL: write http(s)://host[:port][/path], "
-                             "without credentials, query or fragment")
-        return value.rstrip("/")
+        return check_base_url(value)
 
     @field_validator("secret")
     @classmethod
     def _secret_name(cls, value: str) -> str:
-        if not SECRET_NAME.match(value):
-            raise ValueError("must be a secret *name* like 'github_token' (the value itself goes in secrets.toml)")
-        return value
+        return check_secret_name(value)
 
     @field_validator("header", "query")
     @classmethod
@@ -194,10 +210,7 @@ class EgressRoute(_Section):
     @field_validator("workers")
     @classmethod
     def _workers(cls, value: list[str]) -> list[str]:
-        bad = [w for w in value if not WORKER_NAME.match(w) or w in ("manager", "admin")]
-        if bad:
-            raise ValueError(f"{', '.join(map(repr, bad))} is not a worker name")
-        return value
+        return check_worker_names(value)
 
     def check_injection(self, name: str) -> None:
         """Exactly one of ``header`` and ``query``; ``format`` holds ``{secret}`` once."""
@@ -207,6 +220,98 @@ class EgressRoute(_Section):
         if self.format.count("{secret}") != 1 or (self.query is not None and self.format != "{secret}"):
             raise ValueError(f"[egress.{name}] format = {self.format!r} must contain {{secret}} exactly once "
                              "(and is for `header` only)")
+
+
+MCP_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
+
+class McpServer(_Section):
+    """An MCP server behind the gateway (``[mcp.<name>]``, docs/mcp.md): a ``command`` the gateway
+    runs outside every sandbox (stdio), or a remote ``url`` (Streamable HTTP). Its credentials come
+    from secrets.toml — into the command's environment (``secret_env``) or a request header
+    (``secret`` + ``header`` + ``format``) — and never reach a worker."""
+
+    command: str | None = None
+    args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)  # plain (non-secret) environment variables
+    secret_env: dict[str, str] = Field(default_factory=dict)  # ENV_VAR = "secret_name"
+    cwd: str | None = None
+    url: str | None = None
+    secret: str | None = None  # remote: the secret sent in `header`, formatted by `format`
+    header: str = "Authorization"
+    format: str = "Bearer {secret}"
+    headers: dict[str, str] = Field(default_factory=dict)  # remote: plain extra headers
+    tools: list[str] | None = None  # the only tools offered at all (default: every tool the server has)
+    workers: list[str] = Field(default_factory=list)  # granted every offered tool; `hiclaw mcp grant` adds more
+    description: str = Field(default="", max_length=300)  # shown to granted workers' models
+    timeout_seconds: float = Field(default=60.0, gt=0, le=3600)  # one tool call
+    max_result_bytes: int = Field(default=1024 * 1024, ge=1024)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        return None if value is None else check_base_url(value)
+
+    @field_validator("secret")
+    @classmethod
+    def _secret_name(cls, value: str | None) -> str | None:
+        return None if value is None else check_secret_name(value)
+
+    @field_validator("secret_env")
+    @classmethod
+    def _secret_env(cls, value: dict[str, str]) -> dict[str, str]:
+        for var, secret in value.items():
+            if not ENV_NAME.match(var):
+                raise ValueError(f"{var!r} is not an environment variable name")
+            check_secret_name(secret)
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = [var for var in value if not ENV_NAME.match(var)]
+        if bad:
+            raise ValueError(f"{bad[0]!r} is not an environment variable name")
+        return value
+
+    @field_validator("header")
+    @classmethod
+    def _header(cls, value: str) -> str:
+        if not HEADER_NAME.match(value):
+            raise ValueError(f"{value!r} is not a header name")
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, text in value.items():
+            if not HEADER_NAME.match(name) or any(c in text for c in "\r\n\0"):
+                raise ValueError(f"header {name!r} is not a valid header")
+        return value
+
+    @field_validator("workers")
+    @classmethod
+    def _workers(cls, value: list[str]) -> list[str]:
+        return check_worker_names(value)
+
+    def check_transport(self, name: str) -> None:
+        """Exactly one of ``command`` and ``url``, and only the keys of that transport."""
+        if (self.command is None) == (self.url is None):
+            raise ValueError(f"[mcp.{name}] needs exactly one of `command` (a stdio server the gateway runs) "
+                             "and `url` (a Streamable HTTP server)")
+        if self.command is not None and (self.secret or self.headers):
+            raise ValueError(f"[mcp.{name}] runs a command: give its credentials in `secret_env`, "
+                             "not `secret`/`headers`")
+        if self.url is not None and (self.args or self.env or self.secret_env or self.cwd):
+            raise ValueError(f"[mcp.{name}] is remote (`url`): `args`, `env`, `secret_env` and `cwd` are for "
+                             "`command` servers")
+        if self.secret is not None and self.format.count("{secret}") != 1:
+            raise ValueError(f"[mcp.{name}] format = {self.format!r} must contain {{secret}} exactly once")
+
+    def secret_names(self) -> list[str]:
+        """Every secret this server needs."""
+        return sorted({*self.secret_env.values(), *([self.secret] if self.secret else [])})
 
 
 class SkillsConfig(_Section):
@@ -338,6 +443,17 @@ class HiclawConfig(_Section):
     team: TeamConfig = Field(default_factory=TeamConfig)
     plugins: PluginsConfig = Field(default_factory=PluginsConfig)
     egress: dict[str, EgressRoute] = Field(default_factory=dict)
+    mcp: dict[str, McpServer] = Field(default_factory=dict)
+
+    @field_validator("mcp")
+    @classmethod
+    def _mcp_names(cls, value: dict[str, McpServer]) -> dict[str, McpServer]:
+        for name, server in value.items():
+            if not MCP_NAME.match(name):
+                raise ValueError(f"MCP server name {name!r} must be lower-case letters, digits, '_' or '-' "
+                                 "(at most 32)")
+            server.check_transport(name)
+        return value
 
     @field_validator("egress")
     @classmethod
@@ -354,6 +470,14 @@ class HiclawConfig(_Section):
         for name, route in sorted(self.egress.items()):
             for worker in route.workers:
                 grants.setdefault(worker, []).append(name)
+        return grants
+
+    def mcp_grants(self) -> dict[str, dict[str, list[str] | None]]:
+        """``{worker: {server: None}}`` (every offered tool) from the servers' ``workers`` lists."""
+        grants: dict[str, dict[str, list[str] | None]] = {}
+        for name, server in sorted(self.mcp.items()):
+            for worker in server.workers:
+                grants.setdefault(worker, {})[name] = None
         return grants
 
     @field_validator("models")

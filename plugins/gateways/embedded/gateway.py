@@ -59,6 +59,10 @@ class EmbeddedGateway:
 
         self.egress = EgressProxy(secrets=ctx.secrets, redact=Redactor(ctx.secrets.values()),
                                   max_body_bytes=settings.max_body_bytes)
+        from hiclaw.plugins.gateways.embedded.mcp import McpHub
+
+        self.mcp = McpHub(secrets=ctx.secrets, store=self.store, log_dir=ctx.home / "logs",
+                          max_body_bytes=settings.max_body_bytes)
 
     # ------------------------------------------------------------------ serving
 
@@ -96,8 +100,14 @@ class EmbeddedGateway:
             self.egress.set(config.egress, config.egress_grants())  # standalone (`hiclaw gateway serve`)
         await self.egress.start()
         self._upstreams.append(self.egress)
+        if not self.mcp.configured and config is not None and config.mcp:
+            self.mcp.set(config.mcp, config.mcp_grants())  # standalone (`hiclaw gateway serve`)
+        if self.mcp.servers:
+            await self.mcp.start()  # imports the MCP SDK: only when a server is configured
+        self._upstreams.append(self.mcp)
         server = GatewayServer(settings=self.settings, store=self.store, router=router, direct=direct,
-                               via_litellm=via_litellm, on_crossings=self._budget_warnings, egress=self.egress)
+                               via_litellm=via_litellm, on_crossings=self._budget_warnings, egress=self.egress,
+                               mcp=self.mcp)
         runner = web.AppRunner(server.app(), access_log=None, handle_signals=False)
         await runner.setup()
         try:
@@ -181,6 +191,32 @@ class EmbeddedGateway:
         self.egress.set(routes, grants)
         if self._runner is not None:
             await self.egress.start()
+
+    # ------------------------------------------------------------------ MCP servers
+
+    async def set_mcp(self, servers: Mapping[str, Any], grants: Mapping[str, Mapping[str, Sequence[str] | None]]) -> None:
+        """The MCP servers (``{name: McpServer}``) and ``{consumer: {server: tool names or None for
+        every offered tool}}`` (``hiclaw.protocols.McpServers``); applied to the next request."""
+        self.mcp.set(servers, grants)
+        if self._runner is not None and servers:
+            await self.mcp.start()
+
+    async def mcp_tools(self, server: str) -> list[dict[str, Any]]:
+        """The tools ``server`` offers (name, description, input schema), asked afresh."""
+        if server not in self.mcp.servers:
+            raise InvalidInputError(f"no MCP server {server!r} is configured",
+                                    hint="add it as [mcp.<name>] in config.toml (see `hiclaw mcp add --help`)")
+        from hiclaw.plugins.gateways.embedded.mcp import McpUpstreamError
+
+        try:
+            tools = await self.mcp.offered(server, fresh=True)
+        except McpUpstreamError as exc:
+            raise InvalidInputError(str(exc), hint=f"check [mcp.{server}] and its log (logs/mcp-{server}.log)") from None
+        return [{"name": t.name, "description": t.description or "", "input_schema": t.input_schema} for t in tools]
+
+    async def mcp_calls(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The latest MCP requests (audit), newest first."""
+        return self.store.mcp_calls(limit)
 
     async def egress_calls(self, limit: int = 100) -> list[dict[str, Any]]:
         """The latest egress calls (audit), newest first."""

@@ -1,5 +1,6 @@
 """The gateway's HTTP handlers: ``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /healthz``,
-and ``ANY /egress/<route>/<path>`` (credentialed HTTP routes, :mod:`~hiclaw.plugins.gateways.embedded.egress`).
+``ANY /egress/<route>/<path>`` (credentialed HTTP routes, :mod:`~hiclaw.plugins.gateways.embedded.egress`)
+and ``/mcp/<server>`` (MCP servers, :mod:`~hiclaw.plugins.gateways.embedded.mcp`; ``GET /mcp`` lists the granted ones).
 
 Order of checks for a completion (each answered OpenAI-style): token (401) → body size (413) →
 JSON and the parameter allow-list (400, :mod:`~hiclaw.plugins.gateways.embedded.params`) → model
@@ -28,6 +29,7 @@ from aiohttp import web
 from hiclaw.plugins.gateways.embedded.budget import BudgetGuard, estimate_cost
 from hiclaw.plugins.gateways.embedded.egress import EgressCall, EgressProxy
 from hiclaw.plugins.gateways.embedded.errors import GatewayHTTPError, UpstreamError, bad_request, unauthorized
+from hiclaw.plugins.gateways.embedded.mcp import McpCall, McpHub
 from hiclaw.plugins.gateways.embedded.params import check_request
 from hiclaw.plugins.gateways.embedded.routing import Route, Router
 from hiclaw.plugins.gateways.embedded.settings import EmbeddedGatewaySettings
@@ -59,9 +61,11 @@ class Call:
 class GatewayServer:
     def __init__(self, *, settings: EmbeddedGatewaySettings, store: GatewayStore, router: Router,
                  direct: DirectUpstream, via_litellm: LitellmUpstream | None,
-                 on_crossings: Callable[[list[BudgetCrossing]], None], egress: EgressProxy | None = None) -> None:
+                 on_crossings: Callable[[list[BudgetCrossing]], None], egress: EgressProxy | None = None,
+                 mcp: McpHub | None = None) -> None:
         self.settings = settings
         self.egress_proxy = egress
+        self.mcp_hub = mcp
         self.store = store
         self.router = router
         self.direct = direct
@@ -76,6 +80,9 @@ class GatewayServer:
         app.router.add_get("/healthz", self.health)
         if self.egress_proxy is not None:
             app.router.add_route("*", "/egress/{tail:.*}", self.egress)
+        if self.mcp_hub is not None:
+            app.router.add_get("/mcp", self.mcp_servers)
+            app.router.add_route("*", "/mcp/{server}", self.mcp)
         return app
 
     # ------------------------------------------------------------------ checks
@@ -302,6 +309,34 @@ class GatewayServer:
                 "request_bytes": call.request_bytes, "response_bytes": call.response_bytes,
                 "latency_ms": round((time.perf_counter() - started) * 1000, 3)})
             proxy.log_line(call, status, error_code)
+
+    async def mcp_servers(self, request: web.Request) -> web.Response:
+        """``GET /mcp``: the MCP servers granted to this consumer."""
+        try:
+            consumer = self._authenticate(request)
+        except GatewayHTTPError as exc:
+            return exc.response()
+        assert self.mcp_hub is not None
+        return web.json_response({"servers": self.mcp_hub.granted_servers(consumer.name)})
+
+    async def mcp(self, request: web.Request) -> web.StreamResponse:
+        """``/mcp/<server>``: a Streamable HTTP MCP endpoint per configured server, for its grantees."""
+        started = time.perf_counter()
+        try:
+            consumer = self._authenticate(request)
+        except GatewayHTTPError as exc:
+            return exc.response()
+        assert self.mcp_hub is not None
+        attributed = Call(consumer.name, started)
+        call = McpCall(consumer.name, request.match_info["server"])
+        try:
+            self._attribute(request, consumer, attributed)
+            call.task, call.project = attributed.task, attributed.project
+            return await self.mcp_hub.serve(request, call)
+        except GatewayHTTPError as exc:
+            if not call.audited:
+                self.mcp_hub.audit(call, request.method, None, "refused", exc.code, 0, started)
+            return exc.response()
 
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response({"ok": True})

@@ -37,7 +37,9 @@ def provider_secret_names(config: Any) -> Sequence[str]:
 
 
 def gateway_secret_names(config: Any) -> Sequence[str]:
-    """What the embedded gateway declares: the provider keys and every egress route's ``secret``."""
+    """What the embedded gateway declares: the provider keys, every egress route's ``secret`` and
+    every MCP server's secrets."""
     if config is None:
         return ()
-    return sorted({*provider_secret_names(config), *(route.secret for route in config.egress.values())})
+    return sorted({*provider_secret_names(config), *(route.secret for route in config.egress.values()),
+                   *(name for server in config.mcp.values() for name in server.secret_names())})

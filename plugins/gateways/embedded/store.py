@@ -82,6 +82,22 @@ CREATE TABLE IF NOT EXISTS egress_calls (
     latency_ms REAL NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS egress_calls_ts ON egress_calls(ts);
+-- One row per MCP request of a consumer (mcp.py): tool calls, refused or not, and listings.
+CREATE TABLE IF NOT EXISTS mcp_calls (
+    id INTEGER PRIMARY KEY,
+    ts REAL NOT NULL,
+    consumer TEXT NOT NULL,
+    task TEXT,
+    project TEXT,
+    server TEXT NOT NULL,
+    method TEXT NOT NULL,             -- tools/call, tools/list, ...
+    tool TEXT,
+    outcome TEXT NOT NULL,            -- ok | tool_error | refused | failed
+    error TEXT,
+    result_bytes INTEGER NOT NULL DEFAULT 0,
+    latency_ms REAL NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS mcp_calls_ts ON mcp_calls(ts);
 CREATE INDEX IF NOT EXISTS ledger_ts ON ledger(ts);
 CREATE INDEX IF NOT EXISTS ledger_consumer ON ledger(consumer);
 -- Spending follows from the ledger inside the same statement: one INSERT per call is atomic.
@@ -366,7 +382,22 @@ class GatewayStore:
 
     def egress_calls(self, limit: int = 100) -> list[dict[str, Any]]:
         """The latest egress calls, newest first."""
-        cursor = self._db.execute("SELECT * FROM egress_calls ORDER BY id DESC LIMIT ?", (limit,))
+        return self._latest("egress_calls", limit)
+
+    def record_mcp(self, row: dict[str, Any]) -> None:
+        """Append one MCP request (keys: the columns of ``mcp_calls`` but ``id`` and ``ts``)."""
+        columns = ("consumer", "task", "project", "server", "method", "tool", "outcome", "error", "result_bytes",
+                   "latency_ms")
+        self._db.execute(f"INSERT INTO mcp_calls(ts, {', '.join(columns)}) "  # noqa: S608 - fixed columns
+                         f"VALUES (?{', ?' * len(columns)})",
+                         (time.time(), *(row.get(c, 0 if c.endswith(("_bytes", "_ms")) else None) for c in columns)))
+
+    def mcp_calls(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The latest MCP requests, newest first."""
+        return self._latest("mcp_calls", limit)
+
+    def _latest(self, table: str, limit: int) -> list[dict[str, Any]]:
+        cursor = self._db.execute(f"SELECT * FROM {table} ORDER BY id DESC LIMIT ?", (limit,))  # noqa: S608 - fixed names
         names = [d[0] for d in cursor.description]
         return [dict(zip(names, row, strict=True)) for row in cursor]
 
