@@ -164,6 +164,7 @@ class EgressRoute(_Section):
     methods: list[str] = Field(default_factory=lambda: ["GET"])
     paths: list[str] = Field(default_factory=lambda: ["/"])  # allowed path prefixes (whole segments)
     workers: list[str] = Field(default_factory=list)  # the workers granted the route: none by default
+    manager_grants: bool = True  # the Manager may grant it to workers too (false: only the admin)
     description: str = Field(default="", max_length=300)  # what the API is, shown to granted workers' models
     timeout_seconds: float = Field(default=30.0, gt=0, le=600)
     max_response_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
@@ -244,6 +245,7 @@ class McpServer(_Section):
     headers: dict[str, str] = Field(default_factory=dict)  # remote: plain extra headers
     tools: list[str] | None = None  # the only tools offered at all (default: every tool the server has)
     workers: list[str] = Field(default_factory=list)  # granted every offered tool; `hiclaw mcp grant` adds more
+    manager_grants: bool = True  # the Manager may grant it to workers too (false: only the admin)
     description: str = Field(default="", max_length=300)  # shown to granted workers' models
     timeout_seconds: float = Field(default=60.0, gt=0, le=3600)  # one tool call
     max_result_bytes: int = Field(default=1024 * 1024, ge=1024)

@@ -292,6 +292,23 @@ class EgressRoutes(Protocol):
 
 
 @runtime_checkable
+class McpServers(Protocol):
+    """A gateway that serves MCP servers (``[mcp.<name>]``, docs/mcp.md) at ``/mcp/<server>`` to the
+    consumers granted them: it runs or reaches each server with its secrets (which it resolves from
+    those it declared at registration), lists and allows only the granted tools, and keeps the
+    secrets out of every answer and log line. Without it, a team whose config has ``[mcp]``
+    refuses to start."""
+
+    async def set_mcp(self, servers: Mapping[str, Any], grants: Mapping[str, Mapping[str, Sequence[str] | None]]) -> None:
+        """Replace the servers (``{name: hiclaw.config.McpServer}``) and who may use what
+        (``{consumer: {server: tool names, or None for every tool it offers}}``). Takes effect on
+        the next request."""
+
+    async def mcp_tools(self, server: str) -> list[dict[str, Any]]:
+        """The tools ``server`` offers (``name``, ``description``, ``input_schema``), asked afresh."""
+
+
+@runtime_checkable
 class UsageLedger(Protocol):
     """A gateway that meters usage. Without it, ``hiclaw usage`` and the Manager's usage report
     say that the gateway keeps no ledger."""

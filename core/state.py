@@ -122,6 +122,18 @@ CREATE TABLE IF NOT EXISTS inbox (
     created_at TEXT NOT NULL,
     done_at TEXT
 );
+-- Tools granted to workers at run time (`hiclaw mcp grant`, `hiclaw egress grant`, the Manager's
+-- grant tools), besides the `workers` lists of config.toml: an MCP server (every offered tool, or
+-- the JSON list in `tools`) or an egress route.
+CREATE TABLE IF NOT EXISTS tool_grants (
+    worker TEXT NOT NULL,
+    kind TEXT NOT NULL,                  -- mcp | egress
+    name TEXT NOT NULL,                  -- the server or route
+    tools TEXT,                          -- mcp: JSON list of tool names; NULL = every offered tool
+    granted_by TEXT NOT NULL,            -- admin | manager
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (worker, kind, name)
+);
 CREATE INDEX IF NOT EXISTS tasks_by_project ON tasks(project_id);
 CREATE INDEX IF NOT EXISTS tasks_by_assignee ON tasks(assignee, state);
 """
@@ -170,6 +182,18 @@ class Worker(BaseModel):
         """The one JSON view of a worker (`hiclaw status`, the Manager's worker tools)."""
         return {"name": self.name, "role": self.role, "model": self.model, "skills": self.skills,
                 "state": self.state.value}
+
+
+class ToolGrant(BaseModel):
+    """A run-time grant of an MCP server (``tools``: the granted ones, None for every offered
+    tool) or an egress route to a worker."""
+
+    worker: str
+    kind: str  # mcp | egress
+    name: str
+    tools: list[str] | None = None
+    granted_by: str = "admin"
+    created_at: str = ""
 
 
 class Project(BaseModel):
@@ -628,6 +652,33 @@ class StateDB:
         return Task(**data, depends_on=deps)
 
     # ------------------------------------------------------------------ schedules
+
+    def tool_grants(self, *, kind: str | None = None) -> list[ToolGrant]:
+        """The run-time grants (:class:`ToolGrant`), by worker, kind and name."""
+        try:
+            rows = (self._query("SELECT * FROM tool_grants WHERE kind = ? ORDER BY worker, name", (kind,)) if kind
+                    else self._query("SELECT * FROM tool_grants ORDER BY worker, kind, name"))
+        except sqlite3.OperationalError:  # a read-only look at a database older than the table
+            return []
+        return [ToolGrant(worker=r["worker"], kind=r["kind"], name=r["name"],
+                          tools=None if r["tools"] is None else json.loads(r["tools"]),
+                          granted_by=r["granted_by"], created_at=r["created_at"]) for r in rows]
+
+    def put_tool_grant(self, grant: ToolGrant) -> ToolGrant:
+        """Insert or replace the grant of ``grant.name`` to ``grant.worker``."""
+        grant = grant.model_copy(update={"created_at": grant.created_at or now_iso()})
+        with self.transaction() as conn:
+            conn.execute("INSERT INTO tool_grants(worker, kind, name, tools, granted_by, created_at) VALUES (?,?,?,?,?,?)"
+                         " ON CONFLICT(worker, kind, name) DO UPDATE SET tools = excluded.tools,"
+                         " granted_by = excluded.granted_by, created_at = excluded.created_at",
+                         (grant.worker, grant.kind, grant.name, None if grant.tools is None else json.dumps(grant.tools),
+                          grant.granted_by, grant.created_at))
+        return grant
+
+    def delete_tool_grant(self, worker: str, kind: str, name: str) -> bool:
+        with self.transaction() as conn:
+            return conn.execute("DELETE FROM tool_grants WHERE worker = ? AND kind = ? AND name = ?",
+                                (worker, kind, name)).rowcount > 0
 
     def upsert_schedule(self, schedule: Schedule) -> Schedule:
         with self.transaction() as conn:

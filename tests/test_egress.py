@@ -23,7 +23,7 @@ from aiohttp import web
 from pydantic import SecretStr
 
 from hiclaw.config import HiclawConfig, Secrets, load_config
-from hiclaw.control.egress import apply_egress, check_egress, worker_routes
+from hiclaw.control.access import apply_access, check_access, joined, worker_routes
 from hiclaw.errors import ConfigError, PluginError
 from hiclaw.host import ComponentContext, PluginHost
 from hiclaw.plugins.gateways import embedded
@@ -108,7 +108,7 @@ async def rig(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> AsyncIterator
                       secret_source=lambda name: SecretStr(values[name]) if name in values else None)
     gateway = host.create("gateway", "embedded-gateway", {"port": 0, "max_body_bytes": 4096},
                           ComponentContext(home=tmp_path, config=config))
-    await apply_egress(config, gateway, "embedded-gateway")
+    await apply_access(config, gateway, "embedded-gateway", joined(config, ()))
     await gateway.start()
     alice, bob = await gateway.mint_token("alice"), await gateway.mint_token("bob")
     try:
@@ -391,10 +391,10 @@ def test_a_route_whose_secret_is_not_set_names_the_fix(tmp_path):
     write_config(tmp_path, ROUTE + 'workers = ["alice"]\n')
     config = load_config(tmp_path, environ={})
     with pytest.raises(ConfigError) as caught:
-        check_egress(config, Secrets.load(tmp_path, environ={}))
+        check_access(config, Secrets.load(tmp_path, environ={}))
     assert "egress route 'gh' needs the secret 'gh_token', which is not set" in str(caught.value)
     assert "GH_TOKEN" in (caught.value.hint or "")
-    check_egress(config, Secrets.load(tmp_path, environ={"GH_TOKEN": "x"}))  # set: fine
+    check_access(config, Secrets.load(tmp_path, environ={"GH_TOKEN": "x"}))  # set: fine
     assert config.egress_grants() == {"alice": ["gh"]}
 
 
@@ -402,5 +402,5 @@ async def test_a_gateway_without_egress_support_refuses_a_configured_route():
     config = HiclawConfig.model_validate({"egress": {"gh": {"base_url": "https://api.github.com", "secret": "gh",
                                                             "header": "Authorization"}}})
     with pytest.raises(PluginError, match=r"gateway 'embedded-gateway' \(plugin thirdparty\) cannot serve \[egress\]"):
-        await apply_egress(config, object(), "thirdparty")
-    await apply_egress(HiclawConfig(), object(), "thirdparty")  # nothing configured: nothing needed
+        await apply_access(config, object(), "thirdparty", joined(config, ()))
+    await apply_access(HiclawConfig(), object(), "thirdparty", joined(HiclawConfig(), ()))  # nothing configured: nothing needed

@@ -37,6 +37,8 @@ LAZY_COMMANDS: dict[str, str] = {
     "status": "hiclaw.cli.up:status_command",
     "down": "hiclaw.cli.up:down_command",
     "schedule": "hiclaw.cli.schedule:schedule_group",
+    "mcp": "hiclaw.cli.access:mcp_group",
+    "egress": "hiclaw.cli.access:egress_group",
 }
 
 

@@ -22,10 +22,10 @@ from zoneinfo import ZoneInfo
 
 from hiclaw.agent import GatewayClient
 from hiclaw.config import HiclawConfig, Secrets
+from hiclaw.control.access import AccessBook, LiveAccess, check_access
 from hiclaw.control.api import ControlAPI
 from hiclaw.control.chat import ControlChat
 from hiclaw.control.cron import check_timezone
-from hiclaw.control.egress import apply_egress, check_egress
 from hiclaw.control.idle import IdlePolicy
 from hiclaw.control.incoming import Incoming
 from hiclaw.control.outbox import Outbox, crash_hook_for_tests
@@ -82,6 +82,7 @@ class ControlPlane:
     channel: Part[Any] = Part()  # a hiclaw.protocols.TeamChannel
     gateway: Part[Any] = Part()  # a hiclaw.protocols.Gateway
     storage: Part[Any] = Part()  # a hiclaw.protocols.Storage
+    access: Part[LiveAccess] = Part()  # who may use which MCP server and egress route
     supervisor: Part[Supervisor] = Part()
     api: Part[ControlAPI] = Part()
     chat: Part[ControlChat] = Part()
@@ -169,7 +170,7 @@ class ControlPlane:
                 raise ConfigError(f"model alias {alias!r} needs the secret {spec.api_key_secret!r}, which is not set",
                                   hint=f"add `{spec.api_key_secret} = \"…\"` to {self.secrets.path} or export "
                                        f"{spec.api_key_secret.upper()}")
-        check_egress(self.config, self.secrets)
+        check_access(self.config, self.secrets)
 
     async def start(self) -> None:
         started = time.perf_counter()
@@ -208,7 +209,9 @@ class ControlPlane:
         gateway = self.gateway = self.host.create("gateway", self.config.gateway.plugin, self.config.gateway.settings,
                                                   self._ctx(), section="gateway.settings")
         self._on_stop("gateway", gateway.stop)
-        await apply_egress(self.config, gateway, self.host.registration("gateway", self.config.gateway.plugin).plugin)
+        self.access = LiveAccess(AccessBook(self.config, state), gateway=gateway,
+                                 plugin=self.host.registration("gateway", self.config.gateway.plugin).plugin)
+        await self.access.apply()
         await gateway.start()
         self.components["gateway"] = gateway
         self.progress(f"gateway: {gateway.base_url}")
@@ -580,6 +583,8 @@ class ControlPlane:
         if action == "remove-worker":
             await self.provisioner.remove_worker(body["name"])
             return {"removed": body["name"]}
+        if action.startswith("access-"):
+            return await self.access.admin_action(action, body)
         if action.startswith("schedule-"):
             try:
                 scheduler = self.scheduler

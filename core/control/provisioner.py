@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from urllib.parse import urlparse
 
-from hiclaw.control.egress import worker_routes
+from hiclaw.control.access import joined, worker_routes
 from hiclaw.errors import HiclawError, InvalidInputError, NotFoundError
 from hiclaw.models import TaskState, WorkerState
 from hiclaw.protocols import AccountRemoval, AdoptingSandbox, NeutralPaths, TaskAssignments, TokenChecker
@@ -98,6 +98,10 @@ class Provisioner:
         self.ready_at: dict[str, float] = {}  # epoch seconds of each worker's latest "ready" (watchdog)
         self._locks: dict[str, asyncio.Lock] = {}
         self._warned_budget = False
+
+    def access(self) -> Any:
+        """Who may use which MCP server and egress route now (:func:`hiclaw.control.access.joined`)."""
+        return joined(self.config, self.state.tool_grants())
 
     def lock(self, name: str) -> asyncio.Lock:
         """The lock held while worker ``name`` is created, (re)started or removed."""
@@ -311,8 +315,9 @@ class Provisioner:
                "orphan_timeout": config.team.orphan_timeout_seconds,
                "turn_limit": config.team.max_turns_per_room_per_minute,
                "bridges": sorted(self.bridge_urls())}
-        if worker_routes(config, worker.name):  # only then: other workers' runs are still adopted after an upgrade
-            doc["egress"] = worker_routes(config, worker.name)
+        routes = worker_routes(config, worker.name, self.access())
+        if routes:  # only then: other workers' runs are still adopted after an upgrade
+            doc["egress"] = routes
         return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
     def run_record_path(self, name: str) -> Path:
@@ -358,7 +363,7 @@ class Provisioner:
             default_plugins=self.worker_plugins(access.plugin), entry_point_plugins=self.installed_plugins(),
             orphan_timeout_seconds=self.config.team.orphan_timeout_seconds,
             max_turns_per_room_per_minute=self.config.team.max_turns_per_room_per_minute,
-            egress=worker_routes(self.config, worker.name),
+            egress=worker_routes(self.config, worker.name, self.access()),
         )
 
     def _sandbox_spec(self, worker: Worker, runtime: Any, access: Any, fingerprint: str) -> Any:

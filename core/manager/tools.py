@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from hiclaw.agent.functions import function_tool, schema_hint
+from hiclaw.control.access import access_tools
 from hiclaw.control.schedule_tools import admin_schedule_tools
 from hiclaw.manager.memory import memory_tools
 from hiclaw.manager.plan_tools import PlannedTask, plan_tools
@@ -171,6 +172,9 @@ def manager_tools(plane: Any) -> list[ToolSpec]:
     tools.extend(memory_tools(plane))  # memory_append, memory_read, skills_read
     if getattr(plane, "scheduler", None) is not None:
         tools.extend(admin_schedule_tools(plane.scheduler))  # remind_admin, schedule_report
+    access = getattr(plane, "access", None)
+    if access is not None and (plane.config.mcp or plane.config.egress):
+        tools.extend(access_tools(access))  # grant_access, revoke_access, list_access
     tools.extend(plane.extra_manager_tools())
     return tools
 

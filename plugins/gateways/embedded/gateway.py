@@ -104,7 +104,6 @@ class EmbeddedGateway:
             self.mcp.set(config.mcp, config.mcp_grants())  # standalone (`hiclaw gateway serve`)
         if self.mcp.servers:
             await self.mcp.start()  # imports the MCP SDK: only when a server is configured
-        self._upstreams.append(self.mcp)
         server = GatewayServer(settings=self.settings, store=self.store, router=router, direct=direct,
                                via_litellm=via_litellm, on_crossings=self._budget_warnings, egress=self.egress,
                                mcp=self.mcp)
@@ -130,6 +129,7 @@ class EmbeddedGateway:
         for upstream in self._upstreams:
             await upstream.close()
         self._upstreams = []
+        await self.mcp.close()  # also when only asked for a server's tools (`hiclaw mcp tools`, team stopped)
         self.store.stop_background_checkpoints()
         if self._hook_tasks:
             await asyncio.gather(*self._hook_tasks, return_exceptions=True)
