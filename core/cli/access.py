@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from hiclaw.cli.app import App, emit_json, pass_app, table
+from hiclaw.cli.app import App, emit_json, offline_state, pass_app, table
 from hiclaw.cli.up import control_request, running_control
 from hiclaw.errors import HiclawError, InvalidInputError
 
@@ -23,17 +23,9 @@ from hiclaw.errors import HiclawError, InvalidInputError
 def offline_access(app: App, *, readonly: bool = False) -> Iterator[Any]:
     """The grants in the state DB of a team that is not running."""
     from hiclaw.control.access import AccessBook
-    from hiclaw.state import StateDB
 
-    path = app.home / "state.db"
-    if not path.exists():
-        raise HiclawError(f"no team state in {app.home}",
-                          hint="start the team once with `hiclaw up` and create a worker, or set HICLAW_HOME")
-    state = StateDB(path, readonly=readonly)
-    try:
+    with offline_state(app, readonly=readonly) as state:
         yield AccessBook(app.config, state)
-    finally:
-        state.close()
 
 
 def _change(app: App, action: str, worker: str, kind: str, name: str, tools: tuple[str, ...]) -> dict[str, Any]:

@@ -5,7 +5,8 @@ import json
 import os
 import re
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 import click
 
 from hiclaw.config import HiclawConfig, Secrets, hiclaw_home, load_config
-from hiclaw.errors import ConfigError
+from hiclaw.errors import ConfigError, HiclawError
 from hiclaw.host import PluginHost
 
 
@@ -48,6 +49,22 @@ class App:
 
 
 pass_app = click.make_pass_decorator(App, ensure=True)
+
+
+@contextmanager
+def offline_state(app: App, *, readonly: bool = False) -> Iterator[Any]:
+    """The state DB of a team that is not running (a :class:`hiclaw.state.StateDB`)."""
+    from hiclaw.state import StateDB
+
+    path = app.home / "state.db"
+    if not path.exists():
+        raise HiclawError(f"no team state in {app.home}",
+                          hint="start the team once with `hiclaw up` and create a worker, or set HICLAW_HOME")
+    state = StateDB(path, readonly=readonly)
+    try:
+        yield state
+    finally:
+        state.close()
 
 
 def emit_json(data: Any) -> None:

@@ -14,9 +14,8 @@ from typing import Any
 
 import click
 
-from hiclaw.cli.app import App, emit_json, pass_app, table
+from hiclaw.cli.app import App, emit_json, offline_state, pass_app, table
 from hiclaw.cli.up import control_request, running_control
-from hiclaw.errors import HiclawError
 
 
 @click.group("schedule")
@@ -28,17 +27,9 @@ def schedule_group() -> None:
 def offline_book(app: App, *, readonly: bool = False) -> Iterator[Any]:
     """The schedules in the state DB of a team that is not running."""
     from hiclaw.control.scheduler import ScheduleBook
-    from hiclaw.state import StateDB
 
-    path = app.home / "state.db"
-    if not path.exists():
-        raise HiclawError(f"no team state in {app.home}",
-                          hint="start the team once with `hiclaw up` and create a worker, or set HICLAW_HOME")
-    state = StateDB(path, readonly=readonly)
-    try:
+    with offline_state(app, readonly=readonly) as state:
         yield ScheduleBook(state)
-    finally:
-        state.close()
 
 
 def _when(iso: str | None, tz: str) -> str:
