@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from hiclaw.config import HiclawConfig, Secrets
 from hiclaw.errors import ConfigError, InvalidInputError, NotFoundError, PluginError
@@ -229,8 +229,6 @@ class LiveAccess:
 
 def access_tools(live: LiveAccess) -> list[Any]:
     """The Manager's tools for the same (admin-started turns only: not judgement tools)."""
-    from typing import Literal
-
     from hiclaw.agent.functions import function_tool
 
     async def grant_access(worker: str, kind: Literal["mcp", "egress"], name: str, tools: list[str] | None = None) -> Any:
