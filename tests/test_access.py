@@ -146,7 +146,7 @@ def test_cli_adds_and_removes_servers_in_config(tmp_path: Path) -> None:
     # What a user sees: one line naming the fix, no traceback.
     import subprocess
 
-    typed = subprocess.run([sys.executable, "-m", "hiclaw", "mcp", "grant", "alice", "gh"], capture_output=True,
+    typed = subprocess.run([sys.executable, "-m", "hiclaw", "mcp", "grant", "alice", "gh"], capture_output=True, check=False,
                            text=True, env={**__import__("os").environ, "HICLAW_HOME": str(tmp_path)}, timeout=60)
     assert typed.returncode != 0 and "Traceback" not in typed.stderr
     assert typed.stderr.strip().count("\n") == 0 and typed.stderr.startswith("error: ")
