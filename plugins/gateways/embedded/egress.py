@@ -165,6 +165,12 @@ class EgressProxy:
         self.grants = {consumer: frozenset(names) for consumer, names in grants.items()}
         self.configured = True
 
+    def granted_routes(self, consumer: str) -> list[dict[str, Any]]:
+        """The routes ``consumer`` may use, as a worker's ``http_request`` tool describes them."""
+        return [{"name": name, "description": t.route.description, "methods": list(t.route.methods),
+                 "paths": list(t.route.paths)}
+                for name, t in sorted(self.targets.items()) if name in self.grants.get(consumer, ())]
+
     async def start(self) -> None:
         if self._session is None and self.targets:
             import aiohttp

@@ -79,6 +79,7 @@ class GatewayServer:
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/healthz", self.health)
         if self.egress_proxy is not None:
+            app.router.add_get("/egress", self.egress_routes)
             app.router.add_route("*", "/egress/{tail:.*}", self.egress)
         if self.mcp_hub is not None:
             app.router.add_get("/mcp", self.mcp_servers)
@@ -309,6 +310,15 @@ class GatewayServer:
                 "request_bytes": call.request_bytes, "response_bytes": call.response_bytes,
                 "latency_ms": round((time.perf_counter() - started) * 1000, 3)})
             proxy.log_line(call, status, error_code)
+
+    async def egress_routes(self, request: web.Request) -> web.Response:
+        """``GET /egress``: the routes granted to this consumer (names and rules, never a URL or secret)."""
+        try:
+            consumer = self._authenticate(request)
+        except GatewayHTTPError as exc:
+            return exc.response()
+        assert self.egress_proxy is not None
+        return web.json_response({"routes": self.egress_proxy.granted_routes(consumer.name)})
 
     async def mcp_servers(self, request: web.Request) -> web.Response:
         """``GET /mcp``: the MCP servers granted to this consumer."""
