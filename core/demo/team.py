@@ -41,12 +41,13 @@ def default_sandbox() -> str:
 def team_config(model_url: str, *, registry_url: str = "https://skills.sh", sandbox: str | None = None,
                 server_name: str = SERVER_NAME, homeserver_port: int | None = None, key_secret: str | None = None,
                 storage: StorageConfig | None = None, gateway_settings: dict[str, Any] | None = None,
-                model_name: str = "scripted-{alias}", egress: dict[str, Any] | None = None, **team: Any) -> HiclawConfig:
+                model_name: str = "scripted-{alias}", egress: dict[str, Any] | None = None,
+                mcp: dict[str, Any] | None = None, **team: Any) -> HiclawConfig:
     """The configuration of a team whose models are all served by the scripted model at ``model_url``
     (with the provider key from the secret ``key_secret``, if given); local storage unless ``storage``;
     ``gateway_settings`` are more ``[gateway.settings]`` (e.g. ``{"direct_openai": False}``: via litellm).
     ``model_name``: the provider's model name of each alias (``{alias}`` is replaced); ``egress``:
-    ``[egress.<name>]`` routes (docs/egress.md)."""
+    ``[egress.<name>]`` routes (docs/egress.md); ``mcp``: ``[mcp.<name>]`` servers (docs/mcp.md)."""
     models = {alias: ModelAlias(model=f"openai/{model_name.format(alias=alias)}", api_base=model_url,
                                 input_cost_per_mtok=price[0],
                                 output_cost_per_mtok=price[1], fallback="fast" if alias == "smart" else None,
@@ -62,4 +63,5 @@ def team_config(model_url: str, *, registry_url: str = "https://skills.sh", sand
         skills=SkillsConfig(api_url=registry_url),
         team=TeamConfig(**{"manager_model": "smart", "worker_model": "smart", **team}),
         egress=egress or {},
+        mcp=mcp or {},
     )

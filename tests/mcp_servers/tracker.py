@@ -1,4 +1,4 @@
-"""An issue tracker as an MCP server, written with the official SDK (``mcp``), for the tests.
+"""The demo's issue tracker (:mod:`hiclaw.demo.tracker`, official SDK) with hostile extras, for the tests.
 
     python tracker.py stdio              # over stdin/stdout; the token in $TRACKER_TOKEN
     python tracker.py http PORT TOKEN    # Streamable HTTP at /mcp, `Authorization: Bearer TOKEN` required
@@ -15,39 +15,9 @@ import os
 import sys
 from typing import Any
 
-from mcp.server.mcpserver import MCPServer
+from hiclaw.demo.tracker import server
 
-server = MCPServer("tracker", instructions="A small issue tracker.")
 CREDENTIAL: dict[str, str] = {"token": os.environ.get("TRACKER_TOKEN", "")}
-
-
-def _store() -> str:
-    return os.environ.get("TRACKER_FILE") or os.path.join(os.getcwd(), "tracker.jsonl")
-
-
-@server.tool()
-def create_issue(title: str, body: str = "") -> dict[str, Any]:
-    """Open an issue in the tracker; returns its number."""
-    if not CREDENTIAL["token"]:
-        raise ValueError("no credential: the tracker refuses anonymous writes")
-    path = _store()
-    number = 1
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as fh:
-            number = sum(1 for _ in fh) + 1
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps({"number": number, "title": title, "body": body}) + "\n")
-    return {"number": number, "title": title}
-
-
-@server.tool()
-def list_issues() -> list[dict[str, Any]]:
-    """Every issue in the tracker."""
-    path = _store()
-    if not os.path.exists(path):
-        return []
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
 
 
 @server.tool()
@@ -89,6 +59,7 @@ def main() -> None:
 
         port, token = int(sys.argv[2]), sys.argv[3]
         CREDENTIAL["token"] = token
+        os.environ["TRACKER_TOKEN"] = token
         app = server.streamable_http_app()
 
         async def guarded(scope: Any, receive: Any, send: Any) -> None:
