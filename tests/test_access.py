@@ -194,6 +194,9 @@ async def test_a_change_applies_on_the_next_call(tmp_path: Path, book: AccessBoo
         assert [json.loads(line)["title"] for line in issues] == ["first"]  # the refused call never arrived
         outcomes = [(r["tool"], r["outcome"]) for r in reversed(gateway.store.mcp_calls(50)) if r["method"] == "tools/call"]
         assert ("create_issue", "ok") in outcomes and ("create_issue", "refused") in outcomes
+        usage = await gateway.tool_usage()  # what `hiclaw usage` adds to its table
+        assert [(u["consumer"], u["kind"], u["name"], u["calls"], u["refused"]) for u in usage] == \
+            [("alice", "mcp", "tracker", 2, 1)]
         events = [e["kind"] for e in book.state.events()]
         assert events.count("access_granted") == 1 and events.count("access_revoked") == 2
         assert CANARY not in caplog.text

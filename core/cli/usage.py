@@ -24,9 +24,14 @@ def usage_command(app: App, by: str, since: str | None, as_json: bool) -> None:
     if not isinstance(gateway, UsageLedger):
         raise InvalidInputError(f"the configured gateway ({app.config.gateway.plugin}) keeps no usage ledger")
     rows = asyncio.run(gateway.usage(by=by, since=since))
+    tools = asyncio.run(gateway.tool_usage(since=since)) if hasattr(gateway, "tool_usage") else []
     if as_json:
         emit_json(rows)
         return
+    if tools:
+        table([[r["consumer"], r["kind"], r["name"], r["calls"], r["refused"], r["failed"]] for r in tools],
+              ["consumer", "tool calls via", "server/route", "calls", "refused", "failed"])
+        click.echo("(details: `hiclaw mcp calls`, `hiclaw egress calls`)\n")
     dims = [d.strip() for d in by.split(",") if d.strip()]
     if not rows:
         click.echo("no calls recorded" + (f" since {since}" if since else ""))

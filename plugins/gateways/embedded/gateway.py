@@ -238,6 +238,11 @@ class EmbeddedGateway:
         dims = [d.strip() for d in by.split(",")] if isinstance(by, str) else list(by)
         return self.store.usage([d for d in dims if d], parse_since(since), parse_since(until))
 
+    async def tool_usage(self, since: str | float | datetime | None = None,
+                         until: str | float | datetime | None = None) -> list[dict[str, Any]]:
+        """MCP tool calls and egress calls per consumer and server/route (calls, refused, failed)."""
+        return self.store.tool_usage(parse_since(since), parse_since(until))
+
     async def ledger(self, limit: int = 100) -> list[dict[str, Any]]:
         """The latest ledger rows (one per call), newest first."""
         return self.store.ledger(limit)

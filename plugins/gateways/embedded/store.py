@@ -396,6 +396,24 @@ class GatewayStore:
         """The latest MCP requests, newest first."""
         return self._latest("mcp_calls", limit)
 
+    def tool_usage(self, since: float | None = None, until: float | None = None) -> list[dict[str, Any]]:
+        """Calls of MCP tools and egress routes per consumer, kind and server/route: ``calls``,
+        ``refused`` and ``failed`` (MCP listings are not counted)."""
+        clauses = [c for c, v in (("ts >= ?", since), ("ts < ?", until)) if v is not None]
+        where = (" AND " + " AND ".join(clauses)) if clauses else ""
+        params = [v for v in (since, until) if v is not None]
+        # The clauses are fixed text; the values are parameters.
+        mcp = ("SELECT consumer, 'mcp', server, COUNT(*), SUM(outcome = 'refused'), "  # noqa: S608
+               "SUM(outcome IN ('failed', 'tool_error')) FROM mcp_calls WHERE method = 'tools/call'" + where
+               + " GROUP BY consumer, server")
+        egress = ("SELECT consumer, 'egress', COALESCE(route, '-'), COUNT(*), "  # noqa: S608
+                  "SUM(status IN (401, 403, 404, 405, 413)), SUM(status >= 500) FROM egress_calls WHERE 1" + where
+                  + " GROUP BY consumer, route")
+        rows = self._db.execute(mcp + " UNION ALL " + egress + " ORDER BY 1, 2, 3",
+            params + params).fetchall()
+        return [{"consumer": r[0], "kind": r[1], "name": r[2], "calls": r[3], "refused": r[4] or 0, "failed": r[5] or 0}
+                for r in rows]
+
     def _latest(self, table: str, limit: int) -> list[dict[str, Any]]:
         cursor = self._db.execute(f"SELECT * FROM {table} ORDER BY id DESC LIMIT ?", (limit,))  # noqa: S608 - fixed names
         names = [d[0] for d in cursor.description]
