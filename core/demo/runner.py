@@ -7,6 +7,8 @@ ends with checks of the final state and a table of tasks; exit 0 only if every c
 """
 from __future__ import annotations
 
+import json
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -19,13 +21,14 @@ import click
 from hiclaw.config import HiclawConfig, Secrets, save_config
 from hiclaw.demo import REGISTRY_ROOT
 from hiclaw.demo.admin import AdminClient, SeenMessage
-from hiclaw.demo.scenario import PLAN, PROJECT, SKILL, WORKERS, demo_scenario
+from hiclaw.demo.scenario import LAUNCH_ISSUE, PLAN, PROJECT, SKILL, TRACKER_TOOL, WORKERS, demo_scenario
 from hiclaw.demo.team import default_sandbox, team_config
 from hiclaw.models import ProjectState, TaskState
 from hiclaw.storage import layout
 from hiclaw.waiting import wait_until
 
 SERVER_NAME = "hiclaw.demo"
+TRACKER_SECRET = "demo_tracker_token"  # the tracker's credential, in the demo's secrets.toml
 ASK_WORKERS = ("@manager please create four workers: alex (product manager), sam (full-stack developer), "
                "taylor (content operations) and jordan (data analyst).")
 ASK_PROJECT = (f'@manager start the project "{PROJECT}": a writing assistant that drafts and rewrites text and '
@@ -78,7 +81,14 @@ class Demo:
         if self.real_model is not None:
             return self.real_config()
         return team_config(self.model.base_url, registry_url=self.registry_url, sandbox=self.sandbox,
-                           server_name=SERVER_NAME)
+                           server_name=SERVER_NAME, mcp=self.tracker())
+
+    def tracker(self) -> dict[str, Any]:
+        """The team's issue tracker, an MCP server the gateway runs (hiclaw.demo.tracker), granted to taylor."""
+        return {"tracker": {"command": sys.executable, "args": ["-m", "hiclaw.demo.tracker"],
+                            "secret_env": {"TRACKER_TOKEN": TRACKER_SECRET},
+                            "env": {"TRACKER_FILE": str(self.home / "tracker" / "issues.jsonl")},
+                            "workers": ["taylor"], "description": "the team's issue tracker"}}
 
     def real_config(self) -> HiclawConfig:
         """The demo's team on the models of your own configuration (``hiclaw init``)."""
@@ -134,6 +144,12 @@ class Demo:
         config = self.config()
         save_config(config, self.home)
         secrets = self.real_secrets(config) if self.real_model else Secrets({}, self.home / "secrets.toml")
+        if config.mcp:  # the tracker's credential: the gateway hands it to the tracker, nobody else
+            import secrets as random
+
+            (self.home / "tracker").mkdir(parents=True, exist_ok=True)
+            secrets.set(TRACKER_SECRET, "demo-tracker-" + random.token_hex(16))
+            secrets.save()
         self.plane = ControlPlane(self.home, config=config, secrets=secrets,
                                   progress=lambda line: self.echo(f"  · {line}"))
         try:
@@ -258,10 +274,29 @@ class Demo:
             wanted = {"task-001": 1, "task-002": 1, "task-003": 1, "task-004": 2, "task-005": 1, "task-006": 1}
             self.check("each assignment posted exactly once per attempt", assignments == wanted, str(assignments))
             self.check("assignments carry real mentions (pill + m.mentions)", pills)
+        await self.verify_tracker()
         usage = {row["consumer"]: row for row in await self.plane.gateway.usage(by="consumer")}
         self.check("no LLM call for jordan (never mentioned)", "jordan" not in usage)
         self.check("the Manager reported completion to the admin",
                    self.said(self.plane.channel.user_id("manager"), "is complete") is not None)
+
+    async def verify_tracker(self) -> None:
+        """taylor filed the launch checklist through the gateway's MCP endpoint; the tracker's
+        credential stayed in the gateway (not in taylor's files, its results or any room)."""
+        path = self.home / "tracker" / "issues.jsonl"
+        issues = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        calls = [c for c in await self.plane.gateway.mcp_calls() if c["method"] == "tools/call"]
+        self.check(f"taylor filed {LAUNCH_ISSUE!r} in the tracker via MCP ({TRACKER_TOOL})",
+                   [i["title"] for i in issues] == [LAUNCH_ISSUE]
+                   and [(c["consumer"], c["tool"], c["outcome"], c["task"]) for c in calls]
+                   == [("taylor", "create_issue", "ok", "task-005")], f"issues {issues}, calls {calls}")
+        secret = self.plane.secrets.get(TRACKER_SECRET)
+        token = secret.get_secret_value() if secret is not None else "-"
+        root = getattr(self.plane.storage, "root", None)  # local storage: every worker's files and the shared ones
+        files = [p for p in Path(root).rglob("*") if p.is_file() and token.encode() in p.read_bytes()] if root else []
+        rooms = [m for m in self.admin.messages if token in json.dumps(m.content)]
+        self.check("the tracker's credential reached no worker, file or room", secret is not None and not files and not rooms,
+                   f"{len(files)} files, {len(rooms)} messages")
 
     async def report(self) -> None:
         await self.verify_storage_and_rooms()

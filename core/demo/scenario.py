@@ -29,6 +29,9 @@ PLAN: list[dict[str, Any]] = [
      "spec": "Collect positioning points from the PRD and draft the launch post and FAQ."},
 ]
 SKILL = "architecture-decision-records"
+#: The demo's MCP server (hiclaw.demo.tracker, behind the gateway) and the tool taylor calls on it.
+TRACKER_TOOL = "mcp__tracker__create_issue"
+LAUNCH_ISSUE = "Launch checklist"
 REVISION_TITLE = "Add model-selection guidance"
 REVISION_FEEDBACK = ("Add model-selection guidance: tell the user which model drafted the text and when to pick "
                      "the fast or the smart model.")
@@ -119,12 +122,29 @@ def demo_scenario() -> dict[str, Any]:
                   result_markdown="# Stack & architecture\n\nSee `shared/tasks/task-002/workspace/adr-001-stack.md`.\n"),
          ]},
     ]
+    taylor = [
+        # task-005: taylor files the launch checklist in the team's tracker (an MCP server behind the
+        # gateway, whose credential taylor never sees), then delivers the assets with its number.
+        {"when": {"tool_result": "read_file", "regex": r"task: task-005\n"},
+         "tool_calls": [call(TRACKER_TOOL, title=LAUNCH_ISSUE, labels=["launch"],
+                             body="- [ ] launch post\n- [ ] FAQ\n- [ ] positioning points from the PRD")]},
+        {"when": {"tool_result": TRACKER_TOOL, "regex": r'"number":\s*(?P<issue>\d+)'},
+         "tool_calls": [
+             call("write_file", path="shared/tasks/task-005/workspace/launch-post.md",
+                  content="# Meet the writing assistant\n\nDrafts, rewrites, and tells you which model wrote what.\n\n"
+                          "Launch checklist: tracker issue #{{issue}}.\n"),
+             call("report_result", task_id="task-005", status="SUCCESS",
+                  summary="launch post and FAQ drafted; checklist filed as tracker issue #{{issue}}",
+                  result_markdown="# Launch assets\n\nSee `shared/tasks/task-005/workspace/launch-post.md`; "
+                                  "the launch checklist is tracker issue #{{issue}}.\n"),
+         ]},
+    ]
     agents: dict[str, Any] = {
         "manager": {"rules": manager_rules(),
                     "default": {"text": "I can create workers, start projects and report on them — what would you like?"}},
         "alex": {"rules": alex + generic_worker_rules("alex")},
         "sam": {"rules": sam + generic_worker_rules("sam")},
-        "taylor": {"rules": generic_worker_rules("taylor")},
+        "taylor": {"rules": taylor + generic_worker_rules("taylor")},
         "jordan": {"rules": generic_worker_rules("jordan")},
     }
     for name in agents:
