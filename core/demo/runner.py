@@ -28,7 +28,7 @@ from hiclaw.storage import layout
 from hiclaw.waiting import wait_until
 
 SERVER_NAME = "hiclaw.demo"
-TRACKER_SECRET = "demo_tracker_token"  # the tracker's credential, in the demo's secrets.toml
+TRACKER_SECRET = "demo_tracker_token"  # noqa: S105 - the *name* of the tracker's credential in secrets.toml
 ASK_WORKERS = ("@manager please create four workers: alex (product manager), sam (full-stack developer), "
                "taylor (content operations) and jordan (data analyst).")
 ASK_PROJECT = (f'@manager start the project "{PROJECT}": a writing assistant that drafts and rewrites text and '
@@ -41,6 +41,14 @@ class Check:
     what: str
     ok: bool
     detail: str = ""
+
+
+def read_issues(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def files_holding(root: Path, text: str) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and text.encode() in p.read_bytes()]
 
 
 class Demo:
@@ -283,8 +291,7 @@ class Demo:
     async def verify_tracker(self) -> None:
         """taylor filed the launch checklist through the gateway's MCP endpoint; the tracker's
         credential stayed in the gateway (not in taylor's files, its results or any room)."""
-        path = self.home / "tracker" / "issues.jsonl"
-        issues = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        issues = read_issues(self.home / "tracker" / "issues.jsonl")
         calls = [c for c in await self.plane.gateway.mcp_calls() if c["method"] == "tools/call"]
         self.check(f"taylor filed {LAUNCH_ISSUE!r} in the tracker via MCP ({TRACKER_TOOL})",
                    [i["title"] for i in issues] == [LAUNCH_ISSUE]
@@ -293,7 +300,7 @@ class Demo:
         secret = self.plane.secrets.get(TRACKER_SECRET)
         token = secret.get_secret_value() if secret is not None else "-"
         root = getattr(self.plane.storage, "root", None)  # local storage: every worker's files and the shared ones
-        files = [p for p in Path(root).rglob("*") if p.is_file() and token.encode() in p.read_bytes()] if root else []
+        files = files_holding(Path(root), token) if root else []
         rooms = [m for m in self.admin.messages if token in json.dumps(m.content)]
         self.check("the tracker's credential reached no worker, file or room", secret is not None and not files and not rooms,
                    f"{len(files)} files, {len(rooms)} messages")
