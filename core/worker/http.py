@@ -93,6 +93,29 @@ class WorkerGatewayClient(GatewayClient):
         return await self._session.request(method, f"{self.root}/egress/{route}{path}", params=query or None,
                                            data=body, headers=sent)
 
+    async def mcp_post(self, server: str, body: bytes, *, headers: dict[str, str],
+                       task_id: str | None = None) -> tuple[int, bytes, dict[str, str]]:
+        """POST one JSON-RPC message to MCP server ``server`` (``{root}/mcp/<server>``) with this consumer's token."""
+        sent = {**{k: v for k, v in headers.items() if k.lower() != "authorization"},
+                "Authorization": f"Bearer {self._token}"}
+        if task_id:
+            sent["X-Hiclaw-Task"] = task_id
+        return await self._session.request("POST", f"{self.root}/mcp/{server}", data=body, headers=sent)
+
+    async def granted(self, kind: str) -> list[dict[str, Any]]:
+        """What this consumer is granted (``GET {root}/mcp`` or ``/egress``); empty if the gateway serves none."""
+        status, data, _ = await self._session.request("GET", f"{self.root}/{kind}",
+                                                      headers={"Authorization": f"Bearer {self._token}"})
+        if status == 404:
+            return []
+        if status != 200:
+            raise Unreachable(f"GET /{kind} answered HTTP {status}")
+        listed = json.loads(data).get("servers" if kind == "mcp" else "routes")
+        return [item for item in listed or [] if isinstance(item, dict)]
+
+    async def mcp_servers(self) -> list[dict[str, Any]]:
+        return await self.granted("mcp")
+
     async def _post(self, url: str, body: dict[str, Any], headers: dict[str, str]) -> Answer:
         return await self._session.post(url, body, headers)
 

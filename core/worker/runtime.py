@@ -22,6 +22,7 @@ from hiclaw.wakeup import Exempt, Handler, MentionGate, TurnLimiter
 from hiclaw.worker.control import ControlClient
 from hiclaw.worker.followup import TurnEnd
 from hiclaw.worker.http import WorkerGatewayClient
+from hiclaw.worker.mcp import WorkerMcp
 from hiclaw.worker.spec import WorkerRuntimeSpec
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,11 @@ class WorkerRuntime:
         self.control = ControlClient(spec.control_url, spec.control_token.get_secret_value(),
                                      outage_grace=OUTAGE_GRACE_SECONDS)
         self.tasks: dict[str, TaskContext] = {}  # task id -> context, for tools
+        # What the gateway grants it beyond its own tools, asked again at each new task: MCP
+        # servers (hiclaw.worker.mcp) and egress routes (the http_request tool).
+        self.mcp = WorkerMcp(self.gateway)
+        self.egress_grants: list[Any] = list(spec.egress)
+        self._egress_for: tuple[str | None, float] | None = None
         self.current: TaskContext | None = None
         self.current_room: str | None = None
         self.reported: set[str] = set()
@@ -297,6 +303,33 @@ class WorkerRuntime:
                 catalog.append((str(meta.get("name") or key.split("/")[-2]), str(meta.get("description") or "")[:300]))
         return sorted(catalog)
 
+    async def turn_tools(self, task: TaskContext | None) -> list[Any]:
+        """Its tools for this turn: its own, ``http_request`` while it has an egress route, and the
+        tools of its MCP servers — grants asked again at each new task (at most every minute)."""
+        task_id = task.task_id if task else None
+        await self.refresh_egress(task_id)
+        await self.mcp.refresh(task_id)
+        tools = [tool for tool in self.tools if tool.name != "http_request"]
+        if self.egress_grants:
+            from hiclaw.worker.tools import WorkerTools
+
+            tools.append(WorkerTools(self).http_request_spec())
+        taken = {tool.name for tool in tools}
+        return tools + [tool for tool in self.mcp.specs(task_id) if tool.name not in taken]
+
+    async def refresh_egress(self, task_id: str | None) -> None:
+        from hiclaw.worker.mcp import REFRESH_SECONDS
+        from hiclaw.worker.spec import EgressGrant
+
+        last = self._egress_for
+        if last is not None and last[0] == task_id and time.monotonic() - last[1] < REFRESH_SECONDS:
+            return
+        self._egress_for = (task_id, time.monotonic())
+        try:
+            self.egress_grants = [EgressGrant.model_validate(route) for route in await self.gateway.granted("egress")]
+        except Exception as exc:  # noqa: BLE001 - keep what it had; the gateway checks every call anyway
+            log.warning("egress routes unavailable: %s", exc)
+
     async def build_messages(self, message: ChatMessage, task: TaskContext | None) -> list[dict[str, Any]]:
         identity = await self._read_text(layout.agent_soul(self.name)) or f"You are {self.name}, a worker agent."
         rules = await self._read_text(layout.agent_rules(self.name))
@@ -325,7 +358,7 @@ class WorkerRuntime:
             except Exception:  # noqa: BLE001, S110 - typing is cosmetic
                 pass
             try:
-                loop = AgentLoop(self.gateway, self.tools, agent=self.name, max_steps=self.spec.max_steps,
+                loop = AgentLoop(self.gateway, await self.turn_tools(task), agent=self.name, max_steps=self.spec.max_steps,
                                  before_call=self.before_call)
                 turn = await loop.run(await self.build_messages(message, task), model=model,
                                       task_id=task.task_id if task else None,

@@ -214,6 +214,10 @@ class WorkerTools:
         return {"status": status, "headers": shown, "body": _cap(data.decode("utf-8", errors="replace"))}
 
     def egress_grants(self) -> list[Any]:
+        """Its routes: as the gateway last said (the runtime asks at each task), else as its spec said."""
+        current = getattr(self.rt, "egress_grants", None)
+        if current is not None:
+            return list(current)
         spec = getattr(self.rt, "spec", None)
         return list(getattr(spec, "egress", None) or [])
 
