@@ -46,10 +46,13 @@ async def slow(seconds: float) -> str:
 
 
 def add_many(count: int) -> None:
+    def make(i: int) -> Any:
+        def tool(n: int) -> str:
+            return f"tool {i}: {n}"
+        return tool
+
     for i in range(count):
-        def tool(n: int, _i: int = i) -> str:
-            return f"tool {_i}: {n}"
-        server.tool(name=f"extra_{i:03d}", description=f"Extra tool number {i}.")(tool)
+        server.tool(name=f"extra_{i:03d}", description=f"Extra tool number {i}.")(make(i))
 
 
 def main() -> None:

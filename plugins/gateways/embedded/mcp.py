@@ -48,6 +48,13 @@ CATALOGUE_TTL_SECONDS = 60.0
 CONNECT_TIMEOUT_SECONDS = 60.0
 
 
+def leaf(exc: BaseException) -> str:
+    """The type of the innermost failure (an anyio task group wraps it in groups)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return type(exc).__name__
+
+
 class McpUpstreamError(Exception):
     """The upstream server could not be reached or failed; the text names the server, never a secret."""
 
@@ -121,8 +128,9 @@ class McpUpstream:
                 await self._stop.wait()
         except Exception as exc:  # noqa: BLE001 - reported to whoever waits; reopened on the next request
             if not ready.done():
+                where = f"; its log: logs/mcp-{self.name}.log" if self.server.command is not None else ""
                 ready.set_exception(McpUpstreamError(f"MCP server {self.name!r} could not be started or reached "
-                                                     f"({type(exc).__name__})"))
+                                                     f"({leaf(exc)}{where})"))
             else:
                 log.warning("MCP server %s: connection lost (%s); reopened on the next request", self.name,
                             type(exc).__name__)
