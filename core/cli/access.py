@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from hiclaw.cli.app import App, emit_json, offline_state, pass_app, table
+from hiclaw.cli.mcp_serve import serve_commands
 from hiclaw.cli.up import control_request, running_control
 from hiclaw.errors import HiclawError, InvalidInputError
 
@@ -326,3 +327,4 @@ def _tools_offline(app: App, name: str) -> list[dict[str, Any]]:
 
 
 _grant_commands(mcp_group, "mcp")
+serve_commands(mcp_group)  # serve, token (hiclaw.cli.mcp_serve)
