@@ -138,6 +138,15 @@ def demo_scenario() -> dict[str, Any]:
                   result_markdown="# Launch assets\n\nSee `shared/tasks/task-005/workspace/launch-post.md`; "
                                   "the launch checklist is tracker issue #{{issue}}.\n"),
          ]},
+        # A team without the tracker (the chaos tests' own config): the assets without the issue.
+        {"when": {"tool_result": TRACKER_TOOL},
+         "tool_calls": [
+             call("write_file", path="shared/tasks/task-005/workspace/launch-post.md",
+                  content="# Meet the writing assistant\n\nDrafts, rewrites, and tells you which model wrote what.\n"),
+             call("report_result", task_id="task-005", status="SUCCESS_WITH_NOTES",
+                  summary="launch post and FAQ drafted; the tracker was not reachable, so no checklist issue",
+                  result_markdown="# Launch assets\n\nSee `shared/tasks/task-005/workspace/launch-post.md`.\n"),
+         ]},
     ]
     agents: dict[str, Any] = {
         "manager": {"rules": manager_rules(),
