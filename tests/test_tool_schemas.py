@@ -14,12 +14,14 @@ from typing import Any
 
 import pytest
 
+from hiclaw.control.access import access_tools
 from hiclaw.control.schedule_tools import schedule_tools
 from hiclaw.manager.memory import manager_skill_names
 from hiclaw.manager.tools import manager_tools
 from hiclaw.models import ToolSpec
 from hiclaw.registry.tools import skill_tool_specs
 from hiclaw.worker.spec import EgressGrant
+from hiclaw.worker.mcp import DIRECT_LIMIT, McpTool, WorkerMcp
 from hiclaw.worker.tools import WorkerTools
 
 TABLE = Path(__file__).parent / "data" / "tool_schemas.json"
@@ -38,7 +40,18 @@ def built_in_tools() -> dict[str, list[ToolSpec]]:
         "worker_egress": [t for t in WorkerTools(SimpleNamespace(name="alice", spec=SimpleNamespace(egress=[
             EgressGrant(name="github", description="GitHub REST API", methods=["GET", "POST"], paths=["/repos/"])]))
         ).specs() if t.name == "http_request"],
+        # The Manager's grant tools, when MCP servers or egress routes are configured (issue 17).
+        "manager_access": access_tools(SimpleNamespace()),  # type: ignore[arg-type]
+        # A worker with a big MCP catalogue looks tools up and calls them (its small ones are the servers' own).
+        "worker_mcp": big_catalogue().specs(None),
     }
+
+
+def big_catalogue() -> WorkerMcp:
+    mcp = WorkerMcp(SimpleNamespace())
+    mcp.servers = {"tracker": "the team's issue tracker"}
+    mcp.tools = [McpTool("tracker", f"tool_{i}", "", {"type": "object", "properties": {}}) for i in range(DIRECT_LIMIT + 1)]
+    return mcp
 
 
 def entry(tool: ToolSpec) -> dict[str, Any]:
