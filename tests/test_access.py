@@ -208,3 +208,10 @@ async def test_a_change_applies_on_the_next_call(tmp_path: Path, book: AccessBoo
 def test_manager_cannot_grant_what_the_admin_locked(book: AccessBook) -> None:
     with pytest.raises(HiclawError, match="only the admin"):
         book.grant("alice", "mcp", "locked", by="manager")
+
+
+def test_only_turns_the_admin_started_may_grant() -> None:
+    """A worker's message or a wake-up gives the Manager only its judgement tools: not these."""
+    from hiclaw.manager.origin import JUDGEMENT_TOOLS
+
+    assert not {"grant_access", "revoke_access", "list_access"} & set(JUDGEMENT_TOOLS)
