@@ -215,3 +215,17 @@ def test_only_turns_the_admin_started_may_grant() -> None:
     from hiclaw.manager.origin import JUDGEMENT_TOOLS
 
     assert not {"grant_access", "revoke_access", "list_access"} & set(JUDGEMENT_TOOLS)
+
+
+async def test_a_gateway_without_mcp_refuses_a_team_with_servers(tmp_path: Path) -> None:
+    from hiclaw.config import Secrets
+    from hiclaw.control.access import apply_access, check_access
+    from hiclaw.errors import ConfigError, PluginError
+
+    config = HiclawConfig.model_validate({"mcp": {"x": {"command": "x", "secret_env": {"X_TOKEN": "x_token"}}}})
+    with pytest.raises(PluginError, match=r"cannot serve \[mcp\] servers \(x\): it lacks set_mcp"):
+        await apply_access(config, object(), "thirdparty", joined(config, ()))
+    await apply_access(HiclawConfig(), object(), "thirdparty", joined(HiclawConfig(), ()))  # nothing configured
+    with pytest.raises(ConfigError, match="MCP server 'x' needs the secret 'x_token', which is not set"):
+        check_access(config, Secrets.load(tmp_path, environ={}))
+    check_access(config, Secrets.load(tmp_path, environ={"X_TOKEN": "v"}))
