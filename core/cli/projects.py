@@ -73,14 +73,18 @@ def project_list(app: App, as_json: bool) -> None:
 @project_group.command("show")
 @click.argument("project_id")
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--mermaid", is_flag=True, help="Print the plan as a Mermaid flowchart (tasks, dependencies, state colours).")
 @pass_app
-def project_show(app: App, project_id: str, as_json: bool) -> None:
+def project_show(app: App, project_id: str, as_json: bool, mermaid: bool) -> None:
     """A project's plan, with the markers of plan.md ([ ] [~] [x] [!] [→])."""
-    from hiclaw.manager.plan import render_plan
+    from hiclaw.manager.plan import render_mermaid, render_plan
 
     with state_of(app) as state:
         project = state.project(project_id)
         tasks = state.tasks(project_id=project_id)
+    if mermaid:
+        click.echo(render_mermaid(project, tasks), nl=False)
+        return
     if as_json:
         emit_json(project.model_dump() | {"tasks": [t.view() for t in tasks]})
         return

@@ -167,3 +167,39 @@ def render_plan(project: Project, tasks: Sequence[Task]) -> str:
             lines.append(f"  - stuck: {note}")
     lines.append("")
     return "\n".join(lines)
+
+
+#: Fill and stroke of each task state in the Mermaid graph (`hiclaw project show --mermaid`).
+MERMAID_STYLES = {
+    "pending": "fill:#f5f5f5,stroke:#9e9e9e", "in_progress": "fill:#e3f2fd,stroke:#1e88e5",
+    "review": "fill:#fff8e1,stroke:#f9a825", "done": "fill:#e8f5e9,stroke:#43a047",
+    "blocked": "fill:#ffebee,stroke:#e53935", "revision": "fill:#f3e5f5,stroke:#8e24aa",
+    "cancelled": "fill:#eeeeee,stroke:#616161,stroke-dasharray:4",
+}
+
+
+def mermaid_text(text: str, limit: int = 60) -> str:
+    """An agent's words as a Mermaid label: one line, quotes and angle brackets as entities."""
+    line = "".join(c for c in " ".join(str(text).split()) if c.isprintable())  # no terminal escapes
+    line = line if len(line) <= limit else line[: limit - 1] + "…"
+    return line.replace("&", "#amp;").replace('"', "#quot;").replace("<", "#lt;").replace(">", "#gt;")
+
+
+def render_mermaid(project: Project, tasks: Sequence[Task]) -> str:
+    """The plan as a Mermaid flowchart: a node per task (id, title, assignee, model, state), an
+    edge per dependency, revisions dotted to what they revise, colours by state."""
+    known = {t.id for t in tasks}
+    lines = ["flowchart TD", f"  %% {mermaid_text(project.id)}: {mermaid_text(project.title, 120)}"]
+    for task in tasks:
+        node = task.id.replace("-", "_")
+        label = (f"{mermaid_text(task.id)}: {mermaid_text(task.title)}<br/>{mermaid_text(task.assignee)}"
+                 + (f" · {mermaid_text(task.model)}" if task.model else "") + f" · {task.state.value}")
+        lines.append(f'  {node}["{label}"]:::{task.state.value}')
+    for task in tasks:
+        for dep in task.depends_on:
+            if dep in known:
+                lines.append(f"  {dep.replace('-', '_')} --> {task.id.replace('-', '_')}")
+        if task.revision_of in known:
+            lines.append(f"  {task.revision_of.replace('-', '_')} -.->|revision| {task.id.replace('-', '_')}")
+    lines += [f"  classDef {state} {style}" for state, style in MERMAID_STYLES.items()]
+    return "\n".join(lines) + "\n"
