@@ -20,8 +20,8 @@ from hiclaw.manager.memory import manager_skill_names
 from hiclaw.manager.tools import manager_tools
 from hiclaw.models import ToolSpec
 from hiclaw.registry.tools import skill_tool_specs
-from hiclaw.worker.spec import EgressGrant
 from hiclaw.worker.mcp import DIRECT_LIMIT, McpTool, WorkerMcp
+from hiclaw.worker.spec import EgressGrant
 from hiclaw.worker.tools import WorkerTools
 
 TABLE = Path(__file__).parent / "data" / "tool_schemas.json"
