@@ -101,10 +101,12 @@ async def main(calls: int) -> None:
         audited = len(await gateway.mcp_calls(limit=100000))
         print(f"  audit rows written: {audited}")
     finally:
-        await gateway.stop()
-        gateway.store.close()
-        server.terminate()
-        server.wait(timeout=30)
+        try:
+            await gateway.stop()
+            gateway.store.close()
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
 
 
 if __name__ == "__main__":
