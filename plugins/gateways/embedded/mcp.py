@@ -203,6 +203,17 @@ class McpUpstream:
                 self._errlog = None
 
 
+def scrub(value: Any, redact: Redactor) -> Any:
+    """``value`` (decoded JSON) with every string in it, keys too, redacted."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, list):
+        return [scrub(item, redact) for item in value]
+    if isinstance(value, dict):
+        return {redact(key): scrub(item, redact) for key, item in value.items()}
+    return value
+
+
 @dataclass(frozen=True)
 class McpGrant:
     """What one consumer may use of one server: every offered tool (``tools`` None) or these."""
@@ -402,14 +413,17 @@ class McpHub:
         """The result with every secret redacted, or an error result when it is too large."""
         from mcp_types import CallToolResult, TextContent
 
-        text = json.dumps(result.model_dump(mode="json", by_alias=True, exclude_none=True))
+        data = result.model_dump(mode="json", by_alias=True, exclude_none=True)
+        size = len(json.dumps(data).encode())
         limit = self.servers[server].max_result_bytes
-        if len(text.encode()) > limit:
+        if size > limit:
             return CallToolResult(content=[TextContent(type="text", text=(
-                f"the result of MCP server {server!r} is {len(text.encode())} bytes, over its limit of {limit} "
-                "(max_result_bytes): ask for less"))], is_error=True), len(text.encode())
-        cleaned = self.redact(text)
-        return (CallToolResult.model_validate(json.loads(cleaned)) if cleaned != text else result), len(text.encode())
+                f"the result of MCP server {server!r} is {size} bytes, over its limit of {limit} "
+                "(max_result_bytes): ask for less"))], is_error=True), size
+        # Every string on its own: in the serialised answer a secret the server had JSON-escaped
+        # itself (a JSON document in a text part) would be escaped twice, a form no one redacts.
+        cleaned = scrub(data, self.redact)
+        return (CallToolResult.model_validate(cleaned) if cleaned != data else result), size
 
     @staticmethod
     def _mcp_error(message: str, *, internal: bool = False) -> Exception:
