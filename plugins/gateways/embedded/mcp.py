@@ -26,7 +26,7 @@ import contextvars
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -106,7 +106,8 @@ class McpUpstream:
                 self._errlog = (self._log_dir / f"mcp-{self.name}.log").open("a", encoding="utf-8")
             params = StdioServerParameters(command=self.server.command, args=list(self.server.args),
                                            env={**self.server.env, **self.env}, cwd=self.server.cwd)
-            return stdio_client(params, errlog=self._errlog)
+            stop = self._stop  # this connection's: a late report of an old one must not end a new one
+            return watched(stdio_client(params, errlog=self._errlog), lambda: self._lost(stop))
         import httpx2
 
         headers = dict(self.server.headers)
@@ -138,10 +139,19 @@ class McpUpstream:
             self._client = None
             self._catalogue = None
 
+    def _lost(self, stop: asyncio.Event) -> None:
+        """The server's end of the connection closed (a stdio server that exited or was killed)."""
+        if not stop.is_set():
+            log.warning("MCP server %s: connection lost; reopened on the next request", self.name)
+            stop.set()  # the holder closes the client; the next request opens a new one
+
     async def client(self) -> Any:
         async with self._lock:
-            if self._client is not None and self._holder is not None and not self._holder.done():
+            if (self._client is not None and self._holder is not None and not self._holder.done()
+                    and not self._stop.is_set()):
                 return self._client
+            if self._holder is not None:
+                await self._end()  # a lost connection still closing
             self._stop = asyncio.Event()
             ready: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             self._holder = asyncio.create_task(self._hold(ready), name=f"hiclaw-mcp-{self.name}")
@@ -177,12 +187,21 @@ class McpUpstream:
 
     async def call(self, tool: str, arguments: dict[str, Any] | None) -> Any:
         """Call ``tool`` once (never retried); an ``mcp_types.CallToolResult``."""
+        from mcp.shared.exceptions import MCPError
+        from mcp_types import CONNECTION_CLOSED
+
         client = await self.client()
+        stop = self._stop
         try:
             return await asyncio.wait_for(client.call_tool(tool, arguments), self.server.timeout_seconds)
         except TimeoutError:
             raise McpUpstreamError(f"MCP server {self.name!r}: tool {tool!r} did not answer within "
                                    f"{self.server.timeout_seconds:g} s") from None
+        except MCPError as exc:
+            if exc.code != CONNECTION_CLOSED or not stop.is_set():  # else the server's own error (-32000 too)
+                raise
+            raise McpUpstreamError(f"MCP server {self.name!r}: the connection was lost during tool {tool!r} "
+                                   "(not retried: it may have acted)") from None
 
     async def _end(self) -> None:
         self._stop.set()
@@ -212,6 +231,31 @@ def scrub(value: Any, redact: Redactor) -> Any:
     if isinstance(value, dict):
         return {redact(key): scrub(item, redact) for key, item in value.items()}
     return value
+
+
+@contextlib.asynccontextmanager
+async def watched(transport: Any, lost: Callable[[], None]) -> AsyncIterator[Any]:
+    """``transport``'s streams, calling ``lost`` when the server's side ends: the SDK's client
+    session only fails the requests made after that, and a dead stdio server would stay our client
+    until then (its next call failed instead of reopening it)."""
+    import anyio
+
+    async with transport as (read, write):
+        relay_send, relay_receive = anyio.create_memory_object_stream[Any](0)
+
+        async def relay() -> None:
+            async with relay_send:
+                with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+                    async for item in read:
+                        await relay_send.send(item)
+            lost()
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(relay)
+            try:
+                yield relay_receive, write
+            finally:
+                group.cancel_scope.cancel()
 
 
 @dataclass(frozen=True)
