@@ -5,9 +5,7 @@ server, and used through ``/mcp/everything`` by the official SDK client (both pr
 by the worker's own MCP client."""
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,24 +19,6 @@ from hiclaw.host import ComponentContext, PluginHost
 from hiclaw.plugins.gateways import embedded
 from hiclaw.worker.http import WorkerGatewayClient
 from hiclaw.worker.mcp import WorkerMcp
-
-PACKAGE, VERSION = "@modelcontextprotocol/server-everything", "2026.8.31"
-
-
-@pytest.fixture(scope="session")
-def everything() -> Path:
-    """The server's entry point, installed once per machine (npm's cache makes later installs offline)."""
-    if shutil.which("npm") is None or shutil.which("node") is None:
-        pytest.skip("node and npm are needed (scripts/setup.sh --test installs them)")
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hiclaw-tests" / f"server-everything-{VERSION}"
-    entry = root / "node_modules" / "@modelcontextprotocol" / "server-everything" / "dist" / "index.js"
-    if not entry.exists():
-        root.mkdir(parents=True, exist_ok=True)
-        done = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--prefix", str(root), f"{PACKAGE}@{VERSION}"],
-                              capture_output=True, text=True, timeout=300, check=False)
-        if done.returncode != 0 or not entry.exists():
-            pytest.skip(f"npm could not fetch {PACKAGE}@{VERSION}: {done.stderr.strip()[-300:]}")
-    return entry
 
 
 @pytest_asyncio.fixture

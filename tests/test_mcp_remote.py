@@ -4,9 +4,7 @@ secrets; the consumer never sends or sees it, and a wrong secret is one clear er
 from __future__ import annotations
 
 import secrets
-import subprocess
-import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,23 +15,8 @@ from pydantic import SecretStr
 from hiclaw.config import HiclawConfig
 from hiclaw.host import ComponentContext, PluginHost
 from hiclaw.plugins.gateways import embedded
-from hiclaw.testing.team import free_port, wait_until
 
-TRACKER = Path(__file__).parent / "mcp_servers" / "tracker.py"
 SECRET = "remote-canary-" + secrets.token_hex(10)
-
-
-@pytest.fixture
-def remote(tmp_path: Path) -> Iterator[str]:
-    port = free_port()
-    process = subprocess.Popen([sys.executable, str(TRACKER), "http", str(port), SECRET],
-                               env={"TRACKER_FILE": str(tmp_path / "issues.jsonl"), "PATH": "/usr/bin:/bin"},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        yield f"http://127.0.0.1:{port}/mcp"
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 async def gateway_for(tmp_path: Path, url: str, secret: str) -> Any:
@@ -47,18 +30,8 @@ async def gateway_for(tmp_path: Path, url: str, secret: str) -> Any:
 
 
 @pytest_asyncio.fixture
-async def up(remote: str) -> AsyncIterator[str]:
-    import httpx2
-
-    async def answering() -> bool:
-        try:
-            async with httpx2.AsyncClient() as http:
-                return (await http.post(remote, json={})).status_code == 401
-        except httpx2.HTTPError:
-            return False
-
-    await wait_until(answering, timeout=60, what="the remote tracker")
-    yield remote
+async def up(remote_tracker: Callable[[str], Awaitable[str]]) -> str:
+    return await remote_tracker(SECRET)
 
 
 @pytest.mark.parametrize("mode", ["auto", "legacy"])

@@ -55,8 +55,8 @@ async def test_a_small_catalogue_becomes_ordinary_tools(rig: Any) -> None:
     mcp = WorkerMcp(rig.clients["alice"])
     await mcp.refresh("task-001")
     specs = {spec.name: spec for spec in mcp.specs("task-001")}
-    assert sorted(specs) == ["mcp__small__big", "mcp__small__create_issue", "mcp__small__fail", "mcp__small__list_issues",
-                             "mcp__small__reveal", "mcp__small__slow"]
+    assert sorted(specs) == ["mcp__small__big", "mcp__small__create_issue", "mcp__small__fail", "mcp__small__leak_error",
+                             "mcp__small__list_issues", "mcp__small__reveal", "mcp__small__slow"]
     create = specs["mcp__small__create_issue"]
     assert create.description.startswith("[MCP small] Open an issue")
     assert create.parameters["type"] == "object" and "title" in create.parameters["properties"]
@@ -72,7 +72,7 @@ async def test_a_small_catalogue_becomes_ordinary_tools(rig: Any) -> None:
 async def test_a_big_catalogue_is_disclosed_progressively(rig: Any) -> None:
     mcp = WorkerMcp(rig.clients["bob"])
     await mcp.refresh(None)
-    assert len(mcp.tools) == 6 + DIRECT_LIMIT + 4 + 6
+    assert len(mcp.tools) == 7 + DIRECT_LIMIT + 4 + 7  # the tracker's 7 tools on both servers, the extras on big
     specs = {spec.name: spec for spec in mcp.specs(None)}
     assert sorted(specs) == ["mcp_call", "mcp_tools"]
     assert "big" in specs["mcp_tools"].description and "small" in specs["mcp_tools"].description

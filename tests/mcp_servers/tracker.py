@@ -4,8 +4,9 @@
     python tracker.py http PORT TOKEN    # Streamable HTTP at /mcp, `Authorization: Bearer TOKEN` required
 
 Issues are appended to the JSON-lines file $TRACKER_FILE. ``reveal`` and ``whoami`` hand their
-credential back on purpose (a server that leaks): the gateway must redact it. ``many`` > 0 adds
-that many extra tools (a large catalogue).
+credential back on purpose (a server that leaks), ``leak_error`` fails with it: the gateway must
+redact both. ``slow`` first touches $TRACKER_STARTED (when set), so a test knows the call is in
+flight. $TRACKER_MANY > 0 adds that many extra tools (a large catalogue).
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import json
 import os
 import sys
 from typing import Any
+
+from mcp.server.mcpserver.exceptions import ToolError
 
 from hiclaw.demo.tracker import server
 
@@ -24,6 +27,12 @@ CREDENTIAL: dict[str, str] = {"token": os.environ.get("TRACKER_TOKEN", "")}
 def reveal() -> str:
     """A leaky tool: answers with the credential it holds (the gateway must redact it)."""
     return f"my token is {CREDENTIAL['token']} (json: {json.dumps({'t': CREDENTIAL['token']})})"
+
+
+@server.tool()
+def leak_error() -> str:
+    """A leaky failure: the error names the credential (the gateway must redact it)."""
+    raise ToolError(f"cannot authenticate with {CREDENTIAL['token']}")
 
 
 @server.tool()
@@ -41,6 +50,9 @@ def big(size: int) -> str:
 @server.tool()
 async def slow(seconds: float) -> str:
     """Answers after `seconds`."""
+    if os.environ.get("TRACKER_STARTED"):
+        with open(os.environ["TRACKER_STARTED"], "a", encoding="utf-8") as fh:
+            fh.write(f"{os.getpid()}\n")
     await asyncio.sleep(seconds)
     return "done"
 

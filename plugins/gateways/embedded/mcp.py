@@ -26,7 +26,7 @@ import contextvars
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -106,7 +106,8 @@ class McpUpstream:
                 self._errlog = (self._log_dir / f"mcp-{self.name}.log").open("a", encoding="utf-8")
             params = StdioServerParameters(command=self.server.command, args=list(self.server.args),
                                            env={**self.server.env, **self.env}, cwd=self.server.cwd)
-            return stdio_client(params, errlog=self._errlog)
+            stop = self._stop  # this connection's: a late report of an old one must not end a new one
+            return watched(stdio_client(params, errlog=self._errlog), lambda: self._lost(stop))
         import httpx2
 
         headers = dict(self.server.headers)
@@ -138,10 +139,19 @@ class McpUpstream:
             self._client = None
             self._catalogue = None
 
+    def _lost(self, stop: asyncio.Event) -> None:
+        """The server's end of the connection closed (a stdio server that exited or was killed)."""
+        if not stop.is_set():
+            log.warning("MCP server %s: connection lost; reopened on the next request", self.name)
+            stop.set()  # the holder closes the client; the next request opens a new one
+
     async def client(self) -> Any:
         async with self._lock:
-            if self._client is not None and self._holder is not None and not self._holder.done():
+            if (self._client is not None and self._holder is not None and not self._holder.done()
+                    and not self._stop.is_set()):
                 return self._client
+            if self._holder is not None:
+                await self._end()  # a lost connection still closing
             self._stop = asyncio.Event()
             ready: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             self._holder = asyncio.create_task(self._hold(ready), name=f"hiclaw-mcp-{self.name}")
@@ -177,12 +187,21 @@ class McpUpstream:
 
     async def call(self, tool: str, arguments: dict[str, Any] | None) -> Any:
         """Call ``tool`` once (never retried); an ``mcp_types.CallToolResult``."""
+        from mcp.shared.exceptions import MCPError
+        from mcp_types import CONNECTION_CLOSED
+
         client = await self.client()
+        stop = self._stop
         try:
             return await asyncio.wait_for(client.call_tool(tool, arguments), self.server.timeout_seconds)
         except TimeoutError:
             raise McpUpstreamError(f"MCP server {self.name!r}: tool {tool!r} did not answer within "
                                    f"{self.server.timeout_seconds:g} s") from None
+        except MCPError as exc:
+            if exc.code != CONNECTION_CLOSED or not stop.is_set():  # else the server's own error (-32000 too)
+                raise
+            raise McpUpstreamError(f"MCP server {self.name!r}: the connection was lost during tool {tool!r} "
+                                   "(not retried: it may have acted)") from None
 
     async def _end(self) -> None:
         self._stop.set()
@@ -201,6 +220,42 @@ class McpUpstream:
             if self._errlog is not None:
                 self._errlog.close()
                 self._errlog = None
+
+
+def scrub(value: Any, redact: Redactor) -> Any:
+    """``value`` (decoded JSON) with every string in it, keys too, redacted."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, list):
+        return [scrub(item, redact) for item in value]
+    if isinstance(value, dict):
+        return {redact(key): scrub(item, redact) for key, item in value.items()}
+    return value
+
+
+@contextlib.asynccontextmanager
+async def watched(transport: Any, lost: Callable[[], None]) -> AsyncIterator[Any]:
+    """``transport``'s streams, calling ``lost`` when the server's side ends: the SDK's client
+    session only fails the requests made after that, and a dead stdio server would stay our client
+    until then (its next call failed instead of reopening it)."""
+    import anyio
+
+    async with transport as (read, write):
+        relay_send, relay_receive = anyio.create_memory_object_stream[Any](0)
+
+        async def relay() -> None:
+            async with relay_send:
+                with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+                    async for item in read:
+                        await relay_send.send(item)
+            lost()
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(relay)
+            try:
+                yield relay_receive, write
+            finally:
+                group.cancel_scope.cancel()
 
 
 @dataclass(frozen=True)
@@ -402,14 +457,17 @@ class McpHub:
         """The result with every secret redacted, or an error result when it is too large."""
         from mcp_types import CallToolResult, TextContent
 
-        text = json.dumps(result.model_dump(mode="json", by_alias=True, exclude_none=True))
+        data = result.model_dump(mode="json", by_alias=True, exclude_none=True)
+        size = len(json.dumps(data).encode())
         limit = self.servers[server].max_result_bytes
-        if len(text.encode()) > limit:
+        if size > limit:
             return CallToolResult(content=[TextContent(type="text", text=(
-                f"the result of MCP server {server!r} is {len(text.encode())} bytes, over its limit of {limit} "
-                "(max_result_bytes): ask for less"))], is_error=True), len(text.encode())
-        cleaned = self.redact(text)
-        return (CallToolResult.model_validate(json.loads(cleaned)) if cleaned != text else result), len(text.encode())
+                f"the result of MCP server {server!r} is {size} bytes, over its limit of {limit} "
+                "(max_result_bytes): ask for less"))], is_error=True), size
+        # Every string on its own: in the serialised answer a secret the server had JSON-escaped
+        # itself (a JSON document in a text part) would be escaped twice, a form no one redacts.
+        cleaned = scrub(data, self.redact)
+        return (CallToolResult.model_validate(cleaned) if cleaned != data else result), size
 
     @staticmethod
     def _mcp_error(message: str, *, internal: bool = False) -> Exception:
