@@ -259,14 +259,16 @@ class Provisioner:
             await gateway.set_assignments(name, {t.id: t.project_id for t in self.state.tasks(assignee=name)
                                                  if t.state not in FINISHED})
 
-    async def refresh_access(self, name: str) -> None:
-        """Re-grant; restart the sandbox only if its mounts must change and it is not mid-task."""
+    async def refresh_access(self, name: str) -> bool:
+        """Re-grant; restart the sandbox only if its mounts must change and it is not mid-task.
+        Whether its sandbox sees every folder it is granted now: ``False`` while a restart waits
+        for its current task (the engine holds new assignments until then)."""
         await self.sync_assignments(name)
         worker = self.state.worker(name)
         if worker.state == WorkerState.SLEEPING:  # idle sleep: start it (with fresh grants) before work reaches it
             if self.wake is not None:
                 await self.wake(name, "assignment")
-            return
+            return True
         if name not in self.mounts:
             # Neither started nor adopted by this control plane so far — reconciliation at boot may
             # be on it right now: start or adopt it (never restart a run that is being adopted).
@@ -274,10 +276,11 @@ class Provisioner:
         rw, ro = self.desired_grants(name)
         access = await self.grant(name, rw, ro)
         if access.mounts == self.mounts.get(name) and access.settings == self.storage_settings.get(name):
-            return  # S3: the new policy applies to the keys the worker holds; local: nothing to remount
+            return True  # S3: the new policy applies to the keys the worker holds; local: nothing to remount
         if self.busy(name):
-            return  # applied when its current task is done (the next dispatch calls us again)
+            return False  # applied once its current task is done (the engine's release_held calls us again)
         await self.start_process(worker, restart=True)
+        return True
 
     async def grant(self, name: str, rw: list[str], ro: list[str]) -> Any:
         """The worker's storage access, shown at the sandbox's neutral paths where it has them."""

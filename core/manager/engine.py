@@ -57,8 +57,10 @@ class TeamChat(Protocol):
 class WorkerAccess(Protocol):
     """What the engine needs from the provisioner."""
 
-    async def refresh_access(self, worker: str) -> None:
-        """Grant the worker its tasks' folders (and restart its sandbox if mounts changed)."""
+    async def refresh_access(self, worker: str) -> bool | None:
+        """Grant the worker its tasks' folders (and restart its sandbox if mounts changed).
+        ``False``: the new folders reach its sandbox only once its current task is finished (a
+        restart now would cut that turn short) — an assignment is held until then."""
 
 
 @runtime_checkable
@@ -217,7 +219,14 @@ class TaskEngine(PlanRevisions, Rework):
         spec = render_spec(task, project, self.task_inputs(task), attempt=attempt,
                            context=spec_context(self.state, task))
         await self.storage.put(layout.task_spec(task.id), spec.encode())
-        await self.access.refresh_access(task.assignee)
+        if await self.access.refresh_access(task.assignee) is False:
+            # Its sandbox cannot see the task's folder before a restart, and a restart now would cut
+            # its current task short: the assignment waits, pending, until that task is finished
+            # (release_held), so the worker is never handed a task it cannot open.
+            if not [e for e in self.state.events(kind="task.held", subject=task.id) if e["data"].get("attempt") == attempt]:
+                busy = [t.id for t in self.state.tasks(assignee=task.assignee, states=list(BUSY))]
+                self.state.log_event("task.held", task.id, assignee=task.assignee, attempt=attempt, until=busy)
+            return
         lines = [f"@{task.assignee} **{task.id}** is yours: {task.title}" + (" (re-check)" if attempt > 1 else ""),
                  f"Spec: `{layout.task_spec(task.id)}`"]
         inputs = self.task_inputs(task)
@@ -234,6 +243,18 @@ class TaskEngine(PlanRevisions, Rework):
             self.state.log_event("task.dispatched", task.id, assignee=task.assignee, attempt=attempt)
         await self._sync_assignments(task.assignee)  # before the mention wakes the worker
         await self.chat.flush()
+
+    async def release_held(self, worker: str) -> list[str]:
+        """Dispatch what was held for ``worker`` (pending and ready) once it has no task in hand."""
+        if self.state.tasks(assignee=worker, states=list(BUSY)):
+            return []
+        pending = self.state.tasks(assignee=worker, states=[TaskState.PENDING])
+        done = []
+        for project_id in sorted({t.project_id for t in pending if t.project_id}):
+            done += await self.dispatch_ready(project_id)
+        if any(t.project_id is None for t in pending):
+            done += await self.dispatch_adhoc(worker)
+        return done
 
     async def _sync_assignments(self, worker: str) -> None:
         if isinstance(self.access, AssignmentSync):
@@ -341,6 +362,7 @@ class TaskEngine(PlanRevisions, Rework):
             await self.dispatch_ready(task.project_id)
             await self._maybe_finish(task.project_id)
         await self.recheck_adhoc(task)
+        await self.release_held(task.assignee)
         return self.state.task(task_id)
 
     async def block_task(self, task_id: str, reason: str) -> Task:
@@ -355,6 +377,7 @@ class TaskEngine(PlanRevisions, Rework):
         await self._rerender(task)
         await self.chat.flush()
         await self._after(task_id, ResultStatus.BLOCKED, reason)
+        await self.release_held(task.assignee)
         return self.state.task(task_id)
 
     async def cancel_task(self, task_id: str) -> Task:
@@ -368,6 +391,7 @@ class TaskEngine(PlanRevisions, Rework):
         if task.project_id:
             await self.dispatch_ready(task.project_id)
             await self._maybe_finish(task.project_id)
+        await self.release_held(task.assignee)
         return self.state.task(task_id)
 
     async def _maybe_finish(self, project_id: str) -> None:

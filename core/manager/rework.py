@@ -119,6 +119,7 @@ class Rework:
         async def dispatch(self, task: Task, project: Any) -> None: ...
         async def _rerender(self, task: Task) -> None: ...
         async def _after(self, task_id: str, status: ResultStatus, summary: str) -> None: ...
+        async def release_held(self, worker: str) -> list[str]: ...
 
     def task_inputs(self, task: Task) -> list[str]:
         return inputs_of(self.state, task)
@@ -154,6 +155,8 @@ class Rework:
             await self.dispatch_ready(original.project_id)
         else:  # an ad-hoc task's revision goes straight to its worker's room, as the task did
             await self.dispatch(self.state.task(revision.id), None)
+        if original.assignee != who:
+            await self.release_held(original.assignee)
         return self.state.task(revision.id)
 
     async def _revisions_exhausted(self, task: Task, rounds: int) -> Task:
@@ -183,18 +186,20 @@ class Rework:
         if original.state is TaskState.PENDING:
             await self.dispatch(original, None)
 
-    async def dispatch_adhoc(self) -> list[str]:
+    async def dispatch_adhoc(self, worker: str | None = None) -> list[str]:
         """Dispatch every pending task outside any project (after a crash between recording one —
-        a revision, a re-check, an ad-hoc task — and posting it); a project's are ``dispatch_ready``'s."""
+        a revision, a re-check, an ad-hoc task — and posting it, or held until its worker was free),
+        of ``worker`` or of all; a project's are ``dispatch_ready``'s."""
         done = []
-        for task in [t for t in self.state.tasks(states=[TaskState.PENDING]) if t.project_id is None]:
-            worker = self.state.find_worker(task.assignee)
-            if worker is None or worker.state == WorkerState.REMOVED:
+        for task in [t for t in self.state.tasks(states=[TaskState.PENDING], assignee=worker) if t.project_id is None]:
+            assignee = self.state.find_worker(task.assignee)
+            if assignee is None or assignee.state == WorkerState.REMOVED:
                 continue
             try:
                 await self.dispatch(task, None)
             except Exception:  # one task's trouble (its worker will not start) must not stop the boot
                 log.exception("could not dispatch %s to %s", task.id, task.assignee)
                 continue
-            done.append(task.id)
+            if self.state.task(task.id).state is not TaskState.PENDING:
+                done.append(task.id)
         return done

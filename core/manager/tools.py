@@ -15,7 +15,7 @@ from hiclaw.control.access import access_tools
 from hiclaw.control.schedule_tools import admin_schedule_tools
 from hiclaw.manager.memory import memory_tools
 from hiclaw.manager.plan_tools import PlannedTask, plan_tools
-from hiclaw.models import ToolSpec
+from hiclaw.models import TaskState, ToolSpec
 from hiclaw.storage.layout import AGENT_NAME
 
 #: A worker's name (the provisioner checks it and says how to fix it; the model is shown the pattern).
@@ -91,7 +91,11 @@ def manager_tools(plane: Any) -> list[ToolSpec]:
 
     async def assign_task(assignee: str, title: str, spec: str = "", model: str | None = None) -> Any:
         """Give one worker a single task outside any project (it is posted in the worker's room)."""
-        return _task_dict(await engine.assign_adhoc(assignee, title, spec, model))
+        task = await engine.assign_adhoc(assignee, title, spec, model)
+        if task.state is TaskState.PENDING:  # held: posted once its worker's current task is finished
+            return {**_task_dict(task), "note": f"{assignee} is busy with another task; this one is posted to "
+                                                "it as soon as that is finished"}
+        return _task_dict(task)
 
     async def read_result(task_id: str) -> Any:
         """Read a task's reported result.md."""
