@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -42,19 +43,33 @@ def _storage(app: App) -> Any:
     from hiclaw.host import ComponentContext
 
     config = app.config
-    ctx = ComponentContext(home=app.home, side="control", config=config)
+    ctx = ComponentContext(home=app.home, side="control", config=config, host=app.host)
     return app.host.create("storage", config.storage.plugin, config.storage.settings, ctx, section="storage.settings")
 
 
-def _run(app: App, action: Callable[[Any], Awaitable[T]]) -> T:
+@asynccontextmanager
+async def open_storage(app: App) -> AsyncIterator[Any]:
+    """The team's storage with the control plane's keys, stopped after use."""
     storage = _storage(app)
+    try:
+        yield storage
+    finally:
+        if isinstance(storage, Stoppable):
+            await storage.stop()
 
+
+async def read_text(storage: Any, key: str) -> str | None:
+    """``key`` as text, or None if it is not written (yet)."""
+    try:
+        return (await storage.get(key)).decode("utf-8", errors="replace")
+    except NotFoundError:
+        return None
+
+
+def _run(app: App, action: Callable[[Any], Awaitable[T]]) -> T:
     async def main() -> T:
-        try:
+        async with open_storage(app) as storage:
             return await action(storage)
-        finally:
-            if isinstance(storage, Stoppable):
-                await storage.stop()
 
     return asyncio.run(main())
 

@@ -10,9 +10,8 @@ from typing import Any
 import click
 
 from hiclaw.cli.app import App, echo_safe, emit_json, pass_app, table, terminal_safe
+from hiclaw.cli.fs import open_storage, read_text
 from hiclaw.errors import NotFoundError
-from hiclaw.host import ComponentContext
-from hiclaw.protocols import Stoppable
 from hiclaw.state import StateDB, Task
 
 
@@ -123,22 +122,10 @@ def task_show(app: App, task_id: str, as_json: bool) -> None:
 
     with state_of(app) as state:
         task = state.task(task_id)
-    storage = app.host.create("storage", app.config.storage.plugin, app.config.storage.settings,
-                              ComponentContext(home=app.home, side="control", config=app.config, host=app.host),
-                              section="storage.settings")
-
-    async def read(key: str) -> str | None:
-        try:
-            return (await storage.get(key)).decode("utf-8", errors="replace")
-        except Exception:  # noqa: BLE001 - not written yet
-            return None
-
     async def both() -> tuple[str | None, str | None]:
-        try:
-            return await read(layout.task_spec(task_id)), await read(layout.task_result(task_id))
-        finally:
-            if isinstance(storage, Stoppable):
-                await storage.stop()
+        async with open_storage(app) as storage:
+            spec = await read_text(storage, layout.task_spec(task_id))
+            return spec, await read_text(storage, layout.task_result(task_id))
 
     spec, result = asyncio.run(both())
     if as_json:
@@ -154,3 +141,27 @@ def task_show(app: App, task_id: str, as_json: bool) -> None:
     for title, text, key in (("spec", spec, layout.task_spec(task_id)), ("result", result, layout.task_result(task_id))):
         click.echo(f"\n── {title} ({key}) " + "─" * 20)
         echo_safe(text.rstrip() if text else "(not written yet)")  # result.md is the worker's
+
+
+@task_group.command("assign")
+@click.argument("worker")
+@click.argument("title")
+@click.option("--spec", default="", help="What exactly to do (the task's spec.md; default: the title).")
+@click.option("--model", help="Model alias for this task (default: the worker's).")
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def task_assign(app: App, worker: str, title: str, spec: str, model: str | None, as_json: bool) -> None:
+    """Give WORKER one task outside any project, as the Manager's assign_task does (the team must be running)."""
+    task = assign_task(app, worker, title, spec, model)
+    if as_json:
+        emit_json(task)
+        return
+    echo_safe(f"{task['id']} assigned to {task['assignee']}: {terminal_safe(task['title'], one_line=True)}")
+
+
+def assign_task(app: App, worker: str, title: str, spec: str = "", model: str | None = None) -> dict[str, Any]:
+    """An ad-hoc task for ``worker`` through the running control plane (its view)."""
+    from hiclaw.cli.up import control_request
+
+    return dict(control_request(app, "POST", "/v1/admin/assign-task",
+                                {"assignee": worker, "title": title, "spec": spec, "model": model}))

@@ -583,6 +583,10 @@ class ControlPlane:
         if action == "remove-worker":
             await self.provisioner.remove_worker(body["name"])
             return {"removed": body["name"]}
+        if action == "assign-task":  # what the Manager's assign_task does, for the admin (`hiclaw task assign`)
+            task = await self.engine.assign_adhoc(str(body["assignee"]), str(body["title"]), str(body.get("spec") or ""),
+                                                  body.get("model") or None)
+            return task.view()
         if action.startswith("access-"):
             return await self.access.admin_action(action, body)
         if action.startswith("schedule-"):
