@@ -21,7 +21,8 @@ from hiclaw.errors import InvalidInputError
 from hiclaw.host import ComponentContext, PluginHost
 from hiclaw.plugins.gateways import embedded
 from hiclaw.worker.http import WorkerGatewayClient
-from hiclaw.worker.mcp import DIRECT_LIMIT, WorkerMcp, object_schema, render_result, sse_message
+from hiclaw.worker.mcp import DIRECT_LIMIT, WorkerMcp, object_schema, render_result
+from hiclaw.worker.mcp_client import MODERN, sse_message
 
 TRACKER = Path(__file__).parent / "mcp_servers" / "tracker.py"
 CANARY = "client-canary-" + secrets.token_hex(8)
@@ -54,6 +55,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Any]:
 async def test_a_small_catalogue_becomes_ordinary_tools(rig: Any) -> None:
     mcp = WorkerMcp(rig.clients["alice"])
     await mcp.refresh("task-001")
+    assert mcp.client.endpoints["small"].era == MODERN  # the gateway's SDK server takes the current revision
     specs = {spec.name: spec for spec in mcp.specs("task-001")}
     assert sorted(specs) == ["mcp__small__big", "mcp__small__create_issue", "mcp__small__fail", "mcp__small__leak_error",
                              "mcp__small__list_issues", "mcp__small__reveal", "mcp__small__slow"]

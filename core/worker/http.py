@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 
@@ -100,21 +101,26 @@ class WorkerGatewayClient(GatewayClient):
                 "Authorization": f"Bearer {self._token}"}
         if task_id:
             sent["X-Hiclaw-Task"] = task_id
-        return await self._session.request("POST", f"{self.root}/mcp/{server}", data=body, headers=sent)
+        return await self._session.request("POST", f"{self.root}/mcp/{quote(server, safe='')}", data=body,
+                                           headers=sent)
 
     async def granted(self, kind: str) -> list[dict[str, Any]]:
         """What this consumer is granted (``GET {root}/mcp`` or ``/egress``); empty if the gateway serves none."""
+        return await self._listing(kind) or []
+
+    async def mcp_servers(self) -> list[dict[str, Any]] | None:
+        """The MCP servers granted to this consumer (``GET {root}/mcp``); None if the gateway lists none."""
+        return await self._listing("mcp")
+
+    async def _listing(self, kind: str) -> list[dict[str, Any]] | None:
         status, data, _ = await self._session.request("GET", f"{self.root}/{kind}",
                                                       headers={"Authorization": f"Bearer {self._token}"})
         if status == 404:
-            return []
+            return None
         if status != 200:
             raise Unreachable(f"GET /{kind} answered HTTP {status}")
         listed = json.loads(data).get("servers" if kind == "mcp" else "routes")
         return [item for item in listed or [] if isinstance(item, dict)]
-
-    async def mcp_servers(self) -> list[dict[str, Any]]:
-        return await self.granted("mcp")
 
     async def _post(self, url: str, body: dict[str, Any], headers: dict[str, str]) -> Answer:
         return await self._session.post(url, body, headers)

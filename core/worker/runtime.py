@@ -122,7 +122,7 @@ class WorkerRuntime:
         self.tasks: dict[str, TaskContext] = {}  # task id -> context, for tools
         # What the gateway grants it beyond its own tools, asked again at each new task: MCP
         # servers (hiclaw.worker.mcp) and egress routes (the http_request tool).
-        self.mcp = WorkerMcp(self.gateway)
+        self.mcp = WorkerMcp(self.gateway, list(spec.mcp))
         self.egress_grants: list[Any] = list(spec.egress)
         self._egress_for: tuple[str | None, float] | None = None
         self.current: TaskContext | None = None
@@ -164,10 +164,22 @@ class WorkerRuntime:
         log.info("worker %s ready in %.2fs", self.name, time.perf_counter() - started)
         print(f"hiclaw worker {self.name}: ready", flush=True)
         await self.control.ready({"name": self.name, "startup_seconds": round(time.perf_counter() - started, 3)})
+        if self.spec.mcp:  # its servers' catalogues, read once it is ready (the first task reads them again)
+            self._mcp_listing: asyncio.Task[None] | None = asyncio.create_task(
+                self._list_mcp_tools(), name=f"worker-{self.name}-mcp")
+        release_memory()
+
+    async def _list_mcp_tools(self) -> None:
+        try:
+            await self.mcp.refresh(None, force=True)
+            log.info("worker %s: %d MCP tool(s) from %d server(s)", self.name, len(self.mcp.tools), len(self.mcp.servers))
+        except Exception as exc:  # noqa: BLE001 - a turn asks again; the worker goes on without them meanwhile
+            log.warning("worker %s: listing its MCP tools failed: %s", self.name, exc)
         release_memory()
 
     async def stop(self) -> None:
-        for task in (getattr(self, "_consumer", None), getattr(self, "_orphan_watch", None)):
+        for task in (getattr(self, "_consumer", None), getattr(self, "_orphan_watch", None),
+                     getattr(self, "_mcp_listing", None)):
             if task is not None:
                 task.cancel()
         await self.host.shutdown(self.runtime_context())

@@ -34,6 +34,17 @@ class EgressGrant(BaseModel):
     paths: list[str] = Field(default_factory=lambda: ["/"])
 
 
+class McpGrant(BaseModel):
+    """An MCP server granted to the worker (``[mcp.<name>]``, reached at ``{gateway}/mcp/<server>``):
+    its name, what it is for and — if not every one — the names of the tools granted. Never a URL
+    or a secret: the gateway holds those."""
+
+    model_config = ConfigDict(extra="forbid")
+    server: str
+    description: str = ""
+    tools: list[str] | None = None
+
+
 class WorkerRuntimeSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -66,6 +77,9 @@ class WorkerRuntimeSpec(BaseModel):
     #: The credentialed HTTP routes granted to it (``[egress.<name>] workers``): names and rules,
     #: never a secret. Its ``http_request`` tool is offered only when there is one.
     egress: list[EgressGrant] = Field(default_factory=list)
+    #: The MCP servers granted to it at its start; the gateway's ``GET /mcp`` answer, asked at each
+    #: new task, wins over it (grants change while the worker runs).
+    mcp: list[McpGrant] = Field(default_factory=list)
 
     def to_env(self) -> str:
         data = self.model_dump(mode="json")
