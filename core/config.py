@@ -436,7 +436,7 @@ ApprovalLevel = Literal["strict", "smart", "auto", "off"]
 
 class ApprovalRule(_Section):
     """One ``[[approvals.rules]]``: calls whose target matches ``tool`` (a glob on
-    ``mcp:<server>/<tool>`` or ``egress:<route>/<METHOD> <path>``) and, if set, whose arguments
+    ``mcp:<server>/<tool>``, ``egress:<route>/<METHOD> <path>`` or ``command:<command line>``) and, if set, whose arguments
     (as JSON) match the regular expression ``args``, by one of ``workers`` (default all), need the
     admin (``decision = "ask"``) or not (``"allow"``). The first matching rule decides."""
 
@@ -448,9 +448,10 @@ class ApprovalRule(_Section):
     @field_validator("tool")
     @classmethod
     def _tool(cls, value: str) -> str:
-        if not value.startswith(("mcp:", "egress:", "*")):
-            raise ValueError(f"{value!r} must start with 'mcp:' (mcp:<server>/<tool>) or 'egress:' "
-                             "(egress:<route>/<METHOD> <path>); globs allowed, e.g. 'mcp:tracker/create_*'")
+        if not value.startswith(("mcp:", "egress:", "command:", "*")):
+            raise ValueError(f"{value!r} must start with 'mcp:' (mcp:<server>/<tool>), 'egress:' "
+                             "(egress:<route>/<METHOD> <path>) or 'command:' (command:<command line>); globs "
+                             "allowed, e.g. 'mcp:tracker/create_*'")
         return value
 
     @field_validator("args")
@@ -471,9 +472,10 @@ class ApprovalRule(_Section):
 
 class ApprovalsConfig(_Section):
     """``[approvals]`` (docs/approvals.md): which calls of workers' tools wait for the admin.
-    ``level``: ``strict`` (every MCP tool call and egress request), ``smart`` (those that may
-    write: MCP tools not marked read-only or marked destructive, egress requests other than
-    GET/HEAD/OPTIONS), ``auto`` (only what ``rules`` ask for), ``off`` (none, not even rules).
+    ``level``: ``strict`` (every MCP tool call, egress request and command), ``smart`` (those
+    that may write: MCP tools not marked read-only or marked destructive, egress requests other
+    than GET/HEAD/OPTIONS, risky commands), ``auto`` (only what ``rules`` ask for), ``off``
+    (none, not even rules).
     ``workers``: a level per worker. ``remind_seconds``: a pending approval reminds the admin
     every so often; ``expire_seconds`` (0 = never): then it is denied, saying so."""
 

@@ -740,13 +740,15 @@ class StateDB:
     def add_approval(self, approval: Approval) -> tuple[Approval, bool]:
         """Record a call that waits for the admin, once per (worker, call id): the row, and
         whether it is new."""
-        with self.transaction() as conn:
-            cursor = conn.execute(
-                "INSERT INTO approvals(worker, call_id, kind, target, arguments, reason, task_id, project_id,"
-                " created_at) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(worker, call_id) DO NOTHING",
-                (approval.worker, approval.call_id, approval.kind, approval.target, approval.arguments,
-                 approval.reason, approval.task_id, approval.project_id, now_iso()))
-            new = cursor.rowcount > 0
+        with self.transaction() as conn:  # looked up first: a refused insert would use up an id
+            new = conn.execute("SELECT 1 FROM approvals WHERE worker = ? AND call_id = ?",
+                               (approval.worker, approval.call_id)).fetchone() is None
+            if new:
+                conn.execute(
+                    "INSERT INTO approvals(worker, call_id, kind, target, arguments, reason, task_id, project_id,"
+                    " created_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                    (approval.worker, approval.call_id, approval.kind, approval.target, approval.arguments,
+                     approval.reason, approval.task_id, approval.project_id, now_iso()))
         found = self.approval_of_call(approval.worker, approval.call_id)
         assert found is not None
         return found, new

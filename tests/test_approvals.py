@@ -178,3 +178,45 @@ async def test_an_approval_pending_across_a_kill_9_of_the_control_plane_runs_onc
             if admin is not None:
                 await admin.stop()
             up.stop()
+
+
+COMMANDS = {"agents": {WORKER: {"rules": [
+    {"when": {"contains": "make the folder"}, "tool_calls": call("run_command", command="mkdir -p old && echo made")},
+    {"when": {"contains": "clean up"}, "tool_calls": call("run_command", command="rm -rf old")},
+    {"when": {"contains": "look"}, "tool_calls": call("run_command", command="test -d old && echo present || echo absent")},
+    {"when": {"tool_result": "run_command", "regex": r"(?s)(?P<out>.*)"}, "text": "ran: {{out}}"},
+]}, "*": {"default": {"text": "ok"}}}}
+
+
+async def test_smart_level_holds_a_risky_command_until_the_admin_decides(tmp_path: Path):
+    async with running_team(tmp_path / "home", COMMANDS, approvals={"workers": {WORKER: "smart"}, "hold_seconds": 1}) as team:
+        plane, room = team.plane, await eve_in_her_room(team)
+        mention = team.user_id(WORKER)
+
+        def answers() -> list[str]:
+            return [m.body for m in team.admin.messages if m.sender == mention and "ran:" in m.body]
+
+        async def ask(text: str, count: int) -> str:
+            await team.admin.send(room, f"@{WORKER} please {text}", mention=mention)
+            await wait_until(lambda: len(answers()) >= count, timeout=60, what=f"eve's answer to {text!r}")
+            return answers()[count - 1]
+
+        assert "made" in await ask("make the folder", 1)
+        assert plane.state.approvals() == []  # a harmless command runs alone
+
+        await team.admin.send(room, f"@{WORKER} please clean up", mention=mention)
+        card = await team.wait_for_message("approval **apr-1**", sender="manager", timeout=60)
+        assert "command rm -rf old" in card.body and "may delete" in card.body
+        denied = await plane.admin_action("approval-deny", {"id": "apr-1", "note": "keep it for now"})
+        assert denied["state"] == "denied"
+        await wait_until(lambda: len(answers()) >= 2, timeout=60, what="eve's answer after the denial")
+        assert "denied" in answers()[1] and "keep it for now" in answers()[1]
+        assert "present" in await ask("look", 3)
+
+        await team.admin.send(room, f"@{WORKER} please clean up again", mention=mention)
+        await team.wait_for_message("approval **apr-2**", sender="manager", timeout=60)
+        await team.admin.send(room, "approve apr-2")
+        await wait_until(lambda: len(answers()) >= 4, timeout=60, what="the approved command's answer")
+        assert '"exit_code": 0' in answers()[3]
+        assert "absent" in await ask("look again", 5)
+        assert [(a.id, a.state) for a in plane.state.approvals()] == [("apr-1", "denied"), ("apr-2", "done")]

@@ -38,6 +38,8 @@ class ControlService(Protocol):
 
     async def worker_notice(self, worker: str, body: dict[str, Any]) -> None: ...
 
+    async def worker_approval(self, worker: str, body: dict[str, Any]) -> dict[str, Any]: ...
+
     async def skills_find(self, worker: str, query: str, limit: int) -> list[dict[str, Any]]: ...
 
     async def skills_add(self, worker: str, source: str, skill: str | None) -> dict[str, Any]: ...
@@ -94,6 +96,7 @@ class ControlAPI:
             web.get("/v1/health", self._health),
             web.post("/v1/ready", self._ready),
             web.post("/v1/notice", self._notice),
+            web.post("/v1/approval", self._approval),
             web.post("/v1/skills/find", self._skills_find),
             web.post("/v1/skills/add", self._skills_add),
             web.get("/v1/status", self._status),
@@ -150,6 +153,15 @@ class ControlAPI:
             raise HiclawError("a notice is a JSON object")
         await self.service.worker_notice(name, body)
         return web.json_response({"ok": True})
+
+    async def _approval(self, request: web.Request) -> web.Response:
+        kind, name = self._caller(request)
+        if kind != "worker":
+            raise web.HTTPForbidden()
+        body = await request.json()
+        if not isinstance(body, dict):
+            raise HiclawError("an approval request is a JSON object")
+        return web.json_response(await self.service.worker_approval(name, body))
 
     async def _skills_find(self, request: web.Request) -> web.Response:
         _, name = self._caller(request)

@@ -39,6 +39,12 @@ from hiclaw.state import ROOM_MANAGER, Approval, StateDB, now_iso, room_of_proje
 log = logging.getLogger(__name__)
 
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+#: Commands ``smart`` holds: those that delete recursively, escalate, publish, deploy or send
+#: data out (a worker with network access), or rewrite disks and permissions wholesale.
+RISKY_COMMAND = re.compile(
+    r"\brm\s+(-\w*[rRf]|--recursive|--force)|\bsudo\b|\bsu\s|\bgit\s+push\b|\b(npm|pnpm|yarn|twine|cargo|gem)\s+"
+    r"publish\b|\b(curl|wget|http|nc|ncat|ssh|scp|rsync|sftp|ftp)\b|\b(kubectl|helm|terraform|docker|podman)\b"
+    r"|\bdd\s+if=|\bmkfs|\bchmod\s+-R|\bchown\s+-R|>\s*/dev/sd")
 MAX_SHOWN_ARGUMENTS = 1500
 #: A decision in chat: ``approve apr-3 [note]`` / ``deny apr-3 <reason>`` (a line of its own).
 DECISION = re.compile(r"^\s*(approve|approved|deny|denied|reject)\s+(apr-\d+)\b[\s:,.-]*(.*)$", re.IGNORECASE)
@@ -91,6 +97,11 @@ def reason_to_ask(policy: ApprovalsConfig, call: GuardedCall) -> str | None:
     if level == "strict":
         return f"{call.worker}'s approval level is strict: every call of a tool waits for you"
     if level == "smart":
+        if call.kind == "command":
+            found = RISKY_COMMAND.search(str(call.target))
+            if found:
+                return f"the command may delete, publish or reach out ({found.group(0).strip()!r})"
+            return None
         if call.kind == "mcp":
             if call.destructive:
                 return "the tool is marked destructive"
@@ -248,6 +259,27 @@ class ApprovalDesk:
         self._wake(approval.seq)
         return {"state": "done", "approval": approval.id, "result": result}
 
+    async def command(self, worker: str, body: dict[str, Any]) -> dict[str, Any]:
+        """A worker asks before ``run_command`` (``POST /v1/approval``): ``done`` = run it now."""
+        command = " ".join(str(body.get("command") or "").split())[:2000]
+        task_id, project_id = None, None
+        named = str(body.get("task_id") or "")
+        if named:
+            try:
+                task = self.state.task(named)
+            except Exception:  # noqa: BLE001 - not a task: none
+                task = None
+            if task is not None and task.assignee == worker:  # never another worker's task
+                task_id, project_id = task.id, task.project_id
+
+        async def let() -> dict[str, Any]:
+            return {"run": True}
+
+        verdict = await self.review({"kind": "command", "worker": worker, "call_id": str(body.get("call_id") or ""),
+                                     "target": command, "arguments": {"command": command, "cwd": str(body.get("cwd") or "")},
+                                     "task_id": task_id, "project_id": project_id}, let)
+        return {k: v for k, v in verdict.items() if k != "result"}
+
     def _wake(self, seq: int) -> None:
         event = self._changed.get(seq)
         if event is not None:
@@ -359,6 +391,16 @@ class ApprovalDesk:
     def awaiting(self, task_id: str) -> bool:
         """Whether the task's worker waits for the admin on one of its calls (not a stall)."""
         return any(a.task_id == task_id for a in self.state.approvals(states=["pending", "approved", "running"]))
+
+
+def may_ask_commands(policy: ApprovalsConfig, worker: str) -> bool:
+    """Whether ``policy`` can hold a command of ``worker`` (its runtime asks before each one)."""
+    if policy.workers.get(worker, policy.level) == "off":
+        return False
+    if policy.workers.get(worker, policy.level) in ("strict", "smart"):
+        return True
+    return any(rule.decision == "ask" and (not rule.workers or worker in rule.workers)
+               and (rule.tool.startswith("command:") or rule.tool.startswith("*")) for rule in policy.rules)
 
 
 def may_ask(policy: ApprovalsConfig) -> bool:

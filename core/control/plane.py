@@ -456,6 +456,11 @@ class ControlPlane:
     async def worker_notice(self, worker: str, body: dict[str, Any]) -> None:
         await self.incoming.worker_notice(worker, body)
 
+    async def worker_approval(self, worker: str, body: dict[str, Any]) -> dict[str, Any]:
+        """May ``worker`` run this command now (docs/approvals.md)? Its task is taken from the
+        state DB (a task id it names counts only if the task is its own)."""
+        return await self.approvals.command(worker, body)
+
     async def wake_manager(self, room_id: str, text: str, key: str, *, origin: Origin | None = None) -> None:
         """Queue a Manager turn for a judgement; the same key is queued once, ever. ``origin``:
         who caused it (never the admin: the admin's turns come from their messages)."""

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from urllib.parse import urlparse
 
 from hiclaw.control.access import joined, worker_routes
+from hiclaw.control.approvals import may_ask_commands
 from hiclaw.errors import HiclawError, InvalidInputError, NotFoundError
 from hiclaw.models import TaskState, WorkerState
 from hiclaw.protocols import AccountRemoval, AdoptingSandbox, NeutralPaths, TaskAssignments, TokenChecker
@@ -316,7 +317,8 @@ class Provisioner:
                    if k not in ("homeserver_url", "access_token")}
         doc = {"version": hiclaw.__version__, "protocol": ADOPTION_PROTOCOL, "python": sys.executable,
                "model": worker.model, "budget": self.budget_of(worker), "network": worker.network,
-               "models": sorted(config.models), "rw": rw, "ro": ro, "channel": [config.channel.plugin, channel],
+               "models": sorted(config.models), "rw": rw, "ro": ro,
+               "ask_commands": may_ask_commands(config.approvals, worker.name), "channel": [config.channel.plugin, channel],
                "storage": config.storage.plugin, "sandbox": [config.sandbox.plugin, config.sandbox.settings],
                "plugins": [config.plugins.disabled, self.worker_plugins(config.storage.plugin), self.installed_plugins()],
                "orphan_timeout": config.team.orphan_timeout_seconds,
@@ -371,6 +373,7 @@ class Provisioner:
             orphan_timeout_seconds=self.config.team.orphan_timeout_seconds,
             max_turns_per_room_per_minute=self.config.team.max_turns_per_room_per_minute,
             egress=worker_routes(self.config, worker.name, self.access()),
+            ask_commands=may_ask_commands(self.config.approvals, worker.name),
         )
 
     def _sandbox_spec(self, worker: Worker, runtime: Any, access: Any, fingerprint: str) -> Any:

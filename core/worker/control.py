@@ -13,6 +13,10 @@ from hiclaw.worker.http import NO_ANSWER, LazySession, Unreachable
 log = logging.getLogger(__name__)
 
 
+class ControlUnreachable(HiclawError):
+    """The control plane did not answer (within ``outage_grace``)."""
+
+
 class ControlClient:
     """``outage_grace``: how long a call waits for a control plane that does not answer (one
     restarting after a crash); :meth:`wake` retries at once (it is back)."""
@@ -39,7 +43,7 @@ class ControlClient:
                 break
             except Unreachable as exc:
                 if loop.time() >= deadline:
-                    raise HiclawError(f"cannot reach the control plane at {self.base_url} ({exc})",
+                    raise ControlUnreachable(f"cannot reach the control plane at {self.base_url} ({exc})",
                                       hint="it may be restarting; try again shortly") from None
                 log.warning("control plane unreachable (%s) on %s; retrying in %.1fs", exc, path, delay)
             await self._pause(delay)  # back-off while the control plane is away
@@ -71,6 +75,11 @@ class ControlClient:
     async def notice(self, info: dict[str, Any]) -> None:
         """Something the admin must know (``{"kind": "turn-limit", "room_id": …}``)."""
         await self._post("/v1/notice", info)
+
+    async def approval(self, call: dict[str, Any]) -> dict[str, Any]:
+        """Whether a call may run now (``state`` done), waits for the admin (pending: ask again
+        with the same ``call_id``) or was denied — ``POST /v1/approval`` (docs/approvals.md)."""
+        return dict(await self._post("/v1/approval", call))
 
     async def skills_find(self, query: str, limit: int = 10) -> Any:
         return (await self._post("/v1/skills/find", {"query": query, "limit": limit}))["skills"]

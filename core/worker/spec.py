@@ -80,6 +80,9 @@ class WorkerRuntimeSpec(BaseModel):
     #: The MCP servers granted to it at its start; the gateway's ``GET /mcp`` answer, asked at each
     #: new task, wins over it (grants change while the worker runs).
     mcp: list[McpGrant] = Field(default_factory=list)
+    #: Whether ``[approvals]`` may hold its commands: each ``run_command`` asks the control plane
+    #: first (``POST /v1/approval``) and runs only once it is let (docs/approvals.md).
+    ask_commands: bool = False
 
     def to_env(self) -> str:
         data = self.model_dump(mode="json")

@@ -115,6 +115,8 @@ class WorkerTools:
         """Run a shell command in your sandbox (cwd: the current task's workspace)."""
         timeout = min(float(timeout_seconds or self.rt.spec.command_timeout_seconds), 900.0)
         cwd = self.local_dir()
+        if getattr(self.rt.spec, "ask_commands", False):
+            await self.command_allowed(command, cwd)
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(cwd), "LANG": "C.UTF-8",
                "TMPDIR": os.environ.get("TMPDIR", "/tmp")}
         proc = await asyncio.create_subprocess_shell(
@@ -129,6 +131,24 @@ class WorkerTools:
             timed_out = True
         return {"exit_code": proc.returncode, "timed_out": timed_out, "cwd": str(cwd),
                 "output": _cap((output or b"").decode("utf-8", errors="replace"))}
+
+    async def command_allowed(self, command: str, cwd: Path) -> None:
+        """Ask the control plane whether ``[approvals]`` lets this command run (it may wait for
+        the admin); raises with the admin's reason if not."""
+        from hiclaw.worker.control import ControlUnreachable
+
+        task = self.rt.current.task_id if getattr(self.rt, "current", None) else None
+        body = {"call_id": call_id(), "command": command, "cwd": str(cwd), "task_id": task}
+
+        def pending(answer: dict[str, Any]) -> str | None:
+            return str(answer.get("approval")) if answer.get("state") == "pending" else None
+
+        verdict = await until_decided(lambda: self.rt.control.approval(body), pending, away=(ControlUnreachable,))
+        if verdict.get("state") == "denied":
+            raise InvalidInputError(f"the admin denied this command ({verdict.get('approval')}): {verdict.get('reason')}",
+                                    hint="do without it, or report the task blocked with the reason")
+        if verdict.get("state") != "done":
+            raise InvalidInputError(f"this command was not run ({verdict.get('approval')}): {verdict.get('reason')}")
 
     async def skills_find(self, query: str, limit: int | None = None) -> Any:
         """Search the skill registry."""
