@@ -170,3 +170,18 @@ def test_arguments_cannot_close_the_cards_code_block():
     block = fenced(text)
     fence = block.split("text\n", 1)[0]
     assert len(fence) == 5 and block.endswith("\n" + fence) and block.count(fence) == 2
+
+
+async def test_a_flood_of_calls_gets_a_few_cards_and_no_more(tmp_path):
+    """A hostile worker sending call after call (each a new id) rings the admin three times, not a thousand."""
+    d = desk(tmp_path)
+
+    async def run() -> dict[str, Any]:
+        raise AssertionError("nothing runs before a decision")
+
+    verdicts = [await d.review(call(f"flood-{i}"), run) for i in range(20)]
+    assert [v["state"] for v in verdicts] == ["pending"] * 3 + ["denied"] * 17
+    assert "already wait for the admin" in verdicts[-1]["reason"]
+    assert len(d.state.approvals()) == 3
+    assert len([m for m in d.state.pending_messages() if m.key.startswith("approval:")]) == 3
+    assert (await d.review(call("flood-0"), run))["state"] == "pending"  # a waiting one still waits

@@ -49,6 +49,9 @@ MAX_SHOWN_ARGUMENTS = 1500
 #: A decision in chat: ``approve apr-3 [note]`` / ``deny apr-3 <reason>`` (a line of its own).
 DECISION = re.compile(r"^\s*(approve|approved|deny|denied|reject)\s+(apr-\d+)\b[\s:,.-]*(.*)$", re.IGNORECASE)
 CLOSED = ("denied", "done", "interrupted")
+#: Approvals one worker may have waiting at once: a worker makes one call at a time, so more is a
+#: loop or a flood of cards (each would ring the admin's phone) — refused without a card.
+MAX_PENDING_PER_WORKER = 3
 
 
 @dataclass(frozen=True)
@@ -202,6 +205,13 @@ class ApprovalDesk:
         if not guarded.call_id:
             return {"state": "denied", "approval": None,
                     "reason": "this call needs the admin's approval and came without a call id to wait on"}
+        if self.state.approval_of_call(guarded.worker, guarded.call_id[:128]) is None:
+            waiting = [a.id for a in self.state.approvals(states=["pending"]) if a.worker == guarded.worker]
+            if len(waiting) >= MAX_PENDING_PER_WORKER:
+                self.state.log_event("approval.refused", guarded.worker, target=guarded.target[:200], waiting=waiting)
+                return {"state": "denied", "approval": None,
+                        "reason": f"{len(waiting)} of your calls already wait for the admin ({', '.join(waiting)}); "
+                                  "wait for those decisions before asking again"}
         approval, new = self.state.add_approval(Approval(
             seq=0, worker=guarded.worker, call_id=guarded.call_id[:128], kind=guarded.kind, target=guarded.target[:600],
             arguments=guarded.arguments_json(), reason=reason, task_id=guarded.task_id, project_id=guarded.project_id))
