@@ -85,6 +85,8 @@ async def test_smart_level_a_writing_call_waits_for_the_admin_and_runs_once(tmp_
         assert code == 0, err
         assert [(a["id"], a["state"], a["worker"], a["target"]) for a in json.loads(out)] == [
             ("apr-1", "pending", WORKER, "tracker/create_issue")]
+        code, out, err = await cli(team.home, "status")
+        assert code == 0 and "1 approval waits for you: apr-1 (eve: mcp tracker/create_issue)" in out, err
 
         # Approved in chat (a line of the admin's, in the room of the card): it runs, once.
         await team.admin.send(room, "approve apr-1 go ahead")

@@ -166,14 +166,21 @@ def status_command(app: App, as_json: bool) -> None:
     table([[t["id"], t["project"] or "-", t["assignee"], t["state"] + (" (stalled)" if t.get("stalled_at") else ""),
             t["result_status"] or "-", t["title"]]
            for t in data["tasks"]], ["task", "project", "assignee", "state", "result", "title"])
+    waiting = data.get("approvals") or []
+    if waiting:
+        click.echo("")
+        echo_safe(f"{len(waiting)} approval{'s wait' if len(waiting) != 1 else ' waits'} for you: "
+                  + ", ".join(f"{a['id']} ({a['worker']}: {a['kind']} {a['target'][:60]})" for a in waiting)
+                  + " — see `hiclaw approvals list`")
 
 
 def offline_status(app: App) -> dict[str, Any]:
+    from hiclaw.control.approvals import listing
     from hiclaw.state import StateDB
 
     path = app.home / "state.db"
     if not path.exists():
-        return {"running": False, "components": {}, "workers": [], "projects": [], "tasks": []}
+        return {"running": False, "components": {}, "workers": [], "projects": [], "tasks": [], "approvals": []}
     state = StateDB(path, readonly=True)
     try:
         return {
@@ -182,6 +189,7 @@ def offline_status(app: App) -> dict[str, Any]:
             "workers": [w.view() for w in state.workers()],
             "projects": [p.model_dump() for p in state.projects()],
             "tasks": [t.view() for t in state.tasks()],
+            "approvals": listing(state),
         }
     finally:
         state.close()

@@ -24,7 +24,7 @@ from hiclaw.agent import GatewayClient
 from hiclaw.config import HiclawConfig, Secrets
 from hiclaw.control.access import AccessBook, LiveAccess, check_access
 from hiclaw.control.api import ControlAPI
-from hiclaw.control.approvals import ApprovalDesk, may_ask
+from hiclaw.control.approvals import ApprovalDesk, listing, may_ask
 from hiclaw.control.chat import ControlChat
 from hiclaw.control.cron import check_timezone
 from hiclaw.control.idle import IdlePolicy
@@ -594,6 +594,7 @@ class ControlPlane:
             "workers": workers,
             "projects": [p.model_dump() for p in self.state.projects()],
             "tasks": [t.view() for t in self.state.tasks()],
+            "approvals": listing(self.state),
         }
 
     async def admin_action(self, action: str, body: dict[str, Any]) -> Any:
