@@ -4,8 +4,12 @@ pending, never posted, so the worker is not handed a task it cannot open — and
 the first is accepted; the worker reports both. Held across a control-plane restart too."""
 from __future__ import annotations
 
+import asyncio
+import sys
+
 from hiclaw.models import TaskState
 from hiclaw.state import Task
+from hiclaw.testing import clean_env
 from hiclaw.testing.team import running_team, wait_until
 
 SCENARIO = {"agents": {
@@ -40,6 +44,14 @@ async def test_second_adhoc_task_while_the_first_awaits_review(tmp_path):
         await wait_until(lambda: plane.state.task(second.id).state is TaskState.REVIEW, timeout=30,
                          what="bob's second report")
         assert plane.state.task(second.id).result_summary == f"done {second.id}"
+        # From the CLI, while the second awaits review: held, and it says so.
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "hiclaw", "task", "assign", "bob", "Third chore",
+                                                    env=clean_env(team.home), stdout=asyncio.subprocess.PIPE,
+                                                    stderr=asyncio.subprocess.PIPE)
+        out, err = await proc.communicate()
+        assert proc.returncode == 0, err.decode()
+        assert "task-003 assigned to bob: Third chore — held: bob is busy" in out.decode()
+        assert plane.state.task("task-003").state is TaskState.PENDING
 
 
 async def test_a_held_assignment_is_posted_once_after_a_control_plane_restart(tmp_path):

@@ -156,7 +156,9 @@ def task_assign(app: App, worker: str, title: str, spec: str, model: str | None,
     if as_json:
         emit_json(task)
         return
-    echo_safe(f"{task['id']} assigned to {task['assignee']}: {terminal_safe(task['title'], one_line=True)}")
+    echo_safe(f"{task['id']} assigned to {task['assignee']}: {terminal_safe(task['title'], one_line=True)}"
+              + (f" — held: {task['assignee']} is busy with another task; it is posted when that one is finished"
+                 if task.get("state") == "pending" else ""))
 
 
 def assign_task(app: App, worker: str, title: str, spec: str = "", model: str | None = None) -> dict[str, Any]:
