@@ -128,7 +128,7 @@ THINKING_MS = 3000  # long enough to steer the project meanwhile
 async def started(plane: Any, task_id: str) -> bool:
     try:
         await plane.storage.get(f"shared/tasks/{task_id}/workspace/started.md")
-    except Exception:
+    except Exception:  # not written yet
         return False
     return plane.state.task(task_id).state is TaskState.IN_PROGRESS
 
