@@ -104,6 +104,8 @@ async def test_cancel_a_project_tells_the_worker_under_way(engine):  # noqa: F81
     notice = engine.chat.posts[-1][1]
     assert "was cancelled by admin: budget cut. 1 of 3 tasks done; cancelled: task-002, task-003" in notice
     assert "**State:** cancelled" in plan_md(engine, project.id) and "- [-] task-002" in plan_md(engine, project.id)
+    with pytest.raises(InvalidInputError, match="task-003 is cancelled — there is nothing to judge"):
+        await engine.accept_task("task-003")  # its review turn, queued before the cancellation
     with pytest.raises(InvalidInputError, match="is cancelled: it cannot be paused"):
         await engine.pause_project(project.id)
     await engine.storage.put(layout.task_result("task-002"), b"---\nstatus: SUCCESS\nattempt: 1\n---\nlate\n")

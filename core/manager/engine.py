@@ -341,6 +341,8 @@ class TaskEngine(PlanRevisions, Rework, Steering):
         task = self.state.task(task_id)
         if task.state is TaskState.DONE:
             raise InvalidInputError(f"{task_id} is already done")
+        if task.state is TaskState.CANCELLED:  # e.g. its project was cancelled while its report waited
+            raise InvalidInputError(f"{task_id} is cancelled", hint="there is nothing to judge")
         if task.state is not TaskState.REVIEW:
             raise InvalidInputError(f"{task_id} has no result to judge yet (it is {task.state.value})",
                                     hint="wait for the worker's report")

@@ -133,7 +133,7 @@ class PlanRevisions:
         state = self.state
         project = state.project(project_id)
         if project.state in STARTED:
-            raise InvalidInputError(f"{project_id} is running; its plan can no longer be replaced",
+            raise InvalidInputError(f"{project_id} is {project.state}; its plan can no longer be replaced",
                                     hint="change its pending tasks with revise_plan (add, remove, reassign, depends_on)")
         if project.state not in (ProjectState.PLANNING, ProjectState.AWAITING_CONFIRMATION):
             raise InvalidInputError(f"{project_id} is {project.state}; its plan can no longer be changed",

@@ -203,7 +203,8 @@ class Steering:
                 self.state.update_task(task.id, state=TaskState.CANCELLED)
                 if task.state is TaskState.IN_PROGRESS:
                     self._tell_to_stop(task, f"project **{project.title}** was {word}")
-            self.state.discard_message(plan_key(project.id, project.version))  # a plan nobody confirmed yet
+            if project.state == ProjectState.AWAITING_CONFIRMATION:  # its plan message, if still undelivered
+                self.state.discard_message(plan_key(project.id, project.version))
             self._notice(project, kind, f"Project **{project.title}** was {word} by {by}{because}. {done} of "
                                         f"{len(tasks)} tasks done; cancelled: "
                                         f"{', '.join(t.id for t in open_tasks) or 'none'}. "
