@@ -197,7 +197,7 @@ async def test_cancel_and_complete_early_tell_the_workers_under_way_to_stop(tmp_
         await team.wait_for_message("sam stopped task-004", sender="sam")
         await team.wait_for_message(f"final report for {early.id}: 1 done")
         status, refused = await admin_action(home, "project-pause", {"project": early.id})
-        assert status == 400 and refused["error"] == f"{early.id} is done: it cannot be paused — it is finished"
+        assert status == 400 and refused["error"] == f"{early.id} is done: it cannot be paused — start a new project for more work"
 
 
 STEER_RULES = [

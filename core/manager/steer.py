@@ -116,7 +116,8 @@ class Steering:
         project = self.state.project(project_id)
         check_version(project, expected_version)
         if project.state not in allowed:
-            hint = {ProjectState.DONE: "it is finished", ProjectState.CANCELLED: "it is cancelled",
+            hint = {ProjectState.DONE: "start a new project for more work",
+                    ProjectState.CANCELLED: "start a new project for more work",
                     ProjectState.PLANNING: "it has not started; cancel it, or propose and confirm a plan",
                     ProjectState.AWAITING_CONFIRMATION: "it has not started; confirm its plan or cancel it",
                     ProjectState.PAUSED: "resume it first", ProjectState.RUNNING: "pause it first"}[project.state]
