@@ -1,7 +1,8 @@
 """Steering running projects on a live team (Synapse, the gateway with the scripted model,
 sandboxed workers): pause and resume through the control API and the CLI, conflict-safe
 versions, cancel and complete early with the workers under way told to stop, the history of
-plan versions, one-line CLI errors, and the Manager pausing a project for the admin — never for
+plan versions, one-line CLI errors, a pause across a control-plane restart, and the Manager
+pausing a project for the admin — never for
 a worker. Observed from the outside: the state DB, the rooms and the CLI's output."""
 from __future__ import annotations
 
@@ -131,6 +132,35 @@ async def started(plane: Any, task_id: str) -> bool:
     except Exception:  # not written yet
         return False
     return plane.state.task(task_id).state is TaskState.IN_PROGRESS
+
+
+async def test_a_pause_survives_a_control_plane_restart(tmp_path):
+    """Stored durably: the restarted plane's reconciliation dispatches nothing of a paused project;
+    resuming it then does, once."""
+    from hiclaw.testing.team import start_plane
+
+    home = tmp_path / "home"
+    async with running_team(home, REPORTING, yolo=True) as team:
+        plane = team.plane
+        for name in ("alex", "sam"):
+            await plane.provisioner.create_worker(name, role="writer")
+        project = await plane.engine.create_project("Launch")
+        await plane.engine.propose_plan(project.id, CHAIN)
+        await wait_until(lambda: plane.state.task("task-001").state is TaskState.REVIEW, what="alex's report")
+        await plane.engine.pause_project(project.id)
+        await plane.engine.accept_task("task-001")
+        await plane.stop()
+        again = await start_plane(home, team.config)
+        try:
+            assert again.state.project(project.id).state == ProjectState.PAUSED
+            assert again.state.task("task-002").state is TaskState.PENDING
+            assert not again.state.events(kind="task.dispatched", subject="task-002")
+            status, resumed = await admin_action(home, "project-resume", {"project": project.id, "expected_version": 1})
+            assert status == 200 and resumed["tasks"]["task-002"] == "in_progress"
+            await wait_until(lambda: again.state.task("task-002").state is TaskState.REVIEW, what="sam's report")
+            assert [e["data"]["attempt"] for e in again.state.events(kind="task.dispatched", subject="task-002")] == [1]
+        finally:
+            await again.stop()
 
 
 def slow_worker(agent: str) -> list[dict[str, Any]]:
