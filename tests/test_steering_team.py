@@ -2,8 +2,7 @@
 sandboxed workers): pause and resume through the control API and the CLI, conflict-safe
 versions, cancel and complete early with the workers under way told to stop, the history of
 plan versions, one-line CLI errors, a pause across a control-plane restart, and the Manager
-pausing a project for the admin — never for
-a worker. Observed from the outside: the state DB, the rooms and the CLI's output."""
+pausing a project for the admin — never for a worker. Observed from the outside: the state DB, the rooms and the CLI's output."""
 from __future__ import annotations
 
 import asyncio
