@@ -197,3 +197,21 @@ async def test_the_steering_tools_refuse_a_turn_the_admin_did_not_start(engine):
     with turn_origin(ADMIN):
         answer = await tools["pause_project"].handler({"project_id": project.id, "expected_version": 1})
     assert answer["state"] == "paused" and answer["tasks"]["task-001"] == "in_progress"
+
+
+def test_a_version_2_database_gets_the_plan_versions_table(tmp_path):
+    path = tmp_path / "state.db"
+    state = StateDB(path)
+    project = state.create_project("Old")
+    with state.transaction() as conn:  # what the previous version left: no plan_versions
+        conn.execute("DROP TABLE plan_versions")
+        conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    state.close()
+    readonly = StateDB(path, readonly=True)  # a CLI look before the control plane upgraded it
+    try:
+        assert readonly.plan_versions(project.id) == [] and project_history(readonly, project.id) == []
+    finally:
+        readonly.close()
+    state = StateDB(path)
+    assert state.get_meta("schema_version") == "3" and state.plan_versions(project.id) == []
+    state.close()
