@@ -431,6 +431,66 @@ class TeamConfig(_Section):
         return None if self.worker_budget_usd == "unlimited" else float(self.worker_budget_usd)
 
 
+ApprovalLevel = Literal["strict", "smart", "auto", "off"]
+
+
+class ApprovalRule(_Section):
+    """One ``[[approvals.rules]]``: calls whose target matches ``tool`` (a glob on
+    ``mcp:<server>/<tool>`` or ``egress:<route>/<METHOD> <path>``) and, if set, whose arguments
+    (as JSON) match the regular expression ``args``, by one of ``workers`` (default all), need the
+    admin (``decision = "ask"``) or not (``"allow"``). The first matching rule decides."""
+
+    tool: str
+    args: str | None = None
+    workers: list[str] = Field(default_factory=list)
+    decision: Literal["ask", "allow"] = "ask"
+
+    @field_validator("tool")
+    @classmethod
+    def _tool(cls, value: str) -> str:
+        if not value.startswith(("mcp:", "egress:", "*")):
+            raise ValueError(f"{value!r} must start with 'mcp:' (mcp:<server>/<tool>) or 'egress:' "
+                             "(egress:<route>/<METHOD> <path>); globs allowed, e.g. 'mcp:tracker/create_*'")
+        return value
+
+    @field_validator("args")
+    @classmethod
+    def _args(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"{value!r} is not a regular expression ({exc})") from None
+        return value
+
+    @field_validator("workers")
+    @classmethod
+    def _workers(cls, value: list[str]) -> list[str]:
+        return check_worker_names(value)
+
+
+class ApprovalsConfig(_Section):
+    """``[approvals]`` (docs/approvals.md): which calls of workers' tools wait for the admin.
+    ``level``: ``strict`` (every MCP tool call and egress request), ``smart`` (those that may
+    write: MCP tools not marked read-only or marked destructive, egress requests other than
+    GET/HEAD/OPTIONS), ``auto`` (only what ``rules`` ask for), ``off`` (none, not even rules).
+    ``workers``: a level per worker. ``remind_seconds``: a pending approval reminds the admin
+    every so often; ``expire_seconds`` (0 = never): then it is denied, saying so."""
+
+    level: ApprovalLevel = "auto"
+    workers: dict[str, ApprovalLevel] = Field(default_factory=dict)
+    rules: list[ApprovalRule] = Field(default_factory=list)
+    hold_seconds: float = Field(default=20.0, gt=0, le=120)
+    remind_seconds: float = Field(default=1800.0, gt=0)
+    expire_seconds: float = Field(default=0.0, ge=0)
+
+    @field_validator("workers")
+    @classmethod
+    def _workers(cls, value: dict[str, ApprovalLevel]) -> dict[str, ApprovalLevel]:
+        check_worker_names(list(value))
+        return value
+
+
 class PluginsConfig(_Section):
     disabled: list[str] = Field(default_factory=list)
 
@@ -446,6 +506,7 @@ class HiclawConfig(_Section):
     plugins: PluginsConfig = Field(default_factory=PluginsConfig)
     egress: dict[str, EgressRoute] = Field(default_factory=dict)
     mcp: dict[str, McpServer] = Field(default_factory=dict)
+    approvals: ApprovalsConfig = Field(default_factory=ApprovalsConfig)
 
     @field_validator("mcp")
     @classmethod

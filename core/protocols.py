@@ -308,6 +308,32 @@ class McpServers(Protocol):
         """The tools ``server`` offers (``name``, ``description``, ``input_schema``), asked afresh."""
 
 
+#: ``_meta`` key of a worker's MCP ``tools/call`` (and header ``X-Hiclaw-Call-Id`` of an egress
+#: request): the worker's id of this one call, the same on every retry — what an approval waits on.
+CALL_ID_META = "hiclaw/call_id"
+CALL_ID_HEADER = "X-Hiclaw-Call-Id"
+#: ``_meta`` key of a ``tools/call`` answer (and header ``X-Hiclaw-Approval`` of an egress answer)
+#: saying the call waits for the admin (``pending``: send it again) or was ``denied``.
+APPROVAL_META = "hiclaw/approval"
+APPROVAL_HEADER = "X-Hiclaw-Approval"
+
+#: ``review(call, run)`` of :class:`ApprovalGate`: ``call`` is a dict of
+#: :class:`hiclaw.control.approvals.GuardedCall`'s fields; ``run()`` makes the call and returns its
+#: answer (JSON-ready). Returns ``{"state": "done", "result": …}`` or ``pending`` / ``denied`` /
+#: ``interrupted`` with ``approval`` (its id) and ``reason``.
+Review = Callable[[dict[str, Any], Callable[[], Awaitable[dict[str, Any]]]], Awaitable[dict[str, Any]]]
+
+
+@runtime_checkable
+class ApprovalGate(Protocol):
+    """A gateway that asks the control plane before running a worker's MCP tool call or egress
+    request (docs/approvals.md). Without it, a team whose ``[approvals]`` could ask anything
+    refuses to start."""
+
+    def set_approvals(self, review: Review | None) -> None:
+        """Ask ``review`` before each call from now on (None: run every call)."""
+
+
 @runtime_checkable
 class UsageLedger(Protocol):
     """A gateway that meters usage. Without it, ``hiclaw usage`` and the Manager's usage report

@@ -146,6 +146,28 @@ CREATE TABLE IF NOT EXISTS plan_versions (
     created_at TEXT NOT NULL,
     PRIMARY KEY (project_id, version)
 );
+-- Calls of workers' tools that wait for the admin (hiclaw.control.approvals): one row per call
+-- (the worker's call id), decided once, run once; `result` is the answer every retry gets.
+CREATE TABLE IF NOT EXISTS approvals (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- the id is apr-<seq>
+    worker TEXT NOT NULL,
+    call_id TEXT NOT NULL,
+    kind TEXT NOT NULL,                  -- mcp | egress
+    target TEXT NOT NULL,                -- server/tool | route/METHOD path
+    arguments TEXT NOT NULL,             -- JSON, as the worker sent them (capped)
+    reason TEXT NOT NULL,                -- why it needs the admin
+    task_id TEXT,
+    project_id TEXT,
+    state TEXT NOT NULL DEFAULT 'pending',  -- pending | approved | denied | running | done | interrupted
+    decided_by TEXT,
+    note TEXT,                           -- the admin's note; a denial's reason
+    result TEXT,                         -- JSON: the answer of the call once it ran
+    reminders INTEGER NOT NULL DEFAULT 0,
+    created_at TEXT NOT NULL,
+    decided_at TEXT,
+    finished_at TEXT,
+    UNIQUE (worker, call_id)
+);
 CREATE INDEX IF NOT EXISTS tasks_by_project ON tasks(project_id);
 CREATE INDEX IF NOT EXISTS tasks_by_assignee ON tasks(assignee, state);
 """
@@ -206,6 +228,39 @@ class ToolGrant(BaseModel):
     tools: list[str] | None = None
     granted_by: str = "admin"
     created_at: str = ""
+
+
+APPROVAL_FIELDS = frozenset({"decided_by", "note", "result", "reminders", "decided_at", "finished_at"})
+
+
+class Approval(BaseModel):
+    """A call waiting for (or decided by) the admin: :mod:`hiclaw.control.approvals`."""
+
+    seq: int
+    worker: str
+    call_id: str
+    kind: str
+    target: str
+    arguments: str
+    reason: str
+    task_id: str | None = None
+    project_id: str | None = None
+    state: str = "pending"
+    decided_by: str | None = None
+    note: str | None = None
+    result: str | None = None
+    reminders: int = 0
+    created_at: str = ""
+    decided_at: str | None = None
+    finished_at: str | None = None
+
+    @property
+    def id(self) -> str:
+        return f"apr-{self.seq}"
+
+    def view(self) -> dict[str, Any]:
+        data = self.model_dump(exclude={"seq", "result", "call_id"})
+        return {"id": self.id, **data}
 
 
 class Project(BaseModel):
@@ -726,6 +781,58 @@ class StateDB:
         with self.transaction() as conn:
             return conn.execute("DELETE FROM tool_grants WHERE worker = ? AND kind = ? AND name = ?",
                                 (worker, kind, name)).rowcount > 0
+
+    # ------------------------------------------------------------------ approvals
+
+    def add_approval(self, approval: Approval) -> tuple[Approval, bool]:
+        """Record a call that waits for the admin, once per (worker, call id): the row, and
+        whether it is new."""
+        with self.transaction() as conn:
+            cursor = conn.execute(
+                "INSERT INTO approvals(worker, call_id, kind, target, arguments, reason, task_id, project_id,"
+                " created_at) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(worker, call_id) DO NOTHING",
+                (approval.worker, approval.call_id, approval.kind, approval.target, approval.arguments,
+                 approval.reason, approval.task_id, approval.project_id, now_iso()))
+            new = cursor.rowcount > 0
+        found = self.approval_of_call(approval.worker, approval.call_id)
+        assert found is not None
+        return found, new
+
+    def approval_of_call(self, worker: str, call_id: str) -> Approval | None:
+        rows = self._query("SELECT * FROM approvals WHERE worker = ? AND call_id = ?", (worker, call_id))
+        return Approval(**dict(rows[0])) if rows else None
+
+    def approval(self, approval_id: str) -> Approval:
+        seq = approval_id.removeprefix("apr-")
+        rows = self._query("SELECT * FROM approvals WHERE seq = ?", (int(seq),)) if seq.isdigit() else []
+        if not rows:
+            raise NotFoundError(f"no approval {approval_id!r}", hint="see `hiclaw approvals list --all` for the ids")
+        return Approval(**dict(rows[0]))
+
+    def approvals(self, *, states: Sequence[str] | None = None) -> list[Approval]:
+        try:
+            if states:
+                marks = ",".join("?" * len(states))
+                rows = self._query(f"SELECT * FROM approvals WHERE state IN ({marks}) ORDER BY seq",  # noqa: S608 - placeholders
+                                   tuple(states))
+            else:
+                rows = self._query("SELECT * FROM approvals ORDER BY seq")
+        except sqlite3.OperationalError:  # a read-only look at a database older than the table
+            return []
+        return [Approval(**dict(r)) for r in rows]
+
+    def move_approval(self, seq: int, expected: Sequence[str], new_state: str, **fields: Any) -> bool:
+        """``state`` from one of ``expected`` to ``new_state`` (and ``fields``) in one UPDATE: of
+        two decisions or two runs at once, exactly one wins."""
+        unknown = set(fields) - APPROVAL_FIELDS
+        if unknown:
+            raise ValueError(f"not a field of an approval: {sorted(unknown)}")
+        assigns = ", ".join(["state = ?", *(f"{k} = ?" for k in fields)])
+        marks = ",".join("?" * len(expected))
+        with self.transaction() as conn:
+            return conn.execute(
+                f"UPDATE approvals SET {assigns} WHERE seq = ? AND state IN ({marks})",  # noqa: S608 - names checked
+                (new_state, *fields.values(), seq, *expected)).rowcount > 0
 
     def upsert_schedule(self, schedule: Schedule) -> Schedule:
         with self.transaction() as conn:

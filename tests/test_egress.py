@@ -27,6 +27,7 @@ from hiclaw.control.access import apply_access, check_access, joined, worker_rou
 from hiclaw.errors import ConfigError, PluginError
 from hiclaw.host import ComponentContext, PluginHost
 from hiclaw.plugins.gateways import embedded
+from hiclaw.testing.team import wait_until
 from hiclaw.worker.http import WorkerGatewayClient
 from hiclaw.worker.spec import EgressGrant
 from hiclaw.worker.tools import WorkerTools
@@ -404,3 +405,98 @@ async def test_a_gateway_without_egress_support_refuses_a_configured_route():
     with pytest.raises(PluginError, match=r"gateway 'embedded-gateway' \(plugin thirdparty\) cannot serve \[egress\]"):
         await apply_access(config, object(), "thirdparty", joined(config, ()))
     await apply_access(HiclawConfig(), object(), "thirdparty", joined(HiclawConfig(), ()))  # nothing configured: nothing needed
+
+
+# --------------------------------------------------------------------------- approvals
+
+
+async def desk_on(rig: Rig, tmp_path: Path, **policy: Any) -> Any:
+    from hiclaw.config import ApprovalsConfig
+    from hiclaw.control.approvals import ApprovalDesk
+    from hiclaw.state import StateDB
+
+    async def flush() -> None:  # the cards stay in the state DB's outbox (no chat here)
+        return None
+
+    state = StateDB(tmp_path / "state.db")
+    desk = ApprovalDesk(state=state, policy=ApprovalsConfig.model_validate({"hold_seconds": 0.2, **policy}),
+                        admin="admin", flush=flush)
+    rig.gateway.set_approvals(desk.review)
+    return desk
+
+
+def http_tool(rig: Rig) -> tuple[Any, WorkerGatewayClient]:
+    client = WorkerGatewayClient(rig.gateway.base_url, rig.alice)
+    grants = [EgressGrant(**g) for g in worker_routes(rig.gateway.ctx.config, "alice")]
+    runtime = SimpleNamespace(name="alice", spec=SimpleNamespace(egress=grants), gateway=client, current=None)
+    return {t.name: t for t in WorkerTools(runtime).specs()}["http_request"], client
+
+
+async def test_smart_approvals_hold_a_post_until_approved_and_send_it_once(rig, tmp_path):
+    desk = await desk_on(rig, tmp_path, level="smart")
+    tool, client = http_tool(rig)
+    try:
+        assert (await tool.handler({"route": "api", "path": "/allowed/read"}))["status"] == 200  # GET: alone
+        assert desk.state.approvals() == [] and len(rig.upstream.requests) == 1
+        call = asyncio.create_task(tool.handler({"route": "api", "method": "POST", "path": "/allowed/x", "body": "hi"}))
+        pending = await wait_until(lambda: desk.state.approvals(states=["pending"]), timeout=10, what="the approval")
+        assert (pending[0].kind, pending[0].target) == ("egress", "api/POST /allowed/x")
+        assert json.loads(pending[0].arguments)["body"] == "hi"
+        assert len(rig.upstream.requests) == 1  # not sent while it waits
+        await desk.decide(pending[0].id, approve=True)
+        answer = await asyncio.wait_for(call, timeout=10)
+        assert answer["status"] == 200 and CANARY not in answer["body"]
+        assert [r["method"] for r in rig.upstream.requests] == ["GET", "POST"]
+        # The same call sent again (same call id) gets the stored answer; nothing is sent twice.
+        again = await raw(port_of(rig.gateway), "POST", "/egress/api/allowed/x", token=rig.alice,
+                          headers={"X-Hiclaw-Call-Id": desk.state.approval(pending[0].id).call_id}, body=b"hi")
+        assert again[0] == 200 and len(rig.upstream.requests) == 2
+    finally:
+        await client.aclose()
+        desk.state.close()
+
+
+async def test_a_denied_request_answers_the_reason_and_is_never_sent(rig, tmp_path):
+    desk = await desk_on(rig, tmp_path, level="strict")
+    tool, client = http_tool(rig)
+    try:
+        call = asyncio.create_task(tool.handler({"route": "api", "path": "/allowed/x"}))
+        pending = await wait_until(lambda: desk.state.approvals(states=["pending"]), timeout=10, what="the approval")
+        await desk.decide(pending[0].id, approve=False, note="not this week")
+        answer = await asyncio.wait_for(call, timeout=10)
+        assert answer["status"] == 403 and "not this week" in answer["body"] and "denied" in answer["body"]
+        assert rig.upstream.requests == []
+        # Without a call id a guarded request cannot wait: refused, not sent.
+        status, headers, body = await raw(port_of(rig.gateway), "GET", "/egress/api/allowed/y", token=rig.alice)
+        assert status == 403 and headers.get("x-hiclaw-approval") == "denied" and b"call id" in body
+        assert rig.upstream.requests == []
+    finally:
+        await client.aclose()
+        desk.state.close()
+
+
+async def test_an_approved_call_id_sent_with_other_arguments_runs_nothing(rig, tmp_path):
+    """A hostile worker waits for the admin's yes, then sends the approved call id with another body."""
+    desk = await desk_on(rig, tmp_path, level="smart")
+    port = port_of(rig.gateway)
+    try:
+        status, headers, _ = await raw(port, "POST", "/egress/api/allowed/x", token=rig.alice,
+                                       headers={"X-Hiclaw-Call-Id": "c1"}, body=b"harmless")
+        assert status == 202 and headers.get("x-hiclaw-approval") == "pending"
+        await desk.decide("apr-1", approve=True)
+        swapped = await raw(port, "POST", "/egress/api/allowed/x", token=rig.alice,
+                            headers={"X-Hiclaw-Call-Id": "c1"}, body=b"rm -rf everything")
+        assert swapped[0] == 403 and b"belongs to another call" in swapped[2]
+        other_path = await raw(port, "POST", "/egress/api/allowed/elsewhere", token=rig.alice,
+                               headers={"X-Hiclaw-Call-Id": "c1"}, body=b"harmless")
+        assert other_path[0] == 403
+        assert rig.upstream.requests == []
+        # Another worker's token with the same call id is another call: its own approval, not alice's.
+        bob_try = await raw(port, "POST", "/egress/api/allowed/x", token=rig.bob,
+                            headers={"X-Hiclaw-Call-Id": "c1"}, body=b"harmless")
+        assert bob_try[0] == 403 and rig.upstream.requests == []  # bob is not granted the route at all
+        ran = await raw(port, "POST", "/egress/api/allowed/x", token=rig.alice,
+                        headers={"X-Hiclaw-Call-Id": "c1"}, body=b"harmless")
+        assert ran[0] == 200 and [r["body"] for r in rig.upstream.requests] == ["harmless"]
+    finally:
+        desk.state.close()

@@ -39,6 +39,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "schedule": "hiclaw.cli.schedule:schedule_group",
     "mcp": "hiclaw.cli.access:mcp_group",
     "egress": "hiclaw.cli.access:egress_group",
+    "approvals": "hiclaw.cli.approvals:approvals_group",
 }
 
 

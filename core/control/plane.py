@@ -24,6 +24,7 @@ from hiclaw.agent import GatewayClient
 from hiclaw.config import HiclawConfig, Secrets
 from hiclaw.control.access import AccessBook, LiveAccess, check_access
 from hiclaw.control.api import ControlAPI
+from hiclaw.control.approvals import ApprovalDesk, may_ask
 from hiclaw.control.chat import ControlChat
 from hiclaw.control.cron import check_timezone
 from hiclaw.control.idle import IdlePolicy
@@ -48,7 +49,7 @@ from hiclaw.manager.report import ReportSources
 from hiclaw.manager.steer import ACTIONS as STEER_ACTIONS
 from hiclaw.manager.steer import admin_steer
 from hiclaw.models import ChatMessage, ModelRequest, TaskRecord, TaskResult, TaskState, ToolSpec, WorkerState
-from hiclaw.protocols import ChannelServices, Lifecycle, Stoppable, StorageEndpoint, TeamChannel, missing_members
+from hiclaw.protocols import ApprovalGate, ChannelServices, Lifecycle, Stoppable, StorageEndpoint, TeamChannel, missing_members
 from hiclaw.state import StateDB
 from hiclaw.storage import layout
 
@@ -102,6 +103,7 @@ class ControlPlane:
     manager: Part[ManagerAgent] = Part()
     desk: Part[ManagerDesk] = Part()
     gate: Part[Any] = Part()  # a hiclaw.wakeup.MentionGate
+    approvals: Part[ApprovalDesk] = Part()
 
     def __init__(self, home: Path, *, config: HiclawConfig, secrets: Secrets, host: PluginHost | None = None,
                  progress: Callable[[str], None] | None = None, worker_ready_timeout: float = 60.0,
@@ -214,6 +216,12 @@ class ControlPlane:
         self.access = LiveAccess(AccessBook(self.config, state), gateway=gateway,
                                  plugin=self.host.registration("gateway", self.config.gateway.plugin).plugin)
         await self.access.apply()
+        if may_ask(self.config.approvals) and not isinstance(gateway, ApprovalGate):
+            from hiclaw.errors import PluginError
+
+            raise PluginError(f"gateway {self.config.gateway.plugin!r} cannot hold calls for approval, and [approvals] "
+                              "asks for some", hint="use the embedded gateway, or set [approvals] level = \"auto\" "
+                              "with no rules (docs/approvals.md)")
         await gateway.start()
         self.components["gateway"] = gateway
         self.progress(f"gateway: {gateway.base_url}")
@@ -288,6 +296,8 @@ class ControlPlane:
         await self.engine.reconcile()
         self._on_stop("scheduler", self.scheduler.stop)
         await self.scheduler.start()
+        self._on_stop("approvals", self.approvals.stop)
+        self.approvals.start(self.config.team.heartbeat_seconds)
         self._on_stop("watchdog", self.watchdog.stop)  # stopped first: it would restart stopping workers
         self.watchdog.start()
         self._on_stop("plugins", lambda: self.host.shutdown(self.runtime_context()))
@@ -300,6 +310,11 @@ class ControlPlane:
         config, team = self.config, self.config.team
         chat = self.chat = ControlChat(channel, state, admin=ADMIN)
         self.outbox = chat.outbox = Outbox(state, chat, admin=ADMIN)
+        approvals = self.approvals = ApprovalDesk(state=state, policy=config.approvals, admin=ADMIN, flush=chat.flush,
+                                                  admin_user=channel.user_id(ADMIN))
+        approvals.reconcile()  # a call that ran when the plane stopped is never run again
+        if isinstance(self.gateway, ApprovalGate):
+            self.gateway.set_approvals(approvals.review)
         state.on_message_committed = crash_hook_for_tests(self.home)
         skills = self.skills = TeamSkills(config.skills, registry=team_registry(self.host, config, self.home),
                                           storage=storage, state=state, chat=chat, admin=ADMIN)
@@ -324,6 +339,7 @@ class ControlPlane:
                                  gateway=gateway, storage=storage, engine=engine, idle=idle,
                                  wake_manager=self.wake_manager, display=self.display,
                                  interval=team.heartbeat_seconds, admin=ADMIN)
+        self.watchdog.awaiting_approval = approvals.awaiting
         questions = self.questions = WorkerQuestions(state=state, chat=chat, wake_manager=self.wake_manager,
                                                      admin=ADMIN)
         self.incoming = Incoming(state=state, chat=chat, channel=channel, questions=questions,
@@ -430,6 +446,7 @@ class ControlPlane:
 
     async def _on_message(self, message: ChatMessage) -> None:
         self.watchdog.observe(message)  # workers' messages are heartbeat signals; mentions wake sleepers
+        await self.approvals.on_admin_message(message.sender, message.body)  # "approve apr-3" in any room
         await self.host.on_message(message, self.runtime_context())
         await self.gate(message)
 
@@ -591,6 +608,8 @@ class ControlPlane:
             return task.view()
         if action in STEER_ACTIONS:  # pause, resume, cancel, complete a project (`hiclaw project pause` …)
             return await admin_steer(self.engine, action, body)
+        if action.startswith("approval"):
+            return await self.approvals.admin_action(action, body)
         if action.startswith("access-"):
             return await self.access.admin_action(action, body)
         if action.startswith("schedule-"):

@@ -109,6 +109,7 @@ class Watchdog:
         self.wake_manager, self.display, self.admin = wake_manager, display, admin
         self.interval = float(interval)
         self.clock = clock
+        self.awaiting_approval: Callable[[str], bool] = lambda task_id: False  # set by the control plane
         self.check_every = max(0.05, min(self.interval, self.idle.idle_seconds) / CHECKS_PER_INTERVAL)
         self.started_at = clock()
         self.ownership = Ownership(state=state, chat=chat, engine=engine, admin=admin, interval=self.interval,
@@ -330,6 +331,9 @@ class Watchdog:
             return
         if self.supervisor.status(task.assignee).get("state") != "running":
             return  # a dead or sleeping process is the process check's business
+        if self.awaiting_approval(task.id):
+            watch.last_progress = now  # it waits for the admin, who was told (and is reminded): not a stall
+            return
         quiet = now - watch.last_progress
         if quiet >= self.interval and not watch.asked:
             if watch.asks < MAX_ASKS:  # past the cap: no question, the stall alert follows

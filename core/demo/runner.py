@@ -7,7 +7,9 @@ ends with checks of the final state and a table of tasks; exit 0 only if every c
 """
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 import sys
 import tempfile
 import time
@@ -34,6 +36,9 @@ ASK_WORKERS = ("@manager please create four workers: alex (product manager), sam
 ASK_PROJECT = (f'@manager start the project "{PROJECT}": a writing assistant that drafts and rewrites text and '
                "explains which model it used. Plan it with the team.")
 CONFIRM = "@manager confirm"
+#: taylor's tracker writes wait for the admin (docs/approvals.md); its reads go alone.
+APPROVALS: dict[str, Any] = {"workers": {"taylor": "smart"}}
+CARD = re.compile(r"approval \*\*(apr-\d+)\*\*")
 
 
 @dataclass
@@ -89,7 +94,7 @@ class Demo:
         if self.real_model is not None:
             return self.real_config()
         return team_config(self.model.base_url, registry_url=self.registry_url, sandbox=self.sandbox,
-                           server_name=SERVER_NAME, mcp=self.tracker())
+                           server_name=SERVER_NAME, mcp=self.tracker(), approvals=APPROVALS)
 
     def tracker(self) -> dict[str, Any]:
         """The team's issue tracker, an MCP server the gateway runs (hiclaw.demo.tracker), granted to taylor."""
@@ -200,9 +205,29 @@ class Demo:
             what="the Manager's plan")
 
         await self.admin.send(manager_room, CONFIRM, mention=manager)
-        await wait_until(lambda: any(p.state == ProjectState.DONE for p in state.projects()) and self.said(manager, "is complete"),
-                         timeout=self.timeout, what="the project to complete")
+        approver = asyncio.create_task(self.approve_cards(manager), name="demo-approver")
+        try:
+            await wait_until(lambda: any(p.state == ProjectState.DONE for p in state.projects())
+                             and self.said(manager, "is complete"), timeout=self.timeout, what="the project to complete")
+        finally:
+            approver.cancel()
         await wait_until(plane.manager_idle, timeout=self.timeout, what="the Manager to finish its last turn")
+
+    async def approve_cards(self, manager: str) -> None:
+        """The admin approves each approval card as it comes, replying in its room (as from a phone)."""
+        done: set[str] = set()
+        while True:
+            cards = [(m.room_id, found.group(1)) for m in list(self.admin.messages) if m.sender == manager
+                     for found in [CARD.search(m.body)] if found and found.group(1) not in done]
+            for room, approval in cards:
+                await self.admin.send(room, f"approve {approval} — go ahead")
+                done.add(approval)
+            try:
+                await wait_until(lambda: any(m.sender == manager and (found := CARD.search(m.body))
+                                             and found.group(1) not in done for m in self.admin.messages),
+                                 timeout=self.timeout, what="an approval card")
+            except TimeoutError:
+                return  # no more cards: the project's own wait reports what did not happen
 
     async def play_real(self) -> None:
         """The same opening with a real model: workers, then a project plan (not confirmed)."""
@@ -292,11 +317,17 @@ class Demo:
         """taylor filed the launch checklist through the gateway's MCP endpoint; the tracker's
         credential stayed in the gateway (not in taylor's files, its results or any room)."""
         issues = read_issues(self.home / "tracker" / "issues.jsonl")
-        calls = [c for c in await self.plane.gateway.mcp_calls() if c["method"] == "tools/call"]
+        calls = [c for c in await self.plane.gateway.mcp_calls() if c["method"] == "tools/call"
+                 and c["outcome"] != "pending_approval"]
         self.check(f"taylor filed {LAUNCH_ISSUE!r} in the tracker via MCP ({TRACKER_TOOL})",
                    [i["title"] for i in issues] == [LAUNCH_ISSUE]
                    and [(c["consumer"], c["tool"], c["outcome"], c["task"]) for c in calls]
                    == [("taylor", "create_issue", "ok", "task-005")], f"issues {issues}, calls {calls}")
+        if self.real_model is None:
+            approvals = [(a.worker, a.target, a.state, a.decided_by) for a in self.plane.state.approvals()]
+            self.check("the tracker write waited for the admin's approval (a card in chat), then ran once",
+                       approvals == [("taylor", "tracker/create_issue", "done", "admin")]
+                       and len(self.plane.state.events(kind="approval.ran")) == 1, f"approvals {approvals}")
         secret = self.plane.secrets.get(TRACKER_SECRET)
         token = secret.get_secret_value() if secret is not None else "-"
         root = getattr(self.plane.storage, "root", None)  # local storage: every worker's files and the shared ones

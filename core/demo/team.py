@@ -10,6 +10,7 @@ import socket
 from typing import Any
 
 from hiclaw.config import (
+    ApprovalsConfig,
     ChannelConfig,
     GatewayConfig,
     HiclawConfig,
@@ -42,12 +43,14 @@ def team_config(model_url: str, *, registry_url: str = "https://skills.sh", sand
                 server_name: str = SERVER_NAME, homeserver_port: int | None = None, key_secret: str | None = None,
                 storage: StorageConfig | None = None, gateway_settings: dict[str, Any] | None = None,
                 model_name: str = "scripted-{alias}", egress: dict[str, Any] | None = None,
-                mcp: dict[str, Any] | None = None, **team: Any) -> HiclawConfig:
+                mcp: dict[str, Any] | None = None, approvals: dict[str, Any] | None = None,
+                **team: Any) -> HiclawConfig:
     """The configuration of a team whose models are all served by the scripted model at ``model_url``
     (with the provider key from the secret ``key_secret``, if given); local storage unless ``storage``;
     ``gateway_settings`` are more ``[gateway.settings]`` (e.g. ``{"direct_openai": False}``: via litellm).
     ``model_name``: the provider's model name of each alias (``{alias}`` is replaced); ``egress``:
-    ``[egress.<name>]`` routes (docs/egress.md); ``mcp``: ``[mcp.<name>]`` servers (docs/mcp.md)."""
+    ``[egress.<name>]`` routes (docs/egress.md); ``mcp``: ``[mcp.<name>]`` servers (docs/mcp.md);
+    ``approvals``: the ``[approvals]`` section (docs/approvals.md)."""
     models = {alias: ModelAlias(model=f"openai/{model_name.format(alias=alias)}", api_base=model_url,
                                 input_cost_per_mtok=price[0],
                                 output_cost_per_mtok=price[1], fallback="fast" if alias == "smart" else None,
@@ -64,4 +67,5 @@ def team_config(model_url: str, *, registry_url: str = "https://skills.sh", sand
         team=TeamConfig(**{"manager_model": "smart", "worker_model": "smart", **team}),
         egress=egress or {},
         mcp=mcp or {},
+        approvals=ApprovalsConfig.model_validate(approvals or {}),
     )

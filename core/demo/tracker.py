@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mcp.server.mcpserver import MCPServer
+from mcp_types import ToolAnnotations
 
 server = MCPServer("tracker", instructions="The team's issue tracker: open and list issues.")
 
@@ -33,7 +34,7 @@ def issues() -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-@server.tool()
+@server.tool(annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False))
 def create_issue(title: str, body: str = "", labels: list[str] | None = None) -> dict[str, Any]:
     """Open an issue in the tracker; returns its number."""
     if not credential():
@@ -44,7 +45,7 @@ def create_issue(title: str, body: str = "", labels: list[str] | None = None) ->
     return {"number": issue["number"], "title": title}
 
 
-@server.tool()
+@server.tool(annotations=ToolAnnotations(read_only_hint=True))
 def list_issues(label: str | None = None) -> list[dict[str, Any]]:
     """The issues in the tracker (those with `label`, if given)."""
     return [i for i in issues() if label is None or label in i.get("labels", [])]

@@ -24,7 +24,9 @@ from typing import Any
 
 from hiclaw.errors import InvalidInputError
 from hiclaw.models import ToolSpec
-from hiclaw.worker.mcp_client import McpClient, McpToolError, param_headers, x_mcp_headers
+from hiclaw.protocols import APPROVAL_META, CALL_ID_META
+from hiclaw.worker.approval import call_id, until_decided
+from hiclaw.worker.mcp_client import McpClient, McpToolError, McpUnreachable, param_headers, x_mcp_headers
 from hiclaw.worker.spec import McpGrant
 
 log = logging.getLogger(__name__)
@@ -142,10 +144,22 @@ class WorkerMcp:
             raise InvalidInputError(f"MCP server {server!r} is not granted to you",
                                     hint=f"use one of {', '.join(sorted(self.servers)) or 'none'}")
         known = self.find(server, tool)
+        params = {"name": tool, "arguments": arguments, "_meta": {CALL_ID_META: call_id()}}
+
+        async def send() -> dict[str, Any]:
+            return await self.client.request(server, "tools/call", params,
+                                             headers=param_headers(known.headers, arguments) if known else None,
+                                             task_id=task_id)
+
+        def pending(result: dict[str, Any]) -> str | None:
+            meta = result.get("_meta")
+            approval = meta.get(APPROVAL_META) if isinstance(meta, dict) else None
+            if isinstance(approval, dict) and approval.get("state") == "pending":
+                return str(approval.get("id"))
+            return None
+
         try:
-            result = await self.client.request(server, "tools/call", {"name": tool, "arguments": arguments},
-                                               headers=param_headers(known.headers, arguments) if known else None,
-                                               task_id=task_id)
+            result = await until_decided(send, pending, away=(McpUnreachable,))
         except McpToolError as exc:
             raise InvalidInputError(str(exc)) from None
         kind = result.get("resultType")

@@ -51,6 +51,10 @@ class McpToolError(Exception):
     """One line for the model: what failed and, where it helps, what to do."""
 
 
+class McpUnreachable(McpToolError):
+    """The gateway did not answer."""
+
+
 class McpAccessError(McpToolError):
     """The gateway refused this consumer (401 token, 403 grant, 404 server): never retried."""
 
@@ -269,8 +273,8 @@ class McpClient:
             status, data, answer = await self.gateway.mcp_post(server, json.dumps(body).encode(), headers=sent,
                                                                 task_id=task_id)
         except Unreachable as exc:
-            raise McpToolError(f"MCP server {server!r}: the gateway did not answer ({exc}); try again in a "
-                               "moment") from None
+            raise McpUnreachable(f"MCP server {server!r}: the gateway did not answer ({exc}); try again in a "
+                                 "moment") from None
         if "id" not in body and status in (200, 202):
             return None  # a notification, accepted
         kind = header(answer, "content-type") or ""

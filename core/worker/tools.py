@@ -9,6 +9,7 @@ Registered by the default plugin ``worker-tools`` (:mod:`hiclaw.worker.plugin`);
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 from datetime import UTC, datetime
@@ -20,8 +21,9 @@ import yaml
 from hiclaw.agent.functions import function_tool, schema_hint
 from hiclaw.errors import InvalidInputError
 from hiclaw.models import ResultStatus, ToolSpec
-from hiclaw.protocols import LocalPaths
+from hiclaw.protocols import APPROVAL_HEADER, CALL_ID_HEADER, LocalPaths
 from hiclaw.storage import layout
+from hiclaw.worker.approval import call_id, until_decided
 
 MAX_OUTPUT_CHARS = 12000
 MAX_FILE_CHARS = 60000
@@ -203,10 +205,26 @@ class WorkerTools:
                                     hint=f"use one of {', '.join(sorted(granted)) or 'none'}")
         path = path if path.startswith("/") else "/" + path
         task = self.rt.current.task_id if getattr(self.rt, "current", None) else None
-        try:
-            status, data, answer_headers = await self.rt.gateway.egress(
+        sent = {**{k: v for k, v in (headers or {}).items() if k.lower() != CALL_ID_HEADER.lower()},
+                CALL_ID_HEADER: call_id()}
+
+        async def send() -> tuple[int, bytes, dict[str, str]]:
+            return await self.rt.gateway.egress(
                 route, method.upper(), path, query=query, body=body.encode() if body is not None else None,
-                headers=headers, task_id=task)
+                headers=sent, task_id=task)
+
+        def pending(answer: tuple[int, bytes, dict[str, str]]) -> str | None:
+            waits = answer[0] == 202 and any(k.lower() == APPROVAL_HEADER.lower() and v == "pending"
+                                             for k, v in answer[2].items())
+            if not waits:
+                return None
+            try:
+                return str(json.loads(answer[1])["approval"]["id"])
+            except (ValueError, KeyError, TypeError):
+                return "?"
+
+        try:
+            status, data, answer_headers = await until_decided(send, pending, away=(Unreachable,))
         except Unreachable as exc:
             raise InvalidInputError(f"the gateway did not answer ({exc})", hint="try again in a moment") from None
         shown = {k: v for k, v in answer_headers.items() if k.lower() in ("content-type", "location", "retry-after",

@@ -31,6 +31,7 @@ from pydantic import SecretStr
 
 from hiclaw.errors import ConfigError
 from hiclaw.plugins.gateways.embedded.errors import GatewayHTTPError, Redactor
+from hiclaw.protocols import APPROVAL_HEADER, CALL_ID_HEADER, Review
 
 log = logging.getLogger("hiclaw.gateway")
 
@@ -145,6 +146,7 @@ class EgressProxy:
         self.grants: dict[str, frozenset[str]] = {}
         self.configured = False
         self._session: Any = None
+        self.review: Review | None = None  # the control plane's approvals (hiclaw.protocols.ApprovalGate)
 
     def set(self, routes: Mapping[str, Any], grants: Mapping[str, Sequence[str]]) -> None:
         targets = {}
@@ -302,7 +304,49 @@ class EgressProxy:
         call.request_bytes = len(body)
         if self._session is None:
             await self.start()
+        if self.review is not None:
+            return await self.reviewed(request, target, raw_path, raw_query, body, call)
         return await self.forward(request, target, raw_path, raw_query, body, call)
+
+    async def reviewed(self, request: web.Request, target: EgressTarget, raw_path: str, raw_query: str,
+                       body: bytes, call: EgressCall) -> web.Response:
+        """The request through the approvals: forwarded now, the stored answer of an approved
+        request (forwarded exactly once), or 202 (waits for the admin: send it again with the same
+        ``X-Hiclaw-Call-Id``) / 403 (denied) / 409 (interrupted) with ``X-Hiclaw-Approval``."""
+        import base64
+
+        assert self.review is not None
+
+        async def run() -> dict[str, Any]:
+            try:
+                response = await self.forward(request, target, raw_path, raw_query, body, call)
+            except GatewayHTTPError as exc:
+                response = exc.response()
+            data = response.body if isinstance(response.body, bytes) else b""
+            return {"status": response.status, "headers": dict(response.headers),
+                    "body": base64.b64encode(data).decode()}
+
+        shown = target.redact(body.decode("utf-8", errors="replace"))[:4000]
+        verdict = await self.review({
+            "kind": "egress", "worker": call.consumer, "call_id": request.headers.get(CALL_ID_HEADER, "")[:128],
+            "target": f"{target.name}/{call.method} {call.path}", "method": call.method, "task_id": call.task,
+            "project_id": call.project,
+            "arguments": {"method": call.method, "path": call.path, "query": target.redact(raw_query)[:1000],
+                          "body": shown}}, run)
+        state = verdict["state"]
+        if state == "done":
+            done = verdict["result"]
+            data = base64.b64decode(done.get("body") or "")
+            call.response_bytes = len(data)
+            headers = {k: v for k, v in (done.get("headers") or {}).items() if k.lower() != "content-length"}
+            return web.Response(status=int(done.get("status") or 502), body=data, headers=headers)
+        approval = {"id": verdict.get("approval"), "state": state, "reason": verdict.get("reason")}
+        if state == "pending":
+            return web.json_response({"approval": approval}, status=202, headers={APPROVAL_HEADER: "pending"})
+        message = (f"the admin denied this request ({approval['id']}): {approval['reason']}" if state == "denied"
+                   else f"this request was not sent ({approval['id']}): {approval['reason']}")
+        raise GatewayHTTPError(403 if state == "denied" else 409, message, code=f"approval_{state}",
+                               kind="invalid_request_error", headers={APPROVAL_HEADER: state})
 
     def log_line(self, call: EgressCall, status: int, error: str | None) -> None:
         level = logging.DEBUG if status < 400 else logging.INFO

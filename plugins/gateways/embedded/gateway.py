@@ -192,6 +192,11 @@ class EmbeddedGateway:
         if self._runner is not None:
             await self.egress.start()
 
+    def set_approvals(self, review: Any) -> None:
+        """Ask ``review`` (the control plane's approvals) before every MCP tool call and egress
+        request (``hiclaw.protocols.ApprovalGate``)."""
+        self.mcp.review = self.egress.review = review
+
     # ------------------------------------------------------------------ MCP servers
 
     async def set_mcp(self, servers: Mapping[str, Any], grants: Mapping[str, Mapping[str, Sequence[str] | None]]) -> None:

@@ -37,6 +37,7 @@ from pydantic import SecretStr
 from hiclaw.errors import ConfigError
 from hiclaw.plugins.gateways.embedded.egress import secret_forms
 from hiclaw.plugins.gateways.embedded.errors import GatewayHTTPError, Redactor
+from hiclaw.protocols import APPROVAL_META, CALL_ID_META, Review
 
 log = logging.getLogger("hiclaw.gateway")
 
@@ -278,6 +279,7 @@ class McpHub:
     upstreams: dict[str, McpUpstream] = field(default_factory=dict)
     grants: dict[str, dict[str, McpGrant]] = field(default_factory=dict)  # consumer -> server -> grant
     configured: bool = False
+    review: Review | None = None  # the control plane's approvals (hiclaw.protocols.ApprovalGate)
 
     def __post_init__(self) -> None:
         forms = [form for value in self.secrets.values() for form in secret_forms(value.get_secret_value())]
@@ -426,12 +428,16 @@ class McpHub:
         tool = str(params.name)
         outcome, error, size = "failed", None, 0
         try:
-            names = {t.name for t in await self.granted_tools(call)}
-            if tool not in names:
+            granted = {t.name: t for t in await self.granted_tools(call)}
+            if tool not in granted:
                 outcome, error = "refused", "tool_not_granted"
                 raise self._mcp_error(f"tool {tool!r} of MCP server {call.server!r} is not offered to you "
-                                      f"(yours: {', '.join(sorted(names)) or 'none'})")
-            result = await self.upstreams[call.server].call(tool, dict(params.arguments or {}))
+                                      f"(yours: {', '.join(sorted(granted)) or 'none'})")
+            arguments = dict(params.arguments or {})
+            if self.review is not None:
+                result, outcome, size = await self._reviewed(call, granted[tool], arguments, params)
+                return result
+            result = await self.upstreams[call.server].call(tool, arguments)
             result, size = self._clean(call.server, result)
             outcome = "tool_error" if result.is_error else "ok"
             return result
@@ -452,6 +458,42 @@ class McpHub:
                                   is_error=True)
         finally:
             self.audit(call, "tools/call", tool, outcome, error, size, started)
+
+    async def _reviewed(self, call: McpCall, tool: Any, arguments: dict[str, Any], params: Any) -> tuple[Any, str, int]:
+        """The call through the approvals (``review``): run now, the stored answer of an approved
+        call (run exactly once), or an answer saying it waits for the admin or was denied."""
+        from mcp_types import CallToolResult, TextContent
+
+        assert self.review is not None
+        annotations = tool.annotations
+        meta = params.meta if isinstance(params.meta, dict) else {}
+
+        async def run() -> dict[str, Any]:
+            try:
+                result, _ = self._clean(call.server, await self.upstreams[call.server].call(tool.name, arguments))
+            except McpUpstreamError as exc:
+                result = CallToolResult(content=[TextContent(type="text", text=str(exc))], is_error=True)
+            return result.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+        verdict = await self.review({
+            "kind": "mcp", "worker": call.consumer, "call_id": str(meta.get(CALL_ID_META) or ""),
+            "target": f"{call.server}/{tool.name}", "arguments": arguments, "task_id": call.task,
+            "project_id": call.project, "read_only": bool(annotations and annotations.read_only_hint),
+            "destructive": bool(annotations and annotations.destructive_hint)}, run)
+        state = verdict["state"]
+        if state == "done":
+            result = CallToolResult.model_validate(verdict["result"])
+            return result, "tool_error" if result.is_error else "ok", len(json.dumps(verdict["result"]).encode())
+        approval = {"id": verdict.get("approval"), "state": state, "reason": verdict.get("reason")}
+        if state == "pending":
+            text = (f"this call waits for the admin's approval ({approval['id']}: {approval['reason']}); "
+                    "send the same call again (same call id) to go on waiting")
+            return CallToolResult(content=[TextContent(type="text", text=text)], _meta={APPROVAL_META: approval}), \
+                "pending_approval", 0
+        text = (f"the admin denied this call ({approval['id']}): {approval['reason']}" if state == "denied"
+                else f"this call was not run ({approval['id']}): {approval['reason']}")
+        return CallToolResult(content=[TextContent(type="text", text=text)], is_error=True,
+                              _meta={APPROVAL_META: approval}), state, 0
 
     def _clean(self, server: str, result: Any) -> tuple[Any, int]:
         """The result with every secret redacted, or an error result when it is too large."""
