@@ -57,6 +57,7 @@ class ProjectState(enum.StrEnum):
     PLANNING = "planning"  # created; no plan proposed yet
     AWAITING_CONFIRMATION = "awaiting_confirmation"  # a plan waits for the admin's confirmation
     RUNNING = "running"
+    PAUSED = "paused"  # running, but nothing new starts until it is resumed (hiclaw.manager.steer)
     DONE = "done"
     CANCELLED = "cancelled"
 

@@ -29,7 +29,7 @@ from pydantic import BaseModel, Field
 from hiclaw.errors import InvalidInputError, NotFoundError
 from hiclaw.models import ProjectState, ResultStatus, TaskState, WorkerState
 
-SCHEMA_VERSION = 2  # 2: pending_messages (created on open of a version-1 database)
+SCHEMA_VERSION = 3  # 2: pending_messages; 3: plan_versions (each created on open of an older database)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -48,7 +48,7 @@ CREATE TABLE IF NOT EXISTS projects (
     id TEXT PRIMARY KEY,
     title TEXT NOT NULL,
     goal TEXT NOT NULL DEFAULT '',
-    state TEXT NOT NULL DEFAULT 'planning',    -- planning | awaiting_confirmation | running | done | cancelled
+    state TEXT NOT NULL DEFAULT 'planning',    -- planning | awaiting_confirmation | running | paused | done | cancelled
     room_id TEXT,
     created_at TEXT NOT NULL,
     updated_at TEXT NOT NULL
@@ -133,6 +133,18 @@ CREATE TABLE IF NOT EXISTS tool_grants (
     granted_by TEXT NOT NULL,            -- admin | manager
     created_at TEXT NOT NULL,
     PRIMARY KEY (worker, kind, name)
+);
+-- Every version of every plan, as it was when proposed, replaced or revised (`hiclaw project history`).
+CREATE TABLE IF NOT EXISTS plan_versions (
+    project_id TEXT NOT NULL REFERENCES projects(id),
+    version INTEGER NOT NULL,
+    change TEXT NOT NULL,                -- proposed | replaced | revised
+    summary TEXT NOT NULL DEFAULT '',    -- what changed, in words
+    author TEXT NOT NULL DEFAULT '',     -- who changed it: manager | admin
+    tasks TEXT NOT NULL DEFAULT '[]',    -- JSON: the plan's tasks then (id, title, assignee, depends_on, state)
+    plan TEXT NOT NULL DEFAULT '',       -- plan.md of that version
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (project_id, version)
 );
 -- Calls of workers' tools that wait for the admin (hiclaw.control.approvals): one row per call
 -- (the worker's call id), decided once, run once; `result` is the answer every retry gets.
@@ -260,6 +272,23 @@ class Project(BaseModel):
     version: int = 0  # of its plan: 1 when first proposed, +1 at every replacement or revision
     created_at: str = ""
     updated_at: str = ""
+
+
+class PlanVersion(BaseModel):
+    """One version of a project's plan, as recorded when it was made (:meth:`StateDB.plan_versions`)."""
+
+    project_id: str
+    version: int
+    change: str  # proposed | replaced | revised
+    summary: str = ""
+    author: str = ""
+    tasks: list[dict[str, Any]] = Field(default_factory=list)
+    plan: str = ""
+    created_at: str = ""
+
+    def view(self) -> dict[str, Any]:
+        """Without the plan's text (`hiclaw project history --json`; ``--version N`` prints it)."""
+        return self.model_dump(exclude={"plan"})
 
 
 class Task(BaseModel):
@@ -624,6 +653,24 @@ class StateDB:
                 (*fields.values(), now_iso(), project_id),
             )
         return self.project(project_id)
+
+    def record_plan_version(self, version: PlanVersion) -> PlanVersion:
+        """Keep a plan version (in the caller's transaction, with the change that made it)."""
+        version = version.model_copy(update={"created_at": version.created_at or now_iso()})
+        with self.transaction() as conn:
+            conn.execute("INSERT OR REPLACE INTO plan_versions(project_id, version, change, summary, author, tasks, plan,"
+                         " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                         (version.project_id, version.version, version.change, version.summary, version.author,
+                          json.dumps(version.tasks, default=str), version.plan, version.created_at))
+        return version
+
+    def plan_versions(self, project_id: str) -> list[PlanVersion]:
+        """The project's plan versions, oldest first (none for plans made before they were kept)."""
+        try:
+            rows = self._query("SELECT * FROM plan_versions WHERE project_id = ? ORDER BY version", (project_id,))
+        except sqlite3.OperationalError:  # a read-only look at a database older than the table
+            return []
+        return [PlanVersion(**dict(r) | {"tasks": json.loads(r["tasks"])}) for r in rows]
 
     # ------------------------------------------------------------------ tasks
 

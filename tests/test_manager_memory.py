@@ -223,8 +223,11 @@ async def test_a_report_wakes_the_manager_with_the_facts_and_keeps_them_for_the_
     plane.state.add_tasks(None, [Task(id=f"task-00{n}", title=f"Work {n}", assignee="alex") for n in (1, 2, 3)])
     plane.state.update_task("task-001", state=TaskState.DONE)
     plane.state.update_task("task-002", state=TaskState.BLOCKED, result_summary="needs the API key")
+    paused = plane.state.create_project("Launch")
+    plane.state.update_project(paused.id, state="paused")
     now = datetime.now(UTC)
     facts = await gather_facts(plane.reports, zone=PARIS, now=now)
+    assert f'- Projects paused by the admin (nothing of them starts until resumed) (1):\n  - {paused.id} "Launch"' in facts
     assert '- Done today (1):\n  - task-001 "Work 1" (alex)' in facts
     assert '- Blocked (1):\n  - task-002 "Work 2" (alex) — why: "needs the API key"' in facts
     assert '- Not started yet (1):\n  - task-003 "Work 3" (alex)' in facts

@@ -115,7 +115,7 @@ def test_a_version_1_database_gets_the_outbox_table(tmp_path):
     state.close()
 
     state = StateDB(path)
-    assert state.get_meta("schema_version") == "2"
+    assert state.get_meta("schema_version") == "3"  # raised to the current version (3: plan_versions)
     assert state.task("task-001").title == "a" and state.outbox_get("assign:task-001:1") == "$ev"
     assert not state.enqueue_message("assign:task-001:1", ROOM_MANAGER, "sent before the upgrade")
     assert state.enqueue_message("assign:task-001:2", ROOM_MANAGER, "new")

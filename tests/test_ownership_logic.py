@@ -230,6 +230,28 @@ async def test_a_blocked_task_is_recalled_to_the_admin_at_most_once_a_day(plane,
     assert "no access to the telescope" in posts(plane, "blocked-reminder:")[0]["text"]
 
 
+async def test_a_paused_project_is_recalled_to_the_admin_at_most_once_a_day(plane, clock):
+    project = plane.state.create_project("Mars")
+    plane.state.update_project(project.id, state="paused")
+    plane.state.log_event("project.paused", project.id, by="admin")
+    day = 86400.0
+    clock.advance(day - 60)
+    assert (await plane.watchdog.tick()).reminded == []
+    clock.advance(120)
+    assert (await plane.watchdog.tick()).reminded == [project.id]
+    for _ in range(8):
+        clock.advance(day / 8 - 1)
+        await plane.watchdog.tick()
+    reminders = posts(plane, "paused-reminder:")
+    assert [p["key"] for p in reminders] == [f"paused-reminder:{project.id}:1:1", f"paused-reminder:{project.id}:1:2"]
+    assert f"**Mars** ({project.id}) has been paused for 24.0 h; nothing of it starts until you resume it (0 tasks " \
+        "waiting)" in reminders[0]["text"]
+    assert f"`hiclaw project resume {project.id}`" in reminders[0]["text"] and reminders[0]["mentions"] == ["admin"]
+    plane.state.update_project(project.id, state="running")  # resumed: no more reminders
+    clock.advance(day * 2)
+    assert (await plane.watchdog.tick()).reminded == []
+
+
 # ---------------------------------------------------------------------- heartbeat questions
 
 

@@ -22,7 +22,8 @@ CONTRACT_TOOLS = {  # agent tools of docs: contracts — bundled skills may only
     "report_result", "memory_append", "create_worker", "list_workers", "remove_worker", "set_worker_model",
     "create_project", "propose_plan", "confirm_plan", "assign_task", "read_result", "accept_task", "request_revision",
     "block_task", "cancel_task", "send_message", "schedule_add", "schedule_list", "schedule_remove", "usage_report",
-    "memory_read", "remind_admin", "schedule_report", "revise_plan",
+    "memory_read", "remind_admin", "schedule_report", "revise_plan", "pause_project", "resume_project", "cancel_project",
+    "complete_project",
 }
 
 

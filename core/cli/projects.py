@@ -90,6 +90,83 @@ def project_show(app: App, project_id: str, as_json: bool, mermaid: bool) -> Non
     echo_safe(render_plan(project, tasks).rstrip())  # titles and notes are the agents' words
 
 
+@project_group.command("history")
+@click.argument("project_id", metavar="PROJECT")
+@click.option("--version", "version", type=int, help="Print the plan as it was at this version.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def project_history_command(app: App, project_id: str, version: int | None, as_json: bool) -> None:
+    """The plan's versions (when, what changed, by whom) and the project's steering (confirmed,
+    paused, resumed, cancelled, completed), oldest first."""
+    from hiclaw.manager.steer import project_history
+
+    with state_of(app) as state:
+        if version is not None:
+            state.project(project_id)
+            found = [v for v in state.plan_versions(project_id) if v.version == version]
+            known = [v.version for v in state.plan_versions(project_id)]
+            if not found:
+                raise NotFoundError(f"{project_id} has no recorded plan version {version}",
+                                    hint=f"recorded versions: {', '.join(map(str, known)) or 'none'}")
+        rows = [] if version is not None else project_history(state, project_id)
+    if version is not None:
+        if as_json:
+            emit_json(found[0].model_dump())
+        else:
+            echo_safe(found[0].plan.rstrip())  # titles are the agents' words
+        return
+    if as_json:
+        emit_json(rows)
+        return
+    table([[r["time"], r["event"], r["version"] if r["version"] is not None else "-", r["by"] or "-",
+            terminal_safe(r["what"], one_line=True) or "-"] for r in rows], ["time", "event", "version", "by", "what"])
+
+
+STEERING_HELP = {
+    "pause": "Pause PROJECT: no new task starts; tasks under way finish and are judged as usual.",
+    "resume": "Resume a paused PROJECT: every ready task starts at once.",
+    "cancel": "Cancel PROJECT: every task not done is cancelled; workers with a task under way are told to stop.",
+    "complete": "Complete PROJECT early: done work stays done, the rest is cancelled; the Manager writes the final "
+                "report.",
+}
+
+
+def _steering_command(action: str) -> click.Command:
+    @click.argument("project_id", metavar="PROJECT")
+    @click.option("--version", "version", type=int,
+                  help="The plan version you saw (`hiclaw project show`): refused if the plan changed since.")
+    @click.option("--reason", default="", help="Why (in the notice posted to the project room).")
+    @click.option("--json", "as_json", is_flag=True)
+    @pass_app
+    def command(app: App, project_id: str, version: int | None, reason: str, as_json: bool) -> None:
+        result = steer_project(app, action, project_id, version, reason)
+        if as_json:
+            emit_json(result)
+            return
+        counts: dict[str, int] = {}
+        for task_state in result["tasks"].values():
+            counts[task_state] = counts.get(task_state, 0) + 1
+        tally = ", ".join(f"{n} {name.replace('_', ' ')}" for name, n in sorted(counts.items()))
+        click.echo(f"{result['project_id']} is {result['state']} (plan version {result['version']}; tasks: "
+                   f"{tally or 'none'})")
+
+    command.__doc__ = STEERING_HELP[action] + " The team must be running."
+    return project_group.command(action)(command)
+
+
+for _action in STEERING_HELP:
+    _steering_command(_action)
+
+
+def steer_project(app: App, action: str, project_id: str, version: int | None = None,
+                  reason: str = "") -> dict[str, Any]:
+    """Pause, resume, cancel or complete a project through the running control plane."""
+    from hiclaw.cli.up import control_request
+
+    return dict(control_request(app, "POST", f"/v1/admin/project-{action}",
+                                {"project": project_id, "expected_version": version, "reason": reason}))
+
+
 @click.group("task")
 def task_group() -> None:
     """Tasks: who does what, and how it went."""

@@ -19,6 +19,9 @@ once per episode):
   interval (key ``plan-reminder:<project>:<n>``, ``n`` the proposal), never more.
 - **blocked** — the admin was told when it happened; a reminder at most once a day while it
   stays blocked (key ``blocked-reminder:<task>:<n>:<day>``).
+- **paused** — a project the admin paused (:mod:`hiclaw.manager.steer`): nothing of it starts
+  until they resume it, so a reminder at most once a day while it stays paused, naming what waits
+  (key ``paused-reminder:<project>:<n>:<day>``, ``n`` the pause).
 
 Every key is numbered per episode (from the event log), so a restarted control plane neither
 repeats a message nor loses one.
@@ -67,6 +70,7 @@ class Ownership:
         await self._reviews(now, report, seen)
         await self._plans(now, report, seen)
         await self._blocked(now, report, seen)
+        await self._paused(now, report, seen)
         for stale in set(self._episodes) - seen:
             del self._episodes[stale]
 
@@ -191,3 +195,25 @@ class Ownership:
                 mentions=[admin], key=key)
             state.log_event("task.blocked_reminded", task.id, period=periods)
             report.reminded.append(task.id)
+
+    # ------------------------------------------------------------------ paused
+
+    async def _paused(self, now: float, report: Any, seen: set[tuple[str, str, str]]) -> None:
+        state, admin = self.state, self.admin
+        for project in state.projects():
+            if project.state != ProjectState.PAUSED:
+                continue
+            paused, number = self._episode("project.paused", project.id, project.updated_at, seen)
+            periods = int((now - paused) // self.remind_blocked_every) if number else 0
+            key = f"paused-reminder:{project.id}:{number}:{periods}"
+            if periods < 1 or state.outbox_get(key) is not None:
+                continue
+            waiting = [t.id for t in state.tasks(project_id=project.id, states=[TaskState.PENDING])]
+            await self.chat.post(
+                self.chat.manager_room,
+                f"@{admin} a reminder: **{project.title}** ({project.id}) has been paused for {span(now - paused)}; "
+                f"nothing of it starts until you resume it ({len(waiting)} task{'s' if len(waiting) != 1 else ''} "
+                f"waiting{': ' + ', '.join(waiting) if waiting else ''}). Tell me to resume or cancel it, or run "
+                f"`hiclaw project resume {project.id}`.", mentions=[admin], key=key)
+            state.log_event("project.paused_reminded", project.id, period=periods)
+            report.reminded.append(project.id)

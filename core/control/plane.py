@@ -46,6 +46,8 @@ from hiclaw.manager.engine import TaskEngine
 from hiclaw.manager.history import manager_history
 from hiclaw.manager.origin import Origin
 from hiclaw.manager.report import ReportSources
+from hiclaw.manager.steer import ACTIONS as STEER_ACTIONS
+from hiclaw.manager.steer import admin_steer
 from hiclaw.models import ChatMessage, ModelRequest, TaskRecord, TaskResult, TaskState, ToolSpec, WorkerState
 from hiclaw.protocols import ApprovalGate, ChannelServices, Lifecycle, Stoppable, StorageEndpoint, TeamChannel, missing_members
 from hiclaw.state import StateDB
@@ -610,6 +612,8 @@ class ControlPlane:
             task = await self.engine.assign_adhoc(str(body["assignee"]), str(body["title"]), str(body.get("spec") or ""),
                                                   body.get("model") or None)
             return task.view()
+        if action in STEER_ACTIONS:  # pause, resume, cancel, complete a project (`hiclaw project pause` …)
+            return await admin_steer(self.engine, action, body)
         if action.startswith("approval"):
             return await self.approvals.admin_action(action, body)
         if action.startswith("access-"):

@@ -28,6 +28,7 @@ from hiclaw.manager.origin import Origin
 from hiclaw.manager.plan import render_plan
 from hiclaw.manager.revise import PlanRevisions, room_members
 from hiclaw.manager.rework import MAX_REVISION_ROUNDS, Rework, spec_context
+from hiclaw.manager.steer import STARTED, Steering, check_version
 from hiclaw.models import ProjectState, ResultStatus, TaskRecord, TaskResult, TaskState
 from hiclaw.state import ROOM_MANAGER, Project, StateDB, Task, room_of_project, room_of_worker
 from hiclaw.storage import layout
@@ -112,9 +113,10 @@ def render_spec(task: Task, project: Project | None, inputs: Sequence[str], *, a
     return "\n".join(lines)
 
 
-class TaskEngine(PlanRevisions, Rework):
+class TaskEngine(PlanRevisions, Rework, Steering):
     """Plans (proposed, replaced, revised: :mod:`hiclaw.manager.revise`), dispatch, results and
-    judgements (revision tasks: :mod:`hiclaw.manager.rework`)."""
+    judgements (revision tasks: :mod:`hiclaw.manager.rework`), steering (pause, resume, cancel,
+    complete: :mod:`hiclaw.manager.steer`)."""
 
     def __init__(self, *, state: StateDB, storage: Any, chat: TeamChat, access: WorkerAccess,
                  wake_manager: WakeManager, yolo: bool = False, admin: str = "admin",
@@ -151,12 +153,10 @@ class TaskEngine(PlanRevisions, Rework):
         self.state.log_event("project.created", project.id, title=project.title)
         return project
 
-    async def confirm_plan(self, project_id: str, version: int | None = None) -> Project:
+    async def confirm_plan(self, project_id: str, version: int | None = None, *, by: str = "manager") -> Project:
         project = self.state.project(project_id)
-        if version is not None and version != project.version:
-            raise InvalidInputError(f"{project_id}'s plan is version {project.version}, not {version}",
-                                    hint=f"show the admin version {project.version} and confirm that one")
-        if project.state == ProjectState.RUNNING:
+        check_version(project, version, hint=f"show the admin version {project.version} and confirm that one")
+        if project.state in STARTED:
             return project
         if project.state != ProjectState.AWAITING_CONFIRMATION:
             raise InvalidInputError(f"{project_id} has no plan waiting for confirmation (it is {project.state})",
@@ -165,7 +165,7 @@ class TaskEngine(PlanRevisions, Rework):
         room_id = await self.chat.project_room(project, assignees)
         with self.state.transaction():
             project = self.state.update_project(project_id, state=ProjectState.RUNNING, room_id=room_id)
-            self.state.log_event("plan.confirmed", project_id)
+            self.state.log_event("plan.confirmed", project_id, version=project.version, by=by)
             self.state.enqueue_message(f"project-start:{project_id}", room_of_project(project_id),
                                        f"Project **{project.title}** started. Plan: `{layout.project_plan(project_id)}`")
         await asyncio.gather(*(self.access.refresh_access(worker) for worker in assignees))
@@ -341,6 +341,8 @@ class TaskEngine(PlanRevisions, Rework):
         task = self.state.task(task_id)
         if task.state is TaskState.DONE:
             raise InvalidInputError(f"{task_id} is already done")
+        if task.state is TaskState.CANCELLED:  # e.g. its project was cancelled while its report waited
+            raise InvalidInputError(f"{task_id} is cancelled", hint="there is nothing to judge")
         if task.state is not TaskState.REVIEW:
             raise InvalidInputError(f"{task_id} has no result to judge yet (it is {task.state.value})",
                                     hint="wait for the worker's report")
@@ -384,10 +386,14 @@ class TaskEngine(PlanRevisions, Rework):
         task = self.state.task(task_id)
         if task.state in FINAL:
             raise InvalidInputError(f"{task_id} is already {task.state.value}")
-        self.state.update_task(task_id, state=TaskState.CANCELLED)
+        with self.state.transaction():
+            self.state.update_task(task_id, state=TaskState.CANCELLED)
+            if task.state is TaskState.IN_PROGRESS:
+                self._tell_to_stop(task, "it was cancelled")
+            self.state.log_event("task.cancelled", task_id)
         await self._sync_assignments(task.assignee)
-        self.state.log_event("task.cancelled", task_id)
         await self._rerender(task)
+        await self.chat.flush()
         if task.project_id:
             await self.dispatch_ready(task.project_id)
             await self._maybe_finish(task.project_id)
@@ -395,6 +401,7 @@ class TaskEngine(PlanRevisions, Rework):
         return self.state.task(task_id)
 
     async def _maybe_finish(self, project_id: str) -> None:
+        """Done once every task is: only a running project (a paused one finishes when resumed)."""
         tasks = self.state.tasks(project_id=project_id)
         project = self.state.project(project_id)
         if project.state != ProjectState.RUNNING or not tasks or any(t.state not in FINAL for t in tasks):
@@ -410,8 +417,16 @@ class TaskEngine(PlanRevisions, Rework):
         tasks = self.state.tasks(project_id=project_id)
         rows = "\n".join(f"- [x] {t.id} {t.title} — @{t.assignee}: {t.result_status.value if t.result_status else '-'}"
                          for t in tasks if t.state is TaskState.DONE)
+        early = self.state.events(kind="project.completed", subject=project_id)
+        if early:  # completed by the admin before every task was done (hiclaw.manager.steer)
+            cancelled = [t for t in tasks if t.id in early[-1]["data"].get("cancelled", [])]
+            head = (f"Project **{project.title}** ({project_id}) was completed early by {early[-1]['data'].get('by')}: "
+                    f"{sum(t.state is TaskState.DONE for t in tasks)} of {len(tasks)} tasks done, the rest cancelled.")
+            rows += "".join(f"\n- [-] {t.id} {t.title} — @{t.assignee}: cancelled" for t in cancelled)
+        else:
+            head = f"Project **{project.title}** ({project_id}) is complete: every task is accepted."
         await self.wake_manager(self.chat.manager_room, (
-            f"Project **{project.title}** ({project_id}) is complete: every task is accepted.\n{rows}\n"
+            f"{head}\n{rows}\n"
             f"Plan: `{layout.project_plan(project_id)}`. Write the final report to {self.admin} now."
         ), f"project-done:{project_id}", origin=Origin.code("task engine", f"{project_id} is complete"))
 
@@ -425,8 +440,8 @@ class TaskEngine(PlanRevisions, Rework):
         for task in self.state.tasks(states=[TaskState.REVIEW]):
             await self.wake_for_review(task)
         for project in self.state.projects():
-            if project.state == ProjectState.AWAITING_CONFIRMATION:
-                await self.render(project.id)
+            if project.state in (ProjectState.AWAITING_CONFIRMATION, ProjectState.PAUSED):
+                await self.render(project.id)  # a paused project's ready tasks wait for its resumption
             elif project.state == ProjectState.RUNNING:
                 await self.render(project.id)
                 await self.dispatch_ready(project.id)

@@ -95,10 +95,24 @@ def turn_origin(origin: Origin) -> Iterator[None]:
         _current.reset(token)
 
 
+def _refusal(tool: str, origin: Origin) -> OriginRefused:
+    return OriginRefused(f"{tool} refused: this turn was started by {origin.describe()}, not by the admin, "
+                         "and only the admin's own requests may do that")
+
+
+def require_admin(tool: str) -> None:
+    """Refuse, in the tool's own code path, unless the turn running it is the admin's — for tools
+    that steer the team (:mod:`hiclaw.manager.plan_tools`): a second check beside
+    :func:`tools_for`'s, so they stay the admin's even if a plugin or a later change lists them
+    among the judgement tools. Outside any Manager turn there is no admin either."""
+    origin = current_origin() or CODE
+    if not origin.is_admin:
+        raise _refusal(tool, origin)
+
+
 def _refusing(tool: ToolSpec, origin: Origin) -> ToolSpec:
     async def refuse(arguments: dict[str, Any]) -> Any:
-        raise OriginRefused(f"{tool.name} refused: this turn was started by {origin.describe()}, not by the admin, "
-                            "and only the admin's own requests may do that")
+        raise _refusal(tool.name, origin)
 
     return tool.model_copy(update={"handler": refuse})
 

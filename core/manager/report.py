@@ -109,6 +109,7 @@ async def gather_facts(sources: ReportSources, *, zone: ZoneInfo, now: datetime)
     stalled = [t for t in in_state[TaskState.IN_PROGRESS] if t.stalled_at]
     stuck = [t for t in tasks if getattr(t, "stuck", None) and t.state not in (TaskState.DONE, TaskState.CANCELLED)]
     waiting = [p for p in sources.state.projects() if p.state == ProjectState.AWAITING_CONFIRMATION]
+    paused = [p for p in sources.state.projects() if p.state == ProjectState.PAUSED]
     lines = [f"Facts for {now.astimezone(zone).strftime('%A %Y-%m-%d')} (from 00:00 to "
              f"{now.astimezone(zone).strftime('%H:%M')} {zone.key}), gathered by code:",
              _group("Done today", [_row(t, zone) for t in done]),
@@ -117,6 +118,8 @@ async def gather_facts(sources: ReportSources, *, zone: ZoneInfo, now: datetime)
              _group("Blocked", [_row(t, zone) for t in in_state[TaskState.BLOCKED]]),
              _group("Stalled or stuck", [_row(t, zone) for t in dict.fromkeys([*stalled, *stuck])]),
              _group("Plans waiting for the admin's confirmation", [f"{p.id} {quote(p.title)}" for p in waiting]),
+             _group("Projects paused by the admin (nothing of them starts until resumed)",
+                    [f"{p.id} {quote(p.title)}" for p in paused]),
              _group("Not started yet", [_row(t, zone) for t in in_state[TaskState.PENDING]]),
              await _spend(sources.usage, start, now)]
     return "\n".join(lines)

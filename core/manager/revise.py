@@ -14,7 +14,12 @@ every plan message, so the Manager and the admin can tell versions apart.
   under way touched — and refuses with one line, writing nothing. Otherwise one transaction
   records the changes, the new version and its message (awaiting confirmation: a new "please
   confirm"; running: a notice in the project room); on a running project removed tasks are
-  cancelled (kept in plan.md as ``[-]``), newly ready tasks are dispatched at once.
+  cancelled (kept in plan.md as ``[-]``), newly ready tasks are dispatched at once (unless the
+  project is paused: :mod:`hiclaw.manager.steer`). ``expected_version``: the version the change
+  was made on; another one is refused, nothing written.
+
+Every version is kept as it was made (``plan_versions``: its tasks, plan.md, what changed and
+who changed it), for ``hiclaw project history``.
 
 Project rooms follow their assignees: :func:`room_members` is everyone who has (or had, before
 a reassignment) a task in the project; the engine makes sure of them before each assignment.
@@ -27,8 +32,9 @@ from typing import TYPE_CHECKING, Any
 
 from hiclaw.errors import InvalidInputError
 from hiclaw.manager.plan import PlannedTask, find_cycle, parse_plan, render_plan, validate_plan
+from hiclaw.manager.steer import STARTED, check_version
 from hiclaw.models import ProjectState, TaskState
-from hiclaw.state import ROOM_MANAGER, Project, StateDB, Task, room_of_project
+from hiclaw.state import ROOM_MANAGER, PlanVersion, Project, StateDB, Task, room_of_project
 from hiclaw.storage import layout
 
 #: How a task's state reads in a refusal.
@@ -95,6 +101,15 @@ class PlanRevisions:
         async def _sync_assignments(self, worker: str) -> None: ...
         async def _maybe_finish(self, project_id: str) -> None: ...
 
+    def _record_version(self, project: Project, change: str, summary: str, by: str) -> None:
+        """Keep ``project``'s current plan version (in the caller's transaction)."""
+        tasks = self.state.tasks(project_id=project.id)
+        self.state.record_plan_version(PlanVersion(
+            project_id=project.id, version=project.version, change=change, summary=summary, author=by,
+            tasks=[{"id": t.id, "title": t.title, "assignee": t.assignee, "depends_on": t.depends_on,
+                    "state": t.state.value, "model": t.model} for t in tasks],
+            plan=render_plan(project, tasks)))
+
     def _announce_plan(self, project: Project, note: str = "") -> None:
         """Record the plan message of ``project``'s current version (in the caller's transaction)."""
         lines = _plan_lines(render_plan(project, self.state.tasks(project_id=project.id)))
@@ -112,12 +127,13 @@ class PlanRevisions:
                                                       f"what to change.\n\n{lines}\n\nFull plan: "
                                                       f"`{layout.project_plan(project.id)}`", [self.admin])
 
-    async def propose_plan(self, project_id: str, tasks: Sequence[dict[str, Any] | PlannedTask]) -> list[Task]:
+    async def propose_plan(self, project_id: str, tasks: Sequence[dict[str, Any] | PlannedTask], *,
+                           by: str = "manager") -> list[Task]:
         """The project's plan: its first, or a replacement of one not confirmed yet (a new version)."""
         state = self.state
         project = state.project(project_id)
-        if project.state == ProjectState.RUNNING:
-            raise InvalidInputError(f"{project_id} is running; its plan can no longer be replaced",
+        if project.state in STARTED:
+            raise InvalidInputError(f"{project_id} is {project.state}; its plan can no longer be replaced",
                                     hint="change its pending tasks with revise_plan (add, remove, reassign, depends_on)")
         if project.state not in (ProjectState.PLANNING, ProjectState.AWAITING_CONFIRMATION):
             raise InvalidInputError(f"{project_id} is {project.state}; its plan can no longer be changed",
@@ -144,6 +160,8 @@ class PlanRevisions:
             project = state.update_project(project_id, state=ProjectState.AWAITING_CONFIRMATION, version=previous + 1)
             state.log_event("plan.proposed", project_id, tasks=[t.id for t in created], version=project.version,
                             replaced=sorted(old_ids))
+            self._record_version(project, "replaced" if old else "proposed",
+                                 f"{len(created)} tasks" + (f", replacing version {previous}" if old else ""), by)
             self._announce_plan(project, f"it replaces version {previous}" if old else "")
         await self.render(project_id)
         await self.chat.flush()
@@ -153,14 +171,16 @@ class PlanRevisions:
 
     async def revise_plan(self, project_id: str, *, add: Sequence[dict[str, Any] | PlannedTask] = (),
                           remove: Sequence[str] = (), reassign: Mapping[str, str] | None = None,
-                          depends_on: Mapping[str, Sequence[str]] | None = None) -> Revision:
+                          depends_on: Mapping[str, Sequence[str]] | None = None,
+                          expected_version: int | None = None, by: str = "manager") -> Revision:
         """Add tasks; remove, reassign or re-wire pending ones — validated first, then one transaction."""
         state = self.state
         project = state.project(project_id)
-        if project.state not in (ProjectState.AWAITING_CONFIRMATION, ProjectState.RUNNING):
+        check_version(project, expected_version)
+        if project.state not in (ProjectState.AWAITING_CONFIRMATION, *STARTED):
             hint = "propose one with propose_plan" if project.state == ProjectState.PLANNING else "start a new project for more work"
             raise InvalidInputError(f"{project_id} has no plan to revise (it is {project.state})", hint=hint)
-        running = project.state == ProjectState.RUNNING
+        running = project.state in STARTED
         tasks = state.tasks(project_id=project_id)
         by_id = {t.id: t for t in tasks}
         removed = list(dict.fromkeys(remove))
@@ -227,6 +247,7 @@ class PlanRevisions:
             state.log_event("plan.revised", project_id, version=project.version, running=running,
                             added=[t.id for t in revision.added], removed=removed,
                             reassigned={t: list(pair) for t, pair in revision.reassigned.items()}, rewired=rewired)
+            self._record_version(project, "revised", revision.summary(), by)
             if running:
                 state.enqueue_message(plan_key(project_id, project.version), room_of_project(project_id),
                                       f"Plan of **{project.title}** changed (version {project.version}): "
