@@ -3,6 +3,8 @@ says so), and stop() undoes exactly what start-up did, in reverse — also after
 half-way, on real components (Synapse, the embedded gateway, local storage, the control API)."""
 from __future__ import annotations
 
+import asyncio
+import os
 import socket
 import sqlite3
 from urllib.parse import urlparse
@@ -13,6 +15,14 @@ from hiclaw.config import SandboxConfig, Secrets
 from hiclaw.control.plane import ControlPlane, NotStartedError
 from hiclaw.errors import PluginError
 from hiclaw.testing.team import team_config
+
+
+def cmdline(pid: str) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return fh.read().decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def refused(url: str) -> bool:
@@ -42,6 +52,11 @@ async def test_a_start_that_fails_half_way_is_undone_in_reverse_and_nothing_else
     homeserver = plane.channel.service_urls()["homeserver"]
     await plane.stop()
     assert refused(gateway) and refused(api) and refused(homeserver)
+    # The homeserver was still booting when the start failed: stop waited for the boot and stopped
+    # what it started — no boot left running, no Synapse of this home left behind.
+    booting = [t for t in asyncio.all_tasks() if "start_services" in repr(t.get_coro()) and not t.done()]
+    assert booting == []
+    assert [pid for pid in os.listdir("/proc") if pid.isdigit() and str(tmp_path) in cmdline(pid)] == []
     with pytest.raises(sqlite3.ProgrammingError):
         plane.state.workers()  # closed
     with pytest.raises(NotStartedError):

@@ -206,7 +206,16 @@ class ControlPlane:
         services = None
         if isinstance(channel, ChannelServices):
             services = asyncio.create_task(channel.start_services())
-            self._on_stop("channel services", channel.stop_services)
+            booting, serving = services, channel
+
+            async def stop_services() -> None:
+                # A start that failed later while the homeserver was still booting: let the boot
+                # finish first, or what it starts would be left running with nobody to stop it.
+                with contextlib.suppress(Exception):
+                    await booting
+                await serving.stop_services()
+
+            self._on_stop("channel services", stop_services)
         self.components["channel"] = channel
 
         self.progress(f"gateway: {self.config.gateway.plugin}")
