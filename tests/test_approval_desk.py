@@ -185,3 +185,20 @@ async def test_a_flood_of_calls_gets_a_few_cards_and_no_more(tmp_path):
     assert len(d.state.approvals()) == 3
     assert len([m for m in d.state.pending_messages() if m.key.startswith("approval:")]) == 3
     assert (await d.review(call("flood-0"), run))["state"] == "pending"  # a waiting one still waits
+
+
+async def test_a_call_waiting_for_a_cancelled_task_is_denied_saying_why(tmp_path):
+    from hiclaw.models import TaskState
+    from hiclaw.state import Task
+
+    d = desk(tmp_path)
+    (task,) = d.state.add_tasks(None, [Task(id="task-001", title="t", assignee="eve")])
+
+    async def run() -> dict[str, Any]:
+        raise AssertionError("a call of a cancelled task never runs")
+
+    assert (await d.review(call(task_id=task.id), run))["state"] == "pending"
+    d.state.update_task(task.id, state=TaskState.CANCELLED)
+    verdict = await d.review(call(task_id=task.id), run)
+    assert verdict["state"] == "denied" and "task-001 was cancelled" in verdict["reason"]
+    assert d.state.approval("apr-1").decided_by == "task engine"

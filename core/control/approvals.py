@@ -23,6 +23,7 @@ task and arguments; before running one it asks :class:`ApprovalDesk.review`. The
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fnmatch
 import json
 import logging
@@ -237,6 +238,7 @@ class ApprovalDesk:
             return {"state": "pending", "approval": approval.id, "reason": reason}
         deadline = time.monotonic() + self.policy.hold_seconds
         while True:
+            self._drop_if_task_closed(approval)
             approval = self.state.approval(approval.id)
             if approval.state == "approved" and self.state.move_approval(approval.seq, ["approved"], "running"):
                 return await self._run(approval, run)
@@ -257,6 +259,20 @@ class ApprovalDesk:
             except TimeoutError:
                 pass
             event.clear()
+
+    def _drop_if_task_closed(self, approval: Approval) -> None:
+        """A call still waiting for a task that was cancelled (or completed without it) meanwhile
+        is denied: nobody needs it any more, and its worker must not wait on."""
+        if approval.state != "pending" or not approval.task_id:
+            return
+        try:
+            task = self.state.task(approval.task_id)
+        except Exception:  # noqa: BLE001 - the task is gone: nothing to wait for either
+            task = None
+        if task is None or task.state.value == "cancelled":
+            with contextlib.suppress(InvalidInputError):  # decided meanwhile
+                decide(self.state, approval.id, approve=False, by="task engine",
+                       note=f"its task {approval.task_id} was cancelled")
 
     async def _run(self, approval: Approval, run: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
         try:
@@ -356,6 +372,10 @@ class ApprovalDesk:
         now = self.clock()
         touched = []
         for approval in self.state.approvals(states=["pending"]):
+            self._drop_if_task_closed(approval)
+            if self.state.approval(approval.id).state != "pending":
+                touched.append(approval.id)
+                continue
             age = now - _epoch(approval.created_at)
             expire = self.policy.expire_seconds
             if expire and age >= expire:
