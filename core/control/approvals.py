@@ -75,11 +75,12 @@ class GuardedCall:
         return f"{self.kind}:{self.target}"
 
     def arguments_json(self) -> str:
+        """The arguments as JSON, whole: the approval is bound to all of them (a cap would let a
+        worker swap what lies past it after the admin's yes, or hide it from a rule's ``args``)."""
         try:
-            text = json.dumps(self.arguments, ensure_ascii=False, sort_keys=True)
+            return json.dumps(self.arguments, ensure_ascii=False, sort_keys=True)
         except (TypeError, ValueError):
-            text = str(self.arguments)
-        return text[:16_000]
+            return str(self.arguments)
 
 
 def reason_to_ask(policy: ApprovalsConfig, call: GuardedCall) -> str | None:
@@ -271,7 +272,10 @@ class ApprovalDesk:
 
     async def command(self, worker: str, body: dict[str, Any]) -> dict[str, Any]:
         """A worker asks before ``run_command`` (``POST /v1/approval``): ``done`` = run it now."""
-        command = " ".join(str(body.get("command") or "").split())[:2000]
+        # Matched whole (a risky part past a cap would go alone), shown and bound as it runs (with
+        # its newlines: joined into one line, "echo ok\ncurl …" would look like one echo).
+        line = str(body.get("command") or "")
+        command = " ".join(line.split())
         task_id, project_id = None, None
         named = str(body.get("task_id") or "")
         if named:
@@ -286,7 +290,7 @@ class ApprovalDesk:
             return {"run": True}
 
         verdict = await self.review({"kind": "command", "worker": worker, "call_id": str(body.get("call_id") or ""),
-                                     "target": command, "arguments": {"command": command, "cwd": str(body.get("cwd") or "")},
+                                     "target": command, "arguments": {"command": line, "cwd": str(body.get("cwd") or "")},
                                      "task_id": task_id, "project_id": project_id}, let)
         return {k: v for k, v in verdict.items() if k != "result"}
 
