@@ -47,7 +47,7 @@ RISKY_COMMAND = re.compile(
     r"|\bdd\s+if=|\bmkfs|\bchmod\s+-R|\bchown\s+-R|>\s*/dev/sd")
 MAX_SHOWN_ARGUMENTS = 1500
 #: A decision in chat: ``approve apr-3 [note]`` / ``deny apr-3 <reason>`` (a line of its own).
-DECISION = re.compile(r"^\s*(approve|approved|deny|denied|reject)\s+(apr-\d+)\b[\s:,.-]*(.*)$", re.IGNORECASE)
+DECISION = re.compile(r"^\s*(approve|approved|deny|denied|reject)\s+(apr-[0-9]{1,18})\b[\s:,.-]*(.*)$", re.IGNORECASE)
 CLOSED = ("denied", "done", "interrupted")
 #: Approvals one worker may have waiting at once: a worker makes one call at a time, so more is a
 #: loop or a flood of cards (each would ring the admin's phone) — refused without a card.
@@ -123,6 +123,13 @@ def fenced(text: str) -> str:
     return f"{fence}text\n{text}\n{fence}"
 
 
+def visible(text: str) -> str:
+    """``text`` with every invisible or reordering character (bidi overrides, zero-width ones,
+    line separators: what is not printable, but newlines) written as ``\\uXXXX``: the card
+    shows the admin what the call holds, not what a worker wants it to look like."""
+    return "".join(ch if ch == "\n" or ch.isprintable() else f"\\u{ord(ch):04x}" for ch in text)
+
+
 def one_line(text: str, limit: int = 120) -> str:
     return " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())[:limit]
 
@@ -150,7 +157,7 @@ def card(state: StateDB, approval: Approval, admin: str) -> str:
         shown = shown[:MAX_SHOWN_ARGUMENTS] + f"… [{len(approval.arguments) - MAX_SHOWN_ARGUMENTS} more characters]"
     return (f"@{admin} approval **{approval.id}**: {approval.worker} wants to make a call that waits for you{task}.\n"
             f"Why: {approval.reason}.\n"
-            + fenced(f"{approval.kind} {approval.target}\n{shown}") + "\n"
+            + fenced(visible(f"{approval.kind} {approval.target}\n{shown}")) + "\n"
             f"Reply `approve {approval.id}` or `deny {approval.id} <reason>`, or run "
             f"`hiclaw approvals approve {approval.id}`. Until then nothing happens.")
 
