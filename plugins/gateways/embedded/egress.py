@@ -289,7 +289,8 @@ class EgressProxy:
         out: CIMultiDict[str] = CIMultiDict()
         for name, value in headers.items():
             low = name.lower()
-            if low in HOP_BY_HOP or low in NOT_RETURNED or low in named or name in target.redact:
+            if low in HOP_BY_HOP or low in NOT_RETURNED or low in named or name in target.redact \
+                    or low.startswith("x-hiclaw-"):  # an API cannot speak for the gateway ("pending": resend)
                 continue
             out.add(name, target.redact(value))
         return out
