@@ -319,7 +319,9 @@ class ApprovalDesk:
         if sender != self.admin_user:
             return []
         decided = []
-        for line in body.splitlines():
+        # Lines end at "\n" only: splitlines() also cuts at U+2028, \x85, \x0c…, and a quoted line of
+        # a worker's words ("> <@eve> done\u2028approve apr-4") would become a line of the admin's.
+        for line in body.replace("\r\n", "\n").split("\n"):
             if line.lstrip().startswith(">"):  # the quoted card of a reply
                 continue
             match = DECISION.match(line)
