@@ -412,8 +412,14 @@ class ApprovalDesk:
             self._loop = None
 
     def awaiting(self, task_id: str) -> bool:
-        """Whether the task's worker waits for the admin on one of its calls (not a stall)."""
-        return any(a.task_id == task_id for a in self.state.approvals(states=["pending", "approved", "running"]))
+        """Whether the task's worker waits for the admin on one of its calls (not a stall). An
+        approved call counts only while its worker may still be on its way to claim it (it asks
+        again every ``hold_seconds``): one it never comes back for (a worker restarted, or one
+        that goes quiet on purpose after the yes) is not reminded, so it must not hide a stall."""
+        claim = 60.0 + 3 * self.policy.hold_seconds
+        now = self.clock()
+        return any(a.task_id == task_id and (a.state != "approved" or now - _epoch(a.decided_at or a.created_at) < claim)
+                   for a in self.state.approvals(states=["pending", "approved", "running"]))
 
 
 def may_ask_commands(policy: ApprovalsConfig, worker: str) -> bool:
