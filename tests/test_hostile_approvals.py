@@ -575,3 +575,26 @@ async def test_an_api_cannot_say_a_request_waits_for_the_admin(tmp_path):
         gateway.store.close()
         state.close()
         await runner.cleanup()
+
+
+async def test_an_approved_call_its_worker_never_claims_does_not_hide_a_stall(tmp_path):
+    """The worker asks, the admin says yes, the worker goes quiet (restarted, or on purpose): no
+    reminder comes for an approved call, so the watchdog must not take it for waiting forever."""
+    import time
+
+    now = [time.time()]
+    d = ApprovalDesk(state=StateDB(tmp_path / "state.db"), admin="admin", flush=nothing, admin_user=ADMIN,
+                     clock=lambda: now[0], policy=ApprovalsConfig.model_validate({"level": "strict", "hold_seconds": 1}))
+    try:
+        await d.review({"kind": "mcp", "worker": "eve", "call_id": "c1", "target": "t/x", "arguments": {},
+                        "task_id": "task-001"}, nothing_run)
+        await d.review({"kind": "mcp", "worker": "eve", "call_id": "c2", "target": "t/x", "arguments": {},
+                        "task_id": "task-002"}, nothing_run)
+        assert d.awaiting("task-001")
+        await d.decide("apr-1", approve=True)
+        assert d.awaiting("task-001")  # just approved: the worker comes for it within seconds
+        now[0] += 3600
+        assert not d.awaiting("task-001"), "an unclaimed yes hid the task from the stall check forever"
+        assert d.awaiting("task-002")  # pending for an hour: the admin is reminded, the worker really waits
+    finally:
+        d.state.close()
