@@ -24,7 +24,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, quote, quote_plus, unquote_to_bytes, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote, quote_plus, unquote_plus, unquote_to_bytes, urlencode, urlsplit
 
 from aiohttp import web
 from pydantic import SecretStr
@@ -339,12 +339,19 @@ class EgressProxy:
         # /admin* also holds /%61dmin: the API decodes it).
         headers = {k.lower(): target.redact(v) for k, v in self.headers_out(request, target).items()
                    if k.lower() not in NOT_BOUND and k.lower() != (target.route.header or "").lower()}
-        arguments = {"method": call.method, "path": target.redact(raw_path), "query": target.redact(raw_query),
+        # Path and query decoded, as the API reads them (what the admin and rules' args see: a rule
+        # on "force=true" also holds %66orce=true); raw too when that differs (what is bound).
+        path, query = target.redact(check_path(raw_path)), target.redact(unquote_plus(raw_query))
+        arguments = {"method": call.method, "path": path, "query": query,
                      "body": target.redact(body.decode("utf-8", errors="replace")),
                      "body_sha256": hashlib.sha256(body).hexdigest(), "headers": dict(sorted(headers.items()))}
+        if raw_path != path:
+            arguments["raw_path"] = target.redact(raw_path)
+        if raw_query != query:
+            arguments["raw_query"] = target.redact(raw_query)
         verdict = await self.review({
             "kind": "egress", "worker": call.consumer, "call_id": request.headers.get(CALL_ID_HEADER, "")[:128],
-            "target": f"{target.name}/{call.method} {target.redact(check_path(raw_path))}", "method": call.method,
+            "target": f"{target.name}/{call.method} {path}", "method": call.method,
             "task_id": call.task, "project_id": call.project, "arguments": arguments}, run)
         state = verdict["state"]
         if state == "done":
