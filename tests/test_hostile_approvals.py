@@ -250,6 +250,26 @@ async def test_a_percent_encoded_path_does_not_escape_a_rule(rig, tmp_path):  # 
         desk.state.close()
 
 
+async def test_percent_encoding_does_not_escape_an_args_rule(rig, tmp_path):  # noqa: F811
+    desk = await desk_on(rig, tmp_path, rules=[{"tool": "egress:api/*", "args": r'"query": "[^"]*force=true'},
+                                               {"tool": "egress:api/*", "args": r'"path": "/allowed/admin'}])
+    try:
+        for n, target in enumerate(("/allowed/x?force=true", "/allowed/x?%66orce=true", "/allowed/x?a=1&force=tru%65",
+                                    "/allowed/admin/x", "/allowed/%61dmin/x")):
+            assert (await post(rig, "/egress/api" + target, b"", f"c{n}"))[0] == 202, target
+            if n >= 2:  # a decision on the first ones makes room under the cap of three waiting
+                await desk.decide(f"apr-{n - 1}", approve=False, note="no")
+        assert rig.upstream.requests == []
+        # What the admin sees is decoded; the raw form is bound too: the other spelling is another call.
+        seen = json.loads(desk.state.approval("apr-2").arguments)
+        assert (seen["query"], seen["raw_query"]) == ("force=true", "%66orce=true")
+        await desk.decide("apr-5", approve=True)
+        assert (await post(rig, "/egress/api/allowed/admin/x", b"", "c4"))[0] == 403
+        assert rig.upstream.requests == []
+    finally:
+        desk.state.close()
+
+
 async def test_the_method_the_upstream_gets_is_the_one_approved(rig, tmp_path):  # noqa: F811
     desk = await desk_on(rig, tmp_path, level="smart")
     try:
