@@ -337,14 +337,14 @@ class EgressProxy:
         # Bound to the whole request (path, query, body bytes, the headers that reach the API), never
         # a capped or decoded copy two requests share; matched on the decoded path (a rule on
         # /admin* also holds /%61dmin: the API decodes it).
-        headers = {k.lower(): target.redact(v) for k, v in self.headers_out(request, target).items()
-                   if k.lower() not in NOT_BOUND and k.lower() != (target.route.header or "").lower()}
+        bound = sorted([k.lower(), target.redact(v)] for k, v in self.headers_out(request, target).items()
+                       if k.lower() not in NOT_BOUND and k.lower() != (target.route.header or "").lower())
         # Path and query decoded, as the API reads them (what the admin and rules' args see: a rule
         # on "force=true" also holds %66orce=true); raw too when that differs (what is bound).
         path, query = target.redact(check_path(raw_path)), target.redact(unquote_plus(raw_query))
         arguments = {"method": call.method, "path": path, "query": query,
                      "body": target.redact(body.decode("utf-8", errors="replace")),
-                     "body_sha256": hashlib.sha256(body).hexdigest(), "headers": dict(sorted(headers.items()))}
+                     "body_sha256": hashlib.sha256(body).hexdigest(), "headers": bound}  # pairs: X-A and x-a are two
         if raw_path != path:
             arguments["raw_path"] = target.redact(raw_path)
         if raw_query != query:
