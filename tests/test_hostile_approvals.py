@@ -234,6 +234,11 @@ async def test_egress_headers_are_bound_and_method_overrides_never_reach_the_ups
         ran = await post(rig, "/egress/api/allowed/x", b"{}", "c1", **{"Content-Type": "application/json"})
         assert ran[0] == 200 and len(rig.upstream.requests) == 1
         assert "X-Dangerous" not in rig.upstream.requests[0]["headers"]
+        # A header sent twice in two casings reaches the API twice: both are bound.
+        assert (await post(rig, "/egress/api/allowed/y", b"{}", "c2", **{"X-Mode": "safe"}))[0] == 202
+        await desk.decide("apr-2", approve=True)
+        doubled = await post(rig, "/egress/api/allowed/y", b"{}", "c2", **{"x-mode": "evil", "X-Mode": "safe"})
+        assert doubled[0] == 403 and len(rig.upstream.requests) == 1
     finally:
         desk.state.close()
 
