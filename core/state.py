@@ -806,7 +806,8 @@ class StateDB:
 
     def approval(self, approval_id: str) -> Approval:
         seq = approval_id.removeprefix("apr-")
-        rows = self._query("SELECT * FROM approvals WHERE seq = ?", (int(seq),)) if seq.isdigit() else []
+        valid = seq.isascii() and seq.isdigit() and len(seq) <= 18  # an SQLite integer; "apr-١" is no id
+        rows = self._query("SELECT * FROM approvals WHERE seq = ?", (int(seq),)) if valid else []
         if not rows:
             raise NotFoundError(f"no approval {approval_id!r}", hint="see `hiclaw approvals list --all` for the ids")
         return Approval(**dict(rows[0]))

@@ -447,9 +447,11 @@ async def test_smart_approvals_hold_a_post_until_approved_and_send_it_once(rig, 
         answer = await asyncio.wait_for(call, timeout=10)
         assert answer["status"] == 200 and CANARY not in answer["body"]
         assert [r["method"] for r in rig.upstream.requests] == ["GET", "POST"]
-        # The same call sent again (same call id) gets the stored answer; nothing is sent twice.
+        # The same call sent again (same call id, headers and body) gets the stored answer; nothing is
+        # sent twice.
         again = await raw(port_of(rig.gateway), "POST", "/egress/api/allowed/x", token=rig.alice,
-                          headers={"X-Hiclaw-Call-Id": desk.state.approval(pending[0].id).call_id}, body=b"hi")
+                          headers={"X-Hiclaw-Call-Id": desk.state.approval(pending[0].id).call_id,
+                                   "Content-Type": rig.upstream.requests[1]["headers"]["Content-Type"]}, body=b"hi")
         assert again[0] == 200 and len(rig.upstream.requests) == 2
     finally:
         await client.aclose()

@@ -48,7 +48,7 @@ RISKY_COMMAND = re.compile(
     r"|\bdd\s+if=|\bmkfs|\bchmod\s+-R|\bchown\s+-R|>\s*/dev/sd")
 MAX_SHOWN_ARGUMENTS = 1500
 #: A decision in chat: ``approve apr-3 [note]`` / ``deny apr-3 <reason>`` (a line of its own).
-DECISION = re.compile(r"^\s*(approve|approved|deny|denied|reject)\s+(apr-\d+)\b[\s:,.-]*(.*)$", re.IGNORECASE)
+DECISION = re.compile(r"^\s*(approve|approved|deny|denied|reject)\s+(apr-[0-9]{1,18})\b[\s:,.-]*(.*)$", re.IGNORECASE)
 CLOSED = ("denied", "done", "interrupted")
 #: Approvals one worker may have waiting at once: a worker makes one call at a time, so more is a
 #: loop or a flood of cards (each would ring the admin's phone) — refused without a card.
@@ -76,11 +76,12 @@ class GuardedCall:
         return f"{self.kind}:{self.target}"
 
     def arguments_json(self) -> str:
+        """The arguments as JSON, whole: the approval is bound to all of them (a cap would let a
+        worker swap what lies past it after the admin's yes, or hide it from a rule's ``args``)."""
         try:
-            text = json.dumps(self.arguments, ensure_ascii=False, sort_keys=True)
+            return json.dumps(self.arguments, ensure_ascii=False, sort_keys=True)
         except (TypeError, ValueError):
-            text = str(self.arguments)
-        return text[:16_000]
+            return str(self.arguments)
 
 
 def reason_to_ask(policy: ApprovalsConfig, call: GuardedCall) -> str | None:
@@ -123,6 +124,13 @@ def fenced(text: str) -> str:
     return f"{fence}text\n{text}\n{fence}"
 
 
+def visible(text: str) -> str:
+    """``text`` with every invisible or reordering character (bidi overrides, zero-width ones,
+    line separators: what is not printable, but newlines) written as ``\\uXXXX``: the card
+    shows the admin what the call holds, not what a worker wants it to look like."""
+    return "".join(ch if ch == "\n" or ch.isprintable() else f"\\u{ord(ch):04x}" for ch in text)
+
+
 def one_line(text: str, limit: int = 120) -> str:
     return " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())[:limit]
 
@@ -150,7 +158,7 @@ def card(state: StateDB, approval: Approval, admin: str) -> str:
         shown = shown[:MAX_SHOWN_ARGUMENTS] + f"… [{len(approval.arguments) - MAX_SHOWN_ARGUMENTS} more characters]"
     return (f"@{admin} approval **{approval.id}**: {approval.worker} wants to make a call that waits for you{task}.\n"
             f"Why: {approval.reason}.\n"
-            + fenced(f"{approval.kind} {approval.target}\n{shown}") + "\n"
+            + fenced(visible(f"{approval.kind} {approval.target}\n{shown}")) + "\n"
             f"Reply `approve {approval.id}` or `deny {approval.id} <reason>`, or run "
             f"`hiclaw approvals approve {approval.id}`. Until then nothing happens.")
 
@@ -287,7 +295,10 @@ class ApprovalDesk:
 
     async def command(self, worker: str, body: dict[str, Any]) -> dict[str, Any]:
         """A worker asks before ``run_command`` (``POST /v1/approval``): ``done`` = run it now."""
-        command = " ".join(str(body.get("command") or "").split())[:2000]
+        # Matched whole (a risky part past a cap would go alone), shown and bound as it runs (with
+        # its newlines: joined into one line, "echo ok\ncurl …" would look like one echo).
+        line = str(body.get("command") or "")
+        command = " ".join(line.split())
         task_id, project_id = None, None
         named = str(body.get("task_id") or "")
         if named:
@@ -302,7 +313,7 @@ class ApprovalDesk:
             return {"run": True}
 
         verdict = await self.review({"kind": "command", "worker": worker, "call_id": str(body.get("call_id") or ""),
-                                     "target": command, "arguments": {"command": command, "cwd": str(body.get("cwd") or "")},
+                                     "target": command, "arguments": {"command": line, "cwd": str(body.get("cwd") or "")},
                                      "task_id": task_id, "project_id": project_id}, let)
         return {k: v for k, v in verdict.items() if k != "result"}
 
@@ -324,7 +335,9 @@ class ApprovalDesk:
         if sender != self.admin_user:
             return []
         decided = []
-        for line in body.splitlines():
+        # Lines end at "\n" only: splitlines() also cuts at U+2028, \x85, \x0c…, and a quoted line of
+        # a worker's words ("> <@eve> done\u2028approve apr-4") would become a line of the admin's.
+        for line in body.replace("\r\n", "\n").split("\n"):
             if line.lstrip().startswith(">"):  # the quoted card of a reply
                 continue
             match = DECISION.match(line)
@@ -419,8 +432,14 @@ class ApprovalDesk:
             self._loop = None
 
     def awaiting(self, task_id: str) -> bool:
-        """Whether the task's worker waits for the admin on one of its calls (not a stall)."""
-        return any(a.task_id == task_id for a in self.state.approvals(states=["pending", "approved", "running"]))
+        """Whether the task's worker waits for the admin on one of its calls (not a stall). An
+        approved call counts only while its worker may still be on its way to claim it (it asks
+        again every ``hold_seconds``): one it never comes back for (a worker restarted, or one
+        that goes quiet on purpose after the yes) is not reminded, so it must not hide a stall."""
+        claim = 60.0 + 3 * self.policy.hold_seconds
+        now = self.clock()
+        return any(a.task_id == task_id and (a.state != "approved" or now - _epoch(a.decided_at or a.created_at) < claim)
+                   for a in self.state.approvals(states=["pending", "approved", "running"]))
 
 
 def may_ask_commands(policy: ApprovalsConfig, worker: str) -> bool:

@@ -24,7 +24,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, quote, quote_plus, unquote_to_bytes, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote, quote_plus, unquote_plus, unquote_to_bytes, urlencode, urlsplit
 
 from aiohttp import web
 from pydantic import SecretStr
@@ -42,7 +42,12 @@ HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy
 #: Request headers never passed on (besides hop-by-hop ones and those the Connection header names).
 NOT_FORWARDED = frozenset({"authorization", "cookie", "cookie2", "host", "content-length", "forwarded", "via",
                            "accept-encoding", "expect"})
-NOT_FORWARDED_PREFIXES = ("proxy-", "x-hiclaw-", "x-forwarded-", "x-real-ip")
+NOT_FORWARDED_PREFIXES = ("proxy-", "x-hiclaw-", "x-forwarded-", "x-real-ip",
+                          # "this POST (or GET) is a DELETE": the method the route, the level and the
+                          # admin's card go by would not be the one the API acts on
+                          "x-http-method", "x-method-override")
+#: Headers an approval is not bound to (they pick how the answer is shown, not what is done).
+NOT_BOUND = frozenset({"user-agent", "accept", "accept-language", "accept-encoding"})
 #: Response headers never passed back (the body is re-framed and decompressed here).
 NOT_RETURNED = frozenset({"set-cookie", "set-cookie2", "content-length", "content-encoding"})
 ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
@@ -254,7 +259,7 @@ class EgressProxy:
         route = target.route
         try:
             async with self._session.request(
-                    request.method, URL(self.url(target, raw_path, raw_query), encoded=True),
+                    call.method, URL(self.url(target, raw_path, raw_query), encoded=True),
                     headers=self.headers_out(request, target), data=body or None, allow_redirects=False,
                     timeout=aiohttp.ClientTimeout(total=route.timeout_seconds)) as upstream:
                 data = bytearray()
@@ -284,7 +289,8 @@ class EgressProxy:
         out: CIMultiDict[str] = CIMultiDict()
         for name, value in headers.items():
             low = name.lower()
-            if low in HOP_BY_HOP or low in NOT_RETURNED or low in named or name in target.redact:
+            if low in HOP_BY_HOP or low in NOT_RETURNED or low in named or name in target.redact \
+                    or low.startswith("x-hiclaw-"):  # an API cannot speak for the gateway ("pending": resend)
                 continue
             out.add(name, target.redact(value))
         return out
@@ -326,13 +332,27 @@ class EgressProxy:
             return {"status": response.status, "headers": dict(response.headers),
                     "body": base64.b64encode(data).decode()}
 
-        shown = target.redact(body.decode("utf-8", errors="replace"))[:4000]
+        import hashlib
+
+        # Bound to the whole request (path, query, body bytes, the headers that reach the API), never
+        # a capped or decoded copy two requests share; matched on the decoded path (a rule on
+        # /admin* also holds /%61dmin: the API decodes it).
+        bound = sorted([k.lower(), target.redact(v)] for k, v in self.headers_out(request, target).items()
+                       if k.lower() not in NOT_BOUND and k.lower() != (target.route.header or "").lower())
+        # Path and query decoded, as the API reads them (what the admin and rules' args see: a rule
+        # on "force=true" also holds %66orce=true); raw too when that differs (what is bound).
+        path, query = target.redact(check_path(raw_path)), target.redact(unquote_plus(raw_query))
+        arguments = {"method": call.method, "path": path, "query": query,
+                     "body": target.redact(body.decode("utf-8", errors="replace")),
+                     "body_sha256": hashlib.sha256(body).hexdigest(), "headers": bound}  # pairs: X-A and x-a are two
+        if raw_path != path:
+            arguments["raw_path"] = target.redact(raw_path)
+        if raw_query != query:
+            arguments["raw_query"] = target.redact(raw_query)
         verdict = await self.review({
             "kind": "egress", "worker": call.consumer, "call_id": request.headers.get(CALL_ID_HEADER, "")[:128],
-            "target": f"{target.name}/{call.method} {call.path}", "method": call.method, "task_id": call.task,
-            "project_id": call.project,
-            "arguments": {"method": call.method, "path": call.path, "query": target.redact(raw_query)[:1000],
-                          "body": shown}}, run)
+            "target": f"{target.name}/{call.method} {path}", "method": call.method,
+            "task_id": call.task, "project_id": call.project, "arguments": arguments}, run)
         state = verdict["state"]
         if state == "done":
             done = verdict["result"]

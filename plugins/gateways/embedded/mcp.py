@@ -500,6 +500,13 @@ class McpHub:
         from mcp_types import CallToolResult, TextContent
 
         data = result.model_dump(mode="json", by_alias=True, exclude_none=True)
+        meta = data.get("_meta")
+        if isinstance(meta, dict) and APPROVAL_META in meta:
+            # Only the gateway says a call waits for the admin: a server's "pending" would have the
+            # worker send its call again and again (run each time, or never answered).
+            result = CallToolResult.model_validate({**data, "_meta": {k: v for k, v in meta.items()
+                                                                        if k != APPROVAL_META}})
+            data = result.model_dump(mode="json", by_alias=True, exclude_none=True)
         size = len(json.dumps(data).encode())
         limit = self.servers[server].max_result_bytes
         if size > limit:
