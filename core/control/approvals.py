@@ -221,9 +221,16 @@ class ApprovalDesk:
                 return {"state": "denied", "approval": None,
                         "reason": f"{len(waiting)} of your calls already wait for the admin ({', '.join(waiting)}); "
                                   "wait for those decisions before asking again"}
-        approval, new = self.state.add_approval(Approval(
-            seq=0, worker=guarded.worker, call_id=guarded.call_id[:128], kind=guarded.kind, target=guarded.target[:600],
-            arguments=guarded.arguments_json(), reason=reason, task_id=guarded.task_id, project_id=guarded.project_id))
+        with self.state.transaction():  # the row and its card: both, or neither (a kill -9 between)
+            approval, new = self.state.add_approval(Approval(
+                seq=0, worker=guarded.worker, call_id=guarded.call_id[:128], kind=guarded.kind,
+                target=guarded.target[:600], arguments=guarded.arguments_json(), reason=reason,
+                task_id=guarded.task_id, project_id=guarded.project_id))
+            if new:
+                self.state.log_event("approval.requested", approval.id, worker=approval.worker, call=approval.kind,
+                                     target=approval.target, task=approval.task_id, reason=reason)
+                self.state.enqueue_message(f"approval:{approval.id}", approval_room(self.state, approval),
+                                           card(self.state, approval, self.admin), [self.admin])
         if not new and (approval.kind, approval.target, approval.arguments) != (
                 guarded.kind, guarded.target[:600], guarded.arguments_json()):
             # An approval is for one call: its id sent with another target or other arguments
@@ -233,11 +240,6 @@ class ApprovalDesk:
                     "reason": "this call id belongs to another call (other tool or arguments); nothing was run — "
                               "make a new call"}
         if new:
-            with self.state.transaction():
-                self.state.log_event("approval.requested", approval.id, worker=approval.worker, call=approval.kind,
-                                     target=approval.target, task=approval.task_id, reason=reason)
-                self.state.enqueue_message(f"approval:{approval.id}", approval_room(self.state, approval),
-                                           card(self.state, approval, self.admin), [self.admin])
             # Answered at once, the card posted meanwhile (it is in the outbox: a crash now still
             # delivers it): the worker knows its call waits before anything can cut this request.
             posting: asyncio.Future[Any] = asyncio.ensure_future(self.flush())
