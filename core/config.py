@@ -493,6 +493,32 @@ class ApprovalsConfig(_Section):
         return value
 
 
+class ConsoleConfig(_Section):
+    """``[console]``: the web console the control plane serves (docs/console.md)."""
+
+    enabled: bool = True
+    #: Loopback by default; ``hiclaw up --lan`` sets "0.0.0.0" (all interfaces).
+    host: str = "127.0.0.1"
+    #: 0: any free port (printed by ``hiclaw up``).
+    port: int = Field(default=7420, ge=0, le=65535)
+    #: A session unused this long is over (log in again).
+    session_idle_hours: float = Field(default=12.0, gt=0, le=24 * 30)
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        import ipaddress
+
+        text = value.strip()
+        try:
+            ipaddress.ip_address(text)
+        except ValueError:
+            if text != "localhost":
+                raise ValueError(f"console host {value!r} must be an IP address such as 127.0.0.1 (loopback) or "
+                                 "0.0.0.0 (all interfaces), or localhost") from None
+        return text
+
+
 class PluginsConfig(_Section):
     disabled: list[str] = Field(default_factory=list)
 
@@ -509,6 +535,7 @@ class HiclawConfig(_Section):
     egress: dict[str, EgressRoute] = Field(default_factory=dict)
     mcp: dict[str, McpServer] = Field(default_factory=dict)
     approvals: ApprovalsConfig = Field(default_factory=ApprovalsConfig)
+    console: ConsoleConfig = Field(default_factory=ConsoleConfig)
 
     @field_validator("mcp")
     @classmethod

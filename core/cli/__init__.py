@@ -36,6 +36,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "task": "hiclaw.cli.projects:task_group",
     "status": "hiclaw.cli.up:status_command",
     "down": "hiclaw.cli.up:down_command",
+    "console": "hiclaw.cli.up:console_command",
     "schedule": "hiclaw.cli.schedule:schedule_group",
     "mcp": "hiclaw.cli.access:mcp_group",
     "egress": "hiclaw.cli.access:egress_group",

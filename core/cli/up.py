@@ -58,8 +58,9 @@ def up_command(app: App, lan: bool, yolo: bool) -> None:
         config.team.yolo = True
     if lan:
         config.channel.settings = {**config.channel.settings, "host": "0.0.0.0"}  # noqa: S104 - --lan asks for all interfaces
-        click.echo("warning: --lan: the homeserver listens on all interfaces; anyone on your network can reach it",
-                   err=True)
+        config.console.host = "0.0.0.0"  # noqa: S104 - --lan asks for all interfaces
+        click.echo("warning: --lan: the homeserver and the web console listen on all interfaces; anyone on your "
+                   "network can reach them", err=True)
     started = time.monotonic()
     plane = ControlPlane(app.home, config=config, secrets=app.secrets, host=app.host,
                          progress=lambda line: click.echo(f"  · {time.monotonic() - started:5.1f}s  {line}"))
@@ -112,7 +113,25 @@ def print_login(plane: Any, *, lan: bool = False) -> None:
     else:
         click.echo("  password: `matrix_admin_password` in secrets.toml")
     click.echo("  terminal: hiclaw chat")
+    console = getattr(plane, "console", None)
+    if console is not None:
+        base = console.url
+        address = lan_address() if lan else None
+        if address:
+            base = base.replace("127.0.0.1", address, 1)
+        click.echo(f"  web console: {base} — one-time login link (valid 10 minutes, once; `hiclaw console` "
+                   f"prints a new one):")
+        click.echo(f"    {console.login_link(base)}")
     click.echo("Ctrl-C stops the team (workers included).")
+
+
+@click.command("console")
+@pass_app
+def console_command(app: App) -> None:
+    """Print the web console's address and a new one-time login link (valid 10 minutes, once)."""
+    data = control_request(app, "POST", "/v1/admin/console-link", {})
+    click.echo(f"web console: {data['url']}")
+    click.echo(f"one-time login link: {data['link']}")
 
 
 @click.command("down")

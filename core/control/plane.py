@@ -54,6 +54,7 @@ from hiclaw.state import StateDB
 from hiclaw.storage import layout
 
 if TYPE_CHECKING:
+    from hiclaw.console import ConsoleServer
     from hiclaw.sandbox.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,7 @@ class ControlPlane:
         self.boot: str | None = None
         self.started_at = 0.0
         self.admin_password_created = False
+        self.console: ConsoleServer | None = None  # the web console, when [console] enabled
 
     # ------------------------------------------------------------------ component access
 
@@ -311,7 +313,20 @@ class ControlPlane:
         self.watchdog.start()
         self._on_stop("plugins", lambda: self.host.shutdown(self.runtime_context()))
         await self.host.startup(self.runtime_context())
+        await self._start_console()
         self.progress(f"ready in {time.perf_counter() - started:.1f}s")
+
+    async def _start_console(self) -> None:
+        settings = self.config.console
+        if not settings.enabled:
+            return
+        from hiclaw.console import ConsoleServer
+
+        console = ConsoleServer(self, host=settings.host, port=settings.port, idle_hours=settings.session_idle_hours)
+        self._on_stop("console", console.stop)
+        await console.start()
+        self.console = console
+        self.progress(f"console: {console.url}")
 
     def _wire(self, state: StateDB, channel: Any, gateway: Any, storage: Any, api: ControlAPI,
               supervisor: Any) -> None:
@@ -623,6 +638,10 @@ class ControlPlane:
             return task.view()
         if action in STEER_ACTIONS:  # pause, resume, cancel, complete a project (`hiclaw project pause` …)
             return await admin_steer(self.engine, action, body)
+        if action == "console-link":  # `hiclaw console`: a new one-time login link
+            if self.console is None:
+                raise HiclawError("the web console is off", hint="set [console] enabled = true in config.toml")
+            return {"url": self.console.url, "link": self.console.login_link()}
         if action.startswith("approval"):
             return await self.approvals.admin_action(action, body)
         if action.startswith("access-"):

@@ -12,6 +12,7 @@ from typing import Any
 from hiclaw.config import (
     ApprovalsConfig,
     ChannelConfig,
+    ConsoleConfig,
     GatewayConfig,
     HiclawConfig,
     ModelAlias,
@@ -68,4 +69,5 @@ def team_config(model_url: str, *, registry_url: str = "https://skills.sh", sand
         egress=egress or {},
         mcp=mcp or {},
         approvals=ApprovalsConfig.model_validate(approvals or {}),
+        console=ConsoleConfig(port=0),  # many teams run at once in tests: any free port
     )

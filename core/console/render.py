@@ -1,0 +1,97 @@
+"""HTML for the console: escaping, agents' markdown made safe, and the page frame.
+
+Every string an agent (or a model) wrote is untrusted: it goes through :func:`esc` or, for
+markdown, :func:`markdown_html`, which escapes raw HTML and drops links and images whose target
+is not http(s), mailto, an anchor or a relative path (``javascript:`` and friends).
+"""
+from __future__ import annotations
+
+import html
+import re
+import unicodedata
+import xml.etree.ElementTree as ET
+from typing import Any
+
+import markdown
+from markdown.extensions import Extension
+from markdown.treeprocessors import Treeprocessor
+
+SAFE_SCHEMES = ("http", "https", "mailto")
+_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*):")
+
+
+def esc(value: Any) -> str:
+    """``value`` as text safe inside HTML elements and quoted attributes."""
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def safe_url(url: str) -> bool:
+    """Whether a link target from an agent may be followed: no script or data URLs, whatever
+    the spelling (entities, control characters and spaces are removed before the scheme check)."""
+    text = "".join(c for c in html.unescape(url) if unicodedata.category(c)[0] != "C" and not c.isspace())
+    found = _SCHEME.match(text)
+    return found is None or found.group(1).lower() in SAFE_SCHEMES
+
+
+class _SafeLinks(Treeprocessor):
+    def run(self, root: ET.Element) -> None:
+        for element in root.iter():
+            for attribute in ("href", "src"):
+                value = element.get(attribute)
+                if value is not None and not safe_url(value):
+                    del element.attrib[attribute]
+            if element.tag == "a" and element.get("href"):
+                element.set("rel", "noopener noreferrer nofollow")
+
+
+class _Untrusted(Extension):
+    def extendMarkdown(self, md: markdown.Markdown) -> None:
+        md.preprocessors.deregister("html_block")  # raw HTML stays text: it is escaped
+        md.inlinePatterns.deregister("html")
+        md.treeprocessors.register(_SafeLinks(md), "hiclaw_safe_links", 0)
+
+
+def markdown_html(text: str) -> str:
+    """An agent's markdown (spec.md, result.md) as HTML with its raw HTML escaped."""
+    renderer = markdown.Markdown(extensions=[_Untrusted(), "fenced_code", "tables"])
+    return renderer.convert(text)
+
+
+NAV = (("/", "Team"), ("/projects", "Projects"), ("/usage", "Usage"), ("/files", "Files"))
+
+
+def page(title: str, body: str, *, csrf: str | None = None, active: str = "", refresh: int | None = None) -> str:
+    """A whole page: ``body`` is HTML already made safe; ``csrf`` (logged in) adds the menu."""
+    nav = ""
+    if csrf is not None:
+        links = "".join(f'<a href="{href}"{" class=on" if href == active else ""}>{name}</a>' for href, name in NAV)
+        nav = (f'<nav><b>hiclaw</b>{links}<form method="post" action="/logout" class="logout">'
+               f'<input type="hidden" name="csrf" value="{esc(csrf)}"><button>Log out</button></form></nav>')
+    meta = f'<meta http-equiv="refresh" content="{refresh}">' if refresh else ""
+    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8">{meta}'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f'<title>{esc(title)} · hiclaw</title><link rel="stylesheet" href="/console.css"></head>'
+            f'<body>{nav}<main><h1>{esc(title)}</h1>{body}</main></body></html>')
+
+
+def table(headers: list[str], rows: list[list[str]], *, empty: str = "nothing yet") -> str:
+    """``rows`` of cells that are HTML already made safe."""
+    if not rows:
+        return f'<p class="muted">{esc(empty)}</p>'
+    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def link(href: str, text: Any) -> str:
+    """A link to a console page: ``href`` is built by the console (its parts escaped here)."""
+    return f'<a href="{esc(href)}">{esc(text)}</a>'
+
+
+def badge(state: Any) -> str:
+    value = esc(state)
+    return f'<span class="badge s-{value}">{value}</span>'
+
+
+def money(value: float) -> str:
+    return f"${value:,.4f}" if value < 1 else f"${value:,.2f}"

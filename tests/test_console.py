@@ -1,0 +1,184 @@
+"""The web console over HTTP, on a live team: login (one-time links, the admin's password),
+sessions, CSRF and Origin checks, security headers, escaping of agents' words, /files paths.
+
+The browser test (Chromium driving the demo through the console) is tests/test_console_browser.py.
+"""
+from __future__ import annotations
+
+import re
+import time
+
+import aiohttp
+import pytest
+
+from hiclaw.console.auth import ConsoleAuth
+from hiclaw.console.render import markdown_html, safe_url
+from hiclaw.state import Task
+from hiclaw.storage import layout
+from hiclaw.testing.team import running_team
+
+QUIET = {"agents": {"manager": {"default": {"text": "ok"}}}}
+HOSTILE_TITLE = '<script>alert("title")</script><img src=x onerror=alert(1)>'
+HOSTILE_RESULT = ("# Result\n\n<script>alert('result')</script>\n\n[click me](javascript:alert('md'))\n\n"
+                  "[entity](jav&#x61;script:alert(2)) <b onmouseover=alert(3)>bold</b>\n\n"
+                  "![img](data:text/html;base64,PHNjcmlwdD4=)\n\n[fine](https://example.org/ok)\n")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.monotonic()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def client(base: str) -> aiohttp.ClientSession:
+    # unsafe=True: keep cookies of an IP-address host (the console is on 127.0.0.1)
+    return aiohttp.ClientSession(base, cookie_jar=aiohttp.CookieJar(unsafe=True))
+
+
+def csrf_of(html: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert found, "no CSRF field on the page"
+    return found.group(1)
+
+
+async def log_in(http: aiohttp.ClientSession, console) -> str:
+    path = console.login_link().removeprefix(console.url)
+    async with http.get(path, allow_redirects=False) as response:
+        assert response.status == 303 and response.headers["Location"] == "/"
+        cookie = response.headers["Set-Cookie"]
+        assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    async with http.get("/") as response:
+        assert response.status == 200
+        return csrf_of(await response.text())
+
+
+async def test_console_login_sessions_and_csrf(tmp_path):
+    async with running_team(tmp_path / "home", QUIET) as team:
+        console = team.plane.console
+        assert console is not None and console.url.startswith("http://127.0.0.1:")
+        origin = {"Origin": console.url}
+        async with client(console.url) as http:
+            # Nothing but the login page (and its stylesheet) without a session.
+            for path in ("/", "/projects", "/usage", "/files?path=shared/", "/tasks/task-001"):
+                async with http.get(path, allow_redirects=False) as response:
+                    assert response.status == 303 and response.headers["Location"] == "/login", path
+            async with http.post("/logout", data={"csrf": "x"}, headers=origin, allow_redirects=False) as response:
+                assert response.status == 401
+            async with http.get("/login") as response:
+                assert response.status == 200
+                assert response.headers["Content-Security-Policy"].startswith("default-src 'self'")
+                assert response.headers["X-Frame-Options"] == "DENY"
+                assert response.headers["Referrer-Policy"] == "no-referrer"
+            # A bad, a reused and an expired one-time token: one line, no session.
+            async with http.get("/login?token=not-a-token") as response:
+                assert response.status == 403 and "invalid, already used or expired" in await response.text()
+            link = console.login_link().removeprefix(console.url)
+            async with http.get(link, allow_redirects=False) as response:
+                assert response.status == 303
+            http.cookie_jar.clear()
+            async with http.get(link, allow_redirects=False) as response:
+                assert response.status == 403
+            clock = Clock()
+            console.auth.clock = clock
+            late = console.login_link().removeprefix(console.url)
+            clock.now += 601
+            async with http.get(late, allow_redirects=False) as response:
+                assert response.status == 403
+            async with http.get("/", allow_redirects=False) as response:
+                assert response.status == 303
+            # The admin's password: a wrong one is one line; the right one logs in.
+            async with http.post("/login", data={"password": "wrong"}, headers=origin) as response:
+                assert response.status == 401 and "Wrong password." in await response.text()
+            password = team.plane.secrets.get("matrix_admin_password").get_secret_value()
+            async with http.post("/login", data={"password": password}, headers={"Origin": "http://evil.example"},
+                                 allow_redirects=False) as response:
+                assert response.status == 403  # another site's form cannot log you in
+            async with http.post("/login", data={"password": password}, headers=origin,
+                                 allow_redirects=False) as response:
+                assert response.status == 303
+            async with http.get("/") as response:
+                assert response.status == 200 and "Team" in await response.text()
+                csrf = csrf_of(await response.text())
+            # CSRF: missing or wrong token, or a foreign Origin → 403 and the session lives on.
+            for data, headers in (({}, origin), ({"csrf": "wrong"}, origin), ({"csrf": csrf}, {}),
+                                  ({"csrf": csrf}, {"Origin": "http://127.0.0.1:1"})):
+                async with http.post("/logout", data=data, headers=headers, allow_redirects=False) as response:
+                    assert response.status == 403, (data, headers)
+                async with http.get("/", allow_redirects=False) as response:
+                    assert response.status == 200
+            # A DNS name that points here (DNS rebinding) is not the console's host.
+            async with http.get("/", headers={"Host": "attacker.example"}, allow_redirects=False) as response:
+                assert response.status == 421
+            # Sessions expire when idle; logging out ends one at once.
+            clock.now += 12 * 3600 + 1
+            async with http.get("/", allow_redirects=False) as response:
+                assert response.status == 303
+            csrf = await log_in(http, console)
+            async with http.post("/logout", data={"csrf": csrf}, headers=origin, allow_redirects=False) as response:
+                assert response.status == 303
+            async with http.get("/", allow_redirects=False) as response:
+                assert response.status == 303
+
+
+async def test_console_escapes_agents_words_and_refuses_traversal(tmp_path):
+    async with running_team(tmp_path / "home", QUIET) as team:
+        plane, console = team.plane, team.plane.console
+        project = plane.state.create_project(HOSTILE_TITLE, goal=HOSTILE_TITLE)
+        plane.state.add_tasks(project.id, [Task(id="task-001", title=HOSTILE_TITLE, assignee="alex", spec="x")])
+        await plane.storage.put(layout.task_result("task-001"), HOSTILE_RESULT.encode())
+        await plane.storage.put(layout.task_spec("task-001"), HOSTILE_TITLE.encode())
+        async with client(console.url) as http:
+            await log_in(http, console)
+            pages = {}
+            for path in ("/projects", f"/projects/{project.id}", "/tasks/task-001",
+                         "/files?path=shared/tasks/task-001/", "/files?path=shared/tasks/task-001/result.md",
+                         "/files?path=shared/tasks/task-001/spec.md"):
+                async with http.get(path) as response:
+                    assert response.status == 200, path
+                    pages[path] = await response.text()
+            for path, html in pages.items():
+                for raw in ("<script>alert", "<img src=x", "onerror=alert(1)>", "javascript:", "<b onmouseover",
+                            "data:text/html"):
+                    assert raw not in html, (path, raw)
+            assert "&lt;script&gt;alert(&quot;title&quot;)&lt;/script&gt;" in pages["/tasks/task-001"]
+            assert '<a href="https://example.org/ok" rel="noopener noreferrer nofollow">fine</a>' in pages["/tasks/task-001"]
+            assert "<svg" in pages[f"/projects/{project.id}"] and 'data-task="task-001"' in pages[f"/projects/{project.id}"]
+            # /files reads only under agents/ and shared/, by the storage's own key rules.
+            for bad in ("../secrets.toml", "shared/../../secrets.toml", "/etc/passwd", "shared/tasks/../../x",
+                        "secrets.toml", "run/control.json", "shared//x", "agents/../shared/x"):
+                async with http.get("/files", params={"path": bad}) as response:
+                    text = await response.text()
+                    assert response.status == 400, bad
+                    assert "matrix_admin_password" not in text and "token" not in text.lower(), bad
+
+
+def test_markdown_of_agents_is_made_safe():
+    html = markdown_html(HOSTILE_RESULT)
+    assert "<script>" not in html and "&lt;script&gt;" in html
+    assert "javascript" not in html.lower() and "data:" not in html
+    assert not safe_url(" JaVa\tscript:alert(1)") and not safe_url("vbscript:x") and safe_url("/files?path=a")
+    assert safe_url("https://x.org") and safe_url("#top") and safe_url("notes/a.md")
+
+
+@pytest.mark.parametrize("late", [False, True])
+def test_one_time_links_work_once_and_expire(late):
+    clock = Clock()
+    auth = ConsoleAuth(lambda: "pw", clock=clock)
+    token = auth.new_link_token()
+    if late:
+        clock.now += 600
+        assert auth.redeem_link(token) is None
+        return
+    session = auth.redeem_link(token)
+    assert session and auth.session(session) is not None
+    assert auth.redeem_link(token) is None
+
+
+def test_wrong_passwords_are_throttled():
+    auth = ConsoleAuth(lambda: "right", clock=Clock())
+    for _ in range(10):
+        assert auth.login_password("wrong") is None
+    assert auth.throttled()
+    assert ConsoleAuth(lambda: None).login_password("") is None  # no password set: no login by password
