@@ -51,7 +51,7 @@ case "$cmd" in
     # the long ones, and the real small model must then be there (no skip). HICLAW_SKIP_SLOW=1
     # leaves the slow ones out (pyproject.toml's default marker expression).
     if [[ $LONG -eq 1 ]]; then
-      export HICLAW_REQUIRE_REALMODEL=1
+      export HICLAW_REQUIRE_REALMODEL=1 HICLAW_REQUIRE_BROWSER=1
       set -- -m "long or not long" "$@"
     elif [[ "${HICLAW_SKIP_SLOW:-0}" != "1" ]]; then
       set -- -m "not long" "$@"

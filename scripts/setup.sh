@@ -3,7 +3,8 @@
 # with Python >= 3.11). Idempotent and quick when everything is already there.
 #
 #   - Debian packages: python3-venv, bubblewrap (worker sandboxes), git, nodejs + npm (interop
-#     tests with the official `skills` CLI) — installed with apt-get when run as root (or with
+#     tests with the official `skills` CLI), chromium + chromium-driver (the web console's
+#     browser test; with --test) — installed with apt-get when run as root (or with
 #     password-less sudo); otherwise the missing ones are listed.
 #   - A virtual environment in .venv with exactly the versions of the committed lock
 #     (locks/base.txt, or locks/test.txt with --test; every file hash-checked), then hiclaw itself
@@ -76,6 +77,9 @@ if [[ $WITH_TEST -eq 1 ]]; then
   command -v node >/dev/null 2>&1 || missing+=(nodejs)
   command -v npm >/dev/null 2>&1 || missing+=(npm)
   command -v gcc >/dev/null 2>&1 && command -v g++ >/dev/null 2>&1 || missing+=(build-essential)
+  # The web console's browser test (tests/test_console_browser.py): headless Chromium and its driver.
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+  command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
   # llama-cpp-python (the slow suite's real small model) is built with cmake.
   if [[ $WITH_REALMODEL -eq 1 ]]; then command -v cmake >/dev/null 2>&1 || missing+=(cmake); fi
 fi

@@ -145,6 +145,9 @@ async def test_console_escapes_agents_words_and_refuses_traversal(tmp_path):
             assert "&lt;script&gt;alert(&quot;title&quot;)&lt;/script&gt;" in pages["/tasks/task-001"]
             assert '<a href="https://example.org/ok" rel="noopener noreferrer nofollow">fine</a>' in pages["/tasks/task-001"]
             assert "<svg" in pages[f"/projects/{project.id}"] and 'data-task="task-001"' in pages[f"/projects/{project.id}"]
+            for missing in ("/projects/proj-999", "/tasks/<script>", "/files?path=shared/nothing.md"):
+                async with http.get(missing) as response:
+                    assert response.status == 404 and "<script>" not in await response.text(), missing
             # /files reads only under agents/ and shared/, by the storage's own key rules.
             for bad in ("../secrets.toml", "shared/../../secrets.toml", "/etc/passwd", "shared/tasks/../../x",
                         "secrets.toml", "run/control.json", "shared//x", "agents/../shared/x"):
@@ -160,6 +163,12 @@ def test_markdown_of_agents_is_made_safe():
     assert "javascript" not in html.lower() and "data:" not in html
     assert not safe_url(" JaVa\tscript:alert(1)") and not safe_url("vbscript:x") and safe_url("/files?path=a")
     assert safe_url("https://x.org") and safe_url("#top") and safe_url("notes/a.md")
+    # A storage path in code links to the file viewer; a YAML header becomes a table, without aliases.
+    linked = markdown_html("see `shared/tasks/task-001/result.md`, not `shared/../x`")
+    assert '<a href="/files?path=shared/tasks/task-001/result.md"' in linked and 'path=shared/..' not in linked
+    assert '<dl class="front"><dt>task</dt><dd>task-001</dd>' in markdown_html("---\ntask: task-001\n---\nbody")
+    bomb = "---\na: &a [x, x]\nb: &b [*a, *a]\nc: [*b, *b]\n---\nbody"
+    assert '<dl class="front">' not in markdown_html(bomb)
 
 
 @pytest.mark.parametrize("late", [False, True])
@@ -182,3 +191,60 @@ def test_wrong_passwords_are_throttled():
         assert auth.login_password("wrong") is None
     assert auth.throttled()
     assert ConsoleAuth(lambda: None).login_password("") is None  # no password set: no login by password
+
+
+async def test_hiclaw_up_prints_the_console_and_a_login_link_and_hiclaw_console_a_new_one(tmp_path):
+    """The real `hiclaw up` (a child process): the console's URL and a one-time link in its
+    output; `hiclaw console` asks the running team for a new link; each works once."""
+    from hiclaw.config import save_config
+    from hiclaw.scripted import parse_scenario
+    from hiclaw.testing.gateway import running_scripted_model
+    from hiclaw.testing.team import team_config
+    from hiclaw.testing.up import UpProcess
+
+    home = tmp_path / "home"
+    home.mkdir()
+    up = UpProcess(home)
+    with running_scripted_model(parse_scenario(QUIET)) as model:
+        try:
+            save_config(team_config(model.base_url), home)
+            await up.start_and_wait_async()
+            printed = re.search(r"web console: (http://127\.0\.0\.1:\d+) .*\n\s+(\S+/login\?token=\S+)", up.log.read_text())
+            assert printed, up.log.read_text()[-2000:]
+            base, first = printed.groups()
+            again = up.cli("console")
+            assert again.returncode == 0, again.stderr
+            second = re.search(r"one-time login link: (\S+)", again.stdout).group(1)
+            assert second.startswith(base + "/login?token=") and second != first
+            async with client(base) as http:
+                for link in (first, second):
+                    async with http.get(link.removeprefix(base), allow_redirects=False) as response:
+                        assert response.status == 303
+                    async with http.get(link.removeprefix(base), allow_redirects=False) as response:
+                        assert response.status == 403  # used
+                async with http.get("/") as response:
+                    assert response.status == 200 and "<h1>Team</h1>" in await response.text()
+        finally:
+            up.stop()
+
+
+def test_console_host_names_on_loopback_and_on_the_lan():
+    from hiclaw.console import ConsoleServer
+
+    loopback = ConsoleServer(None)
+    assert loopback.host_ok("127.0.0.1:7420") and loopback.host_ok("localhost:7420") and loopback.host_ok("[::1]:7420")
+    assert not loopback.host_ok("192.168.1.20:7420") and not loopback.host_ok("evil.example:7420")
+    lan = ConsoleServer(None, host="0.0.0.0")
+    assert lan.host_ok("192.168.1.20:7420") and lan.host_ok("[fe80::1]:7420") and not lan.host_ok("evil.example:7420")
+
+
+def test_console_config_is_checked_with_one_line_errors(tmp_path):
+    from hiclaw.config import load_config
+    from hiclaw.errors import ConfigError
+
+    for text, key in (("[console]\nport = 70000\n", "console.port"), ('[console]\nhost = "my-laptop"\n', "console.host"),
+                      ("[console]\nopen = true\n", "console.open")):
+        (tmp_path / "config.toml").write_text(text)
+        with pytest.raises(ConfigError) as caught:
+            load_config(tmp_path, environ={})
+        assert key in str(caught.value) and "\n" not in str(caught.value), str(caught.value)

@@ -5,8 +5,9 @@ storage; nothing here writes. Every value an agent wrote is escaped (:mod:`hicla
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from aiohttp import web
@@ -21,6 +22,7 @@ DAYS = 14
 MAX_VIEW_BYTES = 1024 * 1024
 ROOTS = (layout.AGENTS, layout.SHARED)
 BUSY = (TaskState.IN_PROGRESS, TaskState.REVIEW)
+T = TypeVar("T")
 
 
 def _csrf(request: web.Request) -> str:
@@ -33,6 +35,14 @@ def _html(request: web.Request, title: str, body: str, *, active: str, refresh: 
           status: int = 200) -> web.Response:
     return web.Response(status=status, content_type="text/html",
                         text=page(title, body, csrf=_csrf(request), active=active, refresh=refresh))
+
+
+def _find(request: web.Request, what: str, lookup: Callable[[str], T]) -> T | web.Response:
+    """The project or task the URL names, or its 404 page."""
+    try:
+        return lookup(request.match_info["id"])
+    except NotFoundError as exc:
+        return _html(request, f"{what} not found", f"<p class=error>{esc(exc)}</p>", active="/projects", status=404)
 
 
 def _when(stamp: str | None) -> str:
@@ -95,10 +105,9 @@ class Pages:
 
     async def project(self, request: web.Request) -> web.Response:
         state = self.plane.state
-        try:
-            project = state.project(request.match_info["id"])
-        except NotFoundError as exc:
-            return _html(request, "Project not found", f"<p class=error>{esc(exc)}</p>", active="/projects", status=404)
+        project = _find(request, "Project", state.project)
+        if isinstance(project, web.Response):
+            return project
         tasks = state.tasks(project_id=project.id)
         usage = {row.get("task"): row for row in await self.plane.usage(by="task")}
         rows = [[link(f"/tasks/{t.id}", t.id), esc(t.title), esc(t.assignee), esc(t.model or "–"), badge(t.state.value),
@@ -120,10 +129,9 @@ class Pages:
 
     async def task(self, request: web.Request) -> web.Response:
         state = self.plane.state
-        try:
-            task = state.task(request.match_info["id"])
-        except NotFoundError as exc:
-            return _html(request, "Task not found", f"<p class=error>{esc(exc)}</p>", active="/projects", status=404)
+        task = _find(request, "Task", state.task)
+        if isinstance(task, web.Response):
+            return task
         revisions = [t for t in state.tasks(project_id=task.project_id) if t.revision_of == task.id] \
             if task.project_id else []
         facts = [("state", badge(task.state.value)), ("assignee", esc(task.assignee)), ("model", esc(task.model or "–")),

@@ -11,8 +11,10 @@ import re
 import unicodedata
 import xml.etree.ElementTree as ET
 from typing import Any
+from urllib.parse import quote
 
 import markdown
+import yaml
 from markdown.extensions import Extension
 from markdown.treeprocessors import Treeprocessor
 
@@ -33,8 +35,22 @@ def safe_url(url: str) -> bool:
     return found is None or found.group(1).lower() in SAFE_SCHEMES
 
 
+#: A storage path in an agent's words (``shared/tasks/task-001/result.md``): linked to the file viewer.
+STORAGE_PATH = re.compile(r"^(?:agents|shared)/[^\s<>\"'`]+$")
+
+
 class _SafeLinks(Treeprocessor):
     def run(self, root: ET.Element) -> None:
+        for parent in list(root.iter()):
+            if parent.tag in ("pre", "a"):
+                continue
+            for index, child in enumerate(list(parent)):
+                if child.tag == "code" and STORAGE_PATH.match(child.text or "") and ".." not in (child.text or ""):
+                    anchor = ET.Element("a", href="/files?path=" + quote(child.text or ""))
+                    anchor.tail, child.tail = child.tail, None
+                    parent.remove(child)
+                    anchor.append(child)
+                    parent.insert(index, anchor)
         for element in root.iter():
             for attribute in ("href", "src"):
                 value = element.get(attribute)
@@ -51,10 +67,39 @@ class _Untrusted(Extension):
         md.treeprocessors.register(_SafeLinks(md), "hiclaw_safe_links", 0)
 
 
+class _PlainYaml(yaml.SafeLoader):
+    """YAML without aliases: a header of a few lines has no need of them, and they are how a
+    small document becomes an enormous one (the "billion laughs")."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.YAMLError("aliases are not allowed here")
+        return super().compose_node(parent, index)
+
+
+def front_matter(text: str) -> tuple[dict[str, Any], str]:
+    """A ``---`` YAML header (as result.md and spec.md have) and the rest; ``{}`` if none parses."""
+    if not text.startswith("---\n"):
+        return {}, text
+    end = text.find("\n---", 4)
+    if end < 0 or end > 16 * 1024:
+        return {}, text
+    try:
+        data = yaml.load(text[4:end], Loader=_PlainYaml)  # noqa: S506 - a SafeLoader, without aliases
+    except yaml.YAMLError:
+        return {}, text
+    if not isinstance(data, dict):
+        return {}, text
+    return data, text[end + 4:].lstrip("-").lstrip("\n")
+
+
 def markdown_html(text: str) -> str:
-    """An agent's markdown (spec.md, result.md) as HTML with its raw HTML escaped."""
+    """An agent's markdown (spec.md, result.md) as HTML with its raw HTML escaped; a YAML front
+    matter becomes a small table."""
+    header, body = front_matter(text)
     renderer = markdown.Markdown(extensions=[_Untrusted(), "fenced_code", "tables"])
-    return renderer.convert(text)
+    facts = "".join(f"<dt>{esc(key)}</dt><dd>{esc(str(value)[:500])}</dd>" for key, value in header.items())
+    return (f'<dl class="front">{facts}</dl>' if facts else "") + renderer.convert(body)
 
 
 NAV = (("/", "Team"), ("/projects", "Projects"), ("/usage", "Usage"), ("/files", "Files"))

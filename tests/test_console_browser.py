@@ -1,0 +1,151 @@
+"""The web console in a real browser: headless Chromium (Debian's, driven by Selenium through
+its chromedriver) follows the demo through the console while `hiclaw demo` plays it — log in
+with the one-time link, the team page, the project's plan graph with its tasks turning done, a
+result, the usage charts, shared files — with screenshots (non-empty PNGs) and first paint < 1 s.
+
+``HICLAW_CONSOLE_SHOTS=docs/img`` also keeps the screenshots there (the ones docs/console.md shows).
+Skipped without chromium; ``./dev.sh test --long`` (CI) sets ``HICLAW_REQUIRE_BROWSER=1``, and
+then a missing browser fails instead.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from hiclaw.waiting import wait_until
+
+CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+MISSING = None if CHROMIUM and DRIVER else "chromium and chromium-driver are needed (scripts/setup.sh --test installs them)"
+if MISSING and os.environ.get("HICLAW_REQUIRE_BROWSER") == "1":
+    raise RuntimeError(f"the browser test is required here (HICLAW_REQUIRE_BROWSER=1) but {MISSING}")
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(MISSING is not None, reason=MISSING or "")]
+FIRST_PAINT_MS = 1000
+WAIT = 180.0
+
+FIRST_PAINT = """
+const paint = performance.getEntriesByName('first-contentful-paint')[0] || performance.getEntriesByName('first-paint')[0];
+if (paint) return paint.startTime;
+const nav = performance.getEntriesByType('navigation')[0];
+return nav ? nav.domContentLoadedEventEnd : null;
+"""
+
+
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM or ""
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--window-size=1360,900", "--disable-extensions", "--no-first-run"):
+        options.add_argument(argument)
+    return webdriver.Chrome(service=Service(DRIVER or ""), options=options)
+
+
+class Walk:
+    """What the browser does, in a thread (Selenium is synchronous) while the event loop serves."""
+
+    def __init__(self, driver, base: str, shots: list[Path]) -> None:
+        self.driver, self.base, self.shots = driver, base, shots
+        self.paints: dict[str, float] = {}
+
+    def open(self, path: str) -> None:
+        self.driver.get(self.base + path)
+        painted = self.driver.execute_script(FIRST_PAINT)
+        assert painted is not None, f"no paint timing for {path}"
+        self.paints[path] = float(painted)
+
+    def shot(self, name: str) -> None:
+        for folder in self.shots:
+            target = folder / f"console-{name}.png"
+            assert self.driver.save_screenshot(str(target)), target
+            assert target.stat().st_size > 10_000 and target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", target
+
+    def until(self, what: str, check) -> None:
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        WebDriverWait(self.driver, WAIT, poll_frequency=0.5).until(lambda d: check(), message=what)
+
+    def states(self) -> dict[str, str]:
+        nodes = self.driver.find_elements("css selector", "svg.plan a.node")
+        return {n.get_attribute("data-task"): n.get_attribute("data-state") for n in nodes}
+
+    def run(self, link: str) -> None:
+        driver = self.driver
+        driver.get(link)  # the one-time link logs in and lands on the team page
+        assert driver.current_url == self.base + "/", driver.current_url
+        assert driver.find_element("tag name", "h1").text == "Team"
+        self.until("four workers on the team page",
+                   lambda: driver.refresh() or len(driver.find_elements("css selector", "main tbody tr")) == 4)
+        self.until("the project", lambda: self.open("/projects") or "proj-001" in driver.page_source)
+        driver.find_element("link text", "proj-001").click()
+        self.until("the plan graph", lambda: self.open("/projects/proj-001") or len(self.states()) >= 5)
+        self.shot("plan-running")
+        self.until("every task done", lambda: self.open("/projects/proj-001")
+                   or (len(self.states()) == 6 and set(self.states().values()) == {"done"}))
+        self.shot("plan")
+        edges = driver.find_elements("css selector", "svg.plan line")
+        assert len(edges) >= 5, "dependency edges"
+        driver.find_element("css selector", 'svg.plan a.node[data-task="task-004"]').click()
+        self.until("task-004's page", lambda: driver.find_element("tag name", "h1").text == "Task task-004")
+        result = driver.find_element("id", "result").text
+        assert "SUCCESS" in result and "task-004" in result, result[:400]
+        assert len(driver.find_elements("css selector", "main table tbody tr")) >= 2, "its history"
+        self.paints["/tasks/task-004"] = float(driver.execute_script(FIRST_PAINT))
+        self.shot("task")
+        self.open("/usage")
+        for chart in ("per-day", "per-worker", "per-model", "per-task"):
+            bars = driver.find_elements("css selector", f'svg[data-chart="{chart}"] g.bar')
+            assert bars, chart
+        workers = {b.get_attribute("data-label"): float(b.get_attribute("data-value"))
+                   for b in driver.find_elements("css selector", 'svg[data-chart="per-worker"] g.bar')}
+        assert workers.get("sam", 0) > 0 and "jordan" not in workers, workers
+        assert driver.find_elements("css selector", 'svg[data-chart="per-worker"] line.budget80')
+        assert driver.find_elements("css selector", 'svg[data-chart="per-worker"] line.budget100')
+        self.shot("usage")
+        self.open("/")
+        self.shot("team")
+        self.open("/files?path=shared/tasks/task-004/result.md")
+        assert "task-004" in driver.find_element("tag name", "main").text
+        self.shot("files")
+        slow = {path: ms for path, ms in self.paints.items() if ms >= FIRST_PAINT_MS}
+        assert not slow, f"first paint over {FIRST_PAINT_MS} ms: {slow}"
+
+
+async def test_the_demo_through_the_console_in_chromium(tmp_path):
+    from hiclaw.demo.runner import Demo
+
+    shots = [tmp_path / "shots"]
+    keep = os.environ.get("HICLAW_CONSOLE_SHOTS")
+    if keep:
+        shots.append(Path(keep))
+    for folder in shots:
+        folder.mkdir(parents=True, exist_ok=True)
+    lines: list[str] = []
+    demo = Demo(home=tmp_path / "demo", keep=True, sandbox=None, timeout=WAIT, echo=lines.append)
+    played = asyncio.create_task(demo.run())
+    try:
+        await wait_until(lambda: played.done() or getattr(getattr(demo, "plane", None), "console", None) is not None,
+                         timeout=WAIT, what="the demo's console")
+        assert not played.done(), "\n".join(lines[-40:])
+        console = demo.plane.console
+        driver = await asyncio.to_thread(browser)
+        try:
+            walk = Walk(driver, console.url, shots)
+            await asyncio.to_thread(walk.run, console.login_link())
+        finally:
+            await asyncio.to_thread(driver.quit)
+        await wait_until(lambda: played.done() or any("--keep: the team stays up" in line for line in lines),
+                         timeout=WAIT, what="the demo's checks")
+        demo.plane.request_stop()
+        assert await played == 0, "\n".join(lines[-40:])
+    finally:
+        if not played.done():
+            played.cancel()
+            await asyncio.gather(played, return_exceptions=True)
+    assert "demo PASSED" in "\n".join(lines)
