@@ -85,7 +85,7 @@ class Walk:
         self.until("the project", lambda: self.open("/projects") or "proj-001" in driver.page_source)
         driver.find_element("link text", "proj-001").click()
         self.until("the plan graph", lambda: self.open("/projects/proj-001") or len(self.states()) >= 5)
-        self.shot("plan-running")
+        self.shot("plan-proposed")
         self.until("every task done", lambda: self.open("/projects/proj-001")
                    or (len(self.states()) == 6 and set(self.states().values()) == {"done"}))
         self.shot("plan")

@@ -184,6 +184,9 @@ class Demo:
             if self.keep:
                 self.echo(f"\n--keep: the team stays up. Element/FluffyChat: homeserver {homeserver}, "
                           f"user @admin:{SERVER_NAME}, password in {self.home / 'secrets.toml'}. Ctrl-C to stop.")
+                if self.plane.console is not None:
+                    self.echo(f"web console: {self.plane.console.url} — one-time login link: "
+                              f"{self.plane.console.login_link()}")
                 await self.plane.run_forever()
         finally:
             await self.stop()
