@@ -248,3 +248,22 @@ def test_console_config_is_checked_with_one_line_errors(tmp_path):
         with pytest.raises(ConfigError) as caught:
             load_config(tmp_path, environ={})
         assert key in str(caught.value) and "\n" not in str(caught.value), str(caught.value)
+
+
+async def test_a_console_port_in_use_gives_way_to_a_free_one():
+    import socket
+
+    from hiclaw.console import ConsoleServer
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        console = ConsoleServer(None, port=busy)
+        await console.start()
+        try:
+            assert console.moved_from == busy and console.port not in (0, busy)
+            async with client(console.url) as http, http.get("/login") as response:
+                assert response.status == 200
+        finally:
+            await console.stop()

@@ -7,6 +7,7 @@ the session's CSRF token, else 403 and nothing happens.
 """
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 import socket
@@ -54,6 +55,7 @@ class ConsoleServer:
         self.pages = Pages(plane)
         self._runner: web.AppRunner | None = None
         self._css = _css()
+        self.moved_from: int | None = None  # the configured port, when another program held it
 
     def _password(self) -> str | None:
         secret = self.plane.secrets.get("matrix_admin_password")
@@ -85,17 +87,26 @@ class ConsoleServer:
         return app
 
     async def start(self) -> None:
+        """Listen on ``host:port``; a port another program holds gives way to any free one (the
+        address is printed anyway), so a second team on the machine still gets its console."""
         self._runner = web.AppRunner(self.app(), access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
         try:
-            await site.start()
+            site = await self._listen(self.port)
         except OSError as exc:
-            await self.stop()
-            raise HiclawError(f"the web console cannot listen on {self.host}:{self.port}: {exc.strerror or exc}",
-                              hint="set [console] port to a free port (0: any) in config.toml, or "
-                                   "[console] enabled = false") from None
+            if exc.errno != errno.EADDRINUSE or self.port == 0:
+                await self.stop()
+                raise HiclawError(f"the web console cannot listen on {self.host}:{self.port}: {exc.strerror or exc}",
+                                  hint="set [console] host and port in config.toml, or [console] enabled = false") from None
+            self.moved_from = self.port
+            site = await self._listen(0)
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # noqa: SLF001 - aiohttp: bound port
+
+    async def _listen(self, port: int) -> web.TCPSite:
+        assert self._runner is not None
+        site = web.TCPSite(self._runner, self.host, port)
+        await site.start()
+        return site
 
     async def stop(self) -> None:
         if self._runner is not None:

@@ -326,7 +326,8 @@ class ControlPlane:
         self._on_stop("console", console.stop)
         await console.start()
         self.console = console
-        self.progress(f"console: {console.url}")
+        moved = f" (port {console.moved_from} is in use)" if console.moved_from else ""
+        self.progress(f"console: {console.url}{moved}")
 
     def _wire(self, state: StateDB, channel: Any, gateway: Any, storage: Any, api: ControlAPI,
               supervisor: Any) -> None:
