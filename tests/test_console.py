@@ -13,7 +13,7 @@ import pytest
 
 from hiclaw.console.auth import ConsoleAuth
 from hiclaw.console.render import markdown_html, safe_url
-from hiclaw.state import Task
+from hiclaw.state import Approval, Task
 from hiclaw.storage import layout
 from hiclaw.testing.team import running_team
 
@@ -129,10 +129,12 @@ async def test_console_escapes_agents_words_and_refuses_traversal(tmp_path):
         plane.state.add_tasks(project.id, [Task(id="task-001", title=HOSTILE_TITLE, assignee="alex", spec="x")])
         await plane.storage.put(layout.task_result("task-001"), HOSTILE_RESULT.encode())
         await plane.storage.put(layout.task_spec("task-001"), HOSTILE_TITLE.encode())
+        plane.state.add_approval(Approval(seq=0, worker="alex", call_id="c1", kind="mcp", target=HOSTILE_TITLE,
+                                          arguments="{}", reason=HOSTILE_TITLE, task_id="task-001"))
         async with client(console.url) as http:
             await log_in(http, console)
             pages = {}
-            for path in ("/projects", f"/projects/{project.id}", "/tasks/task-001",
+            for path in ("/", "/projects", f"/projects/{project.id}", "/tasks/task-001",
                          "/files?path=shared/tasks/task-001/", "/files?path=shared/tasks/task-001/result.md",
                          "/files?path=shared/tasks/task-001/spec.md"):
                 async with http.get(path) as response:
@@ -143,8 +145,11 @@ async def test_console_escapes_agents_words_and_refuses_traversal(tmp_path):
                             "data:text/html"):
                     assert raw not in html, (path, raw)
             assert "&lt;script&gt;alert(&quot;title&quot;)&lt;/script&gt;" in pages["/tasks/task-001"]
+            assert 'id="approvals"' in pages["/"] and "1 approval(s) wait for you: apr-1 (alex: mcp &lt;script&gt;" in pages["/"]
             assert '<a href="https://example.org/ok" rel="noopener noreferrer nofollow">fine</a>' in pages["/tasks/task-001"]
             assert "<svg" in pages[f"/projects/{project.id}"] and 'data-task="task-001"' in pages[f"/projects/{project.id}"]
+            async with http.get("/files?path=shared/tasks", allow_redirects=False) as response:
+                assert response.status == 303 and response.headers["Location"] == "/files?path=shared/tasks/"
             for missing in ("/projects/proj-999", "/tasks/<script>", "/files?path=shared/nothing.md"):
                 async with http.get(missing) as response:
                     assert response.status == 404 and "<script>" not in await response.text(), missing
@@ -267,3 +272,13 @@ async def test_a_console_port_in_use_gives_way_to_a_free_one():
                 assert response.status == 200
         finally:
             await console.stop()
+
+
+def test_bar_charts_draw_budget_lines_at_80_and_100_percent():
+    from hiclaw.console.charts import Bar, bar_chart
+
+    svg = bar_chart([Bar("sam", 4.0, budget=5.0), Bar("manager", 1.0), Bar("<b>x</b>", 0.5)], name="per-worker")
+    lines = dict(re.findall(r'<line class="(budget\d+)" x1="([\d.]+)"', svg))
+    # 150 px of labels, 420 px of bar for the largest of values and budgets (5.0)
+    assert lines == {"budget80": f"{150 + 420 * 0.8:.1f}", "budget100": f"{150 + 420:.1f}"}
+    assert svg.count("<line") == 2 and "<b>x</b>" not in svg and "&lt;b&gt;x&lt;/b&gt;" in svg

@@ -66,14 +66,15 @@ class Pages:
 
     async def team(self, request: web.Request) -> web.Response:
         plane, state = self.plane, self.plane.state
-        status = {w["name"]: w for w in (await plane.status())["workers"]}
+        status = await plane.status()
+        seen_of = {w["name"]: w for w in status["workers"]}
         tasks = state.tasks()
         rows = []
         for worker in state.workers():
             mine = [t for t in tasks if t.assignee == worker.name]
             current = next((t for t in mine if t.state in BUSY), None)
             stamps = [s for t in mine for s in (t.last_progress_at, t.updated_at) if s] + [worker.updated_at]
-            seen = status.get(worker.name, {})
+            seen = seen_of.get(worker.name, {})
             rows.append([
                 f"<b>{esc(worker.name)}</b><br><span class=muted>{esc(worker.role)}</span>",
                 badge(worker.state.value), esc(worker.model),
@@ -84,9 +85,14 @@ class Pages:
                 "full network" if worker.network else "bridges only"])
         body = table(["worker", "state", "model", "current task", "last activity", "tokens", "cost", "sandbox",
                       "network"], rows, empty="no workers yet: ask the Manager to create some")
-        waiting = [t for t in tasks if t.stalled_at and t.state is TaskState.IN_PROGRESS]
-        if waiting:
-            body += "<p class=error>stalled: " + ", ".join(link(f"/tasks/{t.id}", t.id) for t in waiting) + "</p>"
+        stalled = [t for t in tasks if t.stalled_at and t.state is TaskState.IN_PROGRESS]
+        if stalled:
+            body += "<p class=error>stalled: " + ", ".join(link(f"/tasks/{t.id}", t.id) for t in stalled) + "</p>"
+        approvals = status.get("approvals") or []
+        if approvals:
+            body += ('<p class="error" id="approvals">' + esc(f"{len(approvals)} approval(s) wait for you: ")
+                     + ", ".join(esc(f"{a['id']} ({a['worker']}: {a['kind']} {str(a['target'])[:60]})") for a in approvals)
+                     + " — answer in the room of the card, or <code>hiclaw approvals</code></p>")
         return _html(request, "Team", body, active="/", refresh=10)
 
     # ------------------------------------------------------------------ projects and tasks
@@ -209,6 +215,8 @@ class Pages:
         try:
             data = await self.plane.storage.get(path)
         except NotFoundError as exc:
+            if await self.plane.storage.list(path + "/", recursive=False):  # a folder named without its '/'
+                raise web.HTTPSeeOther(f"/files?path={quote(path + '/')}") from None
             return _html(request, "Files", f"<p>{crumbs}</p><p class=error>{esc(exc)}</p>", active="/files", status=404)
         body = f"<p>{crumbs} · {len(data):,} bytes</p>"
         try:
