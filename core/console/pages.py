@@ -123,7 +123,7 @@ class Pages:
                 + (f"<p>{esc(project.goal)}</p>" if project.goal else "")
                 + (f'<div class="graph">{plan_svg(tasks)}</div>')
                 + table(["task", "title", "assignee", "model", "state", "result", "after", "cost"], rows))
-        live = project.state in (ProjectState.RUNNING, ProjectState.AWAITING_CONFIRMATION, ProjectState.PLANNING)
+        live = project.state not in (ProjectState.DONE, ProjectState.CANCELLED)  # tasks finish while paused too
         return _html(request, f"Project {project.id}", body, active="/projects", refresh=5 if live else None)
 
     async def _markdown_of(self, key: str) -> str:
