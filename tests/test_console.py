@@ -145,7 +145,8 @@ async def test_console_escapes_agents_words_and_refuses_traversal(tmp_path):
                             "data:text/html"):
                     assert raw not in html, (path, raw)
             assert "&lt;script&gt;alert(&quot;title&quot;)&lt;/script&gt;" in pages["/tasks/task-001"]
-            assert 'id="approvals"' in pages["/"] and "1 approval(s) wait for you: apr-1 (alex: mcp &lt;script&gt;" in pages["/"]
+            assert 'id="approvals"' in pages["/"] and "1 approval(s) wait for you" in pages["/"]
+            assert "<code>mcp &lt;script&gt;" in pages["/"]
             assert '<a href="https://example.org/ok" rel="noopener noreferrer nofollow">fine</a>' in pages["/tasks/task-001"]
             assert "<svg" in pages[f"/projects/{project.id}"] and 'data-task="task-001"' in pages[f"/projects/{project.id}"]
             async with http.get("/files?path=shared/tasks", allow_redirects=False) as response:
@@ -282,3 +283,70 @@ def test_bar_charts_draw_budget_lines_at_80_and_100_percent():
     # 150 px of labels, 420 px of bar for the largest of values and budgets (5.0)
     assert lines == {"budget80": f"{150 + 420 * 0.8:.1f}", "budget100": f"{150 + 420:.1f}"}
     assert svg.count("<line") == 2 and "<b>x</b>" not in svg and "&lt;b&gt;x&lt;/b&gt;" in svg
+
+
+async def test_console_buttons_approve_deny_and_steer_with_the_version_shown(tmp_path):
+    """Approve / deny a waiting call and pause / resume a project from the console: CSRF-checked,
+    decided once, and a button of a page showing an older plan version writes nothing."""
+    from hiclaw.demo.scenario import generic_worker_rules
+
+    scenario = {"agents": {"alex": {"rules": generic_worker_rules("alex")},
+                           "manager": {"default": {"text": "noted"}}}}
+    async with running_team(tmp_path / "home", scenario, yolo=True, approvals={"level": "strict", "hold_seconds": 0.2}) as team:
+        plane, console = team.plane, team.plane.console
+        origin = {"Origin": console.url}
+        ran: list[int] = []
+
+        async def run() -> dict[str, object]:
+            ran.append(1)
+            return {"ok": True}
+
+        call = {"kind": "mcp", "worker": "alex", "call_id": "c1", "target": "tracker/create_issue",
+                "arguments": {"title": "<b>x</b>"}}
+        assert (await plane.approvals.review(call, run))["state"] == "pending"
+        denied = {**call, "call_id": "c2"}
+        assert (await plane.approvals.review(denied, run))["state"] == "pending"
+        async with client(console.url) as http:
+            csrf = await log_in(http, console)
+            async with http.get("/") as response:
+                text = await response.text()
+                assert 'action="/approvals/apr-1/approve"' in text and "&lt;b&gt;" not in text  # target only
+            async with http.post("/approvals/apr-1/approve", data={}, headers=origin, allow_redirects=False) as response:
+                assert response.status == 403  # no CSRF token: nothing decided
+            assert plane.state.approval("apr-1").state == "pending"
+            async with http.post("/approvals/apr-1/approve", data={"csrf": csrf}, headers=origin,
+                                 allow_redirects=False) as response:
+                assert response.status == 303
+            assert (await plane.approvals.review(call, run))["state"] == "done" and ran == [1]
+            async with http.post("/approvals/apr-1/deny", data={"csrf": csrf, "note": "late"}, headers=origin) as response:
+                assert response.status == 409 and "apr-1 is already" in await response.text()
+            async with http.post("/approvals/apr-2/deny", data={"csrf": csrf, "note": "not today"}, headers=origin,
+                                 allow_redirects=False) as response:
+                assert response.status == 303
+            verdict = await plane.approvals.review(denied, run)
+            assert verdict["state"] == "denied" and verdict["reason"] == "not today" and ran == [1]
+
+            await plane.provisioner.create_worker("alex", role="writer")
+            project = await plane.engine.create_project("Launch")
+            await plane.engine.propose_plan(project.id, [{"id": "task-001", "title": "Draft", "assignee": "alex"},
+                                                         {"id": "task-002", "title": "Polish", "assignee": "alex",
+                                                          "depends_on": ["task-001"]}])
+            async with http.get(f"/projects/{project.id}") as response:
+                text = await response.text()
+                assert f'action="/projects/{project.id}/pause"' in text
+                version = int(re.search(r'name="version" value="(\d+)"', text).group(1))
+            async with http.post(f"/projects/{project.id}/pause", data={"csrf": csrf, "version": version + 1},
+                                 headers=origin) as response:
+                assert response.status == 409 and "nothing was changed" in await response.text()
+            assert plane.state.project(project.id).state.value == "running"
+            async with http.post(f"/projects/{project.id}/pause", data={"csrf": csrf, "version": version},
+                                 headers=origin, allow_redirects=False) as response:
+                assert response.status == 303
+            assert plane.state.project(project.id).state.value == "paused"
+            async with http.get(f"/projects/{project.id}") as response:
+                assert f'action="/projects/{project.id}/resume"' in await response.text()
+            async with http.post(f"/projects/{project.id}/resume", data={"csrf": csrf, "version": version},
+                                 headers=origin, allow_redirects=False) as response:
+                assert response.status == 303
+            assert plane.state.project(project.id).state.value == "running"
+            assert [e["data"]["by"] for e in plane.state.events(kind="project.paused", subject=project.id)] == ["admin"]

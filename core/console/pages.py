@@ -1,7 +1,7 @@
 """The console's pages: team, projects, tasks, usage, files — read from the running control plane.
 
 Each page is rendered on the server from the state DB, the gateway's usage ledger and shared
-storage; nothing here writes. Every value an agent wrote is escaped (:mod:`hiclaw.console.render`).
+storage; the writes (approve, deny, steer) are :mod:`hiclaw.console.actions`. Every value an agent wrote is escaped (:mod:`hiclaw.console.render`).
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from hiclaw.console.actions import approval_forms, project_forms
 from hiclaw.console.charts import Bar, bar_chart, plan_svg
 from hiclaw.console.render import badge, esc, link, markdown_html, money, page, table
 from hiclaw.errors import HiclawError, NotFoundError
@@ -90,9 +91,12 @@ class Pages:
             body += "<p class=error>stalled: " + ", ".join(link(f"/tasks/{t.id}", t.id) for t in stalled) + "</p>"
         approvals = status.get("approvals") or []
         if approvals:
-            body += ('<p class="error" id="approvals">' + esc(f"{len(approvals)} approval(s) wait for you: ")
-                     + ", ".join(esc(f"{a['id']} ({a['worker']}: {a['kind']} {str(a['target'])[:60]})") for a in approvals)
-                     + " — answer in the room of the card, or <code>hiclaw approvals</code></p>")
+            body += ('<div id="approvals"><p class="error">' + esc(f"{len(approvals)} approval(s) wait for you")
+                     + " — here, in the room of the card, or with <code>hiclaw approvals</code>:</p>"
+                     + table(["approval", "worker", "task", "call", "why", ""],
+                             [[esc(a["id"]), esc(a["worker"]), esc(a.get("task_id") or "–"),
+                               f"<code>{esc(a['kind'])} {esc(str(a['target'])[:200])}</code>", esc(a["reason"]),
+                               approval_forms(a, _csrf(request))] for a in approvals]) + "</div>")
         return _html(request, "Team", body, active="/", refresh=10)
 
     # ------------------------------------------------------------------ projects and tasks
@@ -120,6 +124,7 @@ class Pages:
                  esc(t.result_status.value if t.result_status else "–"), esc(", ".join(t.depends_on) or "–"),
                  esc(money(_cost(usage.get(t.id, {}))))] for t in tasks]
         body = (f"<p><b>{esc(project.title)}</b> {badge(project.state.value)} · plan version {project.version}</p>"
+                + project_forms(project, _csrf(request))
                 + (f"<p>{esc(project.goal)}</p>" if project.goal else "")
                 + (f'<div class="graph">{plan_svg(tasks)}</div>')
                 + table(["task", "title", "assignee", "model", "state", "result", "after", "cost"], rows))

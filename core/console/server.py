@@ -18,6 +18,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from hiclaw.console.actions import Actions
 from hiclaw.console.auth import ConsoleAuth, Session
 from hiclaw.console.render import esc, page
 from hiclaw.errors import HiclawError
@@ -83,6 +84,7 @@ class ConsoleServer:
             web.post("/logout", self._logout),
             web.get("/console.css", self._stylesheet),
             *self.pages.routes(),
+            *Actions(self.plane).routes(),
         ])
         return app
 
