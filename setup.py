@@ -39,7 +39,7 @@ setup(
     package_dir=package_dir,
     package_data={
         "": ["*.md", "**/*.md", "**/*.yaml", "**/*.yml", "**/*.json", "**/*.toml", "**/*.sh",
-             "**/*.py", "Dockerfile", "**/Dockerfile", "py.typed", "**/scripts/*", "**/*.css"],
+             "**/*.py", "Dockerfile", "**/Dockerfile", "py.typed", "**/scripts/*", "**/*.css", "**/*.js"],
     },
     include_package_data=True,
 )

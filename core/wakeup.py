@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Collection
@@ -37,6 +38,19 @@ from hiclaw.storage.files import write_text_atomically
 log = logging.getLogger(__name__)
 
 Handler = Callable[[ChatMessage], Awaitable[None]]
+#: ``@name`` or ``@user:server`` as a person types a mention (``hiclaw chat``, the web console).
+MENTION = re.compile(r"(?<![\w.@/])@([A-Za-z0-9._=/+-]+(?::[A-Za-z0-9.-]+(?::[0-9]+)?)?)")
+
+
+def mentions_in(text: str, members: Collection[str], name_of: Callable[[str], str | None]) -> list[str]:
+    """The user ids among ``members`` that ``text`` names as ``@name``, ``@localpart`` or
+    ``@user:server`` (``name_of``: a user id's agent name, or None), in the order written."""
+    found = []
+    for token in MENTION.findall(text):
+        for user_id in members:
+            if token in (user_id[1:], user_id[1:].split(":", 1)[0]) or token == name_of(user_id):
+                found.append(user_id)
+    return list(dict.fromkeys(found))
 Typing = Callable[[str, bool], Awaitable[None]]
 Exempt = Callable[[ChatMessage], Awaitable[bool]]
 DEFAULT_BUFFER = 50

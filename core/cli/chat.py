@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import sys
 from datetime import datetime
 from typing import Any
@@ -20,8 +19,8 @@ import click
 from hiclaw.cli.app import App, echo_safe, emit_json, pass_app, table, terminal_safe
 from hiclaw.cli.homeserver import matrix_settings
 from hiclaw.errors import ConfigError, HiclawError, InvalidInputError
+from hiclaw.wakeup import mentions_in
 
-MENTION = re.compile(r"(?<![\w.@/])@([A-Za-z0-9._=/+-]+(?::[A-Za-z0-9.-]+(?::[0-9]+)?)?)")
 HELP = "type a message and press Enter · @name mentions · /rooms · /room N · /help · /quit"
 
 
@@ -108,14 +107,7 @@ class ChatSession:
     def mentions_in(self, text: str) -> list[str]:
         """User ids of room members written as ``@name`` / ``@user:server`` in ``text``."""
         assert self.current is not None
-        members = self.current["members"] + self.current.get("invited", [])
-        found = []
-        for token in MENTION.findall(text):
-            for user_id in members:
-                local = user_id[1:].split(":", 1)[0]
-                if token in (user_id[1:], local) or token == self.channel.settings.name_of(user_id):
-                    found.append(user_id)
-        return list(dict.fromkeys(found))
+        return mentions_in(text, self.current["members"] + self.current.get("invited", []), self.channel.settings.name_of)
 
     async def say(self, text: str) -> None:
         assert self.current is not None

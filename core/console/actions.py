@@ -57,7 +57,7 @@ class Actions:
                 web.post("/projects/{id}/{action:pause|resume|cancel|complete}", self.steer)]
 
     @staticmethod
-    def _refused(request: web.Request, error: HiclawError, back: str) -> web.Response:
+    def refused(request: web.Request, error: HiclawError, back: str) -> web.Response:
         from hiclaw.console.pages import _csrf
 
         hint = f" — {error.hint}" if getattr(error, "hint", None) else ""
@@ -71,7 +71,7 @@ class Actions:
             await self.plane.approvals.decide(approval_id, approve=verb == "approve", by="admin",
                                               note=str(form.get("note") or ""))
         except HiclawError as exc:
-            return self._refused(request, exc, "/")
+            return self.refused(request, exc, "/")
         raise web.HTTPSeeOther("/#approvals")
 
     async def steer(self, request: web.Request) -> web.StreamResponse:
@@ -81,11 +81,11 @@ class Actions:
         try:
             version = int(str(form.get("version") or ""))
         except ValueError:
-            return self._refused(request, HiclawError("the form lost the plan version it showed",
+            return self.refused(request, HiclawError("the form lost the plan version it showed",
                                                       hint="reload the page and try again"), back)
         try:
             await self.plane.admin_action(PROJECT_ACTIONS[action], {"project": project_id, "expected_version": version,
                                                                     "reason": "from the console"})
         except HiclawError as exc:
-            return self._refused(request, exc, back)
+            return self.refused(request, exc, back)
         raise web.HTTPSeeOther(back)

@@ -90,8 +90,9 @@ class ConsoleAuth:
     def _alive(self, session: Session, now: float) -> bool:
         return now - session.seen < self.idle_seconds and now - session.created < SESSION_MAX_SECONDS
 
-    def session(self, session_id: str | None) -> Session | None:
-        """The live session of ``session_id`` (its idle clock restarted), or None."""
+    def session(self, session_id: str | None, *, touch: bool = True) -> Session | None:
+        """The live session of ``session_id`` (its idle clock restarted unless ``touch=False``:
+        an open live stream does not keep a session alive), or None."""
         if not session_id:
             return None
         digest = _digest(session_id)
@@ -102,7 +103,8 @@ class ConsoleAuth:
         if not self._alive(found, now):
             del self._sessions[digest]
             return None
-        found.seen = now
+        if touch:
+            found.seen = now
         return found
 
     def end(self, session_id: str) -> None:

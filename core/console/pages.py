@@ -33,9 +33,9 @@ def _csrf(request: web.Request) -> str:
 
 
 def _html(request: web.Request, title: str, body: str, *, active: str, refresh: int | None = None,
-          status: int = 200) -> web.Response:
+          status: int = 200, script: bool = False) -> web.Response:
     return web.Response(status=status, content_type="text/html",
-                        text=page(title, body, csrf=_csrf(request), active=active, refresh=refresh))
+                        text=page(title, body, csrf=_csrf(request), active=active, refresh=refresh, script=script))
 
 
 def _find(request: web.Request, what: str, lookup: Callable[[str], T]) -> T | web.Response:

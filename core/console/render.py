@@ -37,6 +37,48 @@ def safe_url(url: str) -> bool:
 
 #: A storage path in an agent's words (``shared/tasks/task-001/result.md``): linked to the file viewer.
 STORAGE_PATH = re.compile(r"^(?:agents|shared)/[^\s<>\"'`]+$")
+#: The same path in running text (not ending in the sentence's punctuation or a closing bracket).
+BARE_PATH = re.compile(r"(?<![\w/.-])((?:agents|shared)/[^\s<>\"'`()\[\]]*[^\s<>\"'`()\[\].,;:!?*_])")
+UNLINKED = ("pre", "code", "a")
+
+
+def _files_link(path: str) -> ET.Element:
+    return ET.Element("a", href="/files?path=" + quote(path))
+
+
+def _split_paths(text: str | None) -> tuple[str | None, list[ET.Element]]:
+    """``text`` up to its first storage path, and a link for each path (its ``tail`` the text after)."""
+    if not text or not BARE_PATH.search(text):
+        return text, []
+    pieces = BARE_PATH.split(text)
+    head, anchors = pieces[0], list[ET.Element]()
+    for path, after in zip(pieces[1::2], pieces[2::2], strict=True):
+        if ".." in path.split("/"):  # stays text (the viewer would refuse it anyway)
+            if anchors:
+                anchors[-1].tail = (anchors[-1].tail or "") + path + after
+            else:
+                head += path + after
+            continue
+        anchor = _files_link(path)
+        anchor.text, anchor.tail = path, after
+        anchors.append(anchor)
+    return head, anchors
+
+
+def _link_bare_paths(element: ET.Element, inside: bool = False) -> None:
+    """Storage paths written in running text become links to the file viewer (not in code,
+    preformatted text or an existing link)."""
+    inside = inside or element.tag in UNLINKED
+    children = list(element)
+    for child in children:
+        _link_bare_paths(child, inside)
+    if inside:
+        return
+    element.text, rebuilt = _split_paths(element.text)
+    for child in children:
+        child.tail, after = _split_paths(child.tail)
+        rebuilt += [child, *after]
+    element[:] = rebuilt
 
 
 class _SafeLinks(Treeprocessor):
@@ -46,11 +88,12 @@ class _SafeLinks(Treeprocessor):
                 continue
             for index, child in enumerate(list(parent)):
                 if child.tag == "code" and STORAGE_PATH.match(child.text or "") and ".." not in (child.text or ""):
-                    anchor = ET.Element("a", href="/files?path=" + quote(child.text or ""))
+                    anchor = _files_link(child.text or "")
                     anchor.tail, child.tail = child.tail, None
                     parent.remove(child)
                     anchor.append(child)
                     parent.insert(index, anchor)
+        _link_bare_paths(root)
         for element in root.iter():
             for attribute in ("href", "src"):
                 value = element.get(attribute)
@@ -102,17 +145,21 @@ def markdown_html(text: str) -> str:
     return (f'<dl class="front">{facts}</dl>' if facts else "") + renderer.convert(body)
 
 
-NAV = (("/", "Team"), ("/projects", "Projects"), ("/usage", "Usage"), ("/files", "Files"))
+NAV = (("/", "Team"), ("/chat", "Chat"), ("/projects", "Projects"), ("/usage", "Usage"), ("/files", "Files"))
 
 
-def page(title: str, body: str, *, csrf: str | None = None, active: str = "", refresh: int | None = None) -> str:
-    """A whole page: ``body`` is HTML already made safe; ``csrf`` (logged in) adds the menu."""
+def page(title: str, body: str, *, csrf: str | None = None, active: str = "", refresh: int | None = None,
+         script: bool = False) -> str:
+    """A whole page: ``body`` is HTML already made safe; ``csrf`` (logged in) adds the menu;
+    ``script`` loads /console.js (the live chat; every page works without it)."""
     nav = ""
     if csrf is not None:
         links = "".join(f'<a href="{href}"{" class=on" if href == active else ""}>{name}</a>' for href, name in NAV)
         nav = (f'<nav><b>hiclaw</b>{links}<form method="post" action="/logout" class="logout">'
                f'<input type="hidden" name="csrf" value="{esc(csrf)}"><button>Log out</button></form></nav>')
     meta = f'<meta http-equiv="refresh" content="{refresh}">' if refresh else ""
+    if script:
+        meta += '<script src="/console.js" defer></script>'
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8">{meta}'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
             f'<title>{esc(title)} · hiclaw</title><link rel="stylesheet" href="/console.css"></head>'

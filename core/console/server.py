@@ -39,8 +39,8 @@ SESSION_KEY = web.RequestKey("session", Session)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _css() -> str:
-    return resources.files("hiclaw.console").joinpath("console.css").read_text()
+def _asset(name: str) -> str:
+    return resources.files("hiclaw.console").joinpath(name).read_text()
 
 
 class ConsoleServer:
@@ -48,6 +48,7 @@ class ConsoleServer:
     pages show. ``host``/``port``: where to listen (port 0: any free one)."""
 
     def __init__(self, plane: Any, *, host: str = "127.0.0.1", port: int = 0, idle_hours: float = 12.0) -> None:
+        from hiclaw.console.chat import ConsoleChat
         from hiclaw.console.pages import Pages
 
         self.plane = plane
@@ -55,7 +56,8 @@ class ConsoleServer:
         self.auth = ConsoleAuth(self._password, idle_seconds=idle_hours * 3600)
         self.pages = Pages(plane)
         self._runner: web.AppRunner | None = None
-        self._css = _css()
+        self.chat = ConsoleChat(plane)
+        self._css, self._js = _asset("console.css"), _asset("console.js")
         self.moved_from: int | None = None  # the configured port, when another program held it
 
     def _password(self) -> str | None:
@@ -76,14 +78,21 @@ class ConsoleServer:
 
     # ------------------------------------------------------------------ lifecycle
 
+    def _logged_in(self, request: web.Request) -> bool:
+        return self.auth.session(request.cookies.get(COOKIE), touch=False) is not None
+
     def app(self) -> web.Application:
+        from hiclaw.console.chat import ChatPages
+
         app = web.Application(middlewares=[self._headers, self._guard], client_max_size=64 * 1024)
         app.add_routes([
             web.get("/login", self._login_page),
             web.post("/login", self._login),
             web.post("/logout", self._logout),
             web.get("/console.css", self._stylesheet),
+            web.get("/console.js", self._script),
             *self.pages.routes(),
+            *ChatPages(self.chat, self._logged_in, HEADERS).routes(),
             *Actions(self.plane).routes(),
         ])
         return app
@@ -111,6 +120,7 @@ class ConsoleServer:
         return site
 
     async def stop(self) -> None:
+        await self.chat.stop()  # ends the live streams first: the runner waits for open requests
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -211,3 +221,6 @@ class ConsoleServer:
 
     async def _stylesheet(self, request: web.Request) -> web.StreamResponse:
         return web.Response(text=self._css, content_type="text/css", headers={"Cache-Control": "max-age=3600"})
+
+    async def _script(self, request: web.Request) -> web.StreamResponse:
+        return web.Response(text=self._js, content_type="text/javascript", headers={"Cache-Control": "max-age=3600"})
