@@ -1,7 +1,9 @@
 """The web console in a real browser: headless Chromium (Debian's, driven by Selenium through
-its chromedriver) follows the demo through the console while `hiclaw demo` plays it — log in
-with the one-time link, the team page, the project's plan graph with its tasks turning done, a
-result, the usage charts, shared files — with screenshots (non-empty PNGs) and first paint < 1 s.
+its chromedriver) plays the admin's part of the demo through the console while `hiclaw demo` plays
+the rest — log in with the one-time link, the team page, the project's plan graph, **confirm the
+plan**, approve the tracker write's card on the team page, watch the tasks turn done, a result,
+the usage charts, the chat (a message arriving live, sending one, its file link), shared files —
+with screenshots (non-empty PNGs) and first paint < 1 s.
 
 ``HICLAW_CONSOLE_SHOTS=docs/img`` also keeps the screenshots there (the ones docs/console.md shows).
 Skipped without chromium; ``./dev.sh test --long`` (CI) sets ``HICLAW_REQUIRE_BROWSER=1``, and
@@ -49,9 +51,11 @@ def browser():
 class Walk:
     """What the browser does, in a thread (Selenium is synchronous) while the event loop serves."""
 
-    def __init__(self, driver, base: str, shots: list[Path]) -> None:
+    def __init__(self, driver, base: str, shots: list[Path], *, manager_room: str, post) -> None:
         self.driver, self.base, self.shots = driver, base, shots
+        self.manager_room, self.post = manager_room, post  # post(text): the Manager says it in its room
         self.paints: dict[str, float] = {}
+        self.approved = 0
 
     def open(self, path: str) -> None:
         self.driver.get(self.base + path)
@@ -74,6 +78,39 @@ class Walk:
         nodes = self.driver.find_elements("css selector", "svg.plan a.node")
         return {n.get_attribute("data-task"): n.get_attribute("data-state") for n in nodes}
 
+    def approve_until_done(self) -> bool:
+        self.open("/projects/proj-001")
+        if len(self.states()) == 6 and set(self.states().values()) == {"done"}:
+            return True
+        self.open("/")
+        for button in self.driver.find_elements("css selector", "#approvals button.approve"):
+            button.click()  # the page comes back with the approval gone
+            self.approved += 1
+            break
+        return False
+
+    def chat(self) -> None:
+        """The Manager's room: its messages, a new one arriving without a reload, and sending."""
+        driver = self.driver
+        self.open("/chat")
+        assert driver.find_element("css selector", "#messages").get_attribute("data-room") == self.manager_room
+        self.until("the live stream", lambda: driver.find_element("id", "live").text == "live")
+        self.until("the Manager's report", lambda: "is complete" in driver.find_element("id", "messages").text)
+        driver.execute_script("window.hiclawStayed = true;")
+        self.post("The launch checklist is filed: see `shared/tasks/task-005/result.md`.")
+        self.until("the new message, live", lambda: "launch checklist is filed" in driver.find_element("id", "messages").text)
+        assert driver.execute_script("return window.hiclawStayed === true;"), "the page reloaded"
+        box = driver.find_element("css selector", "form.send textarea")
+        box.send_keys("Thanks all: shared/tasks/task-004/result.md reads well.")
+        box.send_keys("\n")  # Enter sends
+        self.until("the admin's own message", lambda: "reads well" in driver.find_element("id", "messages").text)
+        mine = driver.find_elements("css selector", "#messages li.mine")
+        assert mine and "reads well" in mine[-1].text, [m.text for m in mine]
+        self.shot("chat")
+        mine[-1].find_element("link text", "shared/tasks/task-004/result.md").click()
+        self.until("the file viewer", lambda: "task-004" in driver.find_element("tag name", "main").text
+                   and driver.current_url.startswith(self.base + "/files"))
+
     def run(self, link: str) -> None:
         driver = self.driver
         driver.get(link)  # the one-time link logs in and lands on the team page
@@ -85,8 +122,11 @@ class Walk:
         driver.find_element("link text", "proj-001").click()
         self.until("the plan graph", lambda: self.open("/projects/proj-001") or len(self.states()) >= 5)
         self.shot("plan-proposed")
-        self.until("every task done", lambda: self.open("/projects/proj-001")
-                   or (len(self.states()) == 6 and set(self.states().values()) == {"done"}))
+        # The admin confirms the plan here (the demo's admin does not), then approves the card.
+        driver.find_element("css selector", 'form[action="/projects/proj-001/confirm"] button').click()
+        self.until("the plan confirmed", lambda: "running" in driver.find_element("css selector", "main p .badge").text)
+        self.until("every task done, approvals approved on the team page", self.approve_until_done)
+        assert self.approved, "the tracker write waited for an approval, approved here"
         self.shot("plan")
         edges = driver.find_elements("css selector", "svg.plan line")
         assert len(edges) >= 5, "dependency edges"
@@ -109,6 +149,7 @@ class Walk:
         self.shot("usage")
         self.open("/")
         self.shot("team")
+        self.chat()
         self.open("/files?path=shared/tasks/task-004/result.md")
         assert "task-004" in driver.find_element("tag name", "main").text
         self.shot("files")
@@ -129,7 +170,8 @@ async def test_the_demo_through_the_console_in_chromium(tmp_path):
     for folder in shots:
         folder.mkdir(parents=True, exist_ok=True)
     lines: list[str] = []
-    demo = Demo(home=tmp_path / "demo", keep=True, sandbox=None, timeout=WAIT, echo=lines.append)
+    demo = Demo(home=tmp_path / "demo", keep=True, sandbox=None, timeout=WAIT, echo=lines.append,
+                admin_in_console=True)
     played = asyncio.create_task(demo.run())
     try:
         await wait_until(lambda: played.done() or getattr(getattr(demo, "plane", None), "console", None) is not None,
@@ -138,7 +180,13 @@ async def test_the_demo_through_the_console_in_chromium(tmp_path):
         console = demo.plane.console
         driver = await asyncio.to_thread(browser)
         try:
-            walk = Walk(driver, console.url, shots)
+            loop = asyncio.get_running_loop()
+
+            def post(text: str) -> None:
+                room = demo.plane.chat.manager_room
+                asyncio.run_coroutine_threadsafe(demo.plane.chat.post(room, text), loop).result(timeout=60)
+
+            walk = Walk(driver, console.url, shots, manager_room=demo.plane.chat.manager_room, post=post)
             await asyncio.to_thread(walk.run, console.login_link())
         finally:
             await asyncio.to_thread(driver.quit)

@@ -78,6 +78,8 @@ class ConsoleChat:
                 if not hasattr(channel, needed):
                     raise ChatUnavailable(f"the channel plugin {plane.config.channel.plugin!r} has no {needed!r} "
                                           "for the console's chat", hint="chat from your chat client")
+            if hasattr(channel, "deliver_backlog"):
+                channel.deliver_backlog = False  # the pages read history from the homeserver
             channel.on_message(self._publish)
             await channel.start()
             self.channel = channel
@@ -261,9 +263,8 @@ class ChatPages:
         from hiclaw.console.pages import _csrf, _html
 
         chat = self.chat
-        seen = chat.seq  # before the history: what arrives meanwhile comes by the stream (shown once)
         try:
-            rooms = await chat.rooms()
+            rooms = await chat.rooms()  # starts the session at the first visit
         except HiclawError as exc:
             return _html(request, "Chat", f'<p class="error">{esc(exc)} — {esc(exc.hint or "")}</p>', active="/chat",
                          status=503)
@@ -278,6 +279,7 @@ class ChatPages:
         room = room or rooms[0]
         room_id = room["room_id"]
         me, name_of = chat.channel.me, chat.name_of_agent
+        seen = chat.seq  # before the history: what arrives meanwhile comes by the stream (shown once)
         items = "".join(message_html(m, me=me, name_of=name_of) for m in await chat.history(room_id))
         listing = "".join(
             f'<li{" class=on" if r["room_id"] == room_id else ""}><a href="/chat?room={esc(quote(r["room_id"]))}">'

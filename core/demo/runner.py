@@ -59,8 +59,11 @@ def files_holding(root: Path, text: str) -> list[Path]:
 class Demo:
     def __init__(self, *, home: Path | None, keep: bool, sandbox: str | None, timeout: float,
                  echo: Callable[[str], None] = click.echo, real_model: str | None = None,
-                 real_home: Path | None = None) -> None:
+                 real_home: Path | None = None, admin_in_console: bool = False) -> None:
         self.real_model = real_model
+        #: The admin confirms the plan and decides approvals elsewhere (the web console's buttons,
+        #: tests/test_console_browser.py): the scripted admin only asks, then waits.
+        self.admin_in_console = admin_in_console
         self.real_home = real_home
         self.home = home or Path(tempfile.mkdtemp(prefix="hiclaw-demo-"))
         self.keep = keep
@@ -207,13 +210,19 @@ class Demo:
             p.state == ProjectState.AWAITING_CONFIRMATION for p in state.projects()), timeout=self.timeout,
             what="the Manager's plan")
 
-        await self.admin.send(manager_room, CONFIRM, mention=manager)
-        approver = asyncio.create_task(self.approve_cards(manager), name="demo-approver")
+        if self.admin_in_console:
+            await wait_until(lambda: any(p.state is not ProjectState.AWAITING_CONFIRMATION for p in state.projects()),
+                             timeout=self.timeout, what="the admin to confirm the plan in the console")
+            approver: asyncio.Task[None] | None = None
+        else:
+            await self.admin.send(manager_room, CONFIRM, mention=manager)
+            approver = asyncio.create_task(self.approve_cards(manager), name="demo-approver")
         try:
             await wait_until(lambda: any(p.state == ProjectState.DONE for p in state.projects())
                              and self.said(manager, "is complete"), timeout=self.timeout, what="the project to complete")
         finally:
-            approver.cancel()
+            if approver is not None:
+                approver.cancel()
         await wait_until(plane.manager_idle, timeout=self.timeout, what="the Manager to finish its last turn")
 
     async def approve_cards(self, manager: str) -> None:
