@@ -230,3 +230,34 @@ def test_server_sent_events_keep_every_line_of_the_data(data):
     assert raw.startswith("id: 7\nevent: message\n") and raw.endswith("\n\n")
     lines = [line[6:] for line in raw.strip("\n").split("\n") if line.startswith("data: ")]
     assert "\n".join(lines) == data
+
+
+async def test_replan_from_a_project_page_asks_the_manager_as_the_admin(tmp_path):
+    async with running_team(tmp_path / "home", SCENARIO) as team:
+        plane, console = team.plane, team.plane.console
+        room, manager = plane.chat.manager_room, team.user_id("manager")
+        await plane.provisioner.create_worker("alex", role="writer")
+        project = await plane.engine.create_project("Launch")
+        await plane.engine.propose_plan(project.id, [{"id": "task-001", "title": "Draft", "assignee": "alex"}])
+        async with client(console.url) as http:
+            csrf = await log_in(http, console)
+            async with http.get(f"/projects/{project.id}") as response:
+                html = await response.text()
+            assert f'action="/projects/{project.id}/replan"' in html
+            nonce, version = page_field(html, "nonce"), re.search(r'name="version" value="(\d+)"', html).group(1)
+            origin = {"Origin": console.url}
+            for data, problem in (({"change": " ", "version": version}, "say what should change"),
+                                  ({"change": "add a FAQ", "version": ""}, "lost the plan version")):
+                async with http.post(f"/projects/{project.id}/replan", data={"csrf": csrf, "nonce": nonce, **data},
+                                     headers=origin) as response:
+                    assert response.status == 409 and problem in await response.text()
+            async with http.post(f"/projects/{project.id}/replan",
+                                 data={"csrf": csrf, "nonce": nonce, "version": version, "change": "add a FAQ task for taylor"},
+                                 headers=origin, allow_redirects=False) as response:
+                assert response.status == 303 and response.headers["Location"].startswith("/chat?room=")
+        await team.wait_for_message("Noted")  # the Manager was woken by the admin's mention
+        asked = [e for e in await team.admin.room_messages(room)
+                 if "please change the plan" in str((e.get("content") or {}).get("body", ""))]
+        assert len(asked) == 1 and asked[0]["sender"] == team.user_id("admin")
+        assert f"as of plan version {version}: add a FAQ task for taylor" in asked[0]["content"]["body"]
+        assert asked[0]["content"]["m.mentions"] == {"user_ids": [manager]}

@@ -257,7 +257,30 @@ class ChatPages:
         self.chat, self.logged_in, self.headers = chat, logged_in, headers
 
     def routes(self) -> list[web.RouteDef]:
-        return [web.get("/chat", self.page), web.post("/chat/send", self.send), web.get("/chat/stream", self.stream)]
+        return [web.get("/chat", self.page), web.post("/chat/send", self.send), web.get("/chat/stream", self.stream),
+                web.post("/projects/{id}/replan", self.replan)]
+
+    async def replan(self, request: web.Request) -> web.StreamResponse:
+        """Ask the Manager, in its room and as the admin, to change a project's plan: it revises it
+        with ``revise_plan`` on the version the page showed (a stale one is refused)."""
+        from hiclaw.console.actions import Actions
+
+        form = await request.post()
+        project_id, back = request.match_info["id"], f"/projects/{request.match_info['id']}"
+        try:
+            project = self.chat.plane.state.project(project_id)
+            change = str(form.get("change") or "").strip()
+            if not change:
+                raise InvalidInputError("say what should change in the plan", hint="type the change, then send")
+            version = str(form.get("version") or "")
+            if not version.isdigit():
+                raise InvalidInputError("the form lost the plan version it showed", hint="reload the page and try again")
+            text = (f"@manager please change the plan of **{project.id}** ({project.title}), as of plan version "
+                    f"{version}: {change}")
+            await self.chat.send(self.chat.plane.chat.manager_room, text, str(form.get("nonce") or ""))
+        except HiclawError as exc:
+            return Actions.refused(request, exc, back)
+        raise web.HTTPSeeOther(f"/chat?room={quote(self.chat.plane.chat.manager_room)}")
 
     async def page(self, request: web.Request) -> web.StreamResponse:
         from hiclaw.console.pages import _csrf, _html
@@ -314,3 +337,13 @@ class ChatPages:
     async def stream(self, request: web.Request) -> web.StreamResponse:
         return await stream(request, self.chat, lambda: self.logged_in(request), self.headers)
 
+
+
+def replan_form(project: Any, csrf: str) -> str:
+    """The project page's "ask for a change" form (see :meth:`ChatPages.replan`)."""
+    return (f'<form method="post" action="/projects/{esc(project.id)}/replan" class="replan">'
+            f'<input type="hidden" name="csrf" value="{esc(csrf)}">'
+            f'<input type="hidden" name="version" value="{esc(project.version)}">'
+            f'<input type="hidden" name="nonce" value="{esc(new_nonce())}">'
+            '<input name="change" required maxlength="2000" placeholder="what should change in the plan">'
+            '<button>Ask the Manager to replan</button></form>')

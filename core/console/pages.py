@@ -14,6 +14,7 @@ from aiohttp import web
 
 from hiclaw.console.actions import approval_forms, project_forms
 from hiclaw.console.charts import Bar, bar_chart, plan_svg
+from hiclaw.console.chat import replan_form
 from hiclaw.console.render import badge, esc, link, markdown_html, money, page, table
 from hiclaw.errors import HiclawError, NotFoundError
 from hiclaw.models import ProjectState, TaskState
@@ -23,6 +24,8 @@ DAYS = 14
 MAX_VIEW_BYTES = 1024 * 1024
 ROOTS = (layout.AGENTS, layout.SHARED)
 BUSY = (TaskState.IN_PROGRESS, TaskState.REVIEW)
+#: A project whose plan the Manager can still revise (revise_plan).
+REPLANNABLE = (ProjectState.AWAITING_CONFIRMATION, ProjectState.RUNNING, ProjectState.PAUSED)
 T = TypeVar("T")
 
 
@@ -125,6 +128,7 @@ class Pages:
                  esc(money(_cost(usage.get(t.id, {}))))] for t in tasks]
         body = (f"<p><b>{esc(project.title)}</b> {badge(project.state.value)} · plan version {project.version}</p>"
                 + project_forms(project, _csrf(request))
+                + (replan_form(project, _csrf(request)) if project.state in REPLANNABLE else "")
                 + (f"<p>{esc(project.goal)}</p>" if project.goal else "")
                 + (f'<div class="graph">{plan_svg(tasks)}</div>')
                 + table(["task", "title", "assignee", "model", "state", "result", "after", "cost"], rows))
