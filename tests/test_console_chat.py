@@ -224,12 +224,13 @@ def test_message_html_pills_paths_and_escaping():
     assert 'class="msg to-me"' in html and '<span class="who">manager</span>' in html
 
 
-@pytest.mark.parametrize("data", ["one line", "two\nlines", "<li>x</li>\n\n"])
+@pytest.mark.parametrize("data", ["one line", "two\nlines", "<li>x</li>\n\n", "x\revent: reload\r\ndata: y"])
 def test_server_sent_events_keep_every_line_of_the_data(data):
     raw = sse("message", data, 7).decode()
     assert raw.startswith("id: 7\nevent: message\n") and raw.endswith("\n\n")
-    lines = [line[6:] for line in raw.strip("\n").split("\n") if line.startswith("data: ")]
-    assert "\n".join(lines) == data
+    lines = re.split(r"\r\n|\r|\n", raw.strip("\n"))  # as a browser splits them
+    assert lines[:2] == ["id: 7", "event: message"] and all(line.startswith("data: ") for line in lines[2:])
+    assert [line[6:] for line in lines[2:]] == re.split(r"\r\n|\r|\n", data)
 
 
 async def test_replan_from_a_project_page_asks_the_manager_as_the_admin(tmp_path):

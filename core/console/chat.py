@@ -202,10 +202,11 @@ def message_html(message: ChatMessage, *, me: str, name_of: Callable[[str], str 
 
 
 def sse(event: str, data: str, event_id: int | None = None) -> bytes:
-    """One server-sent event (each line of ``data`` its own ``data:`` line)."""
+    """One server-sent event (each line of ``data`` its own ``data:`` line: a browser ends a line
+    at CR too, so a CR in an agent's words cannot start a field of its own)."""
     lines = [f"id: {event_id}"] if event_id is not None else []
     lines.append(f"event: {event}")
-    lines += [f"data: {line}" for line in data.split("\n")]
+    lines += [f"data: {line}" for line in re.split(r"\r\n|\r|\n", data)]
     return ("\n".join(lines) + "\n\n").encode()
 
 
