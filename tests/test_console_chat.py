@@ -256,6 +256,20 @@ async def test_replan_from_a_project_page_asks_the_manager_as_the_admin(tmp_path
                                  data={"csrf": csrf, "nonce": nonce, "version": version, "change": "add a FAQ task for taylor"},
                                  headers=origin, allow_redirects=False) as response:
                 assert response.status == 303 and response.headers["Location"].startswith("/chat?room=")
+            # Mentioned in another room (alex's) while the Manager's room is open: a notice links there.
+            _, since = await open_chat(http)
+            stream = Stream(http, f"/chat/stream?room={room}&since={since}")
+            try:
+                alex_room = await plane.chat.worker_room("alex")
+                await plane.chat.post(alex_room, "alex needs your call on the tone", mentions=["admin"])
+                await plane.chat.post(alex_room, "chatter that names nobody")
+                await wait_until(lambda: [e for e in stream.events if e.get("event") == "mention"], timeout=30,
+                                 what="the mention notice")
+            finally:
+                await stream.close()
+            (notice,) = [e["data"] for e in stream.events if e.get("event") == "mention"]
+            assert "mentioned you in" in notice and "alex needs your call" in notice and "/chat?room=" in notice
+            assert not [m for m in stream.messages() if "chatter" in m or "alex needs" in m]
         await team.wait_for_message("Noted")  # the Manager was woken by the admin's mention
         asked = [e for e in await team.admin.room_messages(room)
                  if "please change the plan" in str((e.get("content") or {}).get("body", ""))]

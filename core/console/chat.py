@@ -113,9 +113,12 @@ class ConsoleChat:
         return bool(self._recent) and seq < self._recent[0][0] - 1
 
     async def after(self, room_id: str, seq: int, *, timeout: float) -> list[tuple[int, ChatMessage]]:
-        """The messages of ``room_id`` numbered after ``seq``, waiting up to ``timeout`` for one."""
+        """The messages numbered after ``seq`` of ``room_id``, and of other rooms those that mention
+        the admin, waiting up to ``timeout`` for one."""
+        me = self.channel.me if self.channel is not None else None
         while True:
-            found = [(n, m) for n, m in self._recent if n > seq and m.room_id == room_id]
+            found = [(n, m) for n, m in self._recent
+                     if n > seq and (m.room_id == room_id or (me in m.mentions and m.sender != me))]
             if found or self.closing.is_set():
                 return found
             seq = max(seq, self._seq)  # nothing of this room up to here: wait for what comes next
@@ -201,6 +204,14 @@ def message_html(message: ChatMessage, *, me: str, name_of: Callable[[str], str 
             f'<div class="body">{body}</div></li>')
 
 
+def mention_notice(message: ChatMessage, name_of: Callable[[str], str | None]) -> str:
+    """"<sender> mentioned you in <room>", linking to the room (for a page showing another room)."""
+    who = name_of(message.sender) or message.sender
+    return (f'<p class="notice" data-event="{esc(message.event_id)}">{esc(who)} mentioned you in '
+            f'<a href="/chat?room={esc(quote(message.room_id))}">{esc(message.room_name or message.room_id)}</a>: '
+            f'{esc(message.body[:140])}</p>')
+
+
 def sse(event: str, data: str, event_id: int | None = None) -> bytes:
     """One server-sent event (each line of ``data`` its own ``data:`` line: a browser ends a line
     at CR too, so a CR in an agent's words cannot start a field of its own)."""
@@ -242,8 +253,11 @@ async def stream(request: web.Request, chat: ConsoleChat, still_logged_in: Calla
                 await response.write(b": still here\n\n")
                 continue
             for number, message in batch:
-                await response.write(sse("message", message_html(message, me=channel.me, name_of=chat.name_of_agent),
-                                         number))
+                if message.room_id == room_id:
+                    html = message_html(message, me=channel.me, name_of=chat.name_of_agent)
+                    await response.write(sse("message", html, number))
+                else:  # you were mentioned elsewhere: a notice with a link to that room
+                    await response.write(sse("mention", mention_notice(message, chat.name_of_agent), number))
                 since = number
     except ConnectionResetError:
         pass  # the browser left
@@ -310,7 +324,7 @@ class ChatPages:
             f'{esc(r["name"])}</a> <span class="muted">{len(r["members"])}</span></li>' for r in rooms)
         members = " ".join(f"@{esc(name_of(u) or u)}" for u in room["members"] if u != me)
         body = (f'<div class="chat"><aside><ul class="rooms">{listing}</ul></aside><section>'
-                f'<h2>{esc(room["name"])}</h2><p class="muted">members: {members or "only you"} · '
+                f'<div id="notices"></div><h2>{esc(room["name"])}</h2><p class="muted">members: {members or "only you"} · '
                 '<span id="live" class="live">new messages need a reload (JavaScript is off)</span></p>'
                 f'<ol id="messages" data-room="{esc(room_id)}" data-since="{seen}">'
                 + (items or '<li id="no-messages" class="muted">no messages yet</li>') + "</ol>"

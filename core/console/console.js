@@ -29,6 +29,13 @@
   var source = new EventSource(url);
   source.addEventListener("open", function () { if (live) { live.textContent = "live"; live.className = "live on"; } });
   source.addEventListener("error", function () { if (live) { live.textContent = "reconnecting…"; live.className = "live"; } });
+  source.addEventListener("mention", function (event) { // you were mentioned in another room
+    var notices = document.getElementById("notices");
+    var holder = document.createElement("template");
+    holder.innerHTML = event.data;
+    var item = holder.content.firstElementChild;
+    if (notices && item) { notices.appendChild(item); }
+  });
   source.addEventListener("reload", function () { source.close(); window.location.reload(); });
   source.addEventListener("message", function (event) {
     var holder = document.createElement("template");
