@@ -24,6 +24,8 @@ class SeenMessage:
     body: str
     event_id: str
     content: dict[str, Any] = field(default_factory=dict)
+    #: ``time.perf_counter()`` when this client's sync delivered it (bench/console_pages.py).
+    received: float = field(default_factory=time.perf_counter)
 
     @property
     def mentions(self) -> list[str]:
