@@ -16,7 +16,14 @@ from urllib.parse import quote
 import markdown
 import yaml
 from markdown.extensions import Extension
-from markdown.inlinepatterns import LINK_RE, LinkInlineProcessor
+from markdown.inlinepatterns import (
+    IMAGE_LINK_RE,
+    IMAGE_REFERENCE_RE,
+    LINK_RE,
+    LinkInlineProcessor,
+    ReferenceInlineProcessor,
+    ShortReferenceInlineProcessor,
+)
 from markdown.treeprocessors import Treeprocessor
 
 SAFE_SCHEMES = ("http", "https", "mailto")
@@ -121,12 +128,13 @@ class _Untrusted(Extension):
     def extendMarkdown(self, md: markdown.Markdown) -> None:
         md.preprocessors.deregister("html_block")  # raw HTML stays text: it is escaped
         md.inlinePatterns.deregister("html")
+        md.inlinePatterns.register(_BoundedLink(LINK_RE, md), "link", 160)
         # No images: outside ones are blocked by the CSP anyway, and one of the console's own
         # URLs would be a GET the agent chose, made by the admin's browser (the endless
-        # /chat/stream holds a connection per image). ``![alt](url)`` stays text and a link.
-        for name in ("image_link", "image_reference", "short_image_ref"):
-            md.inlinePatterns.deregister(name)
-        md.inlinePatterns.register(_BoundedLink(LINK_RE, md), "link", 160)
+        # /chat/stream holds a connection per image). ``![alt](url)`` is a link to url instead.
+        md.inlinePatterns.register(_BoundedLink(IMAGE_LINK_RE, md), "image_link", 150)
+        md.inlinePatterns.register(ReferenceInlineProcessor(IMAGE_REFERENCE_RE, md), "image_reference", 140)
+        md.inlinePatterns.register(ShortReferenceInlineProcessor(IMAGE_REFERENCE_RE, md), "short_image_ref", 125)
         md.treeprocessors.register(_SafeLinks(md), "hiclaw_safe_links", 0)
 
 
