@@ -20,6 +20,7 @@ resubmitted form (reload, double click) never posts twice.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 import secrets
 from collections import deque
@@ -157,7 +158,9 @@ class ConsoleChat:
         room = await self.room(room_id)
         channel = self.channel
         mentioned = mentions_in(text, room["members"] + room.get("invited", []), self.name_of_agent)
-        event_id = await channel.send(room_id, text, mentions=mentioned, idempotency_key=f"console-{nonce}")
+        # The form's nonce and the text: a resubmitted form posts once, another text on the same form is its own message.
+        key = f"console-{nonce}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+        event_id = await channel.send(room_id, text, mentions=mentioned, idempotency_key=key)
         mine = ChatMessage(room_id=room_id, room_name=room["name"], event_id=event_id, sender=channel.me, body=text,
                            mentions=tuple(mentioned))
         if not any(m.event_id == event_id for _, m in self._recent):  # a resubmitted form: shown once
@@ -175,12 +178,13 @@ def new_nonce() -> str:
 
 def _pills(text: str, mentions: tuple[str, ...], name_of: Callable[[str], str | None]) -> tuple[str, dict[str, str]]:
     """``text`` with each mention (``@name``, ``@user:server``, the display name) replaced by a
-    placeholder, and the pill HTML of each placeholder."""
+    placeholder (random: an agent cannot write one), and the pill HTML of each placeholder."""
     pills: dict[str, str] = {}
+    salt = secrets.token_hex(8)
     for index, user_id in enumerate(mentions):
         name = name_of(user_id)
         tokens = [user_id, f"@{name}" if name else f"@{user_id[1:].split(':', 1)[0]}"]
-        key = f"HICLAWPILL{index}X"
+        key = f"HICLAWPILL{salt}N{index}X"
         for token in tokens:
             pattern = re.compile(rf"(?<![\w.@/]){re.escape(token)}(?![\w:-])")
             if pattern.search(text):
@@ -193,9 +197,12 @@ def message_html(message: ChatMessage, *, me: str, name_of: Callable[[str], str 
     """One message as a list item: its sender, time and Markdown made safe (hiclaw.console.render),
     mentions as pills, storage paths linked to the file viewer; a message to you is marked."""
     text, pills = _pills(message.body, message.mentions, name_of)
-    body = markdown_html(text)
+    # A pill goes into text only, never into a tag (a link's target or title): the rendered HTML
+    # escapes < and > inside attributes, so what lies between tags is text.
+    pieces = re.split(r"(<[^>]*>)", markdown_html(text))
     for key, pill in pills.items():
-        body = body.replace(key, pill)
+        pieces = [p if p.startswith("<") else p.replace(key, pill) for p in pieces]
+    body = "".join(pieces)
     who = name_of(message.sender) or message.sender
     classes = "msg" + (" mine" if message.sender == me else "") + (" to-me" if me in message.mentions else "")
     stamp = message.timestamp.astimezone().strftime("%H:%M")
@@ -343,8 +350,9 @@ class ChatPages:
         form = await request.post()
         room_id = str(form.get("room") or "")
         back = f"/chat?room={quote(room_id)}"
+        text = form.get("text")  # a file in its place (a multipart form) is no text: refused as empty
         try:
-            await self.chat.send(room_id, str(form.get("text") or ""), str(form.get("nonce") or ""))
+            await self.chat.send(room_id, text if isinstance(text, str) else "", str(form.get("nonce") or ""))
         except HiclawError as exc:
             return Actions.refused(request, exc, back)
         raise web.HTTPSeeOther(back)

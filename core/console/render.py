@@ -1,8 +1,8 @@
 """HTML for the console: escaping, agents' markdown made safe, and the page frame.
 
 Every string an agent (or a model) wrote is untrusted: it goes through :func:`esc` or, for
-markdown, :func:`markdown_html`, which escapes raw HTML and drops links and images whose target
-is not http(s), mailto, an anchor or a relative path (``javascript:`` and friends).
+markdown, :func:`markdown_html`, which escapes raw HTML, loads no images and drops links whose
+target is not http(s), mailto, an anchor or a relative path (``javascript:`` and friends).
 """
 from __future__ import annotations
 
@@ -16,6 +16,14 @@ from urllib.parse import quote
 import markdown
 import yaml
 from markdown.extensions import Extension
+from markdown.inlinepatterns import (
+    IMAGE_LINK_RE,
+    IMAGE_REFERENCE_RE,
+    LINK_RE,
+    LinkInlineProcessor,
+    ReferenceInlineProcessor,
+    ShortReferenceInlineProcessor,
+)
 from markdown.treeprocessors import Treeprocessor
 
 SAFE_SCHEMES = ("http", "https", "mailto")
@@ -103,10 +111,30 @@ class _SafeLinks(Treeprocessor):
                 element.set("rel", "noopener noreferrer nofollow")
 
 
+#: Markdown past this many characters, or with more link openers ``](`` than MAX_LINKS, is shown as
+#: plain text: Python-Markdown scans from every opener for its ``)`` (quadratic), on the event loop.
+MAX_MARKDOWN = 256 * 1024
+MAX_LINKS = 2000
+#: A link target longer than this is no link (bounds each of those scans).
+MAX_LINK_TARGET = 2048
+
+
+class _BoundedLink(LinkInlineProcessor):
+    def getLink(self, data: str, index: int) -> tuple[str, str | None, int, bool]:
+        return super().getLink(data[:index + MAX_LINK_TARGET], index)
+
+
 class _Untrusted(Extension):
     def extendMarkdown(self, md: markdown.Markdown) -> None:
         md.preprocessors.deregister("html_block")  # raw HTML stays text: it is escaped
         md.inlinePatterns.deregister("html")
+        md.inlinePatterns.register(_BoundedLink(LINK_RE, md), "link", 160)
+        # No images: outside ones are blocked by the CSP anyway, and one of the console's own
+        # URLs would be a GET the agent chose, made by the admin's browser (the endless
+        # /chat/stream holds a connection per image). ``![alt](url)`` is a link to url instead.
+        md.inlinePatterns.register(_BoundedLink(IMAGE_LINK_RE, md), "image_link", 150)
+        md.inlinePatterns.register(ReferenceInlineProcessor(IMAGE_REFERENCE_RE, md), "image_reference", 140)
+        md.inlinePatterns.register(ShortReferenceInlineProcessor(IMAGE_REFERENCE_RE, md), "short_image_ref", 125)
         md.treeprocessors.register(_SafeLinks(md), "hiclaw_safe_links", 0)
 
 
@@ -129,7 +157,7 @@ def front_matter(text: str) -> tuple[dict[str, Any], str]:
         return {}, text
     try:
         data = yaml.load(text[4:end], Loader=_PlainYaml)  # noqa: S506 - a SafeLoader, without aliases
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):  # nested deeper than Python recurses
         return {}, text
     if not isinstance(data, dict):
         return {}, text
@@ -138,11 +166,18 @@ def front_matter(text: str) -> tuple[dict[str, Any], str]:
 
 def markdown_html(text: str) -> str:
     """An agent's markdown (spec.md, result.md) as HTML with its raw HTML escaped; a YAML front
-    matter becomes a small table."""
+    matter becomes a small table. Text too big or too odd to render (see MAX_MARKDOWN) is shown as
+    it is, escaped: an agent's words never break or stall a page."""
+    plain = f'<pre class="md-text">{esc(text)}</pre>'
+    if len(text) > MAX_MARKDOWN or text.count("](") > MAX_LINKS:
+        return plain
     header, body = front_matter(text)
     renderer = markdown.Markdown(extensions=[_Untrusted(), "fenced_code", "tables"])
     facts = "".join(f"<dt>{esc(key)}</dt><dd>{esc(str(value)[:500])}</dd>" for key, value in header.items())
-    return (f'<dl class="front">{facts}</dl>' if facts else "") + renderer.convert(body)
+    try:
+        return (f'<dl class="front">{facts}</dl>' if facts else "") + renderer.convert(body)
+    except RecursionError:  # nested deeper than Python-Markdown recurses
+        return plain
 
 
 NAV = (("/", "Team"), ("/chat", "Chat"), ("/projects", "Projects"), ("/usage", "Usage"), ("/files", "Files"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import logging
+import re
 import socket
 from collections.abc import Awaitable, Callable
 from importlib import resources
@@ -35,6 +36,10 @@ HEADERS = {
     "Cache-Control": "no-store",
 }
 SESSION_KEY = web.RequestKey("session", Session)
+#: A Host header: a name or an [IPv6] literal, then at most a numeric port.
+HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[^\[\]:@/\s]+)(?::\d{1,5})?$")
+#: The form of a 20,000-character message (chat.MAX_TEXT) of 4-byte characters, percent-encoded, fits.
+MAX_BODY = 256 * 1024
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -84,7 +89,7 @@ class ConsoleServer:
     def app(self) -> web.Application:
         from hiclaw.console.chat import ChatPages
 
-        app = web.Application(middlewares=[self._headers, self._guard], client_max_size=64 * 1024)
+        app = web.Application(middlewares=[self._headers, self._guard], client_max_size=MAX_BODY)
         app.add_routes([
             web.get("/login", self._login_page),
             web.post("/login", self._login),
@@ -135,6 +140,9 @@ class ConsoleServer:
             for name, value in HEADERS.items():
                 exc.headers.setdefault(name, value)
             raise
+        except Exception:  # a bug: one line, the security headers, and nothing of the exception
+            log.exception("the console failed to answer %s %s", request.method, request.path)
+            response = web.Response(status=500, text="the console failed to answer: see the control plane's log")
         for name, value in HEADERS.items():
             response.headers.setdefault(name, value)
         return response
@@ -142,8 +150,10 @@ class ConsoleServer:
     def host_ok(self, host: str) -> bool:
         """Loopback names always; with --lan also any IP address and this machine's name (a
         DNS name that merely points here is refused: DNS rebinding)."""
-        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-        name = name.strip("[]").lower()
+        found = HOST.match(host)
+        if found is None:
+            return False
+        name = found.group(1).strip("[]").lower()
         if name in ("127.0.0.1", "localhost", "::1"):
             return True
         if not self.lan:
