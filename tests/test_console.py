@@ -70,7 +70,7 @@ async def test_console_login_sessions_and_csrf(tmp_path):
                 assert response.status == 200
                 assert response.headers["Content-Security-Policy"].startswith("default-src 'self'")
                 assert response.headers["X-Frame-Options"] == "DENY"
-                assert response.headers["Referrer-Policy"] == "no-referrer"
+                assert response.headers["Referrer-Policy"] == "same-origin"
             # A bad, a reused and an expired one-time token: one line, no session.
             async with http.get("/login?token=not-a-token") as response:
                 assert response.status == 403 and "invalid, already used or expired" in await response.text()

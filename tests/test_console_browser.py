@@ -70,9 +70,15 @@ class Walk:
             assert target.stat().st_size > 10_000 and target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", target
 
     def until(self, what: str, check) -> None:
+        from selenium.common.exceptions import TimeoutException
         from selenium.webdriver.support.ui import WebDriverWait
 
-        WebDriverWait(self.driver, WAIT, poll_frequency=0.5).until(lambda d: check(), message=what)
+        try:
+            WebDriverWait(self.driver, WAIT, poll_frequency=0.5).until(lambda d: check(), message=what)
+        except TimeoutException:
+            main = self.driver.find_elements("tag name", "main")
+            raise AssertionError(f"timed out waiting for {what} on {self.driver.current_url}:\n"
+                                 + (main[0].text[:2000] if main else self.driver.page_source[:2000])) from None
 
     def states(self) -> dict[str, str]:
         nodes = self.driver.find_elements("css selector", "svg.plan a.node")

@@ -276,3 +276,21 @@ async def test_replan_from_a_project_page_asks_the_manager_as_the_admin(tmp_path
         assert len(asked) == 1 and asked[0]["sender"] == team.user_id("admin")
         assert f"as of plan version {version}: add a FAQ task for taylor" in asked[0]["content"]["body"]
         assert asked[0]["content"]["m.mentions"] == {"user_ids": [manager]}
+
+
+async def test_a_page_opened_right_after_sending_shows_the_message(tmp_path):
+    """The homeserver's history is read from where the console's session last synced: what came
+    after (the admin's own message, just sent) is shown from what the session has seen."""
+    async with running_team(tmp_path / "home", {"agents": {"manager": {"default": {"text": "ok"}}}}) as team:
+        console = team.plane.console
+        room = team.plane.chat.manager_room
+        async with client(console.url) as http:
+            csrf = await log_in(http, console)
+            for number in range(5):
+                html, _ = await open_chat(http)
+                async with http.post("/chat/send", data={"csrf": csrf, "room": room, "text": f"note {number} for later",
+                                                         "nonce": page_field(html, "nonce")},
+                                     headers={"Origin": console.url}) as response:  # follows the redirect
+                    assert response.status == 200
+                    page = await response.text()
+                assert page.count(f"note {number} for later") == 1, f"message {number} missing from the page"

@@ -260,3 +260,66 @@ async def test_the_manager_pauses_for_the_admin_never_for_a_worker(tmp_path):
         assert paused["data"] == {"by": "manager", "reason": "the admin asked", "version": 1}
         await plane.engine.accept_task("task-001")
         assert plane.state.task("task-002").state is TaskState.PENDING
+
+
+async def test_the_admin_confirms_a_plan_outside_chat_from_the_cli_and_the_console(tmp_path):
+    """`hiclaw project confirm` and the console's Confirm button start a proposed plan, as the
+    admin's *confirm* in chat has the Manager do: a stale version changes nothing, the Manager's
+    room is told once, and a second confirmation is a no-op."""
+    import re
+
+    from test_console import client, log_in
+
+    home = tmp_path / "home"
+    async with running_team(home, REPORTING) as team:
+        plane = team.plane
+        for name in ("alex", "sam"):
+            await plane.provisioner.create_worker(name, role="writer")
+        first = await plane.engine.create_project("Launch")
+        await plane.engine.propose_plan(first.id, CHAIN)
+        second = await plane.engine.create_project("Docs")
+        await plane.engine.propose_plan(second.id, [{"id": "task-003", "title": "Write docs", "assignee": "alex"}])
+        version = plane.state.project(first.id).version
+
+        before = snapshot(plane, first.id)
+        code, out, err = await cli(home, "project", "confirm", first.id, "--version", str(version + 1))
+        assert code == 1 and "nothing was changed" in err and not out, (out, err)
+        assert snapshot(plane, first.id) == before
+        code, out, err = await cli(home, "project", "confirm", first.id, "--version", str(version))
+        assert code == 0 and f"{first.id} is running" in out, (out, err)
+        assert plane.state.project(first.id).room_id
+        await wait_until(lambda: plane.state.task("task-001").state is not TaskState.PENDING, timeout=30,
+                         what="task-001 dispatched")
+        code, out, _ = await cli(home, "project", "confirm", first.id)
+        assert code == 0 and "is running" in out  # confirmed already: nothing more
+        assert [e["data"]["by"] for e in plane.state.events(kind="plan.confirmed", subject=first.id)] == ["admin"]
+
+        console = plane.console
+        async with client(console.url) as http:
+            csrf = await log_in(http, console)
+            async with http.get(f"/projects/{second.id}") as response:
+                page = await response.text()
+            assert f'action="/projects/{second.id}/confirm"' in page
+            shown = int(re.search(r'name="version" value="(\d+)"', page).group(1))
+            origin = {"Origin": console.url}
+            async with http.post(f"/projects/{second.id}/confirm", data={"csrf": csrf, "version": shown - 1},
+                                 headers=origin) as response:
+                assert response.status == 409 and "nothing was changed" in await response.text()
+            assert plane.state.project(second.id).state is ProjectState.AWAITING_CONFIRMATION
+            async with http.post(f"/projects/{second.id}/confirm", data={"version": shown}, headers=origin) as response:
+                assert response.status == 403  # no CSRF token
+            async with http.post(f"/projects/{second.id}/confirm", data={"csrf": csrf, "version": shown},
+                                 headers=origin, allow_redirects=False) as response:
+                assert response.status == 303
+            assert plane.state.project(second.id).state is ProjectState.RUNNING
+            async with http.get(f"/projects/{second.id}") as response:
+                assert f'action="/projects/{second.id}/confirm"' not in await response.text()
+            async with http.post(f"/projects/{second.id}/confirm", data={"csrf": csrf, "version": shown},
+                                 headers=origin, allow_redirects=False) as response:
+                assert response.status == 303  # a second click: nothing more
+        for project in (first, second):
+            await team.wait_for_message(f"The plan of **{project.id}**")
+        await plane.chat.flush()
+        notices = [m for m in team.admin.messages if "was confirmed by admin" in m.body]
+        assert sorted(m.body.split("**")[1] for m in notices) == [first.id, second.id], [m.body for m in notices]
+        assert "(from the console)" in next(m.body for m in notices if second.id in m.body)

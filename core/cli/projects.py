@@ -123,6 +123,7 @@ def project_history_command(app: App, project_id: str, version: int | None, as_j
 
 
 STEERING_HELP = {
+    "confirm": "Confirm PROJECT's proposed plan: the project starts (what replying *confirm* to the Manager does).",
     "pause": "Pause PROJECT: no new task starts; tasks under way finish and are judged as usual.",
     "resume": "Resume a paused PROJECT: every ready task starts at once.",
     "cancel": "Cancel PROJECT: every task not done is cancelled; workers with a task under way are told to stop.",

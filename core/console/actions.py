@@ -1,5 +1,5 @@
-"""The console's writes: approve or deny a waiting call, pause / resume / cancel / complete a
-project — the same code as chat, the CLI and the control API (``plane.approvals.decide``,
+"""The console's writes: approve or deny a waiting call, confirm / pause / resume / cancel /
+complete a project — the same code as chat, the CLI and the control API (``plane.approvals.decide``,
 ``plane.admin_action``), behind the console's session and CSRF check (hiclaw.console.server).
 
 A project's buttons carry the plan version the page showed: a change made on an older view is
@@ -15,10 +15,11 @@ from hiclaw.errors import HiclawError
 from hiclaw.models import ProjectState
 
 #: The project buttons by state, and the admin action of each.
-PROJECT_ACTIONS = {"pause": "project-pause", "resume": "project-resume", "cancel": "project-cancel",
+PROJECT_ACTIONS = {"confirm": "project-confirm", "pause": "project-pause", "resume": "project-resume", "cancel": "project-cancel",
                    "complete": "project-complete"}
+LABELS = {"confirm": "Confirm plan"}
 OFFERED = {ProjectState.RUNNING: ("pause", "complete", "cancel"), ProjectState.PAUSED: ("resume", "complete", "cancel"),
-           ProjectState.AWAITING_CONFIRMATION: ("cancel",), ProjectState.PLANNING: ("cancel",)}
+           ProjectState.AWAITING_CONFIRMATION: ("confirm", "cancel"), ProjectState.PLANNING: ("cancel",)}
 
 
 def hidden(name: str, value: Any) -> str:
@@ -41,11 +42,12 @@ def project_forms(project: Any, csrf: str) -> str:
     for action in OFFERED.get(project.state, ()):
         buttons.append(f'<form method="post" action="/projects/{esc(project.id)}/{action}" class="inline">'
                        f'{hidden("csrf", csrf)}{hidden("version", project.version)}'
-                       f'<button class="{action}">{action.capitalize()}</button></form>')
+                       f'<button class="{action}">{LABELS.get(action, action.capitalize())}</button></form>')
     if not buttons:
         return ""
     return ('<div class="steer">' + " ".join(buttons)
-            + ' <span class="muted">(pause: nothing new starts; complete: done now, the rest cancelled)</span></div>')
+            + ' <span class="muted">(confirm: the plan shown starts; pause: nothing new starts; complete: done now, '
+              'the rest cancelled)</span></div>')
 
 
 class Actions:
@@ -54,7 +56,7 @@ class Actions:
 
     def routes(self) -> list[web.RouteDef]:
         return [web.post("/approvals/{id}/{verb:approve|deny}", self.decide),
-                web.post("/projects/{id}/{action:pause|resume|cancel|complete}", self.steer)]
+                web.post("/projects/{id}/{action:confirm|pause|resume|cancel|complete}", self.steer)]
 
     @staticmethod
     def refused(request: web.Request, error: HiclawError, back: str) -> web.Response:

@@ -141,9 +141,16 @@ class ConsoleChat:
                 return room
         raise NotFoundError(f"you are in no room {room_id!r}", hint="pick one from the list of rooms")
 
-    async def history(self, room_id: str, limit: int = HISTORY) -> list[ChatMessage]:
+    async def history(self, room_id: str, limit: int = HISTORY, *, upto: int | None = None) -> list[ChatMessage]:
+        """The room's last ``limit`` messages, oldest first: the homeserver's history, which ends
+        where this session last synced, and what the session has seen since (numbered up to
+        ``upto``; all by default) — so a message just sent (or just received) is never missing."""
         channel = await self.session()
-        return list(await channel.history(room_id, limit))
+        upto = self._seq if upto is None else upto
+        messages = list(await channel.history(room_id, limit))
+        known = {m.event_id for m in messages}
+        later = [m for n, m in self._recent if n <= upto and m.room_id == room_id and m.event_id not in known]
+        return sorted(messages + later, key=lambda m: m.timestamp)[-limit:]
 
     async def send(self, room_id: str, text: str, nonce: str) -> ChatMessage:
         """Post ``text`` (Markdown) as the admin; ``@name`` of a room member mentions them."""
@@ -325,7 +332,7 @@ class ChatPages:
         room_id = room["room_id"]
         me, name_of = chat.channel.me, chat.name_of_agent
         seen = chat.seq  # before the history: what arrives meanwhile comes by the stream (shown once)
-        items = "".join(message_html(m, me=me, name_of=name_of) for m in await chat.history(room_id))
+        items = "".join(message_html(m, me=me, name_of=name_of) for m in await chat.history(room_id, upto=seen))
         listing = "".join(
             f'<li{" class=on" if r["room_id"] == room_id else ""}><a href="/chat?room={esc(quote(r["room_id"]))}">'
             f'{esc(r["name"])}</a> <span class="muted">{len(r["members"])}</span></li>' for r in rooms)

@@ -31,7 +31,9 @@ PUBLIC = frozenset({"/login", "/console.css"})
 HEADERS = {
     "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
     "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
+    # Not "no-referrer": under it a browser sends `Origin: null` with the console's own form posts,
+    # which the Origin check must refuse (tests/test_console_browser.py clicks them in Chromium).
+    "Referrer-Policy": "same-origin",
     "X-Content-Type-Options": "nosniff",
     "Cache-Control": "no-store",
 }

@@ -153,7 +153,11 @@ class TaskEngine(PlanRevisions, Rework, Steering):
         self.state.log_event("project.created", project.id, title=project.title)
         return project
 
-    async def confirm_plan(self, project_id: str, version: int | None = None, *, by: str = "manager") -> Project:
+    async def confirm_plan(self, project_id: str, version: int | None = None, *, by: str = "manager",
+                           where: str = "") -> Project:
+        """Start the project on its proposed plan. Confirmed by someone else than the Manager (the
+        admin's `hiclaw project confirm` or console button; ``where`` says which), the Manager's
+        room is told in the same transaction, so nobody there waits for a confirmation given."""
         project = self.state.project(project_id)
         check_version(project, version, hint=f"show the admin version {project.version} and confirm that one")
         if project.state in STARTED:
@@ -166,6 +170,11 @@ class TaskEngine(PlanRevisions, Rework, Steering):
         with self.state.transaction():
             project = self.state.update_project(project_id, state=ProjectState.RUNNING, room_id=room_id)
             self.state.log_event("plan.confirmed", project_id, version=project.version, by=by)
+            if by != "manager":
+                self.state.enqueue_message(f"plan-confirmed:{project_id}", ROOM_MANAGER,
+                                           f"The plan of **{project.id}** ({project.title}), version {project.version}, "
+                                           f"was confirmed by {by}{f' ({where})' if where else ''}: the project "
+                                           "has started.")
             self.state.enqueue_message(f"project-start:{project_id}", room_of_project(project_id),
                                        f"Project **{project.title}** started. Plan: `{layout.project_plan(project_id)}`")
         await asyncio.gather(*(self.access.refresh_access(worker) for worker in assignees))

@@ -74,7 +74,7 @@ def project_history(state: StateDB, project_id: str) -> list[dict[str, Any]]:
 
 
 #: The control API's admin actions (``POST /v1/admin/<action>``) and the engine method of each.
-ACTIONS = {"project-pause": "pause_project", "project-resume": "resume_project", "project-cancel": "cancel_project",
+ACTIONS = {"project-confirm": "confirm_project", "project-pause": "pause_project", "project-resume": "resume_project", "project-cancel": "cancel_project",
            "project-complete": "complete_project"}
 
 
@@ -110,6 +110,8 @@ class Steering:
         async def wake_for_report(self, project_id: str) -> None: ...
         async def _sync_assignments(self, worker: str) -> None: ...
         async def _maybe_finish(self, project_id: str) -> None: ...
+        async def confirm_plan(self, project_id: str, version: int | None = None, *, by: str = "manager",
+                               where: str = "") -> Project: ...
 
     def _steerable(self, project_id: str, expected_version: int | None, action: str,
                    allowed: tuple[ProjectState, ...]) -> Project:
@@ -140,6 +142,13 @@ class Steering:
             f"stop:{task.id}:{task.dispatch_count}", room,
             f"@{task.assignee} stop working on **{task.id}** ({task.title}): {why}. Do not report it; what you wrote "
             f"stays in `{layout.task_workspace(task.id)}`.", [task.assignee])
+
+    async def confirm_project(self, project_id: str, *, expected_version: int | None = None, by: str = "admin",
+                              reason: str = "") -> Project:
+        """Start the project on its proposed plan from outside chat (`hiclaw project confirm`, the
+        console's button): what the admin's *confirm* has the Manager do. The Manager's room is told
+        once, so nobody there waits for a confirmation already given. Idempotent."""
+        return await self.confirm_plan(project_id, expected_version, by=by, where=reason)
 
     async def pause_project(self, project_id: str, *, expected_version: int | None = None, by: str = "admin",
                             reason: str = "") -> Project:
