@@ -3,7 +3,9 @@
 Request order: security headers on every answer → Host check (against DNS rebinding) → the
 login page and the stylesheet are the only things served without a session (a page asks for
 /login, anything else answers 401) → every POST must carry the Origin it was served from and
-the session's CSRF token, else 403 and nothing happens.
+the session's CSRF token, else 403 and nothing happens. A POST body is read only after the
+session check, and one announced larger than allowed (an upload: ``[console] max_upload_mb``;
+any other form: 64 KiB) is refused before it is read (413).
 """
 from __future__ import annotations
 
@@ -18,9 +20,10 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from hiclaw.console.actions import Actions
+from hiclaw.console.actions import Actions, refused_page
 from hiclaw.console.auth import ConsoleAuth, Session
 from hiclaw.console.render import esc, page
+from hiclaw.console.uploads import OVERHEAD, too_large
 from hiclaw.errors import HiclawError
 
 log = logging.getLogger(__name__)
@@ -35,6 +38,7 @@ HEADERS = {
     "Cache-Control": "no-store",
 }
 SESSION_KEY = web.RequestKey("session", Session)
+FORM_BYTES = 64 * 1024
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -47,13 +51,16 @@ class ConsoleServer:
     """``plane``: the control plane (:class:`hiclaw.control.plane.ControlPlane`) whose state the
     pages show. ``host``/``port``: where to listen (port 0: any free one)."""
 
-    def __init__(self, plane: Any, *, host: str = "127.0.0.1", port: int = 0, idle_hours: float = 12.0) -> None:
+    def __init__(self, plane: Any, *, host: str = "127.0.0.1", port: int = 0, idle_hours: float = 12.0,
+                 max_upload_mb: float = 25.0) -> None:
         from hiclaw.console.pages import Pages
+        from hiclaw.console.uploads import Uploads
 
         self.plane = plane
         self.host, self.port = host, port
         self.auth = ConsoleAuth(self._password, idle_seconds=idle_hours * 3600)
         self.pages = Pages(plane)
+        self.uploads = Uploads(plane, int(max_upload_mb * 2**20))
         self._runner: web.AppRunner | None = None
         self._css = _css()
         self.moved_from: int | None = None  # the configured port, when another program held it
@@ -77,7 +84,8 @@ class ConsoleServer:
     # ------------------------------------------------------------------ lifecycle
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._headers, self._guard], client_max_size=64 * 1024)
+        app = web.Application(middlewares=[self._headers, self._guard],
+                              client_max_size=max(FORM_BYTES, self.uploads.max_bytes + OVERHEAD))
         app.add_routes([
             web.get("/login", self._login_page),
             web.post("/login", self._login),
@@ -85,6 +93,7 @@ class ConsoleServer:
             web.get("/console.css", self._stylesheet),
             *self.pages.routes(),
             *Actions(self.plane).routes(),
+            *self.uploads.routes(),
         ])
         return app
 
@@ -160,7 +169,17 @@ class ConsoleServer:
                 raise web.HTTPSeeOther("/login")
             raise web.HTTPUnauthorized(text="log in first")
         if request.method == "POST":
-            form = await request.post()
+            limit = self.uploads.max_bytes + OVERHEAD if request.path == "/files/upload" else FORM_BYTES
+            try:
+                if (request.content_length or 0) > limit:
+                    raise web.HTTPRequestEntityTooLarge(limit, request.content_length or 0)
+                form = await request.post()
+            except web.HTTPRequestEntityTooLarge:
+                upload = request.path == "/files/upload"
+                error = too_large(self.uploads.max_bytes) if upload else HiclawError("the form is too large")
+                raise web.HTTPRequestEntityTooLarge(limit, request.content_length or 0, content_type="text/html",
+                                                    text=refused_page(error, session.csrf, "/files" if upload else "/")) \
+                    from None
             if not self.auth.csrf_ok(session, str(form.get("csrf") or "")):
                 raise web.HTTPForbidden(text="missing or wrong CSRF token: reload the page and try again")
         request[SESSION_KEY] = session

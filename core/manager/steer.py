@@ -1,8 +1,9 @@
-"""Steering a project while it runs: pause, resume, cancel, complete early — conflict-safe.
+"""Steering a project: confirm its plan outside chat; while it runs pause, resume, cancel,
+complete early — conflict-safe.
 
 Mixed into :class:`hiclaw.manager.engine.TaskEngine`; reached from the Manager's tools (admin
 turns only: :mod:`hiclaw.manager.steer_tools`), the control API's admin actions
-(``project-pause`` …) and ``hiclaw project pause|resume|cancel|complete``.
+(``project-pause`` …) and ``hiclaw project confirm|pause|resume|cancel|complete``.
 
 * **pause** (running → ``paused``): nothing new starts. ``dispatch_ready`` dispatches nothing for
   a paused project — so neither do the held-assignment release and the boot's reconciliation,
@@ -75,7 +76,7 @@ def project_history(state: StateDB, project_id: str) -> list[dict[str, Any]]:
 
 #: The control API's admin actions (``POST /v1/admin/<action>``) and the engine method of each.
 ACTIONS = {"project-pause": "pause_project", "project-resume": "resume_project", "project-cancel": "cancel_project",
-           "project-complete": "complete_project"}
+           "project-complete": "complete_project", "project-confirm": "confirm_project"}
 
 
 def steered(state: StateDB, project: Project) -> dict[str, Any]:
@@ -105,6 +106,7 @@ class Steering:
         admin: str
 
         async def render(self, project_id: str) -> str: ...
+        async def confirm_plan(self, project_id: str, version: int | None = None, *, by: str = "manager") -> Project: ...
         async def dispatch_ready(self, project_id: str) -> list[str]: ...
         async def release_held(self, worker: str) -> list[str]: ...
         async def wake_for_report(self, project_id: str) -> None: ...
@@ -147,6 +149,22 @@ class Steering:
         return await self._switch(project_id, expected_version, ProjectState.RUNNING, ProjectState.PAUSED, by, reason,
                                   "No new task starts until it is resumed; tasks under way finish and are judged "
                                   "as usual.")
+
+    async def confirm_project(self, project_id: str, *, expected_version: int | None = None, by: str = "admin",
+                              reason: str = "") -> Project:
+        """Confirm the proposed plan outside chat (console, CLI, control API): it starts as if the
+        admin had replied *confirm*; the Manager is told in its room, once (it still believes the
+        plan waits). A started project is left as it is."""
+        before = self.state.project(project_id)
+        project = await self.confirm_plan(project_id, expected_version, by=by)
+        if before.state in STARTED:
+            return project
+        because = f" ({reason})" if reason else ""
+        self.state.enqueue_message(f"plan-confirmed-outside:{project_id}:{project.version}", ROOM_MANAGER,
+                                   f"The {by} confirmed {project_id}'s plan (version {project.version}) outside "
+                                   f"chat{because}; it has started.")
+        await self.chat.flush()
+        return self.state.project(project_id)
 
     async def resume_project(self, project_id: str, *, expected_version: int | None = None, by: str = "admin",
                              reason: str = "") -> Project:
