@@ -90,10 +90,8 @@ def _budget(text: str) -> float | None:
 
 
 def refused_page(error: HiclawError, csrf: str, back: str) -> str:
-    """The "Not done" page: the one line of ``error`` (and its hint), and a way back."""
-    hint = f" — {error.hint}" if getattr(error, "hint", None) else ""
-    return page("Not done", f'<p class="error">{esc(error)}{esc(hint)}</p><p><a href="{esc(back)}">Back</a></p>',
-                csrf=csrf)
+    """The "Not done" page: the one line of ``error`` (its hint included), and a way back."""
+    return page("Not done", f'<p class="error">{esc(error)}</p><p><a href="{esc(back)}">Back</a></p>', csrf=csrf)
 
 
 def _csrf(request: web.Request) -> str:
@@ -156,11 +154,11 @@ class Actions:
         name = request.match_info["name"]
         try:
             if str(form.get("confirm") or "").strip() != name:
-                raise InvalidInputError(f"type the worker's name ({name}) to remove it: nothing was removed",
+                raise InvalidInputError(f"type {name} (the worker's name) to remove it: nothing was removed",
                                   hint="the name in the field must match exactly")
             await self.plane.admin_action("remove-worker", {"name": name})
         except HiclawError as exc:
-            return self._refused(request, exc, "/#workers")
+            return self._refused(request, exc, f"/workers/{name}/remove")
         raise web.HTTPSeeOther("/#workers")
 
     async def decide(self, request: web.Request) -> web.StreamResponse:

@@ -4,8 +4,9 @@ Request order: security headers on every answer → Host check (against DNS rebi
 login page and the stylesheet are the only things served without a session (a page asks for
 /login, anything else answers 401) → every POST must carry the Origin it was served from and
 the session's CSRF token, else 403 and nothing happens. A POST body is read only after the
-session check, and one announced larger than allowed (an upload: ``[console] max_upload_mb``;
-any other form: 64 KiB) is refused before it is read (413).
+session check (the login form's excepted), and one larger than allowed (an upload: ``[console]
+max_upload_mb``; any other form: 64 KiB) is refused by its Content-Length before it is read (413;
+a POST without one: 411).
 """
 from __future__ import annotations
 
@@ -161,7 +162,11 @@ class ConsoleServer:
             origin = request.headers.get("Origin")
             if origin != f"http://{request.host}":
                 raise web.HTTPForbidden(text="cross-origin request refused (Origin does not match)")
+            if request.content_length is None:  # a browser's form always says; the limits below need it
+                raise web.HTTPLengthRequired(text="send the form with its length (Content-Length)")
         if request.path in PUBLIC:
+            if request.method == "POST" and (request.content_length or 0) > FORM_BYTES:
+                raise web.HTTPRequestEntityTooLarge(FORM_BYTES, request.content_length or 0, text="the form is too large")
             return await handler(request)
         session = self.auth.session(request.cookies.get(COOKIE))
         if session is None:
