@@ -503,6 +503,8 @@ class ConsoleConfig(_Section):
     port: int = Field(default=7420, ge=0, le=65535)
     #: A session unused this long is over (log in again).
     session_idle_hours: float = Field(default=12.0, gt=0, le=24 * 30)
+    #: The largest file the console's Files page takes into shared/ (MB).
+    max_upload_mb: float = Field(default=25.0, gt=0, le=1024)
 
     @field_validator("host")
     @classmethod

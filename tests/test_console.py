@@ -5,6 +5,7 @@ The browser test (Chromium driving the demo through the console) is tests/test_c
 """
 from __future__ import annotations
 
+import html
 import re
 import time
 
@@ -249,7 +250,9 @@ def test_console_config_is_checked_with_one_line_errors(tmp_path):
     from hiclaw.errors import ConfigError
 
     for text, key in (("[console]\nport = 70000\n", "console.port"), ('[console]\nhost = "my-laptop"\n', "console.host"),
-                      ("[console]\nopen = true\n", "console.open")):
+                      ("[console]\nopen = true\n", "console.open"),
+                      ("[console]\nmax_upload_mb = 0\n", "console.max_upload_mb"),
+                      ('[console]\nmax_upload_mb = "lots"\n', "console.max_upload_mb")):
         (tmp_path / "config.toml").write_text(text)
         with pytest.raises(ConfigError) as caught:
             load_config(tmp_path, environ={})
@@ -350,3 +353,161 @@ async def test_console_buttons_approve_deny_and_steer_with_the_version_shown(tmp
                 assert response.status == 303
             assert plane.state.project(project.id).state.value == "running"
             assert [e["data"]["by"] for e in plane.state.events(kind="project.paused", subject=project.id)] == ["admin"]
+
+
+async def test_console_creates_and_removes_workers_and_confirms_a_plan(tmp_path):
+    """A worker created through the console's form (bad input refused with one line, nothing
+    made), a proposed plan confirmed with the version shown (the Manager told once, the CLI's
+    confirm after it a no-op), and the worker removed once its name is typed."""
+    from test_steering_team import cli, snapshot
+
+    from hiclaw.demo.scenario import generic_worker_rules
+    from hiclaw.models import ProjectState, TaskState, WorkerState
+    from hiclaw.waiting import wait_until
+
+    scenario = {"agents": {"alex": {"rules": generic_worker_rules("alex")},
+                           "manager": {"default": {"text": "noted"}}}}
+    async with running_team(tmp_path / "home", scenario) as team:
+        plane, console = team.plane, team.plane.console
+        origin = {"Origin": console.url}
+        good = {"name": "alex", "role": "writer: drafts the copy", "model": "fast", "skills": "", "budget_usd": "5",
+                "network": "1"}
+        async with client(console.url) as http:
+            csrf = await log_in(http, console)
+            async with http.post("/workers", data=good, headers=origin) as response:
+                assert response.status == 403  # no CSRF token
+            assert plane.state.find_worker("alex") is None
+            async with http.get("/") as response:
+                assert 'href="/workers/new"' in await response.text()
+            async with http.get("/workers/new") as response:
+                text = await response.text()
+                assert '<select name="model">' in text and "<option selected>smart</option>" in text
+                assert "http-equiv" not in text  # a form page does not reload itself
+            for change, line in (({"name": "Bad Name"}, "Bad Name"), ({"model": "nope"}, "unknown model &#x27;nope&#x27; — use one of cheap"),
+                                 ({"role": " "}, "a worker needs a role"), ({"budget_usd": "lots"}, "not a number"),
+                                 ({"budget_usd": "-1"}, "more than 0"), ({"name": "manager"}, "reserved")):
+                async with http.post("/workers", data={**good, **change, "csrf": csrf}, headers=origin) as response:
+                    text = await response.text()
+                    assert response.status == 409 and line in text, (change, text)
+                    assert len(re.findall(r'<p class="error">', text)) == 1 and text.count(" — ") <= 1
+            assert plane.state.workers(include_removed=True) == []
+            async with http.post("/workers", data={**good, "csrf": csrf}, headers=origin,
+                                 allow_redirects=False) as response:
+                assert response.status == 303 and response.headers["Location"] == "/#workers"
+            alex = plane.state.worker("alex")
+            assert (alex.role, alex.model, alex.budget_usd, alex.network) == ("writer: drafts the copy", "fast", 5.0, True)
+            assert [w["name"] for w in (await plane.status())["workers"]] == ["alex"]
+            async with http.get("/") as response:
+                text = await response.text()
+                assert "<b>alex</b>" in text and 'href="/workers/alex/remove"' in text
+            async with http.post("/workers", data={**good, "role": "other", "csrf": csrf}, headers=origin) as response:
+                assert response.status == 409 and "worker &#x27;alex&#x27; exists already" in await response.text()
+            assert plane.state.worker("alex").role == "writer: drafts the copy"
+
+            # Confirm a proposed plan, with the version the page showed.
+            project = await plane.engine.create_project("Launch")
+            await plane.engine.propose_plan(project.id, [{"id": "task-001", "title": "Draft", "assignee": "alex"}])
+            async with http.get(f"/projects/{project.id}") as response:
+                text = await response.text()
+                assert f'action="/projects/{project.id}/confirm"' in text and "Confirm plan (version 1)" in text
+            before = snapshot(plane, project.id)
+            async with http.post(f"/projects/{project.id}/confirm", data={"csrf": csrf, "version": 2},
+                                 headers=origin) as response:
+                assert response.status == 409 and "not 2 (the version you saw): nothing was changed" in await response.text()
+            assert snapshot(plane, project.id) == before
+            async with http.post(f"/projects/{project.id}/confirm", data={"csrf": csrf, "version": 1}, headers=origin,
+                                 allow_redirects=False) as response:
+                assert response.status == 303
+            assert plane.state.project(project.id).state == ProjectState.RUNNING
+            assert plane.state.task("task-001").state in (TaskState.IN_PROGRESS, TaskState.REVIEW, TaskState.DONE)
+            notice = f"The admin confirmed {project.id}'s plan (version 1) outside chat (from the console)"
+            await wait_until(lambda: [m for m in team.admin.messages if notice in m.body], what="the Manager's notice")
+            code, out, err = await cli(team.home, "project", "confirm", project.id, "--version", "1")
+            assert code == 0 and f"{project.id} is running (plan version 1" in out, (out, err)
+            await plane.chat.flush()
+            assert len([m for m in team.admin.messages if "outside chat" in m.body]) == 1
+            assert len(plane.state.events(kind="plan.confirmed", subject=project.id)) == 1
+
+            # Remove: only with the worker's name typed again.
+            async with http.get("/workers/alex/remove") as response:
+                assert 'name="confirm"' in await response.text()
+            async with http.post("/workers/alex/remove", data={"csrf": csrf, "confirm": "alx"},
+                                 headers=origin) as response:
+                assert response.status == 409 and "type alex (the worker&#x27;s name) to remove it: nothing was removed" in await response.text()
+            assert plane.state.worker("alex").state != WorkerState.REMOVED
+            async with http.post("/workers/alex/remove", data={"csrf": csrf, "confirm": "alex"}, headers=origin,
+                                 allow_redirects=False) as response:
+                assert response.status == 303
+            assert plane.state.find_worker("alex").state == WorkerState.REMOVED
+            async with http.get("/") as response:
+                assert "<b>alex</b>" not in await response.text()
+
+
+async def test_console_uploads_into_shared_storage_only(tmp_path):
+    """Uploads go under shared/ by the storage's key rules, never over a file unless asked, within
+    [console] max_upload_mb; without a session the body is not even read."""
+    async with running_team(tmp_path / "home", QUIET) as team:
+        plane, console = team.plane, team.plane.console
+        origin = {"Origin": console.url}
+
+        def upload(csrf: str | None, data: bytes, folder: str = "shared/uploads/", **fields: str) -> aiohttp.FormData:
+            form = aiohttp.FormData()
+            if csrf is not None:
+                form.add_field("csrf", csrf)
+            form.add_field("folder", folder)
+            for name, value in fields.items():
+                form.add_field(name, value)
+            form.add_field("file", data, filename="notes.txt", content_type="text/plain")
+            return form
+
+        async with client(console.url) as http:
+            console.uploads.max_bytes = 1024  # as [console] max_upload_mb = 0.0009765625 would
+            # Without a session: 401 before the body is read (this one is larger than any upload taken).
+            async with http.post("/files/upload", data=upload("x", b"x" * 200_000), headers=origin) as response:
+                assert response.status == 401
+            async with http.post("/login", data={"password": "x" * 300_000}, headers=origin) as response:
+                assert response.status == 413  # the login form takes no upload-sized body either
+            csrf = await log_in(http, console)
+            async with http.post("/files/upload", data=upload(None, b"hello"), headers=origin) as response:
+                assert response.status == 403
+            assert await plane.storage.stat("shared/uploads/notes.txt") is None
+            async with http.get("/files?path=shared/") as response:
+                text = await response.text()
+                assert 'action="/files/upload"' in text and 'enctype="multipart/form-data"' in text
+            async with http.get("/files?path=agents/") as response:
+                assert 'action="/files/upload"' not in await response.text()
+            async with http.post("/files/upload", data=upload(csrf, b"hello"), headers=origin,
+                                 allow_redirects=False) as response:
+                assert response.status == 303 and response.headers["Location"] == "/files?path=shared/uploads/"
+            assert await plane.storage.get("shared/uploads/notes.txt") == b"hello"
+            async with http.get("/files?path=shared/uploads/notes.txt") as response:
+                assert "<pre>hello</pre>" in await response.text()
+            assert [(e["data"]["bytes"], e["data"]["by"]) for e in plane.state.events(kind="file.uploaded")] == [(5, "admin")]
+            async with http.post("/files/upload", data=upload(csrf, b"other"), headers=origin) as response:
+                assert response.status == 409 and "shared/uploads/notes.txt exists already" in await response.text()
+            assert await plane.storage.get("shared/uploads/notes.txt") == b"hello"
+            async with http.post("/files/upload", data=upload(csrf, b"other", replace="1"), headers=origin,
+                                 allow_redirects=False) as response:
+                assert response.status == 303
+            assert await plane.storage.get("shared/uploads/notes.txt") == b"other"
+            async with http.post("/files/upload", data=upload(csrf, b"mine", name="report.md"), headers=origin,
+                                 allow_redirects=False) as response:
+                assert response.status == 303
+            assert await plane.storage.get("shared/uploads/report.md") == b"mine"
+            # Outside shared/, or a name that climbs out: one line, nothing written.
+            for folder, name, line in (("agents/alex/", "", "not 'agents/alex/'"), ("shared/../", "", "folder"),
+                                       ("../", "", "folder"), ("shared/uploads/", "../x.md", "not a file name"),
+                                       ("shared/uploads/", "..", "upload")):
+                async with http.post("/files/upload", data=upload(csrf, b"bad", folder, name=name),
+                                     headers=origin) as response:
+                    text = html.unescape(await response.text())
+                    assert response.status == 409 and line in text, (folder, name, text)
+            assert await plane.storage.list("agents/alex/") == []
+            # Too large: one line naming the limit and its setting, whether found reading or announced.
+            for size, status in ((2000, 409), (200_000, 413)):
+                async with http.post("/files/upload", data=upload(csrf, b"y" * size, name="big.bin"),
+                                     headers=origin) as response:
+                    text = await response.text()
+                    assert response.status == status and "upload limit" in text and "max_upload_mb" in text, text
+            assert await plane.storage.stat("shared/uploads/big.bin") is None
+            assert len(plane.state.events(kind="file.uploaded")) == 3

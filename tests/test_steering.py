@@ -215,3 +215,24 @@ def test_a_version_2_database_gets_the_plan_versions_table(tmp_path):
     state = StateDB(path)
     assert state.get_meta("schema_version") == "3" and state.plan_versions(project.id) == []
     state.close()
+
+
+async def test_the_admin_confirms_a_plan_outside_chat_and_the_manager_is_told_once(engine):  # noqa: F811
+    project = await engine.create_project("Launch")
+    await engine.propose_plan(project.id, PLAN)
+    before = len(engine.chat.posts)
+    with pytest.raises(InvalidInputError, match="version 1, not 2"):
+        await engine.confirm_project(project.id, expected_version=2)
+    assert engine.state.project(project.id).state == ProjectState.AWAITING_CONFIRMATION
+    assert len(engine.chat.posts) == before and states(engine)["task-001"] is TaskState.PENDING
+
+    confirmed = await engine.confirm_project(project.id, expected_version=1, reason="from the console")
+    assert confirmed.state == ProjectState.RUNNING and states(engine)["task-001"] is TaskState.IN_PROGRESS
+    told = [p for p in engine.chat.posts if "outside chat" in p[1]]
+    assert told == [("!manager", f"The admin confirmed {project.id}'s plan (version 1) outside chat (from the "
+                                 "console); it has started.", ())]
+    assert [e["data"]["by"] for e in engine.state.events(kind="plan.confirmed", subject=project.id)] == ["admin"]
+    # Again (a second click, or the CLI after the console): a no-op, nothing posted twice.
+    assert (await engine.confirm_project(project.id, expected_version=1)).state == ProjectState.RUNNING
+    assert len([p for p in engine.chat.posts if "outside chat" in p[1]]) == 1
+    assert len(engine.state.events(kind="plan.confirmed", subject=project.id)) == 1

@@ -318,8 +318,9 @@ async def test_the_admin_confirms_a_plan_outside_chat_from_the_cli_and_the_conso
                                  headers=origin, allow_redirects=False) as response:
                 assert response.status == 303  # a second click: nothing more
         for project in (first, second):
-            await team.wait_for_message(f"The plan of **{project.id}**")
+            await team.wait_for_message(f"The admin confirmed {project.id}'s plan")
         await plane.chat.flush()
-        notices = [m for m in team.admin.messages if "was confirmed by admin" in m.body]
-        assert sorted(m.body.split("**")[1] for m in notices) == [first.id, second.id], [m.body for m in notices]
-        assert "(from the console)" in next(m.body for m in notices if second.id in m.body)
+        notices = sorted(m.body for m in team.admin.messages if "outside chat" in m.body)
+        assert notices == [f"The admin confirmed {first.id}'s plan (version {version}) outside chat; it has started.",
+                           f"The admin confirmed {second.id}'s plan (version {shown}) outside chat (from the console); "
+                           "it has started."], notices

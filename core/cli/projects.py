@@ -123,7 +123,8 @@ def project_history_command(app: App, project_id: str, version: int | None, as_j
 
 
 STEERING_HELP = {
-    "confirm": "Confirm PROJECT's proposed plan: the project starts (what replying *confirm* to the Manager does).",
+    "confirm": "Confirm PROJECT's proposed plan, as replying *confirm* to the Manager does: it starts, its ready "
+               "tasks are dispatched, and the Manager is told.",
     "pause": "Pause PROJECT: no new task starts; tasks under way finish and are judged as usual.",
     "resume": "Resume a paused PROJECT: every ready task starts at once.",
     "cancel": "Cancel PROJECT: every task not done is cancelled; workers with a task under way are told to stop.",
@@ -161,7 +162,7 @@ for _action in STEERING_HELP:
 
 def steer_project(app: App, action: str, project_id: str, version: int | None = None,
                   reason: str = "") -> dict[str, Any]:
-    """Pause, resume, cancel or complete a project through the running control plane."""
+    """Confirm, pause, resume, cancel or complete a project through the running control plane."""
     from hiclaw.cli.up import control_request
 
     return dict(control_request(app, "POST", f"/v1/admin/project-{action}",

@@ -1,7 +1,8 @@
 """The console's pages: team, projects, tasks, usage, files — read from the running control plane.
 
 Each page is rendered on the server from the state DB, the gateway's usage ledger and shared
-storage; the writes (approve, deny, steer) are :mod:`hiclaw.console.actions`. Every value an agent wrote is escaped (:mod:`hiclaw.console.render`).
+storage; the writes (approve, deny, steer, workers) are :mod:`hiclaw.console.actions`, uploads
+:mod:`hiclaw.console.uploads`. Every value an agent wrote is escaped (:mod:`hiclaw.console.render`).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from hiclaw.console.actions import approval_forms, project_forms
 from hiclaw.console.charts import Bar, bar_chart, plan_svg
 from hiclaw.console.chat import replan_form
 from hiclaw.console.render import badge, esc, link, markdown_html, money, page, table
+from hiclaw.console.uploads import upload_form
 from hiclaw.errors import HiclawError, NotFoundError
 from hiclaw.models import ProjectState, TaskState
 from hiclaw.storage import layout
@@ -86,9 +88,10 @@ class Pages:
                 _when(max(stamps) if stamps else None),
                 esc(f"{int(seen.get('tokens', 0)):,}"), esc(money(float(seen.get("cost_usd", 0) or 0))),
                 esc(f"{plane.config.sandbox.plugin} · {seen.get('process', 'absent')}"),
-                "full network" if worker.network else "bridges only"])
-        body = table(["worker", "state", "model", "current task", "last activity", "tokens", "cost", "sandbox",
-                      "network"], rows, empty="no workers yet: ask the Manager to create some")
+                "full network" if worker.network else "bridges only", link(f"/workers/{worker.name}/remove", "Remove…")])
+        body = '<div id="workers">' + table(
+            ["worker", "state", "model", "current task", "last activity", "tokens", "cost", "sandbox", "network", ""],
+            rows, empty="no workers yet: create one (New worker…), or ask the Manager to") + "</div>"
         stalled = [t for t in tasks if t.stalled_at and t.state is TaskState.IN_PROGRESS]
         if stalled:
             body += "<p class=error>stalled: " + ", ".join(link(f"/tasks/{t.id}", t.id) for t in stalled) + "</p>"
@@ -100,6 +103,7 @@ class Pages:
                              [[esc(a["id"]), esc(a["worker"]), esc(a.get("task_id") or "–"),
                                f"<code>{esc(a['kind'])} {esc(str(a['target'])[:200])}</code>", esc(a["reason"]),
                                approval_forms(a, _csrf(request))] for a in approvals]) + "</div>")
+        body += '<p>' + link("/workers/new", "New worker…") + "</p>"
         return _html(request, "Team", body, active="/", refresh=10)
 
     # ------------------------------------------------------------------ projects and tasks
@@ -219,7 +223,8 @@ class Pages:
                      "folder" if e.get("is_dir") else esc(f"{int(e.get('size') or 0):,} bytes"),
                      _when(datetime.fromtimestamp(e["mtime"], self.plane.team_zone()).isoformat())
                      if e.get("mtime") else "–"] for e in entries]
-            body = f"<p>{crumbs}</p>" + table(["name", "size", "modified"], rows, empty="empty folder")
+            body = (f"<p>{crumbs}</p>" + table(["name", "size", "modified"], rows, empty="empty folder")
+                    + upload_form(path, _csrf(request)))
             return _html(request, "Files", body, active="/files")
         try:
             data = await self.plane.storage.get(path)

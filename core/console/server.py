@@ -3,7 +3,10 @@
 Request order: security headers on every answer → Host check (against DNS rebinding) → the
 login page and the stylesheet are the only things served without a session (a page asks for
 /login, anything else answers 401) → every POST must carry the Origin it was served from and
-the session's CSRF token, else 403 and nothing happens.
+the session's CSRF token, else 403 and nothing happens. A POST body is read only after the
+session check (the login form's excepted), and one larger than allowed (an upload: ``[console]
+max_upload_mb``; any other form: 256 KiB) is refused by its Content-Length before it is read (413;
+a POST without one: 411).
 """
 from __future__ import annotations
 
@@ -19,9 +22,10 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from hiclaw.console.actions import Actions
+from hiclaw.console.actions import Actions, refused_page
 from hiclaw.console.auth import ConsoleAuth, Session
 from hiclaw.console.render import esc, page
+from hiclaw.console.uploads import OVERHEAD, too_large
 from hiclaw.errors import HiclawError
 
 log = logging.getLogger(__name__)
@@ -40,8 +44,9 @@ HEADERS = {
 SESSION_KEY = web.RequestKey("session", Session)
 #: A Host header: a name or an [IPv6] literal, then at most a numeric port.
 HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[^\[\]:@/\s]+)(?::\d{1,5})?$")
-#: The form of a 20,000-character message (chat.MAX_TEXT) of 4-byte characters, percent-encoded, fits.
-MAX_BODY = 256 * 1024
+#: A form other than an upload: one of a 20,000-character message (chat.MAX_TEXT) of 4-byte
+#: characters, percent-encoded, fits.
+FORM_BYTES = 256 * 1024
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -54,14 +59,17 @@ class ConsoleServer:
     """``plane``: the control plane (:class:`hiclaw.control.plane.ControlPlane`) whose state the
     pages show. ``host``/``port``: where to listen (port 0: any free one)."""
 
-    def __init__(self, plane: Any, *, host: str = "127.0.0.1", port: int = 0, idle_hours: float = 12.0) -> None:
+    def __init__(self, plane: Any, *, host: str = "127.0.0.1", port: int = 0, idle_hours: float = 12.0,
+                 max_upload_mb: float = 25.0) -> None:
         from hiclaw.console.chat import ConsoleChat
         from hiclaw.console.pages import Pages
+        from hiclaw.console.uploads import Uploads
 
         self.plane = plane
         self.host, self.port = host, port
         self.auth = ConsoleAuth(self._password, idle_seconds=idle_hours * 3600)
         self.pages = Pages(plane)
+        self.uploads = Uploads(plane, int(max_upload_mb * 2**20))
         self._runner: web.AppRunner | None = None
         self.chat = ConsoleChat(plane)
         self._css, self._js = _asset("console.css"), _asset("console.js")
@@ -91,7 +99,8 @@ class ConsoleServer:
     def app(self) -> web.Application:
         from hiclaw.console.chat import ChatPages
 
-        app = web.Application(middlewares=[self._headers, self._guard], client_max_size=MAX_BODY)
+        app = web.Application(middlewares=[self._headers, self._guard],
+                              client_max_size=max(FORM_BYTES, self.uploads.max_bytes + OVERHEAD))
         app.add_routes([
             web.get("/login", self._login_page),
             web.post("/login", self._login),
@@ -101,6 +110,7 @@ class ConsoleServer:
             *self.pages.routes(),
             *ChatPages(self.chat, self._logged_in, HEADERS).routes(),
             *Actions(self.plane).routes(),
+            *self.uploads.routes(),
         ])
         return app
 
@@ -174,7 +184,11 @@ class ConsoleServer:
             origin = request.headers.get("Origin")
             if origin != f"http://{request.host}":
                 raise web.HTTPForbidden(text="cross-origin request refused (Origin does not match)")
+            if request.content_length is None:  # a browser's form always says; the limits below need it
+                raise web.HTTPLengthRequired(text="send the form with its length (Content-Length)")
         if request.path in PUBLIC:
+            if request.method == "POST" and (request.content_length or 0) > FORM_BYTES:
+                raise web.HTTPRequestEntityTooLarge(FORM_BYTES, request.content_length or 0, text="the form is too large")
             return await handler(request)
         session = self.auth.session(request.cookies.get(COOKIE))
         if session is None:
@@ -182,7 +196,17 @@ class ConsoleServer:
                 raise web.HTTPSeeOther("/login")
             raise web.HTTPUnauthorized(text="log in first")
         if request.method == "POST":
-            form = await request.post()
+            limit = self.uploads.max_bytes + OVERHEAD if request.path == "/files/upload" else FORM_BYTES
+            try:
+                if (request.content_length or 0) > limit:
+                    raise web.HTTPRequestEntityTooLarge(limit, request.content_length or 0)
+                form = await request.post()
+            except web.HTTPRequestEntityTooLarge:
+                upload = request.path == "/files/upload"
+                error = too_large(self.uploads.max_bytes) if upload else HiclawError("the form is too large")
+                raise web.HTTPRequestEntityTooLarge(limit, request.content_length or 0, content_type="text/html",
+                                                    text=refused_page(error, session.csrf, "/files" if upload else "/")) \
+                    from None
             if not self.auth.csrf_ok(session, str(form.get("csrf") or "")):
                 raise web.HTTPForbidden(text="missing or wrong CSRF token: reload the page and try again")
         request[SESSION_KEY] = session

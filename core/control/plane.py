@@ -322,7 +322,8 @@ class ControlPlane:
             return
         from hiclaw.console import ConsoleServer
 
-        console = ConsoleServer(self, host=settings.host, port=settings.port, idle_hours=settings.session_idle_hours)
+        console = ConsoleServer(self, host=settings.host, port=settings.port, idle_hours=settings.session_idle_hours,
+                                max_upload_mb=settings.max_upload_mb)
         self._on_stop("console", console.stop)
         await console.start()
         self.console = console
@@ -637,7 +638,7 @@ class ControlPlane:
             task = await self.engine.assign_adhoc(str(body["assignee"]), str(body["title"]), str(body.get("spec") or ""),
                                                   body.get("model") or None)
             return task.view()
-        if action in STEER_ACTIONS:  # pause, resume, cancel, complete a project (`hiclaw project pause` …)
+        if action in STEER_ACTIONS:  # confirm, pause, resume, cancel, complete a project (`hiclaw project pause` …)
             return await admin_steer(self.engine, action, body)
         if action == "console-link":  # `hiclaw console`: a new one-time login link
             if self.console is None:

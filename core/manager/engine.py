@@ -172,9 +172,8 @@ class TaskEngine(PlanRevisions, Rework, Steering):
             self.state.log_event("plan.confirmed", project_id, version=project.version, by=by)
             if by != "manager":
                 self.state.enqueue_message(f"plan-confirmed:{project_id}", ROOM_MANAGER,
-                                           f"The plan of **{project.id}** ({project.title}), version {project.version}, "
-                                           f"was confirmed by {by}{f' ({where})' if where else ''}: the project "
-                                           "has started.")
+                                           f"The {by} confirmed {project.id}'s plan (version {project.version}) "
+                                           f"outside chat{f' ({where})' if where else ''}; it has started.")
             self.state.enqueue_message(f"project-start:{project_id}", room_of_project(project_id),
                                        f"Project **{project.title}** started. Plan: `{layout.project_plan(project_id)}`")
         await asyncio.gather(*(self.access.refresh_access(worker) for worker in assignees))

@@ -1,8 +1,9 @@
-"""Steering a project while it runs: pause, resume, cancel, complete early — conflict-safe.
+"""Steering a project: confirm its plan outside chat; while it runs pause, resume, cancel,
+complete early — conflict-safe.
 
 Mixed into :class:`hiclaw.manager.engine.TaskEngine`; reached from the Manager's tools (admin
 turns only: :mod:`hiclaw.manager.steer_tools`), the control API's admin actions
-(``project-pause`` …) and ``hiclaw project pause|resume|cancel|complete``.
+(``project-pause`` …) and ``hiclaw project confirm|pause|resume|cancel|complete``.
 
 * **pause** (running → ``paused``): nothing new starts. ``dispatch_ready`` dispatches nothing for
   a paused project — so neither do the held-assignment release and the boot's reconciliation,
@@ -74,8 +75,8 @@ def project_history(state: StateDB, project_id: str) -> list[dict[str, Any]]:
 
 
 #: The control API's admin actions (``POST /v1/admin/<action>``) and the engine method of each.
-ACTIONS = {"project-confirm": "confirm_project", "project-pause": "pause_project", "project-resume": "resume_project", "project-cancel": "cancel_project",
-           "project-complete": "complete_project"}
+ACTIONS = {"project-confirm": "confirm_project", "project-pause": "pause_project", "project-resume": "resume_project",
+           "project-cancel": "cancel_project", "project-complete": "complete_project"}
 
 
 def steered(state: StateDB, project: Project) -> dict[str, Any]:
