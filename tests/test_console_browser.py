@@ -56,6 +56,8 @@ class Walk:
         self.manager_room, self.post = manager_room, post  # post(text): the Manager says it in its room
         self.paints: dict[str, float] = {}
         self.approved = 0
+        self.upload_file = shots[0] / "admin-notes.txt"
+        self.upload_file.write_text("notes from the admin: launch on Tuesday\n")
 
     def open(self, path: str) -> None:
         self.driver.get(self.base + path)
@@ -70,11 +72,14 @@ class Walk:
             assert target.stat().st_size > 10_000 and target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", target
 
     def until(self, what: str, check) -> None:
-        from selenium.common.exceptions import TimeoutException
+        from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException, TimeoutException
         from selenium.webdriver.support.ui import WebDriverWait
 
         try:
-            WebDriverWait(self.driver, WAIT, poll_frequency=0.5).until(lambda d: check(), message=what)
+            # A page that reloads itself (the team and a running project's) may go stale under a look.
+            WebDriverWait(self.driver, WAIT, poll_frequency=0.5,
+                          ignored_exceptions=(NoSuchElementException, StaleElementReferenceException)).until(
+                lambda d: check(), message=what)
         except TimeoutException:
             main = self.driver.find_elements("tag name", "main")
             raise AssertionError(f"timed out waiting for {what} on {self.driver.current_url}:\n"
@@ -83,6 +88,10 @@ class Walk:
     def states(self) -> dict[str, str]:
         nodes = self.driver.find_elements("css selector", "svg.plan a.node")
         return {n.get_attribute("data-task"): n.get_attribute("data-state") for n in nodes}
+
+    def click(self, css: str, what: str) -> None:
+        """Click what ``css`` finds, again if the page reloaded itself under the click."""
+        self.until(what, lambda: self.driver.find_element("css selector", css).click() or True)
 
     def approve_until_done(self) -> bool:
         self.open("/projects/proj-001")
@@ -117,6 +126,33 @@ class Walk:
         self.until("the file viewer", lambda: "task-004" in driver.find_element("tag name", "main").text
                    and driver.current_url.startswith(self.base + "/files"))
 
+    def upload(self, source: Path) -> None:
+        """Upload a file into shared/ from the Files page, then open it."""
+        driver = self.driver
+        self.open("/files?path=shared/")
+        driver.find_element("css selector", 'form.upload input[type="file"]').send_keys(str(source))
+        driver.find_element("css selector", "form.upload button").click()
+        self.until("the upload listed", lambda: driver.find_elements("link text", source.name))
+        driver.find_element("link text", source.name).click()
+        self.until("the uploaded file", lambda: "notes from the admin" in driver.find_element("tag name", "main").text)
+
+    def worker(self, name: str) -> None:
+        """Create a worker from the team page's form, see it, and remove it (its name typed)."""
+        driver = self.driver
+        self.open("/")
+        self.click('a[href="/workers/new"]', "New worker…")
+        driver.find_element("name", "name").send_keys(name)
+        driver.find_element("name", "role").send_keys("editor: proofreads the launch post")
+        driver.find_element("css selector", "form.new-worker button").click()
+        self.until(f"{name} on the team page", lambda: name in driver.find_element("id", "workers").text)
+        self.shot("worker-created")
+        self.click(f'a[href="/workers/{name}/remove"]', f"Remove {name}")
+        driver.find_element("name", "confirm").send_keys(name)
+        driver.find_element("css selector", "button.deny").click()
+        self.until(f"{name} removed", lambda: driver.current_url.startswith(self.base + "/#")
+                   and "removed" in next((row.text for row in driver.find_elements("css selector", "#workers tbody tr")
+                                          if row.text.startswith(name)), "removed"))
+
     def run(self, link: str) -> None:
         driver = self.driver
         driver.get(link)  # the one-time link logs in and lands on the team page
@@ -129,14 +165,14 @@ class Walk:
         self.until("the plan graph", lambda: self.open("/projects/proj-001") or len(self.states()) >= 5)
         self.shot("plan-proposed")
         # The admin confirms the plan here (the demo's admin does not), then approves the card.
-        driver.find_element("css selector", 'form[action="/projects/proj-001/confirm"] button').click()
+        self.click('form[action="/projects/proj-001/confirm"] button', "the Confirm plan button")
         self.until("the plan confirmed", lambda: "running" in driver.find_element("css selector", "main p .badge").text)
         self.until("every task done, approvals approved on the team page", self.approve_until_done)
         assert self.approved, "the tracker write waited for an approval, approved here"
         self.shot("plan")
         edges = driver.find_elements("css selector", "svg.plan line")
         assert len(edges) >= 5, "dependency edges"
-        driver.find_element("css selector", 'svg.plan a.node[data-task="task-004"]').click()
+        self.click('svg.plan a.node[data-task="task-004"]', "task-004 in the plan")
         self.until("task-004's page", lambda: driver.find_element("tag name", "h1").text == "Task task-004")
         result = driver.find_element("id", "result").text
         assert "SUCCESS" in result and "task-004" in result, result[:400]
@@ -159,6 +195,7 @@ class Walk:
         self.open("/files?path=shared/tasks/task-004/result.md")
         assert "task-004" in driver.find_element("tag name", "main").text
         self.shot("files")
+        self.upload(self.upload_file)
         print("first paint, ms:", {path: round(ms) for path, ms in self.paints.items()})  # shown with pytest -s
         slow = {path: ms for path, ms in self.paints.items() if ms >= FIRST_PAINT_MS}
         assert not slow, f"first paint over {FIRST_PAINT_MS} ms: {slow}"
@@ -198,6 +235,16 @@ async def test_the_demo_through_the_console_in_chromium(tmp_path):
             await asyncio.to_thread(driver.quit)
         await wait_until(lambda: played.done() or any("--keep: the team stays up" in line for line in lines),
                          timeout=WAIT, what="the demo's checks")
+        if not played.done():  # the demo checked its team: now a worker comes and goes, from the console
+            driver = await asyncio.to_thread(browser)
+            try:
+                walk = Walk(driver, console.url, shots, manager_room=demo.plane.chat.manager_room, post=post)
+                await asyncio.to_thread(driver.get, console.login_link())
+                await asyncio.to_thread(walk.worker, "casey")
+            finally:
+                await asyncio.to_thread(driver.quit)
+            assert demo.plane.state.worker("casey").state.value == "removed"
+            assert await demo.plane.storage.get("shared/admin-notes.txt") == b"notes from the admin: launch on Tuesday\n"
         demo.plane.request_stop()
         assert await played == 0, "\n".join(lines[-40:])
     finally:
