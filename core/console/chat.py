@@ -318,7 +318,7 @@ class ChatPages:
         try:
             rooms = await chat.rooms()  # starts the session at the first visit
         except HiclawError as exc:
-            return _html(request, "Chat", f'<p class="error">{esc(exc)} — {esc(exc.hint or "")}</p>', active="/chat",
+            return _html(request, "Chat", f'<p class="error">{esc(exc)}</p>', active="/chat",
                          status=503)
         if not rooms:
             return _html(request, "Chat", '<p class="muted">you are in no room yet: the Manager invites you '
